@@ -1,0 +1,34 @@
+"""Shared fixtures: every resource owned, every wait bounded."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> object:
+    """Poll ``cond`` until it is truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {cond}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def cluster2() -> Iterator[object]:
+    from zmqworkers import Cluster
+
+    c = Cluster(2)
+    try:
+        yield c
+    finally:
+        c.shutdown(wait=False, cancel_futures=True)

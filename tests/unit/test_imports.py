@@ -1,0 +1,29 @@
+"""Importing the package or the worker never loads Qt; ``__all__`` is complete."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize("module", ["zmqworkers", "zmqworkers.worker", "zmqworkers.cli"])
+def test_import_does_not_load_qt(module: str) -> None:
+    code = (
+        f"import sys, {module}\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('qtpy', 'PyQt5', 'PySide6'))\n"
+        "print(bad)\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"{module} loaded Qt modules: {proc.stdout} {proc.stderr}"
+
+
+def test_public_names_are_exported() -> None:
+    import zmqworkers
+
+    public = {n for n in vars(zmqworkers) if not n.startswith("_") and n[0].isupper()}
+    assert public <= set(zmqworkers.__all__), public - set(zmqworkers.__all__)
+    for name in zmqworkers.__all__:
+        assert getattr(zmqworkers, name) is not None

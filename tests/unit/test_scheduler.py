@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import random
+
+from zmqworkers.controller.scheduler import Scheduler, WorkerState
+from zmqworkers.errors import WorkerLost
+
+
+def make(n_tasks: int, workers: dict[str, int]) -> Scheduler:
+    s = Scheduler()
+    for tid in range(n_tasks):
+        s.add(tid, "spec", tid)
+    for wid, cap in workers.items():
+        s.join(WorkerState(id=wid, capacity=cap))
+    return s
+
+
+def test_busy_worker_never_holds_more_than_its_capacity() -> None:
+    prefetch = 1
+    s = make(100, {"a": 1 + prefetch, "b": 1 + prefetch})
+    rng = random.Random(1)
+    delivered = set()
+    for _ in range(1000):
+        for _wid, _tids in s.assign():
+            pass
+        for w in s.workers.values():
+            # the running task plus at most `prefetch` queued behind it
+            assert len(w.in_flight) <= 1 + prefetch
+        w = s.workers[rng.choice(["a", "b"])]
+        if w.in_flight:
+            tid = next(iter(w.in_flight))
+            assert s.complete(w.id, tid) is not None
+            delivered.add(tid)
+        if not s.outstanding:
+            break
+    assert delivered == set(range(100))
+
+
+def test_each_task_is_delivered_once_even_with_duplicates() -> None:
+    s = make(3, {"a": 3})
+    ((wid, tids),) = s.assign()
+    assert s.complete("a", tids[0]) is not None
+    assert s.complete("a", tids[0]) is None
+
+
+def test_lost_worker_tasks_go_back_to_the_front() -> None:
+    s = make(10, {"a": 2, "b": 2})
+    s.assign()
+    held = list(s.workers["a"].in_flight)
+    assert s.lose("a", "killed by SIGKILL") == []
+    assert list(s.pending)[:2] == held
+    assert s.tasks[held[0]].attempts == 1  # it was running
+    assert s.tasks[held[1]].attempts == 0  # it was only prefetched
+
+
+def test_late_result_from_lost_worker_is_used_once() -> None:
+    s = make(1, {"a": 1, "b": 1})
+    s.assign()
+    owner = next(w for w in s.workers.values() if w.in_flight).id
+    other = "b" if owner == "a" else "a"
+    s.lose(owner, "cut")
+    s.assign()
+    assert 0 in s.workers[other].in_flight
+    assert s.complete(owner, 0) is not None  # late, but first: delivered
+    assert s.complete(other, 0) is None  # the re-run's result is the duplicate
+    assert not s.workers[other].in_flight
+
+
+def test_poison_task_fails_after_max_attempts() -> None:
+    s = Scheduler(max_attempts=3)
+    s.add(0, "spec", None)
+    failed = []
+    for i in range(3):
+        s.join(WorkerState(id=f"w{i}", capacity=1))
+        s.assign()
+        failed = s.lose(f"w{i}", f"exit {i}")
+    assert len(failed) == 1
+    tid, err = failed[0]
+    assert tid == 0 and isinstance(err, WorkerLost)
+    assert [w for w, _ in err.deaths] == ["w0", "w1", "w2"]
+    assert s.outstanding == 0 and s.queued == 0
+
+
+def test_hand_back_requeues_without_blame() -> None:
+    s = make(4, {"a": 4})
+    s.assign()
+    assert s.hand_back("a", [1, 2, 3]) == 3
+    assert s.queued == 3
+    assert all(s.tasks[t].attempts == 0 for t in (1, 2, 3))
+
+
+def test_cancelled_queued_task_is_skipped() -> None:
+    s = make(3, {})
+    assert s.cancel(1)
+    s.join(WorkerState(id="a", capacity=5))
+    ((_, tids),) = s.assign()
+    assert tids == [0, 2]

@@ -1,0 +1,706 @@
+"""The controller engine: one thread owns every controller socket.
+
+::
+
+   caller threads (Cluster, WorkerController, Qt slots)
+        │  commands (queue.SimpleQueue) + one byte on a wake pipe
+        ▼
+   ┌─────────────────────── engine thread ───────────────────────────┐
+   │  zmq.Poller over: wake pipe, ROUTER (tasks), PULL (results)     │
+   │  Scheduler (pure): pending queue, in-flight per worker          │
+   │  liveness: heartbeats, local process exits                      │
+   └──┬──────────────────────────┬───────────────────────┬───────────┘
+      │ ROUTER ⇄ DEALER          │ PULL ◀── PUSH          │ PUB ──▶ SUB
+      │ HELLO/WELCOME, FUNC,     │ RESULTS, BYE,          │ HEARTBEAT,
+      │ TASKS, STOP              │ HEARTBEAT, MESSAGE     │ STOP (broadcast)
+      ▼                          ▼                        ▼
+   workers: local subprocesses on loopback, or daemons on other hosts
+
+Results reach the caller through ``EngineHandler`` callbacks, run on the
+engine thread: ``Cluster`` completes futures there, the Qt face emits
+signals (queued across threads by Qt).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+import pickle
+import queue
+import socket as pysocket
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import zmq
+
+from zmqworkers.controller.launcher import describe_exit, start_local_worker
+from zmqworkers.controller.scheduler import Scheduler, WorkerState
+from zmqworkers.errors import (
+    ConfigurationError,
+    DecodeError,
+    ProtocolVersionError,
+    make_remote_error,
+)
+from zmqworkers.protocol import (
+    PROTOCOL_VERSION,
+    Kind,
+    ReplayGuard,
+    decode,
+    encode,
+    encode_frames,
+)
+from zmqworkers.protocol.messages import DEFAULT_MAX_MESSAGE_SIZE, peek_version
+from zmqworkers.protocol.serialize import dumps
+
+log = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+@dataclass
+class EngineOptions:
+    """Controller settings. Intervals and timeouts are in seconds."""
+
+    n_workers: int = 0
+    bind: str = "tcp://127.0.0.1:0"
+    key: bytes = b""
+    key_given: bool = False
+    insecure: bool = False
+    prefetch: int = 1
+    heartbeat_interval: float = 1.0
+    heartbeat_misses: int = 3
+    max_attempts: int = 3
+    replace_dead_workers: bool = True
+    # How long a stop waits for workers to finish their current call before
+    # local processes are terminated.
+    stop_timeout: float = 10.0
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    worker_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A function spec, serialized once in the caller's thread."""
+
+    id: str
+    frames: tuple[Any, ...]
+
+
+def make_spec(
+    convention: str, func: Callable[..., Any], args: tuple[Any, ...] = (), kwargs: Any = None
+) -> Spec:
+    frames = dumps((convention, func, tuple(args), dict(kwargs or {})), by_value=True)
+    digest = hashlib.sha256()
+    for f in frames:
+        digest.update(memoryview(f))
+    return Spec(digest.hexdigest()[:32], tuple(frames))
+
+
+class EngineHandler(Protocol):
+    """What the engine reports, called on the engine thread."""
+
+    def on_results(self, results: list[tuple[int, bool, Any]]) -> None: ...
+
+    def on_event(self, name: str, data: Any) -> None: ...
+
+
+def _is_loopback(bind: str) -> bool:
+    parts = urlsplit(bind)
+    if parts.scheme in ("ipc", "inproc"):
+        return True
+    host = (parts.hostname or "").lower()
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+class Engine:
+    """Runs the controller's event loop on a thread of its own."""
+
+    def __init__(self, options: EngineOptions, handler: EngineHandler) -> None:
+        if not options.key:
+            raise ConfigurationError("the engine needs a key")
+        if not _is_loopback(options.bind) and not (options.key_given or options.insecure):
+            raise ConfigurationError(
+                f"refusing to bind {options.bind} with a random key no remote worker "
+                "can know: give key=/key_file= (or $ZMQWORKERS_KEY; make one with "
+                "`zmqworkers keygen FILE`), or pass insecure=True to accept the risk"
+            )
+        self.options = options
+        self.handler = handler
+        self.id = f"ctl-{uuid.uuid4().hex[:8]}"
+        self.host = pysocket.gethostname()
+        self.address = ""
+        self.endpoints: dict[str, str] = {}
+        self.sched = Scheduler(max_attempts=options.max_attempts)
+        self.dropped: Counter[str] = Counter()
+        self.stats: Counter[str] = Counter()
+        self._ids = itertools.count(1)
+        self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
+        self._specs: dict[str, Spec] = {}
+        self._seq = 0
+        self._pub_seq = 0
+        self._guard = ReplayGuard()
+        self._local: dict[int, subprocess.Popen[bytes]] = {}
+        self._local_target = options.n_workers
+        self._expected_exits: set[int] = set()
+        self._replacements = 0
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._closing = False
+        self._closed = threading.Event()
+        self._snapshot: list[dict[str, Any]] = []
+
+    # -- caller side (any thread) -----------------------------------------
+
+    def start(self, timeout: float = 30.0) -> str:
+        """Bind the sockets, start local workers; return the task address."""
+        self._thread = threading.Thread(target=self._run, name="zmqworkers-engine", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("the controller engine did not start")
+        if self._start_error is not None:
+            raise self._start_error
+        return self.address
+
+    def new_task_ids(self, n: int) -> list[int]:
+        # itertools.count's next() is atomic under the GIL: ids are unique
+        # across caller threads without a lock.
+        return [next(self._ids) for _ in range(n)]
+
+    def submit(self, spec: Spec, items: list[tuple[int, Any]]) -> None:
+        self._command("submit", (spec, items))
+
+    def cancel(self, task_id: int, done: Future[bool]) -> None:
+        self._command("cancel", (task_id, done))
+
+    def pause(self) -> None:
+        self._command("pause", None)
+
+    def resume(self) -> None:
+        self._command("resume", None)
+
+    def stop_workers(self) -> None:
+        """Every worker finishes its current call, hands back the rest, leaves."""
+        self._command("stop_workers", None)
+
+    def start_workers(self, n: int | None = None) -> None:
+        """Start (again) ``n`` local workers (default: the configured number)."""
+        self._command("start_workers", n)
+
+    def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
+        """Run ``fn`` on the engine thread and return what it returns."""
+        fut: Future[Any] = Future()
+        self._command("call", (fn, fut))
+        return fut.result(timeout)
+
+    def workers(self) -> list[dict[str, Any]]:
+        """A snapshot of the connected workers."""
+        if self._closed.is_set():
+            return []
+        return self.call(lambda: [w.snapshot() for w in self.sched.workers.values()])  # type: ignore[no-any-return]
+
+    def counters(self) -> dict[str, Any]:
+        if self._closed.is_set():
+            return {"dropped": dict(self.dropped), **dict(self.stats)}
+
+        def read() -> dict[str, Any]:
+            return {
+                "queued": self.sched.queued,
+                "running": sum(len(w.in_flight) for w in self.sched.workers.values()),
+                "redispatched": self.sched.redispatched,
+                "dropped": dict(self.dropped),
+                **dict(self.stats),
+            }
+
+        return self.call(read)  # type: ignore[no-any-return]
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop workers (each finishes its current call) and close everything."""
+        if self._thread is None or self._closed.is_set():
+            return
+        self._command("shutdown", None)
+        self._thread.join(timeout if timeout is not None else self.options.stop_timeout + 10)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _command(self, name: str, arg: Any) -> None:
+        if self._closed.is_set():
+            raise RuntimeError("the controller engine is closed")
+        self._commands.put((name, arg))
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full: the engine is awake already
+        except OSError:
+            pass  # closed under us by a shutdown in progress
+
+    # -- engine thread ------------------------------------------------------
+
+    def _bind(self) -> None:
+        ctx = self._ctx = zmq.Context()
+        opts = self.options
+        self._router = ctx.socket(zmq.ROUTER)
+        self._pull = ctx.socket(zmq.PULL)
+        self._pub = ctx.socket(zmq.PUB)
+        for s in (self._router, self._pull, self._pub):
+            s.setsockopt(zmq.LINGER, 0)
+        for s in (self._router, self._pull):
+            s.setsockopt(zmq.MAXMSGSIZE, opts.max_message_size)
+        # A send to a worker that has gone raises instead of vanishing.
+        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self._pull.setsockopt(zmq.RCVHWM, 0)
+        parts = urlsplit(opts.bind)
+        if parts.scheme == "ipc":
+            base = opts.bind
+            self._router.bind(base)
+            self._pull.bind(base + ".results")
+            self._pub.bind(base + ".control")
+            self._results_ep: Any = base + ".results"
+            self._control_ep: Any = base + ".control"
+        else:
+            host = parts.hostname or "127.0.0.1"
+            hostpart = f"[{host}]" if ":" in host else host
+            port = parts.port or 0
+            if port:
+                eps = [f"tcp://{hostpart}:{port + i}" for i in range(3)]
+            else:
+                eps = [f"tcp://{hostpart}:*"] * 3
+            self._router.bind(eps[0])
+            self._pull.bind(eps[1])
+            self._pub.bind(eps[2])
+            self._results_ep = _port(self._pull)
+            self._control_ep = _port(self._pub)
+        self.address = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoints = {
+            "tasks": self.address,
+            "results": self._pull.getsockopt_string(zmq.LAST_ENDPOINT),
+            "control": self._pub.getsockopt_string(zmq.LAST_ENDPOINT),
+        }
+
+    def _run(self) -> None:
+        try:
+            self._bind()
+        except BaseException as exc:
+            self._start_error = exc
+            self._ready.set()
+            self._closed.set()
+            return
+        self._ready.set()
+        try:
+            self._start_local(self._local_target)
+            self._loop()
+        except BaseException:
+            log.exception("controller engine failed")
+            raise
+        finally:
+            self._teardown()
+
+    def _loop(self) -> None:
+        opts = self.options
+        poller = zmq.Poller()
+        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._router, zmq.POLLIN)
+        poller.register(self._pull, zmq.POLLIN)
+        next_beat = 0.0
+        next_check = 0.0
+        stop_deadline = 0.0
+        while True:
+            now = time.monotonic()
+            timeout = max(0.0, min(next_beat, next_check) - now)
+            events = dict(poller.poll(int(timeout * 1000) + 1))
+            if self._wake_r in events:
+                try:
+                    os.read(self._wake_r, 65536)
+                except BlockingIOError:
+                    pass
+                self._drain_commands()
+            if self._router in events:
+                self._recv_all(self._router, self._on_task_channel)
+            if self._pull in events:
+                self._recv_all(self._pull, self._on_result_channel)
+            self._dispatch()
+            now = time.monotonic()
+            if now >= next_beat:
+                self._publish(Kind.HEARTBEAT, {"controller": self.id})
+                next_beat = now + opts.heartbeat_interval
+            if now >= next_check:
+                self._check_liveness(now)
+                next_check = now + min(0.1, opts.heartbeat_interval)
+            if self._closing:
+                if not stop_deadline:
+                    stop_deadline = now + opts.stop_timeout
+                if not self._local or now > stop_deadline:
+                    return
+
+    def _recv_all(self, sock: zmq.Socket[Any], handle: Callable[[list[Any]], None]) -> None:
+        # Bounded, so one flooding peer cannot starve the other sockets.
+        for _ in range(1000):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                handle(frames)
+            except DecodeError as exc:
+                self._count_drop(exc)
+
+    def _count_drop(self, exc: DecodeError) -> None:
+        self.dropped[exc.reason] += 1
+        n = self.dropped[exc.reason]
+        if n & (n - 1) == 0:  # 1, 2, 4, 8, ...: rate-limited
+            log.warning("dropped message (%s); %d dropped for this reason", exc, n)
+
+    def _decode(self, frames: list[Any]) -> Any:
+        msg = decode(frames, self.options.key, max_size=self.options.max_message_size)
+        self._guard.check(msg.sender, msg.seq)
+        return msg
+
+    # -- commands -----------------------------------------------------------
+
+    def _drain_commands(self) -> None:
+        while True:
+            try:
+                name, arg = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            getattr(self, f"_cmd_{name}")(arg)
+
+    def _cmd_submit(self, arg: tuple[Spec, list[tuple[int, Any]]]) -> None:
+        spec, items = arg
+        self._specs[spec.id] = spec
+        add = self.sched.add
+        for tid, task_arg in items:
+            add(tid, spec.id, task_arg)
+        self.stats["submitted"] += len(items)
+
+    def _cmd_cancel(self, arg: tuple[int, Future[bool]]) -> None:
+        tid, fut = arg
+        fut.set_result(self.sched.cancel(tid))
+
+    def _cmd_pause(self, _: Any) -> None:
+        self.sched.paused = True
+
+    def _cmd_resume(self, _: Any) -> None:
+        self.sched.paused = False
+
+    def _cmd_call(self, arg: tuple[Callable[[], Any], Future[Any]]) -> None:
+        fn, fut = arg
+        try:
+            fut.set_result(fn())
+        except BaseException as exc:
+            fut.set_exception(exc)
+
+    def _cmd_stop_workers(self, _: Any) -> None:
+        self._local_target = 0
+        self._expected_exits.update(self._local)
+        for w in list(self.sched.workers.values()):
+            w.draining = True
+            self._send(w.id, Kind.STOP, {"worker": w.id})
+
+    def _cmd_start_workers(self, n: int | None) -> None:
+        want = self.options.n_workers if n is None else n
+        self._local_target = want
+        alive = len([p for p in self._local.values() if p.poll() is None])
+        self._start_local(max(0, want - alive))
+
+    def _cmd_shutdown(self, _: Any) -> None:
+        self._cmd_stop_workers(None)
+        self._publish(Kind.STOP, {"worker": None})
+        self._closing = True
+
+    # -- sending ------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _send(self, worker_id: str, kind: Kind, header: Any, body: Any = ()) -> bool:
+        frames = encode_frames(kind, self.id, self._next_seq(), self.options.key, header, body)
+        try:
+            self._router.send_multipart([worker_id.encode(), *frames], copy=False)
+            self.stats["messages_sent"] += 1
+            self.stats["bytes_sent"] += sum(memoryview(f).nbytes for f in frames)
+            if kind == Kind.FUNC:
+                self.stats["functions_sent"] += 1
+            return True
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                self._lose(worker_id, "connection gone")
+                return False
+            raise
+
+    def _publish(self, kind: Kind, header: Any) -> None:
+        self._pub_seq += 1
+        frames = encode(kind, f"{self.id}/pub", self._pub_seq, self.options.key, header)
+        self._pub.send_multipart(frames)
+
+    def _dispatch(self) -> None:
+        for wid, tids in self.sched.assign():
+            w = self.sched.workers[wid]
+            tasks = self.sched.tasks
+            # Group by spec, keeping order: usually one group.
+            groups: dict[str, list[tuple[int, Any]]] = {}
+            for tid in tids:
+                rec = tasks[tid]
+                groups.setdefault(rec.spec_id, []).append((tid, rec.arg))
+            for spec_id, items in groups.items():
+                if spec_id not in w.specs:
+                    header: dict[str, Any] = {"spec": spec_id}
+                    idle = self.sched.idle_specs(w) if len(w.specs) >= 64 else []
+                    if idle:
+                        header["forget"] = idle
+                        w.specs.difference_update(idle)
+                    if not self._send(wid, Kind.FUNC, header, self._specs[spec_id].frames):
+                        break
+                    w.specs.add(spec_id)
+                try:
+                    body = dumps(items, by_value=True)
+                except Exception as exc:
+                    self._fail_unsendable(wid, items, exc)
+                    continue
+                if not self._send(wid, Kind.TASKS, {"spec": spec_id}, body):
+                    break
+                self.stats["dispatched"] += len(items)
+
+    def _fail_unsendable(self, wid: str, items: list[tuple[int, Any]], exc: Exception) -> None:
+        out = []
+        for tid, _ in items:
+            if self.sched.complete(wid, tid) is not None:
+                err = make_remote_error(
+                    type(exc).__name__, f"the task cannot be pickled: {exc}", "", "", "", exc
+                )
+                out.append((tid, False, err))
+        self._deliver(out)
+
+    # -- receiving ----------------------------------------------------------
+
+    def _on_task_channel(self, frames: list[Any]) -> None:
+        routing_id = frames[0].bytes
+        body = frames[1:]
+        try:
+            msg = self._decode(body)
+        except ProtocolVersionError as exc:
+            theirs = peek_version(body)
+            refusal = (
+                f"worker speaks protocol {theirs}, controller {PROTOCOL_VERSION}: "
+                "install the same zmqworkers release on both sides"
+            )
+            log.error("refused worker %r: %s", routing_id, refusal)
+            self._send_raw(routing_id, Kind.REFUSED, {"reason": refusal})
+            raise DecodeError("version", refusal) from exc
+        if msg.kind != Kind.HELLO:
+            raise DecodeError("unexpected", f"{msg.kind.name} on the task channel")
+        self._on_hello(routing_id, msg.header)
+
+    def _send_raw(self, routing_id: bytes, kind: Kind, header: Any) -> None:
+        frames = encode(kind, self.id, self._next_seq(), self.options.key, header)
+        try:
+            self._router.send_multipart([routing_id, *frames])
+        except zmq.ZMQError:
+            pass
+
+    def _on_hello(self, routing_id: bytes, hdr: Any) -> None:
+        if not isinstance(hdr, dict) or hdr.get("id", "").encode() != routing_id:
+            raise DecodeError("malformed", "hello whose id is not its routing id")
+        wid = hdr["id"]
+        if self._closing:
+            self._send_raw(routing_id, Kind.REFUSED, {"reason": "controller is shutting down"})
+            return
+        if wid in self.sched.workers:
+            # Said hello again (reconnected): what it held is not coming back.
+            self._lose(wid, "reconnected")
+        pid = int(hdr.get("pid", 0))
+        now = time.monotonic()
+        w = WorkerState(
+            id=wid,
+            host=str(hdr.get("host", "")),
+            pid=pid,
+            capacity=max(1, int(hdr.get("capacity", 2))),
+            local=pid in self._local and hdr.get("host") == self.host,
+            last_seen=now,
+            joined=now,
+        )
+        self.sched.join(w)
+        self._send(
+            wid,
+            Kind.WELCOME,
+            {
+                "controller": self.id,
+                "results": self._results_ep,
+                "control": self._control_ep,
+                "heartbeat_interval": self.options.heartbeat_interval,
+                "heartbeat_misses": self.options.heartbeat_misses,
+            },
+        )
+        log.info("worker %s joined (host %s, pid %d)", wid, w.host, pid)
+        self.handler.on_event("worker_joined", w.snapshot())
+
+    def _on_result_channel(self, frames: list[Any]) -> None:
+        msg = self._decode(frames)
+        wid = msg.sender.split("/", 1)[0]
+        w = self.sched.workers.get(wid)
+        if w is not None:
+            w.last_seen = time.monotonic()
+        kind = msg.kind
+        if kind == Kind.RESULTS:
+            self._on_results(wid, msg.payload)
+        elif kind == Kind.HEARTBEAT:
+            if w is not None and isinstance(msg.header, dict):
+                w.state = str(msg.header.get("state", w.state))
+                w.current = msg.header.get("task")
+        elif kind == Kind.BYE:
+            returned = msg.header.get("returned", []) if isinstance(msg.header, dict) else []
+            self.sched.hand_back(wid, returned)
+            self.sched.leave(wid)
+            log.info("worker %s left, handed back %d task(s)", wid, len(returned))
+            self.handler.on_event("worker_left", wid)
+        elif kind == Kind.MESSAGE:
+            self.handler.on_event("message", msg.header)
+        else:
+            raise DecodeError("unexpected", f"{kind.name} on the result channel")
+
+    def _on_results(self, wid: str, items: Any) -> None:
+        if not isinstance(items, list):
+            raise DecodeError("malformed", "results payload is not a list")
+        w = self.sched.workers.get(wid)
+        host = w.host if w is not None else ""
+        out: list[tuple[int, bool, Any]] = []
+        complete = self.sched.complete
+        for tid, ok, value in items:
+            if complete(wid, tid) is None:
+                self.stats["duplicates"] += 1
+                continue
+            if not ok:
+                value = _remote_error(value, wid, host)
+                self.stats["failed"] += 1
+            out.append((tid, ok, value))
+        self._deliver(out)
+
+    def _deliver(self, out: list[tuple[int, bool, Any]]) -> None:
+        if not out:
+            return
+        self.stats["delivered"] += len(out)
+        try:
+            self.handler.on_results(out)
+        except Exception:
+            log.exception("result handler raised; results were delivered to it once")
+
+    # -- liveness -----------------------------------------------------------
+
+    def _check_liveness(self, now: float) -> None:
+        for pid, proc in list(self._local.items()):
+            rc = proc.poll()
+            if rc is None:
+                continue
+            del self._local[pid]
+            expected = pid in self._expected_exits
+            self._expected_exits.discard(pid)
+            wid = self._worker_by_pid(pid)
+            if wid is not None:
+                self._lose(wid, describe_exit(rc))
+            if not expected and not self._closing:
+                log.warning("local worker pid %d %s", pid, describe_exit(rc))
+                if self.options.replace_dead_workers and self._replacements < 100:
+                    self._replacements += 1
+                    self._start_local(1)
+        limit = self.options.heartbeat_interval * self.options.heartbeat_misses
+        for w in list(self.sched.workers.values()):
+            if now - w.last_seen > limit:
+                self._lose(w.id, f"no heartbeat for {now - w.last_seen:.1f} s")
+
+    def _worker_by_pid(self, pid: int) -> str | None:
+        for w in self.sched.workers.values():
+            if w.local and w.pid == pid:
+                return w.id
+        return None
+
+    def _lose(self, wid: str, how: str) -> None:
+        if wid not in self.sched.workers:
+            return
+        log.warning("worker %s lost: %s", wid, how)
+        failed = self.sched.lose(wid, how)
+        self.stats["workers_lost"] += 1
+        self.handler.on_event("worker_lost", {"id": wid, "how": how})
+        self._deliver([(tid, False, err) for tid, err in failed])
+
+    def _start_local(self, n: int) -> None:
+        for _ in range(n):
+            proc = start_local_worker(
+                self.address,
+                self.options.key,
+                prefetch=self.options.prefetch,
+                extra_env=self.options.worker_env,
+            )
+            self._local[proc.pid] = proc
+
+    def _teardown(self) -> None:
+        # Local workers that did not leave in time are ended: first politely.
+        for proc in self._local.values():
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 3
+        for proc in self._local.values():
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._local.clear()
+        abandoned = list(self.sched.tasks)
+        self._closed.set()
+        for s in (self._router, self._pull, self._pub):
+            s.close(linger=0)
+        self._ctx.term()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        # Whatever commands came in after the last drain are answered too.
+        while True:
+            try:
+                name, arg = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if name == "submit":
+                abandoned.extend(tid for tid, _ in arg[1])
+            elif name in ("call", "cancel"):
+                arg[1].set_exception(RuntimeError("the controller engine is closed"))
+        self.handler.on_event("closed", abandoned)
+
+
+def _port(sock: zmq.Socket[Any]) -> int:
+    ep = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    return int(ep.rsplit(":", 1)[1])
+
+
+def _remote_error(info: Any, wid: str, host: str) -> BaseException:
+    if not isinstance(info, dict):
+        return make_remote_error("Error", repr(info), "", wid, host)
+    original = None
+    if info.get("exc"):
+        try:
+            original = pickle.loads(info["exc"])
+        except Exception:
+            original = None
+    return make_remote_error(
+        str(info.get("type", "Exception")),
+        str(info.get("message", "")),
+        str(info.get("traceback", "")),
+        wid,
+        host,
+        original if isinstance(original, BaseException) else None,
+    )

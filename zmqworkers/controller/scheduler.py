@@ -1,0 +1,241 @@
+"""Where every task is: queued, on a worker, or delivered. Pure code.
+
+No sockets, threads or clocks: the engine calls these methods with what
+arrived and the time it read, and sends what they return. Tests drive them
+with any schedule of arrivals, deaths and duplicates they like.
+
+Invariants:
+
+- a task id is in exactly one of ``pending`` or some worker's ``in_flight``,
+  until it is delivered, after which it is in neither;
+- :meth:`Scheduler.complete` reports a task as delivered at most once;
+- a worker never holds more than ``capacity`` undelivered tasks.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from zmqworkers.errors import WorkerLost
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    spec_id: str
+    arg: Any
+    worker: str | None = None  # None: queued
+    attempts: int = 0
+    deaths: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class WorkerState:
+    """What the controller knows of one connected worker."""
+
+    id: str
+    host: str = ""
+    pid: int = 0
+    capacity: int = 2
+    local: bool = False
+    in_flight: dict[int, None] = field(default_factory=dict)  # ordered: first runs
+    specs: set[str] = field(default_factory=set)
+    done: int = 0
+    state: str = "idle"
+    current: int | None = None
+    last_seen: float = 0.0
+    joined: float = 0.0
+    draining: bool = False
+
+    @property
+    def free(self) -> int:
+        if self.draining:
+            return 0
+        return self.capacity - len(self.in_flight)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "host": self.host,
+            "pid": self.pid,
+            "local": self.local,
+            "state": "draining" if self.draining else self.state,
+            "current_task": self.current,
+            "in_flight": len(self.in_flight),
+            "tasks_done": self.done,
+            "last_heartbeat": self.last_seen,
+        }
+
+
+class Scheduler:
+    """Demand-driven dispatch with exactly-once delivery and bounded retries.
+
+    ``pending`` may hold stale ids (tasks delivered or cancelled while
+    queued): removing them from the middle of a deque costs O(n) per result,
+    so :meth:`assign` skips them instead. ``queued`` is the true count.
+    """
+
+    def __init__(self, max_attempts: int = 3) -> None:
+        self.max_attempts = max_attempts
+        self.tasks: dict[int, TaskRecord] = {}
+        self.pending: collections.deque[int] = collections.deque()
+        self.queued = 0
+        self.workers: dict[str, WorkerState] = {}
+        self.spec_refs: collections.Counter[str] = collections.Counter()
+        self.redispatched = 0
+        self.paused = False
+
+    # -- tasks -------------------------------------------------------------
+
+    def add(self, task_id: int, spec_id: str, arg: Any) -> None:
+        self.tasks[task_id] = TaskRecord(spec_id, arg)
+        self.spec_refs[spec_id] += 1
+        self.pending.append(task_id)
+        self.queued += 1
+
+    def cancel(self, task_id: int) -> bool:
+        """Drop a task that has not been sent anywhere yet."""
+        rec = self.tasks.get(task_id)
+        if rec is None or rec.worker is not None:
+            return False
+        self._forget(task_id, rec)
+        return True
+
+    def drop_pending(self) -> list[int]:
+        """Forget every queued (not yet dispatched) task; return their ids."""
+        dropped = []
+        for tid in self.pending:
+            rec = self.tasks.get(tid)
+            if rec is not None and rec.worker is None:
+                self._forget(tid, rec)
+                dropped.append(tid)
+        self.pending.clear()
+        return dropped
+
+    def _forget(self, task_id: int, rec: TaskRecord) -> None:
+        del self.tasks[task_id]
+        if rec.worker is None:
+            self.queued -= 1
+        self.spec_refs[rec.spec_id] -= 1
+        if self.spec_refs[rec.spec_id] <= 0:
+            del self.spec_refs[rec.spec_id]
+
+    def _requeue_front(self, task_ids: list[int]) -> None:
+        for tid in task_ids:
+            self.tasks[tid].worker = None
+        self.pending.extendleft(reversed(task_ids))
+        self.queued += len(task_ids)
+        self.redispatched += len(task_ids)
+
+    @property
+    def outstanding(self) -> int:
+        """Tasks not yet delivered (queued or on a worker)."""
+        return len(self.tasks)
+
+    # -- workers -----------------------------------------------------------
+
+    def join(self, worker: WorkerState) -> None:
+        self.workers[worker.id] = worker
+
+    def assign(self, max_per_worker: int | None = None) -> list[tuple[str, list[int]]]:
+        """Hand queued tasks to workers with free capacity.
+
+        Returns ``(worker_id, task_ids)`` pairs; the tasks are then in flight.
+        Workers with the most free slots go first, so an idle worker is
+        served before a busy one tops up its prefetch.
+        """
+        if self.paused or not self.queued:
+            return []
+        out: list[tuple[str, list[int]]] = []
+        ready = [w for w in self.workers.values() if w.free > 0]
+        ready.sort(key=lambda w: -w.free)
+        tasks = self.tasks
+        for w in ready:
+            n = w.free if max_per_worker is None else min(w.free, max_per_worker)
+            taken: list[int] = []
+            while len(taken) < n and self.pending:
+                tid = self.pending.popleft()
+                rec = tasks.get(tid)
+                if rec is None or rec.worker is not None:
+                    continue  # stale: delivered or cancelled while queued
+                rec.worker = w.id
+                w.in_flight[tid] = None
+                taken.append(tid)
+            self.queued -= len(taken)
+            if taken:
+                out.append((w.id, taken))
+            if not self.queued:
+                break
+        return out
+
+    def complete(self, worker_id: str, task_id: int) -> TaskRecord | None:
+        """A result arrived. Returns the task's record the first time only."""
+        w = self.workers.get(worker_id)
+        if w is not None and task_id in w.in_flight:
+            del w.in_flight[task_id]
+            w.done += 1
+        rec = self.tasks.get(task_id)
+        if rec is None:
+            return None  # delivered already (late or duplicate result)
+        # A late result from a worker declared lost, for a task queued again
+        # or running elsewhere, is delivered now; the other copy's result, if
+        # any, is then the duplicate.
+        self._forget(task_id, rec)
+        return rec
+
+    def hand_back(self, worker_id: str, task_ids: Iterable[int]) -> int:
+        """A leaving worker returns tasks it never started: queue them first."""
+        w = self.workers.get(worker_id)
+        back = []
+        for tid in task_ids:
+            if w is not None:
+                w.in_flight.pop(tid, None)
+            rec = self.tasks.get(tid)
+            if rec is not None and rec.worker == worker_id:
+                back.append(tid)
+        self._requeue_front(back)
+        return len(back)
+
+    def leave(self, worker_id: str) -> None:
+        """A worker said goodbye after handing back its queue."""
+        w = self.workers.get(worker_id)
+        if w is not None and w.in_flight:
+            # Not handed back and no result: queue again without blame.
+            self.hand_back(worker_id, list(w.in_flight))
+        self.workers.pop(worker_id, None)
+
+    def lose(self, worker_id: str, how: str) -> list[tuple[int, WorkerLost]]:
+        """A worker died or went silent.
+
+        Its tasks go back to the front of the queue. The one it was running
+        (the first in flight) counts an attempt; a task that has now been
+        running on ``max_attempts`` dead workers fails with ``WorkerLost``.
+        Returns the failed ``(task_id, error)`` pairs, already forgotten.
+        """
+        w = self.workers.pop(worker_id, None)
+        if w is None:
+            return []
+        failed: list[tuple[int, WorkerLost]] = []
+        back: list[int] = []
+        for i, tid in enumerate(w.in_flight):
+            rec = self.tasks.get(tid)
+            if rec is None or rec.worker != worker_id:
+                continue
+            if i == 0:
+                rec.attempts += 1
+                rec.deaths.append((worker_id, how))
+                if rec.attempts >= self.max_attempts:
+                    failed.append((tid, WorkerLost(tid, rec.deaths)))
+                    rec.worker = None
+                    self.queued += 1  # _forget counts it out of the queue
+                    self._forget(tid, rec)
+                    continue
+            back.append(tid)
+        self._requeue_front(back)
+        return failed
+
+    def idle_specs(self, worker: WorkerState) -> list[str]:
+        """Specs the worker holds that no undelivered task needs."""
+        return [s for s in worker.specs if self.spec_refs.get(s, 0) == 0]

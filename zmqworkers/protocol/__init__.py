@@ -1,0 +1,28 @@
+"""The wire protocol: message kinds, framing, signing and payload serialization.
+
+Pure code: nothing here opens a socket, starts a thread or reads a clock.
+Sockets meet the protocol at :func:`encode` and :func:`decode`.
+"""
+
+from zmqworkers.protocol.messages import (
+    PROTOCOL_VERSION,
+    Kind,
+    Message,
+    ReplayGuard,
+    decode,
+    encode,
+    encode_frames,
+)
+from zmqworkers.protocol.serialize import dumps, loads
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Kind",
+    "Message",
+    "ReplayGuard",
+    "decode",
+    "dumps",
+    "encode",
+    "encode_frames",
+    "loads",
+]

@@ -1,0 +1,206 @@
+"""Message kinds and their framing.
+
+A message is a list of ZeroMQ frames::
+
+    [signature, envelope, payload_pickle?, buffer, buffer, ...]
+
+- ``signature``: HMAC-SHA256 over every following frame, each prefixed by its
+  length (so frames cannot be re-cut without detection).
+- ``envelope``: msgpack ``[version, kind, sender, seq, header, n_payload]``.
+  ``header`` holds plain msgpack data (ids, counts, host names); it is the
+  only part read before the signature is checked, and msgpack never runs code.
+- payload frames (``n_payload`` of them): a pickle protocol 5 stream and its
+  out-of-band buffers, unpickled only after the signature matched.
+
+``decode`` raises :class:`~zmqworkers.errors.DecodeError` (or its subclass
+``ProtocolVersionError``) for anything it refuses, and nothing else.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from zmqworkers.errors import DecodeError, ProtocolVersionError
+from zmqworkers.protocol import serialize
+
+PROTOCOL_VERSION = 1
+
+SIGNATURE_SIZE = 32
+MAX_ENVELOPE_SIZE = 64 * 1024
+# Default bound on a whole message; the controller and worker take it as an
+# option (and also set it as ZMQ_MAXMSGSIZE, which bounds each frame).
+DEFAULT_MAX_MESSAGE_SIZE = 2 * 1024**3
+
+
+class Kind(enum.IntEnum):
+    """What a message is. The numbers are part of the protocol."""
+
+    HELLO = 1  # worker -> controller (task channel): who I am
+    WELCOME = 2  # controller -> worker: where the other channels are
+    FUNC = 3  # controller -> worker: a function spec, sent once per worker
+    TASKS = 4  # controller -> worker: a batch of (task id, argument)
+    RESULTS = 5  # worker -> controller: a batch of (task id, ok, value)
+    HEARTBEAT = 6  # both ways: I am alive
+    STOP = 7  # controller -> worker: finish the current call, then leave
+    BYE = 8  # worker -> controller: I am leaving, these tasks go back
+    MESSAGE = 9  # worker -> controller: a text for the user (sig_message_from_worker)
+    REFUSED = 10  # controller -> worker: you may not join, and why
+
+
+@dataclass(slots=True)
+class Message:
+    """One decoded message. ``payload`` is the unpickled object or None."""
+
+    kind: Kind
+    sender: str
+    seq: int
+    header: Any = None
+    payload: Any = None
+    has_payload: bool = False
+    nbytes: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _mac(key: bytes, frames: Sequence[Any]) -> bytes:
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for frame in frames:
+        view = memoryview(frame)
+        mac.update(view.nbytes.to_bytes(8, "little"))
+        mac.update(view)
+    return mac.digest()
+
+
+def encode(
+    kind: Kind,
+    sender: str,
+    seq: int,
+    key: bytes,
+    header: Any = None,
+    payload: Any = None,
+    *,
+    has_payload: bool = False,
+    by_value: bool = False,
+) -> list[Any]:
+    """Build the signed frames of one message.
+
+    ``payload`` is pickled only when ``has_payload`` is true (so ``None`` can
+    be a payload). Large buffers in it become frames of their own, uncopied.
+    """
+    body = serialize.dumps(payload, by_value=by_value) if has_payload else []
+    return encode_frames(kind, sender, seq, key, header, body)
+
+
+def encode_frames(
+    kind: Kind, sender: str, seq: int, key: bytes, header: Any, body: Sequence[Any]
+) -> list[Any]:
+    """Like :func:`encode` with the payload already serialized (``dumps``)."""
+    envelope = msgpack.packb(
+        [PROTOCOL_VERSION, int(kind), sender, seq, header, len(body)],
+        use_bin_type=True,
+    )
+    frames = [envelope, *body]
+    return [_mac(key, frames), *frames]
+
+
+def peek_version(frames: Sequence[Any]) -> int | None:
+    """The protocol version a message claims, or None if unreadable."""
+    try:
+        env = msgpack.unpackb(frames[1], raw=False)
+        return int(env[0])
+    except Exception:
+        return None
+
+
+def decode(
+    frames: Sequence[Any],
+    key: bytes,
+    *,
+    max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    unpickle: bool = True,
+) -> Message:
+    """Check and decode the frames of one message.
+
+    Order matters: sizes, then the envelope (msgpack, safe) for a clear
+    version error, then the signature, and only then the pickle.
+    """
+    if len(frames) < 2:
+        raise DecodeError("malformed", f"{len(frames)} frame(s), need at least 2")
+    views = []
+    total = 0
+    for frame in frames:
+        try:
+            view = memoryview(frame)
+        except TypeError as exc:
+            raise DecodeError("malformed", "frame is not a buffer") from exc
+        total += view.nbytes
+        views.append(view)
+    if total > max_size:
+        raise DecodeError("size", f"{total} bytes exceeds the limit of {max_size}")
+    sig, env_frame = views[0], views[1]
+    if sig.nbytes != SIGNATURE_SIZE:
+        raise DecodeError("signature", f"signature frame of {sig.nbytes} bytes")
+    if env_frame.nbytes > MAX_ENVELOPE_SIZE:
+        raise DecodeError("size", f"envelope of {env_frame.nbytes} bytes")
+    try:
+        env = msgpack.unpackb(env_frame, raw=False, strict_map_key=True)
+    except Exception as exc:
+        raise DecodeError("malformed", f"envelope is not msgpack ({exc})") from exc
+    if not isinstance(env, list) or len(env) != 6:
+        raise DecodeError("malformed", "envelope is not a list of 6")
+    version, kind_no, sender, seq, header, n_payload = env
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise DecodeError("malformed", "version is not an integer")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolVersionError(version, PROTOCOL_VERSION)
+    if not hmac.compare_digest(bytes(sig), _mac(key, views[1:])):
+        raise DecodeError("signature", "signature does not match the key")
+    # Signed by a holder of the key from here on: checks below guard
+    # against bugs and version skew, not against forgery.
+    try:
+        kind = Kind(kind_no)
+    except (ValueError, TypeError) as exc:
+        raise DecodeError("malformed", f"unknown message kind {kind_no!r}") from exc
+    if not isinstance(sender, str) or not isinstance(seq, int):
+        raise DecodeError("malformed", "sender or seq of the wrong type")
+    if not isinstance(n_payload, int) or n_payload != len(views) - 2:
+        raise DecodeError("malformed", f"declares {n_payload} payload frames")
+    msg = Message(kind, sender, seq, header, has_payload=n_payload > 0, nbytes=total)
+    if n_payload and unpickle:
+        try:
+            msg.payload = serialize.loads(views[2:])
+        except Exception as exc:
+            raise DecodeError("malformed", f"payload does not unpickle ({exc!r})") from exc
+    return msg
+
+
+class ReplayGuard:
+    """Refuses a message whose sequence number its sender has used before.
+
+    Every sender numbers its messages from 1 upwards on one socket, and ZeroMQ
+    keeps order per connection, so a number at or below the last one seen is a
+    replay (or a duplicate). Bounded: the oldest senders are forgotten.
+    """
+
+    def __init__(self, max_senders: int = 65536) -> None:
+        self._last: OrderedDict[str, int] = OrderedDict()
+        self._max = max_senders
+
+    def check(self, sender: str, seq: int) -> None:
+        last = self._last.get(sender)
+        if last is not None and seq <= last:
+            raise DecodeError("replay", f"{sender} sequence {seq} after {last}")
+        self._last[sender] = seq
+        self._last.move_to_end(sender)
+        if len(self._last) > self._max:
+            self._last.popitem(last=False)
+
+    def forget(self, sender: str) -> None:
+        self._last.pop(sender, None)

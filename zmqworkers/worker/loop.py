@@ -1,0 +1,485 @@
+"""The worker program: connect, say hello, run tasks, send results.
+
+The same program runs as a local subprocess of a controller and as a daemon
+on another machine. It never imports Qt.
+
+::
+
+    controller ROUTER ──TASKS/FUNC/STOP──▶ DEALER ┐
+                                                   ├─ main thread: runs the calls
+    controller PULL  ◀──RESULTS/BYE────── PUSH    ┘
+    controller PULL  ◀──HEARTBEAT──────── PUSH  ── heartbeat thread (own socket)
+    controller PUB   ───HEARTBEAT/STOP──▶ SUB   ── main thread
+
+The heartbeat thread has a socket of its own, so a call that runs for an hour
+keeps its worker looking alive without ever sharing a socket across threads.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import pickle
+import signal
+import socket as pysocket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from zmqworkers._version import __version__
+from zmqworkers.errors import DecodeError
+from zmqworkers.protocol import PROTOCOL_VERSION, Kind, ReplayGuard, decode, encode
+
+log = logging.getLogger(__name__)
+
+FUNC_CACHE_SIZE = 64
+# A result batch is sent once it holds this many results, is this old, or
+# the worker has nothing queued: tiny tasks share messages, a slow task's
+# result is never held back.
+RESULT_BATCH_MAX = 256
+RESULT_BATCH_SECONDS = 0.005
+
+
+@dataclass
+class WorkerOptions:
+    """How a worker behaves. Every interval is in seconds."""
+
+    prefetch: int = 1
+    heartbeat_interval: float = 1.0
+    heartbeat_misses: int = 3
+    # A daemon goes back to waiting for a controller after a stop or a lost
+    # controller; a local worker exits.
+    daemon: bool = False
+    # Exit when this process id is gone (local workers watch their controller).
+    parent_pid: int | None = None
+    # Daemon: exit after this long without a controller (None: never).
+    death_timeout: float | None = None
+    name: str | None = None
+    max_message_size: int = 2 * 1024**3
+
+
+def _format_endpoint(address: str, port_or_endpoint: Any) -> str:
+    if isinstance(port_or_endpoint, str):
+        return port_or_endpoint
+    head, _, _ = address.rpartition(":")
+    return f"{head}:{int(port_or_endpoint)}"
+
+
+class FunctionCache:
+    """Function specs by id, the most recent ``size`` of them."""
+
+    def __init__(self, size: int = FUNC_CACHE_SIZE) -> None:
+        self._specs: collections.OrderedDict[str, Callable[[Any], Any]] = collections.OrderedDict()
+        self._size = size
+
+    def __contains__(self, spec_id: str) -> bool:
+        return spec_id in self._specs
+
+    def add(self, spec_id: str, spec: Any) -> None:
+        self._specs[spec_id] = make_call(spec)
+        self._specs.move_to_end(spec_id)
+        while len(self._specs) > self._size:
+            self._specs.popitem(last=False)
+
+    def get(self, spec_id: str) -> Callable[[Any], Any] | None:
+        call = self._specs.get(spec_id)
+        if call is not None:
+            self._specs.move_to_end(spec_id)
+        return call
+
+
+def make_call(spec: Any) -> Callable[[Any], Any]:
+    """Turn a decoded function spec into ``call(task) -> result``.
+
+    Conventions: ``"task"`` calls ``func(task, *args, **kwargs)`` (the seed's
+    convention); ``"call"`` takes the task as ``(args, kwargs)`` (``submit``);
+    ``"app"`` builds the app once and calls ``app.multiprocessing_func(task)``.
+    """
+    convention, func, args, kwargs = spec
+    if convention == "task":
+        if not args and not kwargs:
+            return func  # type: ignore[no-any-return]
+        return lambda task: func(task, *args, **kwargs)
+    if convention == "call":
+        return lambda task: func(*task[0], **task[1])
+    raise ValueError(f"unknown calling convention {convention!r}")
+
+
+def describe_exception(exc: BaseException) -> dict[str, Any]:
+    """A structured, always-picklable description of a raised exception."""
+    exc_bytes: bytes | None
+    try:
+        data = pickle.dumps(exc, protocol=5)
+        pickle.loads(data)  # an exception that cannot come back is left out
+        exc_bytes = data
+    except Exception:
+        exc_bytes = None
+    return {
+        "type": type(exc).__name__,
+        "module": type(exc).__module__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+        "exc": exc_bytes,
+    }
+
+
+class _ControllerLost(Exception):
+    pass
+
+
+class Worker:
+    """One worker process's loop. ``run()`` returns an exit status."""
+
+    def __init__(self, address: str, key: bytes, options: WorkerOptions | None = None) -> None:
+        self.address = address
+        self.key = key
+        self.options = options or WorkerOptions()
+        self.host = pysocket.gethostname()
+        self.id = self.options.name or f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._ctx = zmq.Context()
+        # One sequence per socket, as the receiver checks order per sender:
+        # "<id>" on the task channel, "<id>/r" for results, "<id>/hb" heartbeats.
+        self._seq = 0
+        self._result_seq = 0
+        self._result_sender = f"{self.id}/r"
+        self._funcs = FunctionCache()
+        self._queue: collections.deque[tuple[int, str, Any]] = collections.deque()
+        self._stop_requested = False  # by the controller (STOP)
+        self._terminate = False  # by a signal: drain and leave for good
+        self._hb_stop = threading.Event()
+        self._state = "idle"
+        self._current: int | None = None
+        self._done = 0
+        self.dropped: collections.Counter[str] = collections.Counter()
+
+    # -- signals ----------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        def on_term(signum: int, frame: Any) -> None:
+            log.info("worker %s: got signal %d, draining", self.id, signum)
+            self._terminate = True
+
+        signal.signal(signal.SIGTERM, on_term)
+        # Ctrl-C in the user's terminal reaches every process of the group;
+        # a local worker lets its controller decide when to stop it.
+        if self.options.parent_pid is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        else:
+            signal.signal(signal.SIGINT, on_term)
+
+    # -- main -------------------------------------------------------------
+
+    def run(self) -> int:
+        backoff = 0.1
+        waited_since = time.monotonic()
+        try:
+            while True:
+                outcome = self._session()
+                if outcome == "exit" or self._terminate or not self.options.daemon:
+                    return 0
+                if outcome == "served":
+                    backoff = 0.1
+                    waited_since = time.monotonic()
+                dt = self.options.death_timeout
+                if dt is not None and time.monotonic() - waited_since > dt:
+                    log.info("worker %s: no controller for %.0f s, exiting", self.id, dt)
+                    return 0
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        finally:
+            self._ctx.destroy(linger=0)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _next_result_seq(self) -> int:
+        self._result_seq += 1
+        return self._result_seq
+
+    def _decode(self, frames: list[Any], guard: ReplayGuard) -> Any:
+        try:
+            msg = decode(frames, self.key, max_size=self.options.max_message_size)
+            guard.check(msg.sender, msg.seq)
+            return msg
+        except DecodeError as exc:
+            self.dropped[exc.reason] += 1
+            if self.dropped[exc.reason] in (1, 10, 100, 1000, 10000):
+                log.warning("worker %s: dropped a message (%s)", self.id, exc)
+            if exc.reason == "version":
+                raise
+            return None
+
+    def _session(self) -> str:
+        """Serve one controller. Returns "exit", "served" or "lost"."""
+        opts = self.options
+        tasks = self._ctx.socket(zmq.DEALER)
+        tasks.setsockopt(zmq.LINGER, 0)
+        tasks.setsockopt(zmq.IMMEDIATE, 1)  # never queue a hello for nobody
+        tasks.setsockopt(zmq.ROUTING_ID, self.id.encode())
+        tasks.setsockopt(zmq.MAXMSGSIZE, opts.max_message_size)
+        tasks.connect(self.address)
+        results: zmq.Socket[Any] | None = None
+        control: zmq.Socket[Any] | None = None
+        hb_thread: threading.Thread | None = None
+        guard = ReplayGuard()
+        try:
+            welcome = self._handshake(tasks, guard)
+            if welcome is None:
+                return "exit" if self._should_exit() else "lost"
+            if welcome.kind == Kind.REFUSED:
+                log.error("worker %s: refused by controller: %s", self.id, welcome.header)
+                return "exit"
+            hdr = welcome.header
+            results = self._ctx.socket(zmq.PUSH)
+            results.setsockopt(zmq.LINGER, 2000)
+            results.connect(_format_endpoint(self.address, hdr["results"]))
+            control = self._ctx.socket(zmq.SUB)
+            control.setsockopt(zmq.LINGER, 0)
+            control.setsockopt(zmq.SUBSCRIBE, b"")
+            control.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
+            control.connect(_format_endpoint(self.address, hdr["control"]))
+            interval = float(hdr.get("heartbeat_interval", opts.heartbeat_interval))
+            misses = int(hdr.get("heartbeat_misses", opts.heartbeat_misses))
+            self._hb_stop.clear()
+            hb_thread = threading.Thread(
+                target=self._heartbeat_loop,
+                args=(_format_endpoint(self.address, hdr["results"]), interval),
+                name="zmqworkers-heartbeat",
+                daemon=True,
+            )
+            hb_thread.start()
+            log.info("worker %s: joined controller %s", self.id, hdr.get("controller"))
+            return self._serve(tasks, results, control, guard, interval * misses)
+        finally:
+            self._hb_stop.set()
+            if hb_thread is not None:
+                hb_thread.join(timeout=5)
+            for s in (tasks, results, control):
+                if s is not None:
+                    s.close()
+
+    def _should_exit(self) -> bool:
+        if self._terminate:
+            return True
+        ppid = self.options.parent_pid
+        return ppid is not None and not _pid_alive(ppid)
+
+    def _handshake(self, tasks: zmq.Socket[Any], guard: ReplayGuard) -> Any:
+        hello = {
+            "id": self.id,
+            "host": self.host,
+            "pid": os.getpid(),
+            "protocol": PROTOCOL_VERSION,
+            "version": __version__,
+            "capacity": 1 + max(0, self.options.prefetch),
+        }
+        poller = zmq.Poller()
+        poller.register(tasks, zmq.POLLIN)
+        sent = False
+        deadline = time.monotonic() + 2.0
+        while not self._should_exit():
+            if not sent:
+                try:
+                    frames = encode(Kind.HELLO, self.id, self._next_seq(), self.key, hello)
+                    tasks.send_multipart(frames, flags=zmq.NOBLOCK)
+                    sent = True
+                    deadline = time.monotonic() + 2.0
+                except zmq.Again:
+                    pass
+            if dict(poller.poll(100)).get(tasks):
+                msg = self._decode(tasks.recv_multipart(copy=False), guard)
+                if msg is not None and msg.kind in (Kind.WELCOME, Kind.REFUSED):
+                    return msg
+            if sent and time.monotonic() > deadline:
+                # The hello went to a connection that has since gone: say it again.
+                sent = False
+        return None
+
+    def _heartbeat_loop(self, endpoint: str, interval: float) -> None:
+        sock = self._ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 4)
+        sock.connect(endpoint)
+        sender = f"{self.id}/hb"
+        seq = 0
+        try:
+            while not self._hb_stop.is_set():
+                seq += 1
+                header = {
+                    "id": self.id,
+                    "state": self._state,
+                    "task": self._current,
+                    "done": self._done,
+                }
+                frames = encode(Kind.HEARTBEAT, sender, seq, self.key, header)
+                try:
+                    sock.send_multipart(frames, flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+                self._hb_stop.wait(interval)
+        finally:
+            sock.close()
+
+    def _serve(
+        self,
+        tasks: zmq.Socket[Any],
+        results: zmq.Socket[Any],
+        control: zmq.Socket[Any],
+        guard: ReplayGuard,
+        lost_after: float,
+    ) -> str:
+        poller = zmq.Poller()
+        poller.register(tasks, zmq.POLLIN)
+        poller.register(control, zmq.POLLIN)
+        last_heard = time.monotonic()
+        batch: list[tuple[int, bool, Any]] = []
+        batch_started = 0.0
+        served = False
+
+        def ingest(timeout_ms: int) -> None:
+            nonlocal last_heard
+            for sock, _ in poller.poll(timeout_ms):
+                while True:
+                    try:
+                        frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    msg = self._decode(frames, guard)
+                    if msg is None:
+                        continue
+                    last_heard = time.monotonic()
+                    self._handle(msg)
+
+        while True:
+            ingest(0 if self._queue else 100)
+            if self._terminate or self._stop_requested:
+                break
+            if self._should_exit():
+                self._terminate = True
+                break
+            if not self._queue:
+                if batch:
+                    self._flush(results, batch)
+                    batch = []
+                if time.monotonic() - last_heard > lost_after:
+                    log.warning("worker %s: controller silent for %.1f s", self.id, lost_after)
+                    return "lost"
+                continue
+            task_id, spec_id, arg = self._queue.popleft()
+            served = True
+            if not batch:
+                batch_started = time.monotonic()
+            batch.append(self._run_one(task_id, spec_id, arg))
+            if (
+                not self._queue
+                or len(batch) >= RESULT_BATCH_MAX
+                or time.monotonic() - batch_started > RESULT_BATCH_SECONDS
+            ):
+                self._flush(results, batch)
+                batch = []
+        if batch:
+            self._flush(results, batch)
+        # Leaving: whatever was prefetched goes back to the controller.
+        returned = [t[0] for t in self._queue]
+        self._queue.clear()
+        frames = encode(
+            Kind.BYE,
+            self._result_sender,
+            self._next_result_seq(),
+            self.key,
+            {"id": self.id, "returned": returned},
+        )
+        results.send_multipart(frames)
+        log.info("worker %s: leaving, %d task(s) handed back", self.id, len(returned))
+        if self._terminate:
+            return "exit"
+        self._stop_requested = False
+        return "served" if served else "lost"
+
+    def _handle(self, msg: Any) -> None:
+        kind = msg.kind
+        if kind == Kind.TASKS:
+            spec_id = msg.header["spec"]
+            for task_id, arg in msg.payload:
+                self._queue.append((task_id, spec_id, arg))
+        elif kind == Kind.FUNC:
+            self._funcs.add(msg.header["spec"], msg.payload)
+        elif kind == Kind.STOP:
+            target = msg.header.get("worker") if isinstance(msg.header, dict) else None
+            if target in (None, self.id):
+                self._stop_requested = True
+        elif kind == Kind.HEARTBEAT:
+            pass  # last_heard is updated by the caller
+        else:
+            self.dropped["unexpected"] += 1
+
+    def _run_one(self, task_id: int, spec_id: str, arg: Any) -> tuple[int, bool, Any]:
+        call = self._funcs.get(spec_id)
+        if call is None:
+            err = RuntimeError(f"function spec {spec_id} was never received")
+            return (task_id, False, describe_exception(err))
+        self._state = "busy"
+        self._current = task_id
+        try:
+            return (task_id, True, call(arg))
+        except Exception as exc:
+            return (task_id, False, describe_exception(exc))
+        finally:
+            self._done += 1
+            self._state = "idle"
+            self._current = None
+
+    def _flush(self, results: zmq.Socket[Any], batch: list[tuple[int, bool, Any]]) -> None:
+        try:
+            frames = encode(
+                Kind.RESULTS,
+                self._result_sender,
+                self._next_result_seq(),
+                self.key,
+                None,
+                batch,
+                has_payload=True,
+            )
+        except Exception:
+            # One unpicklable result must not take its batch-mates with it.
+            frames = encode(
+                Kind.RESULTS,
+                self._result_sender,
+                self._next_result_seq(),
+                self.key,
+                None,
+                [_picklable(item) for item in batch],
+                has_payload=True,
+            )
+        results.send_multipart(frames, copy=False)
+
+
+def _picklable(item: tuple[int, bool, Any]) -> tuple[int, bool, Any]:
+    from zmqworkers.protocol import dumps
+
+    try:
+        dumps(item[2])
+        return item
+    except Exception as exc:
+        err = TypeError(f"the result of task {item[0]} cannot be pickled: {exc}")
+        return (item[0], False, describe_exception(err))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie parent (exited, not yet reaped) still answers kill(0);
+    # being re-parented is the surer sign.
+    return os.getppid() == pid

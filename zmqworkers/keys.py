@@ -11,6 +11,12 @@ from zmqworkers.errors import ConfigurationError
 KEY_ENV = "ZMQWORKERS_KEY"
 MIN_KEY_LENGTH = 16
 
+# The key of ``insecure=True`` / ``--insecure`` when no key is given: written
+# here, so it is known to everyone. It keeps the framing and the checks
+# against accidents (corruption, crossed jobs), and protects nothing against
+# an attacker. Both sides log a warning whenever it is used.
+INSECURE_KEY = b"zmqworkers-insecure-well-known-key-protects-nothing"
+
 
 def new_key() -> bytes:
     """A fresh random key (64 hex characters)."""

@@ -29,12 +29,13 @@ import logging
 import os
 import pickle
 import queue
+import secrets
 import socket as pysocket
 import subprocess
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from urllib.parse import urlsplit
 
 import zmq
 
+from zmqworkers import curve
 from zmqworkers.controller.launcher import describe_exit, start_local_worker
 from zmqworkers.controller.scheduler import Scheduler, WorkerState
 from zmqworkers.errors import (
@@ -51,20 +53,36 @@ from zmqworkers.errors import (
     ProtocolVersionError,
     make_remote_error,
 )
+from zmqworkers.keys import INSECURE_KEY
 from zmqworkers.protocol import (
     PROTOCOL_VERSION,
     Kind,
     ReplayGuard,
     decode,
+    derive_key,
     encode,
     encode_frames,
 )
-from zmqworkers.protocol.messages import DEFAULT_MAX_MESSAGE_SIZE, peek_version
+from zmqworkers.protocol.messages import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_SENDER_LENGTH,
+    NONCE_SIZE,
+    peek_version,
+)
 from zmqworkers.protocol.serialize import dumps
 
 log = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+# Hellos waiting for their worker's first signed message: bounded, so replayed
+# hellos cannot grow the controller's memory.
+MAX_PENDING_SESSIONS = 4096
+# Sessions of workers that left or were lost, kept so a late result of theirs
+# is still delivered (the scheduler takes late results).
+MAX_RETIRED_SESSIONS = 1024
+# Messages queued per connection on the controller's receiving sockets: with
+# max_message_size, bounds the memory one connection can make it hold.
+RECEIVE_HWM = 1000
 
 
 @dataclass
@@ -86,6 +104,25 @@ class EngineOptions:
     stop_timeout: float = 10.0
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     worker_env: dict[str, str] = field(default_factory=dict)
+    # CURVE directory (see zmqworkers.curve): encrypt, admit only known workers.
+    curve_dir: str | None = None
+
+
+@dataclass
+class _Session:
+    """One worker connection, from its hello to its leaving.
+
+    ``key`` signs everything after the hello, both ways; ``tag`` (the
+    controller's nonce, in hex) names the session in the worker's senders.
+    """
+
+    tag: str
+    route: bytes
+    key: bytes
+    state: WorkerState
+    expires: float
+    joined: bool = False
+    retired: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,14 +163,7 @@ class Engine:
     """Runs the controller's event loop on a thread of its own."""
 
     def __init__(self, options: EngineOptions, handler: EngineHandler) -> None:
-        if not options.key:
-            raise ConfigurationError("the engine needs a key")
-        if not _is_loopback(options.bind) and not (options.key_given or options.insecure):
-            raise ConfigurationError(
-                f"refusing to bind {options.bind} with a random key no remote worker "
-                "can know: give key=/key_file= (or $ZMQWORKERS_KEY; make one with "
-                "`zmqworkers keygen FILE`), or pass insecure=True to accept the risk"
-            )
+        self._check_security(options)
         self.options = options
         self.handler = handler
         self.id = f"ctl-{uuid.uuid4().hex[:8]}"
@@ -152,6 +182,13 @@ class Engine:
         self._seq = 0
         self._pub_seq = 0
         self._guard = ReplayGuard()
+        self._pending: OrderedDict[str, _Session] = OrderedDict()  # by worker id
+        self._live: dict[str, _Session] = {}  # by worker id
+        self._sessions: dict[str, _Session] = {}  # by tag: pending, live, retired
+        self._retired: OrderedDict[str, _Session] = OrderedDict()  # by tag
+        self._pub_nonce = secrets.token_bytes(NONCE_SIZE)
+        self._pub_key = derive_key(options.key, b"pub", self._pub_nonce)
+        self._auth: Any = None
         self._local: dict[int, subprocess.Popen[bytes]] = {}
         self._local_target = options.n_workers
         self._expected_exits: set[int] = set()
@@ -162,6 +199,35 @@ class Engine:
         self._closing = False
         self._closed = threading.Event()
         self._snapshot: list[dict[str, Any]] = []
+
+    @staticmethod
+    def _check_security(options: EngineOptions) -> None:
+        """Apply the bind policy; fill in the key CURVE or insecure mode use."""
+        if options.curve_dir:
+            curve.server_keys(options.curve_dir)  # fail now, naming the file
+            if not options.key_given:
+                options.key = curve.hmac_key(options.curve_dir)
+            options.worker_env.setdefault(curve.CURVE_ENV, str(options.curve_dir))
+        if not options.key:
+            raise ConfigurationError("the engine needs a key")
+        if _is_loopback(options.bind) or options.key_given or options.curve_dir:
+            return
+        if not options.insecure:
+            raise ConfigurationError(
+                f"refusing to bind {options.bind} without a key: anyone who can reach "
+                "that address could run code on your workers and in this process. "
+                "Fix: give key= or key_file= (or set $ZMQWORKERS_KEY; make a key file "
+                "with `zmqworkers keygen FILE` and give it to the workers with "
+                "--key-file), or encrypt with curve_dir= (`zmqworkers keygen --curve "
+                "DIR`), or bind 127.0.0.1; insecure=True (--insecure) skips this check "
+                "on a network you trust completely"
+            )
+        options.key = INSECURE_KEY
+        log.warning(
+            "INSECURE: binding %s with the well-known insecure key; anyone who can "
+            "reach it can run code on the workers and in this process",
+            options.bind,
+        )
 
     # -- caller side (any thread) -----------------------------------------
 
@@ -251,20 +317,40 @@ class Engine:
 
     # -- engine thread ------------------------------------------------------
 
+    def _close_sockets(self) -> None:
+        for name in ("_router", "_pull", "_pub"):
+            sock = getattr(self, name, None)
+            if sock is not None:
+                sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        ctx = getattr(self, "_ctx", None)
+        if ctx is not None:
+            ctx.term()
+
     def _bind(self) -> None:
         ctx = self._ctx = zmq.Context()
         opts = self.options
         self._router = ctx.socket(zmq.ROUTER)
         self._pull = ctx.socket(zmq.PULL)
         self._pub = ctx.socket(zmq.PUB)
+        if opts.curve_dir:
+            keys = curve.server_keys(opts.curve_dir)
+            # The authenticator must listen before the first connection comes.
+            self._auth = curve.start_authenticator(ctx, keys)
+            for s in (self._router, self._pull, self._pub):
+                curve.setup_server(s, keys)
         for s in (self._router, self._pull, self._pub):
             s.setsockopt(zmq.LINGER, 0)
         for s in (self._router, self._pull):
             s.setsockopt(zmq.MAXMSGSIZE, opts.max_message_size)
+            s.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
         # A send to a worker that has gone raises instead of vanishing.
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self._pull.setsockopt(zmq.RCVHWM, 0)
+        # No ROUTER_HANDOVER: each worker session connects with a fresh random
+        # routing id, so a second connection claiming a live id is an
+        # impostor trying to take over that worker's tasks, and is ignored.
         parts = urlsplit(opts.bind)
         if parts.scheme == "ipc":
             base = opts.bind
@@ -297,6 +383,7 @@ class Engine:
         try:
             self._bind()
         except BaseException as exc:
+            self._close_sockets()
             self._start_error = exc
             self._ready.set()
             self._closed.set()
@@ -359,6 +446,11 @@ class Engine:
                 handle(frames)
             except DecodeError as exc:
                 self._count_drop(exc)
+            except Exception as exc:
+                # A signed message this code cannot handle (a bug, or a peer
+                # of another release): dropped like any other, never fatal.
+                log.debug("message handler raised", exc_info=True)
+                self._count_drop(DecodeError("invalid", repr(exc)))
 
     def _count_drop(self, exc: DecodeError) -> None:
         self.dropped[exc.reason] += 1
@@ -366,10 +458,19 @@ class Engine:
         if n & (n - 1) == 0:  # 1, 2, 4, 8, ...: rate-limited
             log.warning("dropped message (%s); %d dropped for this reason", exc, n)
 
-    def _decode(self, frames: list[Any]) -> Any:
-        msg = decode(frames, self.options.key, max_size=self.options.max_message_size)
+    def _decode(self, frames: list[Any], key: Any) -> Any:
+        msg = decode(frames, key, max_size=self.options.max_message_size)
         self._guard.check(msg.sender, msg.seq)
         return msg
+
+    def _session_key(self, sender: str) -> bytes:
+        # Worker senders on the result channel are "<id>@<tag>/<channel>".
+        tag = sender.partition("/")[0].rpartition("@")[2]
+        s = self._sessions.get(tag)
+        if s is None:
+            # No key to check it with: as good as a bad signature.
+            raise DecodeError("signature", f"{sender[:80]!r} is in no session")
+        return s.key
 
     # -- commands -----------------------------------------------------------
 
@@ -431,9 +532,12 @@ class Engine:
         return self._seq
 
     def _send(self, worker_id: str, kind: Kind, header: Any, body: Any = ()) -> bool:
-        frames = encode_frames(kind, self.id, self._next_seq(), self.options.key, header, body)
+        s = self._live.get(worker_id)
+        if s is None:
+            return False
+        frames = encode_frames(kind, self.id, self._next_seq(), s.key, header, body)
         try:
-            self._router.send_multipart([worker_id.encode(), *frames], copy=False)
+            self._router.send_multipart([s.route, *frames], copy=False)
             self.stats["messages_sent"] += 1
             self.stats["bytes_sent"] += sum(memoryview(f).nbytes for f in frames)
             if kind == Kind.FUNC:
@@ -447,7 +551,7 @@ class Engine:
 
     def _publish(self, kind: Kind, header: Any) -> None:
         self._pub_seq += 1
-        frames = encode(kind, f"{self.id}/pub", self._pub_seq, self.options.key, header)
+        frames = encode(kind, f"{self.id}/pub", self._pub_seq, self._pub_key, header)
         self._pub.send_multipart(frames)
 
     def _dispatch(self) -> None:
@@ -494,80 +598,142 @@ class Engine:
         routing_id = frames[0].bytes
         body = frames[1:]
         try:
-            msg = self._decode(body)
+            msg = self._decode(body, self.options.key)
         except ProtocolVersionError as exc:
             theirs = peek_version(body)
             refusal = (
                 f"worker speaks protocol {theirs}, controller {PROTOCOL_VERSION}: "
                 "install the same zmqworkers release on both sides"
             )
-            log.error("refused worker %r: %s", routing_id, refusal)
-            self._send_raw(routing_id, Kind.REFUSED, {"reason": refusal})
+            self._send_raw(routing_id, Kind.REFUSED, {"reason": refusal, "version": True})
             raise DecodeError("version", refusal) from exc
         if msg.kind != Kind.HELLO:
             raise DecodeError("unexpected", f"{msg.kind.name} on the task channel")
         self._on_hello(routing_id, msg.header)
 
     def _send_raw(self, routing_id: bytes, kind: Kind, header: Any) -> None:
+        # To a peer not (yet) in a session: signed with the shared key, and
+        # never blocking, as the peer may be a flood that does not read.
         frames = encode(kind, self.id, self._next_seq(), self.options.key, header)
         try:
-            self._router.send_multipart([routing_id, *frames])
+            self._router.send_multipart([routing_id, *frames], flags=zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
 
     def _on_hello(self, routing_id: bytes, hdr: Any) -> None:
-        if not isinstance(hdr, dict) or hdr.get("id", "").encode() != routing_id:
-            raise DecodeError("malformed", "hello whose id is not its routing id")
-        wid = hdr["id"]
+        if not isinstance(hdr, dict):
+            raise DecodeError("malformed", "hello header is not a map")
+        wid, nonce = hdr.get("id"), hdr.get("nonce")
+        if not isinstance(wid, str) or not 0 < len(wid) < MAX_SENDER_LENGTH - 40 or "@" in wid:
+            raise DecodeError("malformed", "hello without a valid worker id")
+        if not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
+            raise DecodeError("malformed", f"hello from {wid} without a {NONCE_SIZE}-byte nonce")
+        pid, capacity, host = hdr.get("pid", 0), hdr.get("capacity", 2), hdr.get("host", "")
+        if not (_is_int(pid) and _is_int(capacity) and isinstance(host, str)):
+            raise DecodeError("malformed", f"hello from {wid} with fields of the wrong type")
         if self._closing:
-            self._send_raw(routing_id, Kind.REFUSED, {"reason": "controller is shutting down"})
+            self._send_raw(
+                routing_id, Kind.REFUSED, {"reason": "controller is shutting down", "nonce": nonce}
+            )
             return
-        if wid in self.sched.workers:
-            # Said hello again (reconnected): what it held is not coming back.
-            self._lose(wid, "reconnected")
-        pid = int(hdr.get("pid", 0))
         now = time.monotonic()
         w = WorkerState(
             id=wid,
-            host=str(hdr.get("host", "")),
+            host=host,
             pid=pid,
-            capacity=max(1, int(hdr.get("capacity", 2))),
-            local=pid in self._local and hdr.get("host") == self.host,
+            capacity=min(max(1, capacity), 1 << 20),
+            local=pid in self._local and host == self.host,
             last_seen=now,
             joined=now,
         )
-        self.sched.join(w)
-        self._send(
-            wid,
+        ours = secrets.token_bytes(NONCE_SIZE)
+        session = _Session(
+            tag=ours.hex(),
+            route=routing_id,
+            key=derive_key(self.options.key, b"session", nonce, ours),
+            state=w,
+            expires=now + self.options.heartbeat_interval * self.options.heartbeat_misses + 5,
+        )
+        # The worker joins on its first message signed with the session key:
+        # a replayed hello cannot produce one, so it never gets a task.
+        old = self._pending.pop(wid, None)
+        if old is not None:
+            self._sessions.pop(old.tag, None)
+        if len(self._pending) >= MAX_PENDING_SESSIONS:
+            _, oldest = self._pending.popitem(last=False)
+            self._sessions.pop(oldest.tag, None)
+        self._pending[wid] = session
+        self._sessions[session.tag] = session
+        self._send_raw(
+            routing_id,
             Kind.WELCOME,
             {
                 "controller": self.id,
+                "nonce": nonce,
+                "session": ours,
+                "pub_nonce": self._pub_nonce,
+                "pub_seq": self._pub_seq,
                 "results": self._results_ep,
                 "control": self._control_ep,
                 "heartbeat_interval": self.options.heartbeat_interval,
                 "heartbeat_misses": self.options.heartbeat_misses,
             },
         )
-        log.info("worker %s joined (host %s, pid %d)", wid, w.host, pid)
-        self.handler.on_event("worker_joined", w.snapshot())
+
+    def _join(self, s: _Session) -> None:
+        wid = s.state.id
+        if self._pending.get(wid) is s:
+            del self._pending[wid]
+        if wid in self._live:
+            # Said hello again (reconnected): what it held is not coming back.
+            self._lose(wid, "reconnected")
+        s.joined = True
+        s.state.last_seen = s.state.joined = time.monotonic()
+        self._live[wid] = s
+        self.sched.join(s.state)
+        log.info("worker %s joined (host %s, pid %d)", wid, s.state.host, s.state.pid)
+        self.handler.on_event("worker_joined", s.state.snapshot())
+
+    def _end_session(self, wid: str) -> None:
+        s = self._live.pop(wid, None)
+        if s is None:
+            return
+        s.retired = True
+        self._retired[s.tag] = s
+        if len(self._retired) > MAX_RETIRED_SESSIONS:
+            tag, old = self._retired.popitem(last=False)
+            self._sessions.pop(tag, None)
+            for channel in ("r", "hb"):
+                self._guard.forget(f"{old.state.id}@{tag}/{channel}")
 
     def _on_result_channel(self, frames: list[Any]) -> None:
-        msg = self._decode(frames)
-        wid = msg.sender.split("/", 1)[0]
-        w = self.sched.workers.get(wid)
-        if w is not None:
-            w.last_seen = time.monotonic()
+        msg = self._decode(frames, self._session_key)
+        s = self._sessions[msg.sender.partition("/")[0].rpartition("@")[2]]
+        wid = s.state.id
         kind = msg.kind
+        if s.retired:
+            # Left or lost: a late result is still taken, nothing else.
+            if kind == Kind.RESULTS:
+                self._on_results(wid, msg.payload)
+            return
+        if not s.joined:
+            self._join(s)
+        w = s.state
+        w.last_seen = time.monotonic()
         if kind == Kind.RESULTS:
             self._on_results(wid, msg.payload)
         elif kind == Kind.HEARTBEAT:
-            if w is not None and isinstance(msg.header, dict):
+            if isinstance(msg.header, dict):
                 w.state = str(msg.header.get("state", w.state))
-                w.current = msg.header.get("task")
+                task = msg.header.get("task")
+                w.current = task if _is_int(task) else None
         elif kind == Kind.BYE:
             returned = msg.header.get("returned", []) if isinstance(msg.header, dict) else []
+            if not isinstance(returned, list) or not all(_is_int(t) for t in returned):
+                raise DecodeError("malformed", f"bye from {wid} with a bad task list")
             self.sched.hand_back(wid, returned)
             self.sched.leave(wid)
+            self._end_session(wid)
             log.info("worker %s left, handed back %d task(s)", wid, len(returned))
             self.handler.on_event("worker_left", wid)
         elif kind == Kind.MESSAGE:
@@ -578,6 +744,16 @@ class Engine:
     def _on_results(self, wid: str, items: Any) -> None:
         if not isinstance(items, list):
             raise DecodeError("malformed", "results payload is not a list")
+        # Checked whole before any is taken: a bad entry late in a batch must
+        # not leave earlier ones completed but never delivered.
+        for item in items:
+            if not (
+                isinstance(item, tuple | list)
+                and len(item) == 3
+                and _is_int(item[0])
+                and isinstance(item[1], bool)
+            ):
+                raise DecodeError("malformed", f"result entry from {wid} is not (id, ok, value)")
         w = self.sched.workers.get(wid)
         host = w.host if w is not None else ""
         out: list[tuple[int, bool, Any]] = []
@@ -619,6 +795,13 @@ class Engine:
                 if self.options.replace_dead_workers and self._replacements < 100:
                     self._replacements += 1
                     self._start_local(1)
+        for wid, s in list(self._pending.items()):
+            if now > s.expires:
+                # Hello answered, but no signed word since: a replay, or a
+                # worker that could not reach the result port.
+                del self._pending[wid]
+                self._sessions.pop(s.tag, None)
+                self.stats["hellos_expired"] += 1
         limit = self.options.heartbeat_interval * self.options.heartbeat_misses
         for w in list(self.sched.workers.values()):
             if now - w.last_seen > limit:
@@ -635,6 +818,7 @@ class Engine:
             return
         log.warning("worker %s lost: %s", wid, how)
         failed = self.sched.lose(wid, how)
+        self._end_session(wid)
         self.stats["workers_lost"] += 1
         self.handler.on_event("worker_lost", {"id": wid, "how": how})
         self._deliver([(tid, False, err) for tid, err in failed])
@@ -664,9 +848,7 @@ class Engine:
         self._local.clear()
         abandoned = list(self.sched.tasks)
         self._closed.set()
-        for s in (self._router, self._pull, self._pub):
-            s.close(linger=0)
-        self._ctx.term()
+        self._close_sockets()
         os.close(self._wake_r)
         os.close(self._wake_w)
         # Whatever commands came in after the last drain are answered too.
@@ -680,6 +862,10 @@ class Engine:
             elif name in ("call", "cancel"):
                 arg[1].set_exception(RuntimeError("the controller engine is closed"))
         self.handler.on_event("closed", abandoned)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _port(sock: zmq.Socket[Any]) -> int:

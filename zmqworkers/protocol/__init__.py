@@ -10,6 +10,7 @@ from zmqworkers.protocol.messages import (
     Message,
     ReplayGuard,
     decode,
+    derive_key,
     encode,
     encode_frames,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "Message",
     "ReplayGuard",
     "decode",
+    "derive_key",
     "dumps",
     "encode",
     "encode_frames",

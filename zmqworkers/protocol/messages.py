@@ -9,11 +9,19 @@ A message is a list of ZeroMQ frames::
 - ``envelope``: msgpack ``[version, kind, sender, seq, header, n_payload]``.
   ``header`` holds plain msgpack data (ids, counts, host names); it is the
   only part read before the signature is checked, and msgpack never runs code.
+  The version and the sender are read first: the version for a clear error
+  across releases, the sender to pick the key of its session.
 - payload frames (``n_payload`` of them): a pickle protocol 5 stream and its
   out-of-band buffers, unpickled only after the signature matched.
 
 ``decode`` raises :class:`~zmqworkers.errors.DecodeError` (or its subclass
 ``ProtocolVersionError``) for anything it refuses, and nothing else.
+
+Sessions: only HELLO and its answer (WELCOME or REFUSED) are signed with the
+shared key itself. Everything after is signed with a key derived from the
+shared key and two fresh nonces, one from each side (:func:`derive_key`), so
+a message captured in one session is refused in every other one, even by a
+restarted controller with the same key.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import enum
 import hashlib
 import hmac
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,10 +39,13 @@ import msgpack
 from zmqworkers.errors import DecodeError, ProtocolVersionError
 from zmqworkers.protocol import serialize
 
-PROTOCOL_VERSION = 1
+# 2: session keys (nonces in HELLO and WELCOME), per-session routing ids.
+PROTOCOL_VERSION = 2
 
 SIGNATURE_SIZE = 32
 MAX_ENVELOPE_SIZE = 64 * 1024
+MAX_SENDER_LENGTH = 256
+NONCE_SIZE = 16
 # Default bound on a whole message; the controller and worker take it as an
 # option (and also set it as ZMQ_MAXMSGSIZE, which bounds each frame).
 DEFAULT_MAX_MESSAGE_SIZE = 2 * 1024**3
@@ -76,6 +87,22 @@ def _mac(key: bytes, frames: Sequence[Any]) -> bytes:
         mac.update(view.nbytes.to_bytes(8, "little"))
         mac.update(view)
     return mac.digest()
+
+
+def derive_key(key: bytes, label: bytes, *parts: bytes) -> bytes:
+    """A key for one purpose and session, derived from the shared ``key``.
+
+    Each part is length-prefixed, so no two different lists of parts give
+    the same key.
+    """
+    mac = hmac.new(key, b"zmqworkers/" + label, digestmod=hashlib.sha256)
+    for part in parts:
+        mac.update(len(part).to_bytes(4, "little"))
+        mac.update(part)
+    return mac.digest()
+
+
+KeyLookup = Callable[[str], bytes]
 
 
 def encode(
@@ -121,18 +148,25 @@ def peek_version(frames: Sequence[Any]) -> int | None:
 
 def decode(
     frames: Sequence[Any],
-    key: bytes,
+    key: bytes | KeyLookup,
     *,
     max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     unpickle: bool = True,
 ) -> Message:
     """Check and decode the frames of one message.
 
+    ``key`` is the key, or a function of the sender that returns its key (or
+    raises :class:`DecodeError` for a sender it does not know).
+
     Order matters: sizes, then the envelope (msgpack, safe) for a clear
-    version error, then the signature, and only then the pickle.
+    version error and the sender, then the signature, and only then the pickle.
     """
-    if len(frames) < 2:
-        raise DecodeError("malformed", f"{len(frames)} frame(s), need at least 2")
+    try:
+        n_frames = len(frames)
+    except TypeError as exc:
+        raise DecodeError("malformed", "frames are not a sequence") from exc
+    if n_frames < 2:
+        raise DecodeError("malformed", f"{n_frames} frame(s), need at least 2")
     views = []
     total = 0
     for frame in frames:
@@ -156,22 +190,25 @@ def decode(
     if not isinstance(env, list) or len(env) != 6:
         raise DecodeError("malformed", "envelope is not a list of 6")
     version, kind_no, sender, seq, header, n_payload = env
-    if not isinstance(version, int) or isinstance(version, bool):
+    if not _is_int(version):
         raise DecodeError("malformed", "version is not an integer")
     if version != PROTOCOL_VERSION:
         raise ProtocolVersionError(version, PROTOCOL_VERSION)
-    if not hmac.compare_digest(bytes(sig), _mac(key, views[1:])):
+    if not isinstance(sender, str) or not 0 < len(sender) <= MAX_SENDER_LENGTH:
+        raise DecodeError("malformed", "sender is not a short string")
+    if not (_is_int(seq) and _is_int(kind_no) and _is_int(n_payload)):
+        raise DecodeError("malformed", "kind, seq or payload count is not an integer")
+    if n_payload != len(views) - 2:
+        raise DecodeError("malformed", f"declares {n_payload} payload frames, has {len(views) - 2}")
+    secret = key(sender) if callable(key) else key
+    if not hmac.compare_digest(bytes(sig), _mac(secret, views[1:])):
         raise DecodeError("signature", "signature does not match the key")
     # Signed by a holder of the key from here on: checks below guard
     # against bugs and version skew, not against forgery.
     try:
         kind = Kind(kind_no)
-    except (ValueError, TypeError) as exc:
-        raise DecodeError("malformed", f"unknown message kind {kind_no!r}") from exc
-    if not isinstance(sender, str) or not isinstance(seq, int):
-        raise DecodeError("malformed", "sender or seq of the wrong type")
-    if not isinstance(n_payload, int) or n_payload != len(views) - 2:
-        raise DecodeError("malformed", f"declares {n_payload} payload frames")
+    except ValueError as exc:
+        raise DecodeError("kind", f"unknown message kind {kind_no!r}") from exc
     msg = Message(kind, sender, seq, header, has_payload=n_payload > 0, nbytes=total)
     if n_payload and unpickle:
         try:
@@ -179,6 +216,10 @@ def decode(
         except Exception as exc:
             raise DecodeError("malformed", f"payload does not unpickle ({exc!r})") from exc
     return msg
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class ReplayGuard:

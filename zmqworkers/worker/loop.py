@@ -21,6 +21,7 @@ import collections
 import logging
 import os
 import pickle
+import secrets
 import signal
 import socket as pysocket
 import threading
@@ -33,9 +34,11 @@ from typing import Any
 
 import zmq
 
+from zmqworkers import curve
 from zmqworkers._version import __version__
-from zmqworkers.errors import DecodeError
-from zmqworkers.protocol import PROTOCOL_VERSION, Kind, ReplayGuard, decode, encode
+from zmqworkers.errors import DecodeError, ProtocolVersionError
+from zmqworkers.protocol import PROTOCOL_VERSION, Kind, ReplayGuard, decode, derive_key, encode
+from zmqworkers.protocol.messages import NONCE_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,9 @@ class WorkerOptions:
     death_timeout: float | None = None
     name: str | None = None
     max_message_size: int = 2 * 1024**3
+    # CURVE directory and the name of this worker's certificate in it.
+    curve_dir: str | None = None
+    curve_name: str = curve.DEFAULT_WORKER
 
 
 def _format_endpoint(address: str, port_or_endpoint: Any) -> str:
@@ -143,12 +149,24 @@ class Worker:
         self.options = options or WorkerOptions()
         self.host = pysocket.gethostname()
         self.id = self.options.name or f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._curve = (
+            curve.client_keys(self.options.curve_dir, self.options.curve_name)
+            if self.options.curve_dir
+            else None
+        )
         self._ctx = zmq.Context()
         # One sequence per socket, as the receiver checks order per sender:
-        # "<id>" on the task channel, "<id>/r" for results, "<id>/hb" heartbeats.
-        self._seq = 0
+        # "<id>" for hellos, "<id>@<session>/r" for results, ".../hb" heartbeats.
+        # Hellos count from the wall clock in milliseconds, so a worker that
+        # restarts under the same name is not taken for a replay of itself.
+        self._seq = time.time_ns() // 1_000_000
         self._result_seq = 0
         self._result_sender = f"{self.id}/r"
+        self._hb_sender = f"{self.id}/hb"
+        # Set per session from the controller's welcome: the key that signs
+        # everything after the hello, and the one of the broadcast channel.
+        self._skey = key
+        self._pub_key = key
         self._funcs = FunctionCache()
         self._queue: collections.deque[tuple[int, str, Any]] = collections.deque()
         self._stop_requested = False  # by the controller (STOP)
@@ -177,6 +195,20 @@ class Worker:
     # -- main -------------------------------------------------------------
 
     def run(self) -> int:
+        """Serve controllers; 0 when done, 3 when the controller's protocol differs."""
+        try:
+            return self._run()
+        except ProtocolVersionError as exc:
+            log.error(
+                "worker %s: worker speaks protocol %d, controller %d: install the same "
+                "zmqworkers release on both sides",
+                self.id,
+                exc.ours,
+                exc.theirs,
+            )
+            return 3
+
+    def _run(self) -> int:
         backoff = 0.1
         waited_since = time.monotonic()
         try:
@@ -204,9 +236,9 @@ class Worker:
         self._result_seq += 1
         return self._result_seq
 
-    def _decode(self, frames: list[Any], guard: ReplayGuard) -> Any:
+    def _decode(self, frames: list[Any], guard: ReplayGuard, key: bytes) -> Any:
         try:
-            msg = decode(frames, self.key, max_size=self.options.max_message_size)
+            msg = decode(frames, key, max_size=self.options.max_message_size)
             guard.check(msg.sender, msg.seq)
             return msg
         except DecodeError as exc:
@@ -220,10 +252,12 @@ class Worker:
     def _session(self) -> str:
         """Serve one controller. Returns "exit", "served" or "lost"."""
         opts = self.options
-        tasks = self._ctx.socket(zmq.DEALER)
+        tasks = self._socket(zmq.DEALER)
         tasks.setsockopt(zmq.LINGER, 0)
         tasks.setsockopt(zmq.IMMEDIATE, 1)  # never queue a hello for nobody
-        tasks.setsockopt(zmq.ROUTING_ID, self.id.encode())
+        # A fresh routing id per session: nobody can guess it to take over
+        # this worker's place at the controller.
+        tasks.setsockopt(zmq.ROUTING_ID, f"{self.id}/{secrets.token_hex(8)}".encode())
         tasks.setsockopt(zmq.MAXMSGSIZE, opts.max_message_size)
         tasks.connect(self.address)
         results: zmq.Socket[Any] | None = None
@@ -238,20 +272,28 @@ class Worker:
                 log.error("worker %s: refused by controller: %s", self.id, welcome.header)
                 return "exit"
             hdr = welcome.header
-            results = self._ctx.socket(zmq.PUSH)
+            results = self._socket(zmq.PUSH)
             results.setsockopt(zmq.LINGER, 2000)
             results.connect(_format_endpoint(self.address, hdr["results"]))
-            control = self._ctx.socket(zmq.SUB)
+            control = self._socket(zmq.SUB)
             control.setsockopt(zmq.LINGER, 0)
             control.setsockopt(zmq.SUBSCRIBE, b"")
             control.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
             control.connect(_format_endpoint(self.address, hdr["control"]))
+            # Broadcasts published before this welcome are not for us: a
+            # replayed old STOP is refused like any other replay.
+            guard.check(f"{hdr['controller']}/pub", hdr["pub_seq"])
             interval = float(hdr.get("heartbeat_interval", opts.heartbeat_interval))
             misses = int(hdr.get("heartbeat_misses", opts.heartbeat_misses))
             self._hb_stop.clear()
             hb_thread = threading.Thread(
                 target=self._heartbeat_loop,
-                args=(_format_endpoint(self.address, hdr["results"]), interval),
+                args=(
+                    _format_endpoint(self.address, hdr["results"]),
+                    interval,
+                    self._skey,
+                    self._hb_sender,
+                ),
                 name="zmqworkers-heartbeat",
                 daemon=True,
             )
@@ -272,7 +314,14 @@ class Worker:
         ppid = self.options.parent_pid
         return ppid is not None and not _pid_alive(ppid)
 
+    def _socket(self, kind: int) -> zmq.Socket[Any]:
+        sock = self._ctx.socket(kind)
+        if self._curve is not None:
+            curve.setup_client(sock, self._curve)
+        return sock
+
     def _handshake(self, tasks: zmq.Socket[Any], guard: ReplayGuard) -> Any:
+        nonce = secrets.token_bytes(NONCE_SIZE)
         hello = {
             "id": self.id,
             "host": self.host,
@@ -280,6 +329,7 @@ class Worker:
             "protocol": PROTOCOL_VERSION,
             "version": __version__,
             "capacity": 1 + max(0, self.options.prefetch),
+            "nonce": nonce,
         }
         poller = zmq.Poller()
         poller.register(tasks, zmq.POLLIN)
@@ -295,20 +345,47 @@ class Worker:
                 except zmq.Again:
                     pass
             if dict(poller.poll(100)).get(tasks):
-                msg = self._decode(tasks.recv_multipart(copy=False), guard)
-                if msg is not None and msg.kind in (Kind.WELCOME, Kind.REFUSED):
-                    return msg
+                msg = self._decode(tasks.recv_multipart(copy=False), guard, self.key)
+                if msg is None or msg.kind not in (Kind.WELCOME, Kind.REFUSED):
+                    continue
+                if not self._start_session(msg, nonce):
+                    self.dropped["stale"] += 1  # an answer to another hello
+                    continue
+                return msg
             if sent and time.monotonic() > deadline:
                 # The hello went to a connection that has since gone: say it again.
                 sent = False
         return None
 
-    def _heartbeat_loop(self, endpoint: str, interval: float) -> None:
-        sock = self._ctx.socket(zmq.PUSH)
+    def _start_session(self, msg: Any, nonce: bytes) -> bool:
+        """Check an answer to our hello; on a welcome, set up the session keys."""
+        hdr = msg.header
+        if not isinstance(hdr, dict) or hdr.get("nonce") != nonce:
+            return False
+        if msg.kind == Kind.REFUSED:
+            return True
+        ours, pub_nonce = hdr.get("session"), hdr.get("pub_nonce")
+        if not isinstance(ours, bytes) or not isinstance(pub_nonce, bytes):
+            return False
+        fields_ok = (
+            isinstance(hdr.get("controller"), str)
+            and isinstance(hdr.get("pub_seq"), int)
+            and isinstance(hdr.get("results"), int | str)
+            and isinstance(hdr.get("control"), int | str)
+        )
+        if not fields_ok:
+            return False
+        self._skey = derive_key(self.key, b"session", nonce, ours)
+        self._pub_key = derive_key(self.key, b"pub", pub_nonce)
+        self._result_sender = f"{self.id}@{ours.hex()}/r"
+        self._hb_sender = f"{self.id}@{ours.hex()}/hb"
+        return True
+
+    def _heartbeat_loop(self, endpoint: str, interval: float, key: bytes, sender: str) -> None:
+        sock = self._socket(zmq.PUSH)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 4)
         sock.connect(endpoint)
-        sender = f"{self.id}/hb"
         seq = 0
         try:
             while not self._hb_stop.is_set():
@@ -319,7 +396,7 @@ class Worker:
                     "task": self._current,
                     "done": self._done,
                 }
-                frames = encode(Kind.HEARTBEAT, sender, seq, self.key, header)
+                frames = encode(Kind.HEARTBEAT, sender, seq, key, header)
                 try:
                     sock.send_multipart(frames, flags=zmq.NOBLOCK)
                 except zmq.Again:
@@ -339,6 +416,7 @@ class Worker:
         poller = zmq.Poller()
         poller.register(tasks, zmq.POLLIN)
         poller.register(control, zmq.POLLIN)
+        keys = {tasks: self._skey, control: self._pub_key}
         last_heard = time.monotonic()
         batch: list[tuple[int, bool, Any]] = []
         batch_started = 0.0
@@ -352,11 +430,12 @@ class Worker:
                         frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    msg = self._decode(frames, guard)
+                    msg = self._decode(frames, guard, keys[sock])
                     if msg is None:
                         continue
                     last_heard = time.monotonic()
-                    self._handle(msg)
+                    if not self._handle(msg):
+                        self.dropped["malformed"] += 1
 
         while True:
             ingest(0 if self._queue else 100)
@@ -394,7 +473,7 @@ class Worker:
             Kind.BYE,
             self._result_sender,
             self._next_result_seq(),
-            self.key,
+            self._skey,
             {"id": self.id, "returned": returned},
         )
         results.send_multipart(frames)
@@ -404,22 +483,32 @@ class Worker:
         self._stop_requested = False
         return "served" if served else "lost"
 
-    def _handle(self, msg: Any) -> None:
+    def _handle(self, msg: Any) -> bool:
+        """Act on a checked message; False if its content makes no sense."""
         kind = msg.kind
+        hdr = msg.header if isinstance(msg.header, dict) else {}
         if kind == Kind.TASKS:
-            spec_id = msg.header["spec"]
-            for task_id, arg in msg.payload:
-                self._queue.append((task_id, spec_id, arg))
+            spec_id, items = hdr.get("spec"), msg.payload
+            if not isinstance(spec_id, str) or not isinstance(items, list):
+                return False
+            # Checked whole first: a batch is taken entirely or not at all.
+            if not all(isinstance(t, tuple) and len(t) == 2 and type(t[0]) is int for t in items):
+                return False
+            self._queue.extend((task_id, spec_id, arg) for task_id, arg in items)
         elif kind == Kind.FUNC:
-            self._funcs.add(msg.header["spec"], msg.payload)
+            spec, spec_id = msg.payload, hdr.get("spec")
+            if not isinstance(spec_id, str) or not (isinstance(spec, tuple) and len(spec) == 4):
+                return False
+            try:
+                self._funcs.add(spec_id, spec)
+            except ValueError:
+                return False
         elif kind == Kind.STOP:
-            target = msg.header.get("worker") if isinstance(msg.header, dict) else None
-            if target in (None, self.id):
+            if hdr.get("worker") in (None, self.id):
                 self._stop_requested = True
-        elif kind == Kind.HEARTBEAT:
-            pass  # last_heard is updated by the caller
-        else:
+        elif kind != Kind.HEARTBEAT:  # a heartbeat only updates last_heard
             self.dropped["unexpected"] += 1
+        return True
 
     def _run_one(self, task_id: int, spec_id: str, arg: Any) -> tuple[int, bool, Any]:
         call = self._funcs.get(spec_id)
@@ -443,7 +532,7 @@ class Worker:
                 Kind.RESULTS,
                 self._result_sender,
                 self._next_result_seq(),
-                self.key,
+                self._skey,
                 None,
                 batch,
                 has_payload=True,
@@ -454,7 +543,7 @@ class Worker:
                 Kind.RESULTS,
                 self._result_sender,
                 self._next_result_seq(),
-                self.key,
+                self._skey,
                 None,
                 [_picklable(item) for item in batch],
                 has_payload=True,

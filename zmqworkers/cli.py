@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -29,6 +30,23 @@ def _parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run a worker that serves the controller at ADDRESS")
     w.add_argument("address", help="the controller's task address, e.g. tcp://node1:5555")
     w.add_argument("--key-file", help="file holding the shared key (else $ZMQWORKERS_KEY)")
+    w.add_argument(
+        "--curve",
+        metavar="DIR",
+        default=os.environ.get("ZMQWORKERS_CURVE"),
+        help="encrypt with the CURVE certificates in DIR (from `zmqworkers keygen --curve`; "
+        "default $ZMQWORKERS_CURVE)",
+    )
+    w.add_argument(
+        "--curve-name",
+        default="worker",
+        help="this worker's certificate in the CURVE directory (default: worker)",
+    )
+    w.add_argument(
+        "--insecure",
+        action="store_true",
+        help="without a key, use the well-known insecure key (trusted networks only)",
+    )
     w.add_argument("--prefetch", type=int, default=1, help="tasks held beyond the running one")
     w.add_argument("--name", help="worker id (default: host-pid-random)")
     w.add_argument(
@@ -49,8 +67,18 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, default=2)
     d.add_argument("--tasks", type=int, default=20)
 
-    k = sub.add_parser("keygen", help="write a new random key to FILE (mode 0600)")
-    k.add_argument("file")
+    k = sub.add_parser(
+        "keygen",
+        help="write a new random key to FILE (mode 0600), or CURVE certificates to DIR",
+    )
+    k.add_argument("file", help="the key file, or with --curve the certificate directory")
+    k.add_argument(
+        "--curve",
+        action="store_true",
+        help="make CURVE certificates in the directory: the controller's (once) and a "
+        "worker's, which is added to DIR/authorized_workers",
+    )
+    k.add_argument("--name", default="worker", help="with --curve: the worker's name")
     return p
 
 
@@ -66,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from zmqworkers.demo import run_demo
 
         return run_demo(n_workers=args.workers, n_tasks=args.tasks)
+    if args.command == "keygen" and args.curve:
+        return _curve_keygen(args.file, args.name)
     if args.command == "keygen":
         from zmqworkers.keys import write_key_file
 
@@ -79,20 +109,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-def _worker(args: argparse.Namespace) -> int:
+def _curve_keygen(directory: str, name: str) -> int:
+    from zmqworkers.curve import create
     from zmqworkers.errors import ConfigurationError
-    from zmqworkers.keys import resolve_key
+
+    try:
+        written = create(directory, name)
+    except ConfigurationError as exc:
+        print(f"zmqworkers keygen: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from zmqworkers import curve
+    from zmqworkers.errors import ConfigurationError
+    from zmqworkers.keys import INSECURE_KEY, resolve_key
     from zmqworkers.worker.loop import Worker, WorkerOptions
 
     try:
         key = resolve_key(key_file=args.key_file)
+        if key is None and args.curve:
+            key = curve.hmac_key(args.curve)
     except ConfigurationError as exc:
         print(f"zmqworkers worker: {exc}", file=sys.stderr)
         return 2
+    if key is None and args.insecure:
+        log.warning("INSECURE: using the well-known insecure key; anyone can impersonate")
+        key = INSECURE_KEY
     if key is None:
         print(
             "zmqworkers worker: no key: pass --key-file FILE or set ZMQWORKERS_KEY "
-            "to the controller's key",
+            "to the controller's key (or --curve DIR for CURVE certificates)",
             file=sys.stderr,
         )
         return 2
@@ -104,7 +154,13 @@ def _worker(args: argparse.Namespace) -> int:
         parent_pid=args.parent_pid,
         death_timeout=args.death_timeout,
         name=args.name,
+        curve_dir=args.curve,
+        curve_name=args.curve_name,
     )
-    worker = Worker(args.address, key, options)
+    try:
+        worker = Worker(args.address, key, options)
+    except ConfigurationError as exc:
+        print(f"zmqworkers worker: {exc}", file=sys.stderr)
+        return 2
     worker.install_signal_handlers()
     return worker.run()

@@ -26,6 +26,11 @@ class Cluster(Executor):
 
     ``n_workers=None`` starts ``os.cpu_count()`` local workers; ``0`` starts
     none and serves only daemons that connect to ``address``.
+
+    Security (docs/security.md): ``key``/``key_file`` sign every message;
+    ``curve_dir`` (``zmqworkers keygen --curve DIR``) also encrypts and admits
+    only workers whose public key is in ``DIR/authorized_workers``; binding a
+    non-loopback address needs one of them, or ``insecure=True``.
     """
 
     def __init__(
@@ -42,6 +47,7 @@ class Cluster(Executor):
         max_attempts: int = 3,
         replace_dead_workers: bool = True,
         stop_timeout: float = 10.0,
+        curve_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if n_workers is None:
             n_workers = os.cpu_count() or 1
@@ -62,6 +68,7 @@ class Cluster(Executor):
             max_attempts=max_attempts,
             replace_dead_workers=replace_dead_workers,
             stop_timeout=stop_timeout,
+            curve_dir=os.fspath(curve_dir) if curve_dir is not None else None,
         )
         self._futures: dict[int, Future[Any]] = {}
         self._lock = threading.Lock()

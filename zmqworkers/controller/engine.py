@@ -652,7 +652,7 @@ class Engine:
             route=routing_id,
             key=derive_key(self.options.key, b"session", nonce, ours),
             state=w,
-            expires=now + self.options.heartbeat_interval * self.options.heartbeat_misses + 5,
+            expires=now + self.options.heartbeat_interval * self.options.heartbeat_misses + 2,
         )
         # The worker joins on its first message signed with the session key:
         # a replayed hello cannot produce one, so it never gets a task.

@@ -723,10 +723,11 @@ class Engine:
         if kind == Kind.RESULTS:
             self._on_results(wid, msg.payload)
         elif kind == Kind.HEARTBEAT:
-            if isinstance(msg.header, dict):
-                w.state = str(msg.header.get("state", w.state))
-                task = msg.header.get("task")
-                w.current = task if _is_int(task) else None
+            if not isinstance(msg.header, dict):
+                raise DecodeError("malformed", f"heartbeat from {wid} without a header map")
+            w.state = str(msg.header.get("state", w.state))
+            task = msg.header.get("task")
+            w.current = task if _is_int(task) else None
         elif kind == Kind.BYE:
             returned = msg.header.get("returned", []) if isinstance(msg.header, dict) else []
             if not isinstance(returned, list) or not all(_is_int(t) for t in returned):

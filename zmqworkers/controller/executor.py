@@ -48,6 +48,7 @@ class Cluster(Executor):
         replace_dead_workers: bool = True,
         stop_timeout: float = 10.0,
         curve_dir: str | os.PathLike[str] | None = None,
+        max_message_size: int | None = None,
     ) -> None:
         if n_workers is None:
             n_workers = os.cpu_count() or 1
@@ -70,6 +71,8 @@ class Cluster(Executor):
             stop_timeout=stop_timeout,
             curve_dir=os.fspath(curve_dir) if curve_dir is not None else None,
         )
+        if max_message_size is not None:
+            options.max_message_size = max_message_size
         self._futures: dict[int, Future[Any]] = {}
         self._lock = threading.Lock()
         self._shutdown = False

@@ -1,0 +1,82 @@
+"""A hostile client floods a running job: every result right, drops counted, memory flat."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import Future, wait
+
+import psutil
+
+from tests.conftest import wait_for
+from tests.security.helpers import ROOT
+from zmqworkers import Cluster
+
+KEY = "hostile-flood-key-0123456789abcdef"
+N_MESSAGES = 50_000
+MAX_SIZE = 64 * 1024
+
+
+def slow_square(x: int) -> int:
+    time.sleep(0.005)
+    return x * x
+
+
+def test_flood_during_a_job() -> None:
+    me = psutil.Process()
+    with Cluster(
+        2, key=KEY, heartbeat_interval=0.2, max_message_size=MAX_SIZE, max_attempts=5
+    ) as cluster:
+        cluster.wait_for_workers(2, timeout=30)
+        assert list(cluster.map(slow_square, range(10))) == [x * x for x in range(10)]
+        rss_before = me.memory_info().rss
+        env = {**os.environ, "PYTHONPATH": ROOT, "ZMQWORKERS_KEY": KEY}
+        hostile = subprocess.Popen(
+            [sys.executable, "-m", "tests.security.hostile_client", cluster.address]
+            + [str(cluster._engine._results_ep), str(N_MESSAGES), str(MAX_SIZE)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        # The job runs in waves for as long as the flood lasts, so it is
+        # provably running while the garbage arrives.
+        futures: list[Future[int]] = []
+        waves_during_flood = 0
+        deadline = time.monotonic() + 90
+        try:
+            while hostile.poll() is None and time.monotonic() < deadline:
+                wave = [
+                    cluster.submit(slow_square, x) for x in range(len(futures), len(futures) + 20)
+                ]
+                futures += wave
+                wait(wave, timeout=30)
+                waves_during_flood += 1
+            out, err = hostile.communicate(timeout=30)
+        finally:
+            if hostile.poll() is None:
+                hostile.kill()
+                hostile.communicate()
+        assert hostile.returncode == 0, err
+        assert waves_during_flood >= 2
+        results = [f.result(timeout=60) for f in futures]
+        assert results == [x * x for x in range(len(futures))]
+        rss_after = me.memory_info().rss
+        wait_for(lambda: sum(cluster.counters()["dropped"].values()) >= N_MESSAGES, timeout=30)
+        dropped = cluster.counters()["dropped"]
+    sent = dict(line.split()[1:3] for line in out.splitlines() if line.startswith("SENT"))
+    assert sum(int(v) for v in sent.values()) == N_MESSAGES
+    # Every message of the flood was refused and counted, by reason.
+    for reason in ("signature", "malformed", "size", "replay", "version", "kind"):
+        assert dropped.get(reason, 0) > 0, (reason, dropped)
+    assert dropped["size"] >= int(sent["oversized"])
+    assert dropped["version"] == int(sent["version"])
+    assert dropped["replay"] >= int(sent["replayed"])
+    growth = (rss_after - rss_before) / 2**20
+    print(
+        f"flood: {growth:.1f} MiB controller RSS growth, {len(futures)} tasks in "
+        f"{waves_during_flood} waves during it; drops {dropped}"
+    )
+    assert growth < 100, f"controller memory grew by {growth:.0f} MiB"

@@ -100,8 +100,10 @@ def test_curve_daemons_known_joins_unknown_refused_nothing_in_clear(tmp_path, ca
             assert len(cluster.workers()) == 1
             assert procs[1].poll() is None, "the refused worker is still waiting, not crashed"
         finally:
-            for proc in procs:
-                stop_process(proc)
+            outputs = [stop_process(proc) for proc in procs]
+    # The stranger says why it cannot join, too.
+    stranger_err = outputs[1][1]
+    assert b"refuses this worker's CURVE key" in stranger_err
     refusal = next(r for r in caplog.records if "refused a worker" in r.getMessage())
     stranger_key = (stranger / "worker.key").read_text()
     assert refusal.getMessage().split("key ")[1].split(" ")[0] in stranger_key

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from zmqworkers import curve
 from zmqworkers._version import __version__
@@ -41,6 +42,8 @@ from zmqworkers.protocol import PROTOCOL_VERSION, Kind, ReplayGuard, decode, der
 from zmqworkers.protocol.messages import NONCE_SIZE
 
 log = logging.getLogger(__name__)
+
+_AUTH_FAILURES = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 
 FUNC_CACHE_SIZE = 64
 # A result batch is sent once it holds this many results, is this old, or
@@ -333,8 +336,30 @@ class Worker:
         }
         poller = zmq.Poller()
         poller.register(tasks, zmq.POLLIN)
+        # Under CURVE a refused key shows only as failed handshakes: watch
+        # for them, so the operator learns why this worker never joins.
+        monitor = tasks.get_monitor_socket(_AUTH_FAILURES) if self._curve else None
+        if monitor is not None:
+            poller.register(monitor, zmq.POLLIN)
+        try:
+            return self._say_hello(tasks, guard, hello, nonce, poller, monitor)
+        finally:
+            if monitor is not None:
+                tasks.disable_monitor()
+                monitor.close(linger=0)
+
+    def _say_hello(
+        self,
+        tasks: zmq.Socket[Any],
+        guard: ReplayGuard,
+        hello: dict[str, Any],
+        nonce: bytes,
+        poller: zmq.Poller,
+        monitor: zmq.Socket[Any] | None,
+    ) -> Any:
         sent = False
         deadline = time.monotonic() + 2.0
+        refusals = 0
         while not self._should_exit():
             if not sent:
                 try:
@@ -344,7 +369,20 @@ class Worker:
                     deadline = time.monotonic() + 2.0
                 except zmq.Again:
                     pass
-            if dict(poller.poll(100)).get(tasks):
+            events = dict(poller.poll(100))
+            if monitor is not None and events.get(monitor):
+                recv_monitor_message(monitor)
+                refusals += 1
+                if refusals & (refusals - 1) == 0:
+                    log.error(
+                        "worker %s: the controller at %s refuses this worker's CURVE key "
+                        "(%d handshake(s)); copy %s.key into its authorized_workers folder",
+                        self.id,
+                        self.address,
+                        refusals,
+                        self.options.curve_name,
+                    )
+            if events.get(tasks):
                 msg = self._decode(tasks.recv_multipart(copy=False), guard, self.key)
                 if msg is None or msg.kind not in (Kind.WELCOME, Kind.REFUSED):
                     continue

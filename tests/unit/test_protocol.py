@@ -100,3 +100,89 @@ def test_replay_guard_refuses_old_sequence_numbers() -> None:
     with pytest.raises(DecodeError) as info:
         guard.check("a", 2)
     assert info.value.reason == "replay"
+
+
+def test_derived_keys_differ_by_label_and_by_each_part() -> None:
+    from zmqworkers.protocol import derive_key
+
+    base = derive_key(KEY, b"session", b"ab", b"c")
+    assert len(base) == 32
+    assert base == derive_key(KEY, b"session", b"ab", b"c")
+    assert base != derive_key(KEY, b"session", b"a", b"bc")  # parts are length-prefixed
+    assert base != derive_key(KEY, b"pub", b"ab", b"c")
+    assert base != derive_key(b"other-key-000000", b"session", b"ab", b"c")
+
+
+def test_key_lookup_by_sender() -> None:
+    frames = encode(Kind.HEARTBEAT, "w1@s/hb", 1, b"session-key-0000", {"state": "idle"})
+
+    def lookup(sender: str) -> bytes:
+        if sender == "w1@s/hb":
+            return b"session-key-0000"
+        raise DecodeError("signature", "no session")
+
+    assert decode(frames, lookup).header == {"state": "idle"}
+    other = encode(Kind.HEARTBEAT, "w2@s/hb", 1, b"session-key-0000", None)
+    with pytest.raises(DecodeError) as info:
+        decode(other, lookup)
+    assert info.value.reason == "signature"
+
+
+@pytest.mark.parametrize(
+    ("index", "value", "reason"),
+    [
+        (0, True, "malformed"),  # version as a bool
+        (0, "1", "malformed"),
+        (1, True, "malformed"),  # kind as a bool
+        (1, 99, "kind"),  # unknown kind, validly signed
+        (2, 5, "malformed"),  # sender not a string
+        (2, "", "malformed"),
+        (2, "s" * 300, "malformed"),
+        (3, False, "malformed"),  # seq as a bool
+        (3, 1.5, "malformed"),
+        (5, 10**9, "malformed"),  # absurd payload frame count
+        (5, -1, "malformed"),
+    ],
+)
+def test_wrong_envelope_types_are_decode_errors(index, value, reason) -> None:
+    from zmqworkers.protocol.messages import encode_frames
+
+    frames = encode(Kind.HEARTBEAT, "w", 1, KEY, None)
+    env = msgpack.unpackb(frames[1])
+    env[index] = value
+    if reason == "kind":
+        # Validly signed, so the check past the signature is reached.
+        frames = encode_frames(env[1], env[2], env[3], KEY, env[4], [])
+    else:
+        # Type checks come before the signature's: no need to re-sign.
+        frames = [frames[0], msgpack.packb(env)]
+    with pytest.raises(DecodeError) as info:
+        decode(frames, KEY)
+    assert info.value.reason == reason
+
+
+def test_non_sequences_and_non_buffers_are_decode_errors() -> None:
+    for frames in (5, None, [b"x" * 32, "text"], [b"x" * 32, None], [object(), b""]):
+        with pytest.raises(DecodeError):
+            decode(frames, KEY)  # type: ignore[arg-type]
+
+
+def test_replay_guard_is_bounded_and_forgets_the_oldest_sender() -> None:
+    guard = ReplayGuard(max_senders=3)
+    for sender in "abcd":
+        guard.check(sender, 5)
+    assert len(guard._last) == 3
+    guard.check("a", 1)  # "a" was forgotten: memory stays bounded
+    with pytest.raises(DecodeError):
+        guard.check("d", 5)
+
+
+def test_key_files_are_private_and_never_overwritten(tmp_path) -> None:
+    from zmqworkers.keys import INSECURE_KEY, MIN_KEY_LENGTH, read_key_file, write_key_file
+
+    path = write_key_file(tmp_path / "k")
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert len(read_key_file(path)) == 64
+    with pytest.raises(FileExistsError):
+        write_key_file(path)
+    assert len(INSECURE_KEY) >= MIN_KEY_LENGTH

@@ -119,3 +119,10 @@ def test_sniffer_sees_the_marker_without_curve() -> None:
         with sniff_loopback(max_seconds=60) as captured:
             assert cluster.submit(tag, "t", marker).result(timeout=30) == f"t:{marker}"
     assert marker.encode() in captured
+
+
+def test_local_workers_join_a_curve_controller(tmp_path) -> None:
+    keygen(tmp_path / "c")
+    with Cluster(2, curve_dir=tmp_path / "c") as cluster:
+        cluster.wait_for_workers(2, timeout=30)
+        assert list(cluster.map(abs, range(-20, 0))) == list(range(20, 0, -1))

@@ -3,7 +3,8 @@
 ``python -m tests.security.hostile_client TASK_ADDRESS RESULTS_PORT N MAX_SIZE``
 with the controller's key in ``$ZMQWORKERS_KEY`` (an insider gone bad: it
 also joins as a worker and then replays, forges and sends nonsense, signed).
-Prints ``SENT <reason> <count>`` lines.
+Prints ``SENT <reason> <count>`` lines and ``DONE``, then keeps its
+connections open until a line arrives on stdin.
 """
 
 from __future__ import annotations
@@ -84,6 +85,11 @@ def main(argv: list[str]) -> int:
     huge.send_multipart([b"\0" * 32, b"h" * (max_size + 1)])
     for reason, count in sorted(sent.items()):
         print("SENT", reason, count, flush=True)
+    # Connections stay open until the controller has read everything: a
+    # message still in flight when its connection closes may be lost, and
+    # the test counts every one.
+    print("DONE", flush=True)
+    sys.stdin.readline()
     # Everything queued is delivered before leaving (bounded).
     for s in (push, dealer, raw.push):
         s.close(linger=20_000)  # type: ignore[union-attr]

@@ -18,14 +18,14 @@ from tests.security.helpers import ROOT
 frame = st.one_of(st.binary(max_size=300), st.sampled_from([None, 3, "str", 2.5]))
 
 
-@settings(max_examples=3000, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=2000, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(frame, max_size=6))
 def test_random_frame_lists(frames: list[Any]) -> None:
     check(frames)
     check_with_lookup(frames)
 
 
-@settings(max_examples=3000, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=2000, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(st.sampled_from(range(len(SEEDS))), st.integers(0, 2**32))
 def test_mutated_messages(seed_no: int, rng_seed: int) -> None:
     frames = mutate(random.Random(rng_seed), SEEDS[seed_no])

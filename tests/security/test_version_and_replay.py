@@ -110,3 +110,28 @@ def test_replayed_results_within_a_session_are_refused() -> None:
             raw.close()
     finally:
         ctx.term()
+
+
+def test_a_hello_said_twice_gets_the_same_session() -> None:
+    # A worker says hello again when the answer is slow: both answers must
+    # name one session, or the worker would sign with a key nobody holds.
+    from zmqworkers.protocol import decode, encode
+
+    ctx = zmq.Context()
+    try:
+        with Cluster(0, key=KEY) as cluster:
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.setsockopt(zmq.ROUTING_ID, b"twice/0123")
+            dealer.connect(cluster.address)
+            header = {"id": "twice", "nonce": b"n" * 16, "pid": 1, "capacity": 1}
+            sessions = []
+            for seq in (10, 11):
+                dealer.send_multipart(encode(Kind.HELLO, "twice", seq, KEY.encode(), header))
+                assert dealer.poll(10_000)
+                welcome = decode(dealer.recv_multipart(), KEY.encode())
+                sessions.append(welcome.header["session"])
+            assert sessions[0] == sessions[1]
+            dealer.close()
+    finally:
+        ctx.term()

@@ -121,6 +121,7 @@ class _Session:
     key: bytes
     state: WorkerState
     expires: float
+    worker_nonce: bytes = b""
     joined: bool = False
     retired: bool = False
 
@@ -637,6 +638,12 @@ class Engine:
             )
             return
         now = time.monotonic()
+        pending = self._pending.get(wid)
+        if pending is not None and pending.worker_nonce == nonce and pending.route == routing_id:
+            # The same hello again (the worker re-sends it when the answer is
+            # slow): answer with the same session, or the two would cross.
+            self._welcome(pending, nonce)
+            return
         w = WorkerState(
             id=wid,
             host=host,
@@ -653,6 +660,7 @@ class Engine:
             key=derive_key(self.options.key, b"session", nonce, ours),
             state=w,
             expires=now + self.options.heartbeat_interval * self.options.heartbeat_misses + 2,
+            worker_nonce=nonce,
         )
         # The worker joins on its first message signed with the session key:
         # a replayed hello cannot produce one, so it never gets a task.
@@ -664,13 +672,16 @@ class Engine:
             self._sessions.pop(oldest.tag, None)
         self._pending[wid] = session
         self._sessions[session.tag] = session
+        self._welcome(session, nonce)
+
+    def _welcome(self, session: _Session, nonce: bytes) -> None:
         self._send_raw(
-            routing_id,
+            session.route,
             Kind.WELCOME,
             {
                 "controller": self.id,
                 "nonce": nonce,
-                "session": ours,
+                "session": bytes.fromhex(session.tag),
                 "pub_nonce": self._pub_nonce,
                 "pub_seq": self._pub_seq,
                 "results": self._results_ep,

@@ -45,6 +45,14 @@ def _parser() -> argparse.ArgumentParser:
         help="exit after this many seconds without a controller (default: wait forever)",
     )
 
+    w.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=25.0,
+        help="after SIGTERM, let the running call finish for this many seconds, then hand "
+        "it back and leave (default 25)",
+    )
+
     d = sub.add_parser("demo", help="run a small job on local workers and show it")
     d.add_argument("--workers", type=int, default=2)
     d.add_argument("--tasks", type=int, default=20)
@@ -104,6 +112,7 @@ def _worker(args: argparse.Namespace) -> int:
         parent_pid=args.parent_pid,
         death_timeout=args.death_timeout,
         name=args.name,
+        drain_timeout=args.drain_timeout,
     )
     worker = Worker(args.address, key, options)
     worker.install_signal_handlers()

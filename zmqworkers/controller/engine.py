@@ -42,8 +42,10 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from zmqworkers.controller.launcher import describe_exit, start_local_worker
+from zmqworkers.controller.liveness import Heartbeat, describe_silence
 from zmqworkers.controller.scheduler import Scheduler, WorkerState
 from zmqworkers.errors import (
     ConfigurationError,
@@ -77,10 +79,19 @@ class EngineOptions:
     key_given: bool = False
     insecure: bool = False
     prefetch: int = 1
+    # Both sides send a heartbeat every ``heartbeat_interval``; a peer silent
+    # for ``heartbeat_interval * heartbeat_misses`` is lost. This catches hung
+    # hosts and cut links; a dead process is seen at once (process watch for
+    # local workers, connection watch for every worker).
     heartbeat_interval: float = 1.0
     heartbeat_misses: int = 3
+    # A task that was running on this many workers that died fails with
+    # WorkerLost instead of killing more.
     max_attempts: int = 3
+    # Start a new local worker for each one that dies, so capacity holds.
     replace_dead_workers: bool = True
+    # How often local worker processes are checked for exits.
+    process_check_interval: float = 0.1
     # How long a stop waits for workers to finish their current call before
     # local processes are terminated.
     stop_timeout: float = 10.0
@@ -162,6 +173,11 @@ class Engine:
         self._closing = False
         self._closed = threading.Event()
         self._snapshot: list[dict[str, Any]] = []
+        self.heartbeat = Heartbeat(options.heartbeat_interval, options.heartbeat_misses)
+        # Workers declared lost, told once to say hello again if they turn
+        # out to be alive (a cut link that healed). Bounded by the run.
+        self._lost_ids: set[str] = set()
+        self._probe_at: list[float] = []
 
     # -- caller side (any thread) -----------------------------------------
 
@@ -264,6 +280,9 @@ class Engine:
         # A send to a worker that has gone raises instead of vanishing.
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # A closed connection (a worker process died, or its host reset the
+        # link) shows here at once, long before heartbeats would miss.
+        self._monitor = self._router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._pull.setsockopt(zmq.RCVHWM, 0)
         parts = urlsplit(opts.bind)
         if parts.scheme == "ipc":
@@ -317,12 +336,14 @@ class Engine:
         poller.register(self._wake_r, zmq.POLLIN)
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._pull, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         next_beat = 0.0
         next_check = 0.0
         stop_deadline = 0.0
         while True:
             now = time.monotonic()
-            timeout = max(0.0, min(next_beat, next_check) - now)
+            wake_at = min(next_beat, next_check, *self._probe_at[:1])
+            timeout = max(0.0, wake_at - now)
             events = dict(poller.poll(int(timeout * 1000) + 1))
             if self._wake_r in events:
                 try:
@@ -334,14 +355,19 @@ class Engine:
                 self._recv_all(self._router, self._on_task_channel)
             if self._pull in events:
                 self._recv_all(self._pull, self._on_result_channel)
+            if self._monitor in events:
+                self._on_monitor_events()
             self._dispatch()
             now = time.monotonic()
+            if self._probe_at and now >= self._probe_at[0]:
+                self._probe_at = [t for t in self._probe_at if t > now]
+                self._probe_workers()
             if now >= next_beat:
                 self._publish(Kind.HEARTBEAT, {"controller": self.id})
                 next_beat = now + opts.heartbeat_interval
             if now >= next_check:
                 self._check_liveness(now)
-                next_check = now + min(0.1, opts.heartbeat_interval)
+                next_check = now + min(opts.process_check_interval, opts.heartbeat_interval)
             if self._closing:
                 if not stop_deadline:
                     stop_deadline = now + opts.stop_timeout
@@ -430,7 +456,9 @@ class Engine:
         self._seq += 1
         return self._seq
 
-    def _send(self, worker_id: str, kind: Kind, header: Any, body: Any = ()) -> bool:
+    def _send(
+        self, worker_id: str, kind: Kind, header: Any, body: Any = (), lose_on_fail: bool = True
+    ) -> bool:
         frames = encode_frames(kind, self.id, self._next_seq(), self.options.key, header, body)
         try:
             self._router.send_multipart([worker_id.encode(), *frames], copy=False)
@@ -441,7 +469,8 @@ class Engine:
             return True
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
-                self._lose(worker_id, "connection gone")
+                if lose_on_fail:
+                    self._lose(worker_id, self._how_gone(worker_id))
                 return False
             raise
 
@@ -452,12 +481,19 @@ class Engine:
 
     def _dispatch(self) -> None:
         for wid, tids in self.sched.assign():
-            w = self.sched.workers[wid]
+            # A send that finds a worker gone reads pending results first
+            # (see _lose): later workers in this round may have left, and
+            # their tasks may have been delivered by a late result.
+            w = self.sched.workers.get(wid)
+            if w is None:
+                continue
             tasks = self.sched.tasks
             # Group by spec, keeping order: usually one group.
             groups: dict[str, list[tuple[int, Any]]] = {}
             for tid in tids:
-                rec = tasks[tid]
+                rec = tasks.get(tid)
+                if rec is None:
+                    continue
                 groups.setdefault(rec.spec_id, []).append((tid, rec.arg))
             for spec_id, items in groups.items():
                 if spec_id not in w.specs:
@@ -537,6 +573,8 @@ class Engine:
             joined=now,
         )
         self.sched.join(w)
+        self.heartbeat.seen(wid, now)
+        self._lost_ids.discard(wid)
         self._send(
             wid,
             Kind.WELCOME,
@@ -557,6 +595,14 @@ class Engine:
         w = self.sched.workers.get(wid)
         if w is not None:
             w.last_seen = time.monotonic()
+            self.heartbeat.seen(wid, w.last_seen)
+        elif wid in self._lost_ids and msg.kind in (Kind.HEARTBEAT, Kind.RESULTS):
+            # Declared lost, yet alive (a cut link came back): its late
+            # results still count if not delivered yet, and it is asked to
+            # say hello again so it gets work.
+            self._lost_ids.discard(wid)
+            log.info("worker %s, declared lost, is back: asking it to rejoin", wid)
+            self._send(wid, Kind.STOP, {"worker": wid, "rejoin": True}, lose_on_fail=False)
         kind = msg.kind
         if kind == Kind.RESULTS:
             self._on_results(wid, msg.payload)
@@ -568,6 +614,7 @@ class Engine:
             returned = msg.header.get("returned", []) if isinstance(msg.header, dict) else []
             self.sched.hand_back(wid, returned)
             self.sched.leave(wid)
+            self.heartbeat.forget(wid)
             log.info("worker %s left, handed back %d task(s)", wid, len(returned))
             self.handler.on_event("worker_left", wid)
         elif kind == Kind.MESSAGE:
@@ -619,10 +666,46 @@ class Engine:
                 if self.options.replace_dead_workers and self._replacements < 100:
                     self._replacements += 1
                     self._start_local(1)
-        limit = self.options.heartbeat_interval * self.options.heartbeat_misses
-        for w in list(self.sched.workers.values()):
-            if now - w.last_seen > limit:
-                self._lose(w.id, f"no heartbeat for {now - w.last_seen:.1f} s")
+        for wid, silent in self.heartbeat.expired(now):
+            if wid in self.sched.workers:
+                self._lose(wid, describe_silence(silent, self.options.heartbeat_interval))
+            else:
+                self.heartbeat.forget(wid)
+
+    def _on_monitor_events(self) -> None:
+        disconnected = False
+        for _ in range(1000):
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                disconnected = True
+        if disconnected:
+            # The event names a file descriptor, not a routing id, and a new
+            # connection may reuse the descriptor before this event is read.
+            # So probe instead: a send to a peer whose connection is gone
+            # fails at once (ROUTER_MANDATORY). The ROUTER drops the pipe a
+            # moment after the event, so probe again shortly after.
+            self._probe_workers()
+            now = time.monotonic()
+            self._probe_at = sorted({*self._probe_at, now + 0.05, now + 0.25})
+
+    def _probe_workers(self) -> None:
+        for wid in list(self.sched.workers):
+            self._send(wid, Kind.HEARTBEAT, {"controller": self.id, "probe": True})
+
+    def _how_gone(self, wid: str) -> str:
+        w = self.sched.workers.get(wid)
+        proc = self._local.get(w.pid) if w is not None and w.local else None
+        if proc is not None:
+            # A local worker's connection closes as its process dies: wait a
+            # moment for the exit status, which says far more.
+            try:
+                return describe_exit(proc.wait(0.2))
+            except subprocess.TimeoutExpired:
+                pass
+        return "connection closed: process died or host reset the link"
 
     def _worker_by_pid(self, pid: int) -> str | None:
         for w in self.sched.workers.values():
@@ -633,7 +716,15 @@ class Engine:
     def _lose(self, wid: str, how: str) -> None:
         if wid not in self.sched.workers:
             return
+        # Results it sent before dying may wait unread: take them first, so
+        # the blame for the death falls on the task it was really running.
+        self._recv_all(self._pull, self._on_result_channel)
+        if wid not in self.sched.workers:
+            return  # it said goodbye after all
         log.warning("worker %s lost: %s", wid, how)
+        self.heartbeat.forget(wid)
+        if len(self._lost_ids) < 100_000:
+            self._lost_ids.add(wid)
         failed = self.sched.lose(wid, how)
         self.stats["workers_lost"] += 1
         self.handler.on_event("worker_lost", {"id": wid, "how": how})
@@ -664,7 +755,11 @@ class Engine:
         self._local.clear()
         abandoned = list(self.sched.tasks)
         self._closed.set()
-        for s in (self._router, self._pull, self._pub):
+        try:
+            self._router.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        for s in (self._monitor, self._router, self._pull, self._pub):
             s.close(linger=0)
         self._ctx.term()
         os.close(self._wake_r)

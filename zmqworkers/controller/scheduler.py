@@ -145,13 +145,21 @@ class Scheduler:
         Returns ``(worker_id, task_ids)`` pairs; the tasks are then in flight.
         Workers with the most free slots go first, so an idle worker is
         served before a busy one tops up its prefetch.
+
+        A *suspect* (a task that was running on a worker that died) runs
+        alone on an idle worker. When a worker dies, the controller blames
+        the first task it held, but the results of tasks the worker finished
+        just before dying may have died with it, so the blame may fall on an
+        innocent task once. Run alone, the blame is exact: an innocent task
+        is never failed for deaths another task caused.
         """
         if self.paused or not self.queued:
             return []
         out: list[tuple[str, list[int]]] = []
-        ready = [w for w in self.workers.values() if w.free > 0]
+        ready = [w for w in self.workers.values() if w.free > 0 and not self._isolated(w)]
         ready.sort(key=lambda w: -w.free)
         tasks = self.tasks
+        deferred: list[int] = []
         for w in ready:
             n = w.free if max_per_worker is None else min(w.free, max_per_worker)
             taken: list[int] = []
@@ -160,15 +168,29 @@ class Scheduler:
                 rec = tasks.get(tid)
                 if rec is None or rec.worker is not None:
                     continue  # stale: delivered or cancelled while queued
+                if rec.attempts:
+                    if taken or w.in_flight:
+                        deferred.append(tid)  # keeps its place for an idle worker
+                        continue
+                    n = 1
                 rec.worker = w.id
                 w.in_flight[tid] = None
                 taken.append(tid)
             self.queued -= len(taken)
             if taken:
                 out.append((w.id, taken))
-            if not self.queued:
+            if self.queued == len(deferred):
                 break
+        if deferred:
+            self.pending.extendleft(reversed(deferred))
         return out
+
+    def _isolated(self, w: WorkerState) -> bool:
+        """Whether ``w`` runs a suspect, which must stay alone."""
+        if not w.in_flight:
+            return False
+        rec = self.tasks.get(next(iter(w.in_flight)))
+        return rec is not None and rec.worker == w.id and rec.attempts > 0
 
     def complete(self, worker_id: str, task_id: int) -> TaskRecord | None:
         """A result arrived. Returns the task's record the first time only."""

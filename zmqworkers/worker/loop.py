@@ -63,6 +63,10 @@ class WorkerOptions:
     death_timeout: float | None = None
     name: str | None = None
     max_message_size: int = 2 * 1024**3
+    # After SIGTERM the running call may finish for this long; then it is
+    # handed back unfinished and the worker leaves. Below Kubernetes' default
+    # 30 s grace period, so the goodbye goes out before SIGKILL comes.
+    drain_timeout: float = 25.0
 
 
 def _format_endpoint(address: str, port_or_endpoint: Any) -> str:
@@ -154,6 +158,15 @@ class Worker:
         self._stop_requested = False  # by the controller (STOP)
         self._terminate = False  # by a signal: drain and leave for good
         self._hb_stop = threading.Event()
+        # Heartbeat numbers go on across sessions: a controller that saw this
+        # worker before refuses numbers it has seen as replays.
+        self._hb_seq = 0
+        self._results_ep: str | None = None
+        self._drain_started = False
+        self._controller_id: str | None = None
+        # Set when heartbeats of another controller arrive: a new one bound
+        # the address after ours died, and the session must start over.
+        self._other_controller = False
         self._state = "idle"
         self._current: int | None = None
         self._done = 0
@@ -163,8 +176,16 @@ class Worker:
 
     def install_signal_handlers(self) -> None:
         def on_term(signum: int, frame: Any) -> None:
+            if self._terminate and self._drain_started:
+                log.warning("worker %s: signal %d again, leaving now", self.id, signum)
+                self._leave_now()
             log.info("worker %s: got signal %d, draining", self.id, signum)
             self._terminate = True
+            if not self._drain_started:
+                self._drain_started = True
+                threading.Thread(
+                    target=self._drain_watchdog, name="zmqworkers-drain", daemon=True
+                ).start()
 
         signal.signal(signal.SIGTERM, on_term)
         # Ctrl-C in the user's terminal reaches every process of the group;
@@ -173,6 +194,49 @@ class Worker:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         else:
             signal.signal(signal.SIGINT, on_term)
+
+    def _drain_watchdog(self) -> None:
+        deadline = time.monotonic() + self.options.drain_timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            if self._current is None and self._state == "idle" and self._hb_stop.is_set():
+                return  # the main thread left by itself
+        if self._current is not None:
+            log.warning(
+                "worker %s: task %s still running after the %.1f s drain timeout",
+                self.id,
+                self._current,
+                self.options.drain_timeout,
+            )
+            self._leave_now()
+
+    def _leave_now(self) -> None:
+        """Hand back the running call and everything queued, then exit.
+
+        Runs off the main thread (which is stuck in the call), so it uses a
+        context and socket of its own.
+        """
+        returned = [t[0] for t in list(self._queue)]
+        if self._current is not None:
+            returned.insert(0, self._current)
+        ep = self._results_ep
+        if ep is not None:
+            ctx = zmq.Context()
+            sock = ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 1000)
+            sock.connect(ep)
+            frames = encode(
+                Kind.BYE,
+                f"{self.id}/drain-{time.time_ns()}",
+                1,
+                self.key,
+                {"id": self.id, "returned": returned},
+            )
+            sock.send_multipart(frames)
+            sock.close()
+            ctx.term()  # waits (up to the linger) until the goodbye is out
+        log.info("worker %s: left mid-call, %d task(s) handed back", self.id, len(returned))
+        os._exit(0)
 
     # -- main -------------------------------------------------------------
 
@@ -246,6 +310,9 @@ class Worker:
             control.setsockopt(zmq.SUBSCRIBE, b"")
             control.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
             control.connect(_format_endpoint(self.address, hdr["control"]))
+            self._results_ep = _format_endpoint(self.address, hdr["results"])
+            self._controller_id = hdr.get("controller")
+            self._other_controller = False
             interval = float(hdr.get("heartbeat_interval", opts.heartbeat_interval))
             misses = int(hdr.get("heartbeat_misses", opts.heartbeat_misses))
             self._hb_stop.clear()
@@ -260,6 +327,7 @@ class Worker:
             return self._serve(tasks, results, control, guard, interval * misses)
         finally:
             self._hb_stop.set()
+            self._results_ep = None
             if hb_thread is not None:
                 hb_thread.join(timeout=5)
             for s in (tasks, results, control):
@@ -309,10 +377,10 @@ class Worker:
         sock.setsockopt(zmq.SNDHWM, 4)
         sock.connect(endpoint)
         sender = f"{self.id}/hb"
-        seq = 0
         try:
             while not self._hb_stop.is_set():
-                seq += 1
+                self._hb_seq += 1
+                seq = self._hb_seq
                 header = {
                     "id": self.id,
                     "state": self._state,
@@ -355,6 +423,8 @@ class Worker:
                     msg = self._decode(frames, guard)
                     if msg is None:
                         continue
+                    if msg.kind == Kind.HEARTBEAT and not self._from_our_controller(msg):
+                        continue
                     last_heard = time.monotonic()
                     self._handle(msg)
 
@@ -365,6 +435,9 @@ class Worker:
             if self._should_exit():
                 self._terminate = True
                 break
+            if self._other_controller:
+                log.warning("worker %s: another controller now holds the address", self.id)
+                return "lost"
             if not self._queue:
                 if batch:
                     self._flush(results, batch)
@@ -403,6 +476,16 @@ class Worker:
             return "exit"
         self._stop_requested = False
         return "served" if served else "lost"
+
+    def _from_our_controller(self, msg: Any) -> bool:
+        hdr = msg.header
+        theirs = hdr.get("controller") if isinstance(hdr, dict) else None
+        if theirs is not None and self._controller_id is not None and theirs != self._controller_id:
+            # Whatever it holds of ours died with the old controller; it
+            # does not know us: start over with a hello.
+            self._other_controller = True
+            return False
+        return True
 
     def _handle(self, msg: Any) -> None:
         kind = msg.kind

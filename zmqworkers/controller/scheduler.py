@@ -29,6 +29,8 @@ class TaskRecord:
     worker: str | None = None  # None: queued
     attempts: int = 0
     deaths: list[tuple[str, str]] = field(default_factory=list)
+    # Held by a worker that died: runs alone from now on (see assign).
+    suspect: bool = False
 
 
 @dataclass
@@ -146,12 +148,13 @@ class Scheduler:
         Workers with the most free slots go first, so an idle worker is
         served before a busy one tops up its prefetch.
 
-        A *suspect* (a task that was running on a worker that died) runs
-        alone on an idle worker. When a worker dies, the controller blames
-        the first task it held, but the results of tasks the worker finished
-        just before dying may have died with it, so the blame may fall on an
-        innocent task once. Run alone, the blame is exact: an innocent task
-        is never failed for deaths another task caused.
+        A *suspect* (a task held by a worker that died) runs alone on an
+        idle worker. When a worker dies, the controller blames the first
+        task it held; but results of tasks it finished just before dying may
+        have died with it, so the task that really killed it may be further
+        back. Every task it held runs alone from then on, where the blame is
+        exact: an innocent task is blamed at most once for another's deaths,
+        and a poison task kills at most ``max_attempts + 1`` workers.
         """
         if self.paused or not self.queued:
             return []
@@ -168,7 +171,7 @@ class Scheduler:
                 rec = tasks.get(tid)
                 if rec is None or rec.worker is not None:
                     continue  # stale: delivered or cancelled while queued
-                if rec.attempts:
+                if rec.suspect:
                     if taken or w.in_flight:
                         deferred.append(tid)  # keeps its place for an idle worker
                         continue
@@ -190,7 +193,7 @@ class Scheduler:
         if not w.in_flight:
             return False
         rec = self.tasks.get(next(iter(w.in_flight)))
-        return rec is not None and rec.worker == w.id and rec.attempts > 0
+        return rec is not None and rec.worker == w.id and rec.suspect
 
     def complete(self, worker_id: str, task_id: int) -> TaskRecord | None:
         """A result arrived. Returns the task's record the first time only."""
@@ -245,6 +248,7 @@ class Scheduler:
             rec = self.tasks.get(tid)
             if rec is None or rec.worker != worker_id:
                 continue
+            rec.suspect = True
             if i == 0:
                 rec.attempts += 1
                 rec.deaths.append((worker_id, how))

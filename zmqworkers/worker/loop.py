@@ -45,6 +45,7 @@ FUNC_CACHE_SIZE = 64
 # result is never held back.
 RESULT_BATCH_MAX = 256
 RESULT_BATCH_SECONDS = 0.005
+CONNECT_TIMEOUT_MS = 1000
 
 
 @dataclass
@@ -289,6 +290,9 @@ class Worker:
         tasks.setsockopt(zmq.IMMEDIATE, 1)  # never queue a hello for nobody
         tasks.setsockopt(zmq.ROUTING_ID, self.id.encode())
         tasks.setsockopt(zmq.MAXMSGSIZE, opts.max_message_size)
+        # A connect whose SYNs went into a cut link would otherwise wait for
+        # the kernel's SYN backoff (seconds, growing); retry it afresh.
+        tasks.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
         tasks.connect(self.address)
         results: zmq.Socket[Any] | None = None
         control: zmq.Socket[Any] | None = None
@@ -304,11 +308,13 @@ class Worker:
             hdr = welcome.header
             results = self._ctx.socket(zmq.PUSH)
             results.setsockopt(zmq.LINGER, 2000)
+            results.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
             results.connect(_format_endpoint(self.address, hdr["results"]))
             control = self._ctx.socket(zmq.SUB)
             control.setsockopt(zmq.LINGER, 0)
             control.setsockopt(zmq.SUBSCRIBE, b"")
             control.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
+            control.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
             control.connect(_format_endpoint(self.address, hdr["control"]))
             self._results_ep = _format_endpoint(self.address, hdr["results"])
             self._controller_id = hdr.get("controller")
@@ -375,6 +381,7 @@ class Worker:
         sock = self._ctx.socket(zmq.PUSH)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 4)
+        sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
         sock.connect(endpoint)
         sender = f"{self.id}/hb"
         try:

@@ -292,3 +292,36 @@ def test_daemons_serve_a_restarted_controller_on_the_same_address(procs) -> None
         assert len(c.deliveries) == 40 and set(c.deliveries.values()) == {1}
     finally:
         c.shutdown(wait=False, cancel_futures=True)
+
+
+def test_hung_worker_is_lost_by_heartbeat_then_its_late_result_is_dropped_and_it_rejoins(
+    procs, tmp_path
+) -> None:
+    # SIGSTOP: the process and its connections stay, only heartbeats stop,
+    # as on a hung host.
+    c = CountingCluster(0, key=KEY, heartbeat_interval=0.2, heartbeat_misses=3)
+    try:
+        hung = start_daemon(c.address)
+        procs.append(hung)
+        c.wait_for_workers(1)
+        flag = tmp_path / "started"
+        fut = c.submit(nap_flag, 1.0, str(flag))
+        wait_for(flag.exists, 15)
+        hung.send_signal(signal.SIGSTOP)
+        try:
+            lost = wait_for(lambda: [d for _, n, d in c.events if n == "worker_lost"], 5)
+            assert isinstance(lost, list) and "no heartbeat" in lost[0]["how"]
+            spare = start_daemon(c.address)
+            procs.append(spare)
+            assert fut.result(30) == 1.0  # run again on the spare
+        finally:
+            hung.send_signal(signal.SIGCONT)
+        # Back: its own result for that task comes late and is not delivered
+        # again; it is asked to rejoin, and does.
+        wait_for(lambda: c.counters().get("duplicates", 0) >= 1, 10)
+        wait_for(lambda: hung.pid in {w["pid"] for w in c.workers()}, 15)
+        pids = {pid for _, pid in c.map(whoami, range(60))}
+        assert hung.pid in pids
+        assert set(c.deliveries.values()) == {1} and len(c.deliveries) == 61
+    finally:
+        c.shutdown(wait=False, cancel_futures=True)

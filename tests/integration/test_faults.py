@@ -264,7 +264,10 @@ CONTROLLER = textwrap.dedent(
 )
 
 
-def test_daemons_serve_a_restarted_controller_on_the_same_address(procs) -> None:
+@pytest.mark.parametrize("gap", [0.0, 2.0], ids=["at-once", "after-heartbeats-missed"])
+def test_daemons_serve_a_restarted_controller_on_the_same_address(procs, gap: float) -> None:
+    # gap 0: the new controller's heartbeats tell the daemons; gap 2 s: they
+    # have noticed the silence (0.9 s) first and wait, saying hello again.
     port = free_port_triple()
     address = f"tcp://127.0.0.1:{port}"
     old = subprocess.Popen(
@@ -283,6 +286,7 @@ def test_daemons_serve_a_restarted_controller_on_the_same_address(procs) -> None
         old.kill()
         old.wait(10)
         old.stdout.close()
+    time.sleep(gap)  # the address stays dead this long
     c = CountingCluster(0, bind=address, key=KEY, heartbeat_interval=0.3)
     try:
         c.wait_for_workers(2, timeout=30)

@@ -46,6 +46,9 @@ FUNC_CACHE_SIZE = 64
 RESULT_BATCH_MAX = 256
 RESULT_BATCH_SECONDS = 0.005
 CONNECT_TIMEOUT_MS = 1000
+# While no controller answers, reconnect attempts back off from ZeroMQ's
+# 100 ms up to this, instead of knocking every 100 ms for ever.
+RECONNECT_IVL_MAX_MS = 1000
 
 
 @dataclass
@@ -293,6 +296,7 @@ class Worker:
         # A connect whose SYNs went into a cut link would otherwise wait for
         # the kernel's SYN backoff (seconds, growing); retry it afresh.
         tasks.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+        tasks.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
         tasks.connect(self.address)
         results: zmq.Socket[Any] | None = None
         control: zmq.Socket[Any] | None = None
@@ -309,12 +313,14 @@ class Worker:
             results = self._ctx.socket(zmq.PUSH)
             results.setsockopt(zmq.LINGER, 2000)
             results.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+            results.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
             results.connect(_format_endpoint(self.address, hdr["results"]))
             control = self._ctx.socket(zmq.SUB)
             control.setsockopt(zmq.LINGER, 0)
             control.setsockopt(zmq.SUBSCRIBE, b"")
             control.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
             control.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+            control.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
             control.connect(_format_endpoint(self.address, hdr["control"]))
             self._results_ep = _format_endpoint(self.address, hdr["results"])
             self._controller_id = hdr.get("controller")
@@ -382,6 +388,7 @@ class Worker:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 4)
         sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
         sock.connect(endpoint)
         sender = f"{self.id}/hb"
         try:

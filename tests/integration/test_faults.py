@@ -329,3 +329,65 @@ def test_hung_worker_is_lost_by_heartbeat_then_its_late_result_is_dropped_and_it
         assert set(c.deliveries.values()) == {1} and len(c.deliveries) == 61
     finally:
         c.shutdown(wait=False, cancel_futures=True)
+
+
+def test_a_long_call_does_not_make_its_worker_look_dead() -> None:
+    # Lost after 0.3 s of silence, yet a 1.5 s call goes through: the
+    # worker's heartbeat thread speaks for it while it works.
+    c = CountingCluster(1, heartbeat_interval=0.1, heartbeat_misses=3)
+    try:
+        c.wait_for_workers(1)
+        assert c.submit(nap, 1.5).result(30) == 1.5
+        assert "worker_lost" not in c.event_names()
+    finally:
+        c.shutdown(wait=False, cancel_futures=True)
+
+
+CTRL_C_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    from zmqworkers import Cluster
+
+    def nap_flag(seconds, flag):
+        with open(flag, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(seconds)
+        return os.getpid()
+
+    with Cluster(1) as c:
+        fut = c.submit(nap_flag, 1.0, sys.argv[1])
+        try:
+            while True:
+                time.sleep(0.02)
+        except KeyboardInterrupt:
+            pid = fut.result(15)
+            print("interrupted", pid, c.counters().get("workers_lost", 0), flush=True)
+    """
+)
+
+
+def test_ctrl_c_in_the_terminal_lets_local_workers_finish_their_call(tmp_path) -> None:
+    # A terminal's Ctrl-C goes to the whole foreground process group: the
+    # user's program and its local workers alike.
+    flag = tmp_path / "started"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CTRL_C_SCRIPT, str(flag)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: flag.exists() and flag.read_text(), 30)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+        word, pid, lost = out.decode().split()
+        # The call finished on the worker that started it; no worker died.
+        assert (word, pid, lost) == ("interrupted", flag.read_text(), "0")
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()

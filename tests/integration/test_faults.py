@@ -203,7 +203,7 @@ def test_sigterm_lets_the_running_task_finish_and_hands_back_the_rest(procs, tmp
         first.send_signal(signal.SIGTERM)
         assert first.wait(10) == 0
         # It said goodbye: no heartbeat timeout (15 s) was needed.
-        assert "worker_left" in c.event_names()
+        wait_for(lambda: "worker_left" in c.event_names(), 5)
         assert "worker_lost" not in c.event_names()
         assert futs[0].result(1) == 0.8  # the running call finished
         assert not any(f.done() for f in futs[1:])  # the prefetched went back

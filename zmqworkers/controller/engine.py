@@ -174,9 +174,9 @@ class Engine:
         self._closed = threading.Event()
         self._snapshot: list[dict[str, Any]] = []
         self.heartbeat = Heartbeat(options.heartbeat_interval, options.heartbeat_misses)
-        # Workers declared lost, told once to say hello again if they turn
-        # out to be alive (a cut link that healed). Bounded by the run.
-        self._lost_ids: set[str] = set()
+        # Workers declared lost, and when each was last asked to say hello
+        # again (if it turns out to be alive: a cut link that healed).
+        self._lost_ids: dict[str, float] = {}
         self._probe_at: list[float] = []
 
     # -- caller side (any thread) -----------------------------------------
@@ -574,7 +574,7 @@ class Engine:
         )
         self.sched.join(w)
         self.heartbeat.seen(wid, now)
-        self._lost_ids.discard(wid)
+        self._lost_ids.pop(wid, None)
         self._send(
             wid,
             Kind.WELCOME,
@@ -599,10 +599,13 @@ class Engine:
         elif wid in self._lost_ids and msg.kind in (Kind.HEARTBEAT, Kind.RESULTS):
             # Declared lost, yet alive (a cut link came back): its late
             # results still count if not delivered yet, and it is asked to
-            # say hello again so it gets work.
-            self._lost_ids.discard(wid)
-            log.info("worker %s, declared lost, is back: asking it to rejoin", wid)
-            self._send(wid, Kind.STOP, {"worker": wid, "rejoin": True}, lose_on_fail=False)
+            # say hello again so it gets work. Asked again after a while, in
+            # case the request went into a connection that was gone.
+            now = time.monotonic()
+            if now - self._lost_ids[wid] > self.heartbeat.limit:
+                self._lost_ids[wid] = now
+                log.info("worker %s, declared lost, is back: asking it to rejoin", wid)
+                self._send(wid, Kind.STOP, {"worker": wid, "rejoin": True}, lose_on_fail=False)
         kind = msg.kind
         if kind == Kind.RESULTS:
             self._on_results(wid, msg.payload)
@@ -724,7 +727,7 @@ class Engine:
         log.warning("worker %s lost: %s", wid, how)
         self.heartbeat.forget(wid)
         if len(self._lost_ids) < 100_000:
-            self._lost_ids.add(wid)
+            self._lost_ids[wid] = float("-inf")
         failed = self.sched.lose(wid, how)
         self.stats["workers_lost"] += 1
         self.handler.on_event("worker_lost", {"id": wid, "how": how})

@@ -4,9 +4,11 @@
 one worker is SIGKILLed 0.5 s in; its tasks go back to the queue and a new
 worker replaces it. Prints the medians of ``--repeat`` runs of each and
 their ratio (target: at most 1.2), and checks that every result arrived
-exactly once.
+exactly once. ``--peers`` also runs the same disturbed job on
+``concurrent.futures.ProcessPoolExecutor`` and ``multiprocessing.Pool``
+(waiting at most 10 s for them) and says what each delivered.
 
-    python benchmarks/kill_recovery.py [--repeat 3]
+    python benchmarks/kill_recovery.py [--repeat 3] [--peers]
 """
 
 from __future__ import annotations
@@ -62,9 +64,46 @@ def run(kill: bool) -> float:
     return elapsed
 
 
+def peer_process_pool() -> str:
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2) as ex:
+        list(ex.map(int, range(2)))  # the workers are up
+        victim = next(iter(ex._processes))  # no public way to name a worker
+        futs = [ex.submit(nap, i) for i in range(N_TASKS)]
+        threading.Timer(KILL_AFTER, os.kill, (victim, signal.SIGKILL)).start()
+        ok = errors = 0
+        for f in futs:
+            try:
+                f.result(10)
+                ok += 1
+            except Exception as exc:
+                errors += 1
+                kind = type(exc).__name__
+        return f"{ok} results, {errors} errors ({kind})" if errors else f"{ok} results"
+
+
+def peer_mp_pool() -> str:
+    import multiprocessing
+
+    pool = multiprocessing.Pool(2)
+    try:
+        victim = pool._pool[0].pid  # no public way to name a worker
+        res = pool.map_async(nap, range(N_TASKS))
+        threading.Timer(KILL_AFTER, os.kill, (victim, signal.SIGKILL)).start()
+        try:
+            return f"{len(res.get(10))} results"
+        except multiprocessing.TimeoutError:
+            return "no result after 10 s: hangs (the killed worker's task is never run again)"
+    finally:
+        pool.terminate()
+        pool.join()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--peers", action="store_true", help="also run the peers, disturbed")
     args = ap.parse_args()
     calm = statistics.median(run(kill=False) for _ in range(args.repeat))
     killed = statistics.median(run(kill=True) for _ in range(args.repeat))
@@ -72,6 +111,10 @@ def main() -> None:
     print(f"  undisturbed:                      {calm:6.2f} s")
     print(f"  one worker SIGKILLed {KILL_AFTER} s in:    {killed:6.2f} s")
     print(f"  ratio:                            {killed / calm:6.2f} x (target <= 1.2)")
+    if args.peers:
+        print("the same disturbed job on the peers:")
+        print(f"  ProcessPoolExecutor:  {peer_process_pool()}")
+        print(f"  multiprocessing.Pool: {peer_mp_pool()}")
 
 
 if __name__ == "__main__":

@@ -80,6 +80,12 @@ class EngineOptions:
     heartbeat_interval: float = 1.0
     heartbeat_misses: int = 3
     max_attempts: int = 3
+    # Tiny tasks share messages: a worker whose tasks take less than this
+    # (measured) gets batches worth about this much work per dispatch unit,
+    # up to max_batch tasks. 0 turns batching off. A task measured slower
+    # than this is always sent alone, so no slow task waits behind others.
+    batch_target: float = 0.002
+    max_batch: int = 512
     replace_dead_workers: bool = True
     # How long a stop waits for workers to finish their current call before
     # local processes are terminated.
@@ -559,6 +565,8 @@ class Engine:
             w.last_seen = time.monotonic()
         kind = msg.kind
         if kind == Kind.RESULTS:
+            if w is not None and isinstance(msg.header, dict):
+                self._tune_batch(w, msg.header)
             self._on_results(wid, msg.payload)
         elif kind == Kind.HEARTBEAT:
             if w is not None and isinstance(msg.header, dict):
@@ -574,6 +582,19 @@ class Engine:
             self.handler.on_event("message", msg.header)
         else:
             raise DecodeError("unexpected", f"{kind.name} on the result channel")
+
+    def _tune_batch(self, w: WorkerState, header: dict[str, Any]) -> None:
+        busy, n = header.get("busy"), header.get("n")
+        target = self.options.batch_target
+        if not (isinstance(busy, float) and isinstance(n, int) and n > 0 and target > 0):
+            return
+        per_task = busy / n
+        # Smoothed, but one slow batch shrinks the batch at once: holding a
+        # slow task behind others costs more than sending tiny ones alone.
+        t = w.task_seconds
+        t = per_task if t is None or per_task > t else 0.7 * t + 0.3 * per_task
+        w.task_seconds = t
+        w.batch = max(1, min(self.options.max_batch, int(target / max(t, 1e-7))))
 
     def _on_results(self, wid: str, items: Any) -> None:
         if not isinstance(items, list):

@@ -38,7 +38,11 @@ class WorkerState:
     id: str
     host: str = ""
     pid: int = 0
-    capacity: int = 2
+    capacity: int = 2  # 1 + prefetch, in dispatch units
+    # Tasks per dispatch unit: 1 unless tasks are measured to be tiny, when
+    # several share a unit (see Engine._tune_batch).
+    batch: int = 1
+    task_seconds: float | None = None
     local: bool = False
     in_flight: dict[int, None] = field(default_factory=dict)  # ordered: first runs
     specs: set[str] = field(default_factory=set)
@@ -53,7 +57,7 @@ class WorkerState:
     def free(self) -> int:
         if self.draining:
             return 0
-        return self.capacity - len(self.in_flight)
+        return self.capacity * self.batch - len(self.in_flight)
 
     def snapshot(self) -> dict[str, Any]:
         return {

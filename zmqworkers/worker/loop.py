@@ -342,6 +342,7 @@ class Worker:
         last_heard = time.monotonic()
         batch: list[tuple[int, bool, Any]] = []
         batch_started = 0.0
+        busy = 0.0  # seconds spent in calls for the results in `batch`
         served = False
 
         def ingest(timeout_ms: int) -> None:
@@ -367,7 +368,7 @@ class Worker:
                 break
             if not self._queue:
                 if batch:
-                    self._flush(results, batch)
+                    self._flush(results, batch, busy)
                     batch = []
                 if time.monotonic() - last_heard > lost_after:
                     log.warning("worker %s: controller silent for %.1f s", self.id, lost_after)
@@ -377,16 +378,19 @@ class Worker:
             served = True
             if not batch:
                 batch_started = time.monotonic()
+                busy = 0.0
+            t0 = time.perf_counter()
             batch.append(self._run_one(task_id, spec_id, arg))
+            busy += time.perf_counter() - t0
             if (
                 not self._queue
                 or len(batch) >= RESULT_BATCH_MAX
                 or time.monotonic() - batch_started > RESULT_BATCH_SECONDS
             ):
-                self._flush(results, batch)
+                self._flush(results, batch, busy)
                 batch = []
         if batch:
-            self._flush(results, batch)
+            self._flush(results, batch, busy)
         # Leaving: whatever was prefetched goes back to the controller.
         returned = [t[0] for t in self._queue]
         self._queue.clear()
@@ -437,14 +441,18 @@ class Worker:
             self._state = "idle"
             self._current = None
 
-    def _flush(self, results: zmq.Socket[Any], batch: list[tuple[int, bool, Any]]) -> None:
+    def _flush(
+        self, results: zmq.Socket[Any], batch: list[tuple[int, bool, Any]], busy: float
+    ) -> None:
+        # The controller sizes later batches from the time the calls took.
+        header = {"busy": busy, "n": len(batch)}
         try:
             frames = encode(
                 Kind.RESULTS,
                 self._result_sender,
                 self._next_result_seq(),
                 self.key,
-                None,
+                header,
                 batch,
                 has_payload=True,
             )
@@ -455,7 +463,7 @@ class Worker:
                 self._result_sender,
                 self._next_result_seq(),
                 self.key,
-                None,
+                header,
                 [_picklable(item) for item in batch],
                 has_payload=True,
             )

@@ -192,6 +192,10 @@ class Engine:
     def cancel(self, task_id: int, done: Future[bool]) -> None:
         self._command("cancel", (task_id, done))
 
+    def cancel_many(self, task_ids: list[int]) -> None:
+        """Drop these tasks if still queued (no answer; running ones finish)."""
+        self._command("cancel_many", task_ids)
+
     def pause(self) -> None:
         self._command("pause", None)
 
@@ -398,6 +402,10 @@ class Engine:
     def _cmd_cancel(self, arg: tuple[int, Future[bool]]) -> None:
         tid, fut = arg
         fut.set_result(self.sched.cancel(tid))
+
+    def _cmd_cancel_many(self, task_ids: list[int]) -> None:
+        for tid in task_ids:
+            self.sched.cancel(tid)
 
     def _cmd_pause(self, _: Any) -> None:
         self.sched.paused = True

@@ -6,6 +6,7 @@ import itertools
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any
@@ -63,7 +64,7 @@ class Cluster(Executor):
             replace_dead_workers=replace_dead_workers,
             stop_timeout=stop_timeout,
         )
-        self._futures: dict[int, Future[Any]] = {}
+        self._futures: dict[int, Future[Any] | _Stream] = {}
         self._lock = threading.Lock()
         self._shutdown = False
         self._engine = Engine(options, self)
@@ -73,21 +74,38 @@ class Cluster(Executor):
 
     def on_results(self, results: list[tuple[int, bool, Any]]) -> None:
         pop = self._futures.pop
-        for tid, ok, value in results:
-            fut = pop(tid, None)
-            if fut is None or fut.cancelled():
+        streams: dict[_Stream, list[tuple[int, bool, Any]]] = {}
+        for item in results:
+            owner = pop(item[0], None)
+            if owner is None:
                 continue
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
+            if isinstance(owner, _Stream):
+                got = streams.get(owner)
+                if got is None:
+                    streams[owner] = [item]
+                else:
+                    got.append(item)
+            elif not owner.cancelled():
+                if item[1]:
+                    owner.set_result(item[2])
+                else:
+                    owner.set_exception(item[2])
+        # One hand-over per stream per batch, not per result.
+        for stream, items in streams.items():
+            stream.put(items)
 
     def on_event(self, name: str, data: Any) -> None:
         if name == "closed":
+            err = ClusterShutdown("the cluster shut down before the task was done")
+            lost: dict[_Stream, list[tuple[int, bool, Any]]] = {}
             for tid in data:
-                fut = self._futures.pop(tid, None)
-                if fut is not None and not fut.done():
-                    fut.set_exception(ClusterShutdown("the cluster shut down first"))
+                owner = self._futures.pop(tid, None)
+                if isinstance(owner, _Stream):
+                    lost.setdefault(owner, []).append((tid, False, err))
+                elif owner is not None and not owner.done():
+                    owner.set_exception(err)
+            for stream, items in lost.items():
+                stream.put(items)
 
     # -- Executor API ------------------------------------------------------
 
@@ -102,17 +120,38 @@ class Cluster(Executor):
         timeout: float | None = None,
         chunksize: int = 1,
     ) -> Iterator[Any]:
-        """Like ``Executor.map``: results in order, ``fn`` sent once per worker."""
+        """Like ``Executor.map``: results in order, ``fn`` sent once per worker.
+
+        Arguments are read and submitted at once, as ``Executor.map`` does;
+        ``chunksize`` is accepted for compatibility (batching is automatic).
+        """
         if len(iterables) == 1:
             spec = self._spec("task", fn, (), None)
             args: Iterable[Any] = iterables[0]
         else:
             spec = self._spec("task", _star, (fn,), None)
             args = zip(*iterables)
-        futures: list[Future[Any]] = []
+        stream = _Stream()
+        ids: list[int] = []
         for chunk in _chunks(args, SUBMIT_CHUNK):
-            futures.extend(self._submit_many(spec, chunk))
-        return _ordered_results(futures, timeout)
+            ids.extend(self._submit_stream(spec, chunk, stream))
+        return self._ordered(stream, ids, timeout)
+
+    def _ordered(self, stream: _Stream, ids: list[int], timeout: float | None) -> Iterator[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ready: dict[int, tuple[bool, Any]] = {}
+        try:
+            for tid in ids:
+                while tid not in ready:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    for rid, ok, value in stream.get(left):
+                        ready[rid] = (ok, value)
+                ok, value = ready.pop(tid)
+                if not ok:
+                    raise value
+                yield value
+        finally:
+            self._abandon(ids)
 
     def imap_unordered(
         self, func: Callable[..., Any], tasks: Iterable[Any], *args: Any, **kwargs: Any
@@ -121,28 +160,33 @@ class Cluster(Executor):
 
         ``args`` and ``kwargs`` are sent once per worker, not once per task.
         A raising task raises its ``RemoteError`` here, when it comes up.
-        Tasks are read from ``tasks`` lazily, at most ``DEFAULT_WINDOW`` ahead.
+        Tasks are read from ``tasks`` lazily, at most ``DEFAULT_WINDOW`` ahead,
+        so an endless iterator streams in bounded memory.
         """
         spec = self._spec("task", func, args, kwargs)
-        done: queue.SimpleQueue[tuple[Any, Future[Any]]] = queue.SimpleQueue()
+        stream = _Stream()
+        pending: dict[int, Any] = {}
         it = iter(tasks)
-        in_flight = 0
         exhausted = False
-        while True:
-            while not exhausted and in_flight < DEFAULT_WINDOW:
-                chunk = list(itertools.islice(it, min(SUBMIT_CHUNK, DEFAULT_WINDOW - in_flight)))
-                if not chunk:
-                    exhausted = True
-                    break
-                futs = self._submit_many(spec, chunk)
-                for task, fut in zip(chunk, futs):
-                    fut.add_done_callback(_put_done(done, task))
-                in_flight += len(chunk)
-            if in_flight == 0:
-                return
-            task, fut = done.get()
-            in_flight -= 1
-            yield task, fut.result()
+        try:
+            while True:
+                while not exhausted and len(pending) < DEFAULT_WINDOW:
+                    room = min(SUBMIT_CHUNK, DEFAULT_WINDOW - len(pending))
+                    chunk = list(itertools.islice(it, room))
+                    if not chunk:
+                        exhausted = True
+                        break
+                    ids = self._submit_stream(spec, chunk, stream)
+                    pending.update(zip(ids, chunk))
+                if not pending:
+                    return
+                for tid, ok, value in stream.get(None):
+                    task = pending.pop(tid)
+                    if not ok:
+                        raise value
+                    yield task, value
+        finally:
+            self._abandon(list(pending))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -154,15 +198,22 @@ class Cluster(Executor):
             # its future was cancelled.
             dropped = self._engine.call(self._engine.sched.drop_pending)
             for tid in dropped:
-                fut = self._futures.pop(tid, None)
-                if fut is not None:
-                    fut.cancel()
+                owner = self._futures.get(tid)
+                if isinstance(owner, Future):
+                    self._futures.pop(tid, None)
+                    owner.cancel()
+            # What is left of map/imap calls ends with ClusterShutdown.
+            self.on_event("closed", dropped)
         if wait:
-            for fut in list(self._futures.values()):
-                try:
-                    fut.exception()
-                except BaseException:
-                    pass
+            for owner in list(self._futures.values()):
+                if isinstance(owner, Future):
+                    try:
+                        owner.exception()
+                    except BaseException:
+                        pass  # cancelled
+            # Tasks of map/imap calls leave the table as their results arrive.
+            while any(isinstance(o, _Stream) for o in list(self._futures.values())):
+                time.sleep(0.01)
         self._engine.shutdown()
 
     # -- more --------------------------------------------------------------
@@ -177,8 +228,6 @@ class Cluster(Executor):
 
     def wait_for_workers(self, n: int, timeout: float = 30.0) -> None:
         """Block until at least ``n`` workers have joined."""
-        import time
-
         deadline = time.monotonic() + timeout
         while len(self.workers()) < n:
             if time.monotonic() > deadline:
@@ -197,6 +246,23 @@ class Cluster(Executor):
             raise TypeError(f"{fn!r} is not callable")
         return make_spec(convention, fn, args, kwargs)
 
+    def _submit_stream(self, spec: Spec, args: list[Any], stream: _Stream) -> list[int]:
+        if self._shutdown:
+            raise ClusterShutdown("cannot submit to a cluster that was shut down")
+        ids = self._engine.new_task_ids(len(args))
+        self._futures.update(dict.fromkeys(ids, stream))
+        self._engine.submit(spec, list(zip(ids, args)))
+        return ids
+
+    def _abandon(self, ids: list[int]) -> None:
+        """The caller stopped iterating: queued tasks are dropped, not run."""
+        left = [tid for tid in ids if self._futures.pop(tid, None) is not None]
+        if left and not self._shutdown:
+            try:
+                self._engine.cancel_many(left)
+            except RuntimeError:
+                pass  # closed meanwhile
+
     def _submit_many(self, spec: Spec, args: list[Any]) -> list[Future[Any]]:
         if self._shutdown:
             raise ClusterShutdown("cannot submit to a cluster that was shut down")
@@ -210,10 +276,24 @@ class Cluster(Executor):
         return futures
 
 
-def _put_done(
-    done: queue.SimpleQueue[tuple[Any, Future[Any]]], task: Any
-) -> Callable[[Future[Any]], None]:
-    return lambda fut: done.put((task, fut))
+class _Stream:
+    """Results for one map or imap call, handed over a batch at a time."""
+
+    __slots__ = ("_q",)
+
+    def __init__(self) -> None:
+        self._q: queue.SimpleQueue[list[tuple[int, bool, Any]]] = queue.SimpleQueue()
+
+    def put(self, items: list[tuple[int, bool, Any]]) -> None:
+        self._q.put(items)
+
+    def get(self, timeout: float | None) -> list[tuple[int, bool, Any]]:
+        if timeout is not None and timeout <= 0:
+            raise TimeoutError("map results did not arrive in time")
+        try:
+            return self._q.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError("map results did not arrive in time") from None
 
 
 def _star(args: tuple[Any, ...], fn: Callable[..., Any]) -> Any:
@@ -224,20 +304,3 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
     it = iter(items)
     while chunk := list(itertools.islice(it, size)):
         yield chunk
-
-
-def _ordered_results(futures: list[Future[Any]], timeout: float | None) -> Iterator[Any]:
-    import time
-
-    deadline = None if timeout is None else time.monotonic() + timeout
-    futures.reverse()
-    try:
-        while futures:
-            fut = futures.pop()
-            if deadline is None:
-                yield fut.result()
-            else:
-                yield fut.result(max(0.0, deadline - time.monotonic()))
-    finally:
-        for fut in futures:
-            fut.cancel()

@@ -5,10 +5,10 @@
 loaded on first use, so ``import zmqworkers`` never imports Qt.
 """
 
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
 from zmqworkers._version import __version__
-from zmqworkers.controller.executor import Cluster
 from zmqworkers.errors import (
     ClusterShutdown,
     ConfigurationError,
@@ -20,6 +20,9 @@ from zmqworkers.errors import (
 )
 
 _QT_NAMES = {"WorkerController", "AppRunner", "BaseApp"}
+
+if _TYPE_CHECKING:
+    from zmqworkers.controller.executor import Cluster
 
 __all__ = [
     "Cluster",
@@ -35,6 +38,12 @@ __all__ = [
 
 
 def __getattr__(name: str) -> _Any:
+    # Loaded on first use, so that a worker, which imports this package,
+    # starts without loading the controller (or Qt).
+    if name == "Cluster":
+        from zmqworkers.controller.executor import Cluster
+
+        return Cluster
     if name in _QT_NAMES:
         from zmqworkers import qt
 

@@ -516,7 +516,7 @@ class Engine:
                 "install the same zmqworkers release on both sides"
             )
             log.error("refused worker %r: %s", routing_id, refusal)
-            self._send_raw(routing_id, Kind.REFUSED, {"reason": refusal})
+            self._send_raw(routing_id, Kind.REFUSED, {"reason": refusal, "code": "version"})
             raise DecodeError("version", refusal) from exc
         if msg.kind != Kind.HELLO:
             raise DecodeError("unexpected", f"{msg.kind.name} on the task channel")
@@ -534,7 +534,11 @@ class Engine:
             raise DecodeError("malformed", "hello whose id is not its routing id")
         wid = hdr["id"]
         if self._closing:
-            self._send_raw(routing_id, Kind.REFUSED, {"reason": "controller is shutting down"})
+            self._send_raw(
+                routing_id,
+                Kind.REFUSED,
+                {"reason": "controller is shutting down", "code": "closing"},
+            )
             return
         if wid in self.sched.workers:
             # Said hello again (reconnected): what it held is not coming back.

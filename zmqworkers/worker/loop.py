@@ -235,7 +235,11 @@ class Worker:
             if welcome is None:
                 return "exit" if self._should_exit() else "lost"
             if welcome.kind == Kind.REFUSED:
-                log.error("worker %s: refused by controller: %s", self.id, welcome.header)
+                hdr = welcome.header if isinstance(welcome.header, dict) else {}
+                if hdr.get("code") == "closing":
+                    log.info("worker %s: controller is shutting down", self.id)
+                    return "lost"
+                log.error("worker %s: refused by controller: %s", self.id, hdr.get("reason"))
                 return "exit"
             hdr = welcome.header
             results = self._ctx.socket(zmq.PUSH)
@@ -294,7 +298,11 @@ class Worker:
                     deadline = time.monotonic() + 2.0
                 except zmq.Again:
                     pass
-            if dict(poller.poll(100)).get(tasks):
+            # Until the hello is out, wake as soon as the connection is up
+            # (POLLOUT), not after a fixed pause: this is on the path to the
+            # first result.
+            poller.modify(tasks, zmq.POLLIN if sent else zmq.POLLIN | zmq.POLLOUT)
+            if dict(poller.poll(100)).get(tasks, 0) & zmq.POLLIN:
                 msg = self._decode(tasks.recv_multipart(copy=False), guard)
                 if msg is not None and msg.kind in (Kind.WELCOME, Kind.REFUSED):
                     return msg

@@ -16,7 +16,6 @@ import pickle
 from collections.abc import Sequence
 from typing import Any
 
-
 # Buffers below this size are pickled in-band: a frame of its own costs more
 # than copying a few KiB.
 OUT_OF_BAND_THRESHOLD = 64 * 1024

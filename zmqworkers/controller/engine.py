@@ -24,7 +24,6 @@ signals (queued across threads by Qt).
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import os
 import pickle
@@ -149,7 +148,8 @@ class Engine:
         self.sched = Scheduler(max_attempts=options.max_attempts)
         self.dropped: Counter[str] = Counter()
         self.stats: Counter[str] = Counter()
-        self._ids = itertools.count(1)
+        self._id_lock = threading.Lock()
+        self._next_id = 1
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -181,10 +181,12 @@ class Engine:
             raise self._start_error
         return self.address
 
-    def new_task_ids(self, n: int) -> list[int]:
-        # itertools.count's next() is atomic under the GIL: ids are unique
-        # across caller threads without a lock.
-        return [next(self._ids) for _ in range(n)]
+    def new_task_ids(self, n: int) -> range:
+        """Reserve ``n`` consecutive task ids (callers keep ranges, not lists)."""
+        with self._id_lock:
+            start = self._next_id
+            self._next_id += n
+        return range(start, start + n)
 
     def submit(self, spec: Spec, items: list[tuple[int, Any]]) -> None:
         self._command("submit", (spec, items))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import os
 import queue
@@ -64,7 +65,8 @@ class Cluster(Executor):
             replace_dead_workers=replace_dead_workers,
             stop_timeout=stop_timeout,
         )
-        self._futures: dict[int, Future[Any] | _Stream] = {}
+        self._futures: dict[int, Future[Any]] = {}
+        self._streams = _StreamTable()
         self._lock = threading.Lock()
         self._shutdown = False
         self._engine = Engine(options, self)
@@ -73,39 +75,31 @@ class Cluster(Executor):
     # -- engine callbacks (engine thread) ------------------------------------
 
     def on_results(self, results: list[tuple[int, bool, Any]]) -> None:
-        pop = self._futures.pop
-        streams: dict[_Stream, list[tuple[int, bool, Any]]] = {}
+        futures = self._futures
+        rest: list[tuple[int, bool, Any]] = []
         for item in results:
-            owner = pop(item[0], None)
-            if owner is None:
-                continue
-            if isinstance(owner, _Stream):
-                got = streams.get(owner)
-                if got is None:
-                    streams[owner] = [item]
-                else:
-                    got.append(item)
-            elif not owner.cancelled():
+            fut = futures.pop(item[0], None)
+            if fut is None:
+                rest.append(item)
+            elif not fut.cancelled():
                 if item[1]:
-                    owner.set_result(item[2])
+                    fut.set_result(item[2])
                 else:
-                    owner.set_exception(item[2])
-        # One hand-over per stream per batch, not per result.
-        for stream, items in streams.items():
-            stream.put(items)
+                    fut.set_exception(item[2])
+        if rest:
+            self._streams.deliver(rest)
 
     def on_event(self, name: str, data: Any) -> None:
         if name == "closed":
             err = ClusterShutdown("the cluster shut down before the task was done")
-            lost: dict[_Stream, list[tuple[int, bool, Any]]] = {}
+            rest = []
             for tid in data:
-                owner = self._futures.pop(tid, None)
-                if isinstance(owner, _Stream):
-                    lost.setdefault(owner, []).append((tid, False, err))
-                elif owner is not None and not owner.done():
-                    owner.set_exception(err)
-            for stream, items in lost.items():
-                stream.put(items)
+                fut = self._futures.pop(tid, None)
+                if fut is None:
+                    rest.append((tid, False, err))
+                elif not fut.done():
+                    fut.set_exception(err)
+            self._streams.deliver(rest)
 
     # -- Executor API ------------------------------------------------------
 
@@ -131,17 +125,19 @@ class Cluster(Executor):
         else:
             spec = self._spec("task", _star, (fn,), None)
             args = zip(*iterables)
-        stream = _Stream()
-        ids: list[int] = []
+        stream = self._streams.new()
+        ranges: list[range] = []
         for chunk in _chunks(args, SUBMIT_CHUNK):
-            ids.extend(self._submit_stream(spec, chunk, stream))
-        return self._ordered(stream, ids, timeout)
+            ranges.append(self._submit_stream(spec, chunk, stream))
+        return self._ordered(stream, ranges, timeout)
 
-    def _ordered(self, stream: _Stream, ids: list[int], timeout: float | None) -> Iterator[Any]:
+    def _ordered(
+        self, stream: _Stream, ranges: list[range], timeout: float | None
+    ) -> Iterator[Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
         ready: dict[int, tuple[bool, Any]] = {}
         try:
-            for tid in ids:
+            for tid in itertools.chain.from_iterable(ranges):
                 while tid not in ready:
                     left = None if deadline is None else deadline - time.monotonic()
                     for rid, ok, value in stream.get(left):
@@ -151,7 +147,7 @@ class Cluster(Executor):
                     raise value
                 yield value
         finally:
-            self._abandon(ids)
+            self._abandon(stream)
 
     def imap_unordered(
         self, func: Callable[..., Any], tasks: Iterable[Any], *args: Any, **kwargs: Any
@@ -164,7 +160,7 @@ class Cluster(Executor):
         so an endless iterator streams in bounded memory.
         """
         spec = self._spec("task", func, args, kwargs)
-        stream = _Stream()
+        stream = self._streams.new()
         pending: dict[int, Any] = {}
         it = iter(tasks)
         exhausted = False
@@ -186,7 +182,7 @@ class Cluster(Executor):
                         raise value
                     yield task, value
         finally:
-            self._abandon(list(pending))
+            self._abandon(stream)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -198,22 +194,18 @@ class Cluster(Executor):
             # its future was cancelled.
             dropped = self._engine.call(self._engine.sched.drop_pending)
             for tid in dropped:
-                owner = self._futures.get(tid)
-                if isinstance(owner, Future):
-                    self._futures.pop(tid, None)
-                    owner.cancel()
+                fut = self._futures.pop(tid, None)
+                if fut is not None:
+                    fut.cancel()
             # What is left of map/imap calls ends with ClusterShutdown.
             self.on_event("closed", dropped)
         if wait:
-            for owner in list(self._futures.values()):
-                if isinstance(owner, Future):
-                    try:
-                        owner.exception()
-                    except BaseException:
-                        pass  # cancelled
-            # Tasks of map/imap calls leave the table as their results arrive.
-            while any(isinstance(o, _Stream) for o in list(self._futures.values())):
-                time.sleep(0.01)
+            for fut in list(self._futures.values()):
+                try:
+                    fut.exception()
+                except BaseException:
+                    pass  # cancelled
+            self._streams.wait_idle()
         self._engine.shutdown()
 
     # -- more --------------------------------------------------------------
@@ -246,17 +238,17 @@ class Cluster(Executor):
             raise TypeError(f"{fn!r} is not callable")
         return make_spec(convention, fn, args, kwargs)
 
-    def _submit_stream(self, spec: Spec, args: list[Any], stream: _Stream) -> list[int]:
+    def _submit_stream(self, spec: Spec, args: list[Any], stream: _Stream) -> range:
         if self._shutdown:
             raise ClusterShutdown("cannot submit to a cluster that was shut down")
         ids = self._engine.new_task_ids(len(args))
-        self._futures.update(dict.fromkeys(ids, stream))
+        self._streams.add(ids, stream)
         self._engine.submit(spec, list(zip(ids, args)))
         return ids
 
-    def _abandon(self, ids: list[int]) -> None:
+    def _abandon(self, stream: _Stream) -> None:
         """The caller stopped iterating: queued tasks are dropped, not run."""
-        left = [tid for tid in ids if self._futures.pop(tid, None) is not None]
+        left = self._streams.remove(stream)
         if left and not self._shutdown:
             try:
                 self._engine.cancel_many(left)
@@ -279,10 +271,12 @@ class Cluster(Executor):
 class _Stream:
     """Results for one map or imap call, handed over a batch at a time."""
 
-    __slots__ = ("_q",)
+    __slots__ = ("_q", "ranges", "outstanding")
 
     def __init__(self) -> None:
         self._q: queue.SimpleQueue[list[tuple[int, bool, Any]]] = queue.SimpleQueue()
+        self.ranges: list[range] = []
+        self.outstanding = 0
 
     def put(self, items: list[tuple[int, bool, Any]]) -> None:
         self._q.put(items)
@@ -294,6 +288,79 @@ class _Stream:
             return self._q.get(timeout=timeout)
         except queue.Empty:
             raise TimeoutError("map results did not arrive in time") from None
+
+
+class _StreamTable:
+    """Which stream owns a task id, kept as id ranges, not one entry per task.
+
+    Task ids are handed out in contiguous blocks, so a million queued tasks
+    of a ``map`` cost a few ranges here instead of a million dict entries.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._starts: list[int] = []
+        self._by_start: dict[int, tuple[range, _Stream]] = {}
+
+    def new(self) -> _Stream:
+        return _Stream()
+
+    def add(self, ids: range, stream: _Stream) -> None:
+        with self._lock:
+            bisect.insort(self._starts, ids.start)
+            self._by_start[ids.start] = (ids, stream)
+            stream.ranges.append(ids)
+            stream.outstanding += len(ids)
+
+    def deliver(self, items: list[tuple[int, bool, Any]]) -> None:
+        """Hand results to their streams: one put per stream per batch."""
+        if not items:
+            return
+        groups: dict[_Stream, list[tuple[int, bool, Any]]] = {}
+        with self._lock:
+            hit: tuple[range, _Stream] | None = None
+            for item in items:
+                tid = item[0]
+                if hit is None or tid not in hit[0]:
+                    i = bisect.bisect_right(self._starts, tid) - 1
+                    if i < 0:
+                        continue
+                    hit = self._by_start[self._starts[i]]
+                    if tid not in hit[0]:
+                        hit = None
+                        continue  # its stream was abandoned
+                groups.setdefault(hit[1], []).append(item)
+            for stream, got in groups.items():
+                stream.outstanding -= len(got)
+                if stream.outstanding <= 0:
+                    self._drop(stream)
+            if not self._starts:
+                self._idle.notify_all()
+        for stream, got in groups.items():
+            stream.put(got)
+
+    def remove(self, stream: _Stream) -> list[int]:
+        """Forget the stream; return the ids it still waited for."""
+        with self._lock:
+            if stream.outstanding <= 0:
+                return []
+            left = [tid for r in stream.ranges for tid in r]
+            self._drop(stream)
+            if not self._starts:
+                self._idle.notify_all()
+            return left
+
+    def _drop(self, stream: _Stream) -> None:
+        for r in stream.ranges:
+            if self._by_start.pop(r.start, None) is not None:
+                del self._starts[bisect.bisect_left(self._starts, r.start)]
+        stream.ranges = []
+        stream.outstanding = 0
+
+    def wait_idle(self) -> None:
+        with self._idle:
+            self._idle.wait_for(lambda: not self._starts)
 
 
 def _star(args: tuple[Any, ...], fn: Callable[..., Any]) -> Any:

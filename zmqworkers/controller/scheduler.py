@@ -28,7 +28,9 @@ class TaskRecord:
     arg: Any
     worker: str | None = None  # None: queued
     attempts: int = 0
-    deaths: list[tuple[str, str]] = field(default_factory=list)
+    # None until a worker dies holding it: an empty list per queued task
+    # would cost 56 bytes each, a million times over.
+    deaths: list[tuple[str, str]] | None = None
 
 
 @dataclass
@@ -229,7 +231,7 @@ class Scheduler:
                 continue
             if i == 0:
                 rec.attempts += 1
-                rec.deaths.append((worker_id, how))
+                rec.deaths = [*(rec.deaths or ()), (worker_id, how)]
                 if rec.attempts >= self.max_attempts:
                     failed.append((tid, WorkerLost(tid, rec.deaths)))
                     rec.worker = None

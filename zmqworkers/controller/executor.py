@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from typing import Any
+from typing import Any, NamedTuple
 
 from zmqworkers.controller.engine import Engine, EngineOptions, Spec, make_spec
 from zmqworkers.errors import ClusterShutdown, ConfigurationError
@@ -159,6 +159,19 @@ class Cluster(Executor):
         Tasks are read from ``tasks`` lazily, at most ``DEFAULT_WINDOW`` ahead,
         so an endless iterator streams in bounded memory.
         """
+        for outcome in self.imap_outcomes(func, tasks, *args, **kwargs):
+            if outcome.error is not None:
+                raise outcome.error
+            yield outcome.task, outcome.result
+
+    def imap_outcomes(
+        self, func: Callable[..., Any], tasks: Iterable[Any], *args: Any, **kwargs: Any
+    ) -> Iterator[Outcome]:
+        """Like :meth:`imap_unordered`, but a failed task is yielded, not raised.
+
+        Yields an :class:`Outcome` per task as it completes; the run goes on
+        past failures (what ``zmqworkers run`` uses).
+        """
         spec = self._spec("task", func, args, kwargs)
         stream = self._streams.new()
         pending: dict[int, Any] = {}
@@ -178,9 +191,7 @@ class Cluster(Executor):
                     return
                 for tid, ok, value in stream.get(None):
                     task = pending.pop(tid)
-                    if not ok:
-                        raise value
-                    yield task, value
+                    yield Outcome(task, value, None) if ok else Outcome(task, None, value)
         finally:
             self._abandon(stream)
 
@@ -266,6 +277,14 @@ class Cluster(Executor):
             futures.append(fut)
         self._engine.submit(spec, list(zip(ids, args)))
         return futures
+
+
+class Outcome(NamedTuple):
+    """One finished task: ``error`` is None when it succeeded."""
+
+    task: Any
+    result: Any
+    error: BaseException | None
 
 
 class _Stream:

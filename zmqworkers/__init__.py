@@ -1,8 +1,9 @@
 """zmqworkers: run work on local worker processes and daemons on other machines.
 
 ``Cluster`` is the plain-Python face (a ``concurrent.futures.Executor``).
-``WorkerController``, ``AppRunner`` and ``BaseApp`` are the Qt face; they are
-loaded on first use, so ``import zmqworkers`` never imports Qt.
+``WorkerController`` and ``AppRunner`` are the Qt face and ``BaseApp`` the
+base of the apps ``AppRunner`` runs; they are loaded on first use, so
+``import zmqworkers`` never imports Qt (and ``BaseApp`` never needs it).
 """
 
 from typing import Any as _Any
@@ -19,15 +20,18 @@ from zmqworkers.errors import (
     ZmqWorkersError,
 )
 
-_QT_NAMES = {"WorkerController", "AppRunner", "BaseApp"}
+_QT_NAMES = {"WorkerController", "AppRunner"}
 
 __all__ = [
+    "AppRunner",
+    "BaseApp",
     "Cluster",
     "ClusterShutdown",
     "ConfigurationError",
     "DecodeError",
     "ProtocolVersionError",
     "RemoteError",
+    "WorkerController",
     "WorkerLost",
     "ZmqWorkersError",
     "__version__",
@@ -35,6 +39,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> _Any:
+    if name == "BaseApp":
+        from zmqworkers.apps import BaseApp
+
+        return BaseApp
     if name in _QT_NAMES:
         from zmqworkers import qt
 

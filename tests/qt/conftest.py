@@ -27,9 +27,7 @@ def daemons(key: str) -> Iterator[Callable[[str, int], list[subprocess.Popen[byt
     def start(address: str, n: int = 2) -> list[subprocess.Popen[bytes]]:
         env = dict(os.environ, ZMQWORKERS_KEY=key, PYTHONPATH=str(ROOT))
         cmd = [sys.executable, "-m", "zmqworkers.worker", address, "--death-timeout", "60"]
-        new = [
-            subprocess.Popen(cmd, env=env, cwd=ROOT, stdin=subprocess.DEVNULL) for _ in range(n)
-        ]
+        new = [subprocess.Popen(cmd, env=env, cwd=ROOT, stdin=subprocess.DEVNULL) for _ in range(n)]
         procs.extend(new)
         return new
 

@@ -232,3 +232,28 @@ def test_a_task_can_send_a_message_to_the_controller(controllers) -> None:
     wc.start()
     assert wc.wait(30_000)
     assert sorted(m[0] for m in messages) == [f"hello from task {i}" for i in range(4)]
+
+
+def test_a_finished_controller_can_be_started_again(controllers) -> None:
+    wc = WorkerController(1, jobs.linear, func_args=(1,))
+    controllers.append(wc)
+    spy = QtTest.QSignalSpy(wc.sig_results)
+    finished = QtTest.QSignalSpy(wc.sig_finished)
+    wc.add_tasks(range(2))
+    wc.finalize_tasks()
+    wc.start()
+    assert wc.wait(30_000)
+    wc.add_tasks(range(2, 4))
+    wc.start()
+    assert wc.wait(30_000)
+    assert spy_pairs(spy) == [(i, i) for i in range(4)]
+    assert len(finished) == 2 and wc.progress == 1
+
+
+def test_binding_a_public_address_without_a_key_is_refused_at_start() -> None:
+    from zmqworkers import ConfigurationError
+
+    wc = WorkerController(0, bind="tcp://0.0.0.0:0")
+    with pytest.raises(ConfigurationError, match="key"):
+        wc.start()
+    assert not wc.isRunning()

@@ -257,3 +257,20 @@ def test_binding_a_public_address_without_a_key_is_refused_at_start() -> None:
     with pytest.raises(ConfigurationError, match="key"):
         wc.start()
     assert not wc.isRunning()
+
+
+def test_a_task_that_kills_its_workers_fails_and_the_run_completes(controllers) -> None:
+    from zmqworkers import WorkerLost
+
+    wc = WorkerController(2, jobs.die_on, func_args=(4,))
+    controllers.append(wc)
+    results = QtTest.QSignalSpy(wc.sig_results)
+    errors = QtTest.QSignalSpy(wc.sig_error)
+    wc.add_tasks(range(8))
+    wc.finalize_tasks()
+    wc.start()
+    assert wc.wait(60_000), "a task that kills workers hung the run"
+    assert spy_pairs(results) == [(i, i) for i in range(8) if i != 4]
+    assert len(errors) == 1
+    task, err = errors[0]
+    assert task == 4 and isinstance(err, WorkerLost) and "exited with code 3" in str(err)

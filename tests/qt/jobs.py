@@ -112,3 +112,8 @@ def die_on(task: int, bad: int) -> int:
     if task == bad:
         os._exit(3)  # the worker process dies mid-task, as a crash in compiled code would
     return task
+
+
+class UnpreparedApp(CompositeApp):
+    def multiprocessing_pre_run(self) -> None:
+        raise FileNotFoundError("no such detector file")

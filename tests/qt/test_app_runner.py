@@ -128,3 +128,18 @@ def test_base_app_copies_params_and_config() -> None:
     config["offset"] = -1
     assert app.get_config()["offset"] == 1.0
     assert isinstance(clone, BaseApp)
+
+
+def test_a_failing_controller_pre_run_is_an_error_signal_and_the_thread_ends(
+    controllers,
+) -> None:
+    runner = AppRunner(jobs.UnpreparedApp(n_frames=2), n_workers=1)
+    controllers.append(runner)
+    errors = QtTest.QSignalSpy(runner.sig_error)
+    post_run = QtTest.QSignalSpy(runner.sig_post_run_called)
+    finished = QtTest.QSignalSpy(runner.sig_finished)
+    runner.start()
+    assert runner.wait(30_000)
+    assert len(errors) == 1 and errors[0][0] is None
+    assert isinstance(errors[0][1], FileNotFoundError)
+    assert len(post_run) == 0 and len(finished) == 1

@@ -192,7 +192,7 @@ def test_stop_signal_lets_workers_leave_and_restart_brings_them_back(controllers
     wc.restart()
     wait_for(lambda: wc.progress == 1, timeout=30)
     assert spy_pairs(spy) == [(i, i) for i in range(6)]
-    assert len(wc.workers()) == 2
+    wait_for(lambda: len(wc.workers()) == 2, timeout=30)
 
 
 def test_change_function_drops_tasks_not_yet_handed_out(controllers) -> None:

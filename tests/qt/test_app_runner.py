@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-QtTest = pytest.importorskip("qtpy.QtTest", reason="needs a Qt binding")
+pytest.importorskip("qtpy.QtTest", reason="needs a Qt binding")
 
 from tests.conftest import wait_for  # noqa: E402
 from tests.qt import jobs  # noqa: E402
+from tests.qt.spy import Spy  # noqa: E402
 from zmqworkers import AppRunner, BaseApp, RemoteError  # noqa: E402
 
 
@@ -30,10 +31,10 @@ def test_app_runner_builds_the_same_composite_as_a_serial_run(
         runner = AppRunner(app, n_workers=0, bind="tcp://127.0.0.1:0", key=key)
     controllers.append(runner)
     runner.set_app_param("gain", 2.5)  # on the runner's copy: workers get it too
-    final = QtTest.QSignalSpy(runner.sig_final_app_state)
-    post_run = QtTest.QSignalSpy(runner.sig_post_run_called)
-    results = QtTest.QSignalSpy(runner.sig_results)
-    errors = QtTest.QSignalSpy(runner.sig_error)
+    final = Spy(runner.sig_final_app_state)
+    post_run = Spy(runner.sig_post_run_called)
+    results = Spy(runner.sig_results)
+    errors = Spy(runner.sig_error)
     runner.start()
     if where == "daemons":
         daemons(runner.address, 2)
@@ -54,8 +55,8 @@ def test_app_runner_builds_the_same_composite_as_a_serial_run(
 def test_app_signal_reaches_sig_message_from_worker(controllers) -> None:
     runner = AppRunner(jobs.SignallingApp(n_frames=6), n_workers=2)
     controllers.append(runner)
-    messages = QtTest.QSignalSpy(runner.sig_message_from_worker)
-    final = QtTest.QSignalSpy(runner.sig_final_app_state)
+    messages = Spy(runner.sig_message_from_worker)
+    final = Spy(runner.sig_final_app_state)
     runner.start()
     assert runner.wait(60_000)
     assert sorted(m[0] for m in messages) == sorted(f"frame {i} done" for i in range(6))
@@ -65,8 +66,8 @@ def test_app_signal_reaches_sig_message_from_worker(controllers) -> None:
 def test_a_raising_app_func_is_an_error_signal_and_the_run_completes(controllers) -> None:
     runner = AppRunner(jobs.FailingApp(n_frames=8), n_workers=2)
     controllers.append(runner)
-    errors = QtTest.QSignalSpy(runner.sig_error)
-    post_run = QtTest.QSignalSpy(runner.sig_post_run_called)
+    errors = Spy(runner.sig_error)
+    post_run = Spy(runner.sig_post_run_called)
     runner.start()
     assert runner.wait(60_000), "a raising app function hung the run"
     assert len(errors) == 1
@@ -82,8 +83,8 @@ def test_a_raising_app_func_is_an_error_signal_and_the_run_completes(controllers
 def test_app_without_tasks_runs_while_it_carries_on_until_stopped(controllers) -> None:
     runner = AppRunner(jobs.CountdownApp(per_worker=3), n_workers=2, use_app_tasks=False)
     controllers.append(runner)
-    results = QtTest.QSignalSpy(runner.sig_results)
-    final = QtTest.QSignalSpy(runner.sig_final_app_state)
+    results = Spy(runner.sig_results)
+    final = Spy(runner.sig_final_app_state)
     runner.start()
     wait_for(lambda: len(results) >= 6, timeout=30)
     assert runner.progress == -1
@@ -135,9 +136,9 @@ def test_a_failing_controller_pre_run_is_an_error_signal_and_the_thread_ends(
 ) -> None:
     runner = AppRunner(jobs.UnpreparedApp(n_frames=2), n_workers=1)
     controllers.append(runner)
-    errors = QtTest.QSignalSpy(runner.sig_error)
-    post_run = QtTest.QSignalSpy(runner.sig_post_run_called)
-    finished = QtTest.QSignalSpy(runner.sig_finished)
+    errors = Spy(runner.sig_error)
+    post_run = Spy(runner.sig_post_run_called)
+    finished = Spy(runner.sig_finished)
     runner.start()
     assert runner.wait(30_000)
     assert len(errors) == 1 and errors[0][0] is None

@@ -12,23 +12,24 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-QtTest = pytest.importorskip("qtpy.QtTest", reason="needs a Qt binding")
+pytest.importorskip("qtpy.QtTest", reason="needs a Qt binding")
 
 from tests.conftest import wait_for  # noqa: E402
 from tests.qt import jobs  # noqa: E402
+from tests.qt.spy import Spy  # noqa: E402
 from zmqworkers import RemoteError, WorkerController  # noqa: E402
 
 
-def spy_pairs(spy: object) -> list[tuple[object, object]]:
-    return sorted((a, b) for a, b in spy)  # type: ignore[attr-defined]
+def spy_pairs(spy: Spy) -> list[tuple[object, object]]:
+    return sorted((a, b) for a, b in spy)
 
 
 def seed_sequence(
     wc: WorkerController, after_start: Callable[[], object] = lambda: None
 ) -> list[list[tuple[object, object]]]:
     """The seed's restart example, bounded: three rounds, then finalize."""
-    spy = QtTest.QSignalSpy(wc.sig_results)
-    finished = QtTest.QSignalSpy(wc.sig_finished)
+    spy = Spy(wc.sig_results)
+    finished = Spy(wc.sig_finished)
     wc.change_function(jobs.linear, 2, 5)
     wc.add_tasks(np.arange(10))
     wc.start()
@@ -68,7 +69,7 @@ def test_two_local_workers_give_the_seed_results(controllers) -> None:
 def test_two_worker_daemons_give_the_same_results(controllers, daemons, key) -> None:
     wc = WorkerController(n_workers=0, bind="tcp://127.0.0.1:0", key=key)
     controllers.append(wc)
-    spy = QtTest.QSignalSpy(wc.sig_results)
+    spy = Spy(wc.sig_results)
     wc.change_function(jobs.linear, 1, 0)
     wc.start()
     procs = daemons(wc.address, 2)
@@ -91,7 +92,7 @@ def test_numpy_arrays_are_tasks_and_come_back_with_their_results(controllers) ->
     weights = np.array([1.0, 10.0, 100.0])
     wc = WorkerController(2, jobs.row_sum, func_args=(weights,))
     controllers.append(wc)
-    spy = QtTest.QSignalSpy(wc.sig_results)
+    spy = Spy(wc.sig_results)
     rows = np.arange(12.0).reshape(4, 3)
     wc.add_tasks(rows)  # four tasks, one per row
     wc.add_task(np.array([1.0, 1.0, 1.0]))
@@ -107,7 +108,7 @@ def test_numpy_arrays_are_tasks_and_come_back_with_their_results(controllers) ->
 def test_func_kwargs_given_to_the_constructor_are_honoured(controllers) -> None:
     wc = WorkerController(1, jobs.linear, func_args=(3,), func_kwargs={"offset": 100})
     controllers.append(wc)
-    spy = QtTest.QSignalSpy(wc.sig_results)
+    spy = Spy(wc.sig_results)
     wc.add_tasks([1, 2])
     wc.finalize_tasks()
     wc.start()
@@ -118,9 +119,9 @@ def test_func_kwargs_given_to_the_constructor_are_honoured(controllers) -> None:
 def test_a_raising_task_is_an_error_signal_and_the_run_completes(controllers) -> None:
     wc = WorkerController(2, jobs.fail_on, func_args=(3,))
     controllers.append(wc)
-    results = QtTest.QSignalSpy(wc.sig_results)
-    errors = QtTest.QSignalSpy(wc.sig_error)
-    progress = QtTest.QSignalSpy(wc.sig_progress)
+    results = Spy(wc.sig_results)
+    errors = Spy(wc.sig_error)
+    progress = Spy(wc.sig_progress)
     wc.add_tasks(range(8))
     wc.finalize_tasks()
     wc.start()
@@ -166,7 +167,7 @@ def test_tasks_without_a_function_are_refused_with_a_clear_error() -> None:
 def test_suspend_holds_tasks_until_restart(controllers) -> None:
     wc = WorkerController(2, jobs.linear, func_args=(1,))
     controllers.append(wc)
-    spy = QtTest.QSignalSpy(wc.sig_results)
+    spy = Spy(wc.sig_results)
     wc.start()
     wait_for(lambda: len(wc.workers()) == 2, timeout=30)
     wc.suspend()
@@ -181,7 +182,7 @@ def test_suspend_holds_tasks_until_restart(controllers) -> None:
 def test_stop_signal_lets_workers_leave_and_restart_brings_them_back(controllers) -> None:
     wc = WorkerController(2, jobs.linear, func_args=(1,))
     controllers.append(wc)
-    spy = QtTest.QSignalSpy(wc.sig_results)
+    spy = Spy(wc.sig_results)
     wc.add_tasks(range(3))
     wc.start()
     wait_for(lambda: wc.progress == 1, timeout=30)
@@ -198,7 +199,7 @@ def test_stop_signal_lets_workers_leave_and_restart_brings_them_back(controllers
 def test_change_function_drops_tasks_not_yet_handed_out(controllers) -> None:
     wc = WorkerController(1, jobs.linear, func_args=(1,))
     controllers.append(wc)
-    spy = QtTest.QSignalSpy(wc.sig_results)
+    spy = Spy(wc.sig_results)
     wc.suspend()
     wc.add_tasks(range(5))
     wc.start()
@@ -213,8 +214,8 @@ def test_change_function_drops_tasks_not_yet_handed_out(controllers) -> None:
 def test_stop_ends_the_thread_and_emits_finished(controllers) -> None:
     wc = WorkerController(1, jobs.linear, func_args=(1,))
     controllers.append(wc)
-    finished = QtTest.QSignalSpy(wc.sig_finished)
-    thread_finished = QtTest.QSignalSpy(wc.finished)
+    finished = Spy(wc.sig_finished)
+    thread_finished = Spy(wc.finished)
     wc.start()
     assert wc.is_alive()
     wc.stop()
@@ -226,7 +227,7 @@ def test_stop_ends_the_thread_and_emits_finished(controllers) -> None:
 def test_a_task_can_send_a_message_to_the_controller(controllers) -> None:
     wc = WorkerController(2, jobs.talk)
     controllers.append(wc)
-    messages = QtTest.QSignalSpy(wc.sig_message_from_worker)
+    messages = Spy(wc.sig_message_from_worker)
     wc.add_tasks(range(4))
     wc.finalize_tasks()
     wc.start()
@@ -237,8 +238,8 @@ def test_a_task_can_send_a_message_to_the_controller(controllers) -> None:
 def test_a_finished_controller_can_be_started_again(controllers) -> None:
     wc = WorkerController(1, jobs.linear, func_args=(1,))
     controllers.append(wc)
-    spy = QtTest.QSignalSpy(wc.sig_results)
-    finished = QtTest.QSignalSpy(wc.sig_finished)
+    spy = Spy(wc.sig_results)
+    finished = Spy(wc.sig_finished)
     wc.add_tasks(range(2))
     wc.finalize_tasks()
     wc.start()
@@ -264,8 +265,8 @@ def test_a_task_that_kills_its_workers_fails_and_the_run_completes(controllers) 
 
     wc = WorkerController(2, jobs.die_on, func_args=(4,))
     controllers.append(wc)
-    results = QtTest.QSignalSpy(wc.sig_results)
-    errors = QtTest.QSignalSpy(wc.sig_error)
+    results = Spy(wc.sig_results)
+    errors = Spy(wc.sig_error)
     wc.add_tasks(range(8))
     wc.finalize_tasks()
     wc.start()

@@ -7,9 +7,8 @@ from typing import Any
 from qtpy import QtCore
 
 from zmqworkers.apps import BaseApp
-from zmqworkers.controller.engine import EngineOptions
 from zmqworkers.qt.controller import WorkerController
-from zmqworkers.qt.driver import AppDriver, TaskDriver
+from zmqworkers.qt.driver import AppDriver
 
 
 class AppRunner(WorkerController):
@@ -37,12 +36,9 @@ class AppRunner(WorkerController):
     ) -> None:
         if not isinstance(app, BaseApp):
             raise TypeError(f"AppRunner needs a zmqworkers.BaseApp instance, not {app!r}")
-        self._app = app.copy(clone_mode=False)
-        self._use_app_tasks = bool(use_app_tasks)
         super().__init__(n_workers, **options)
-
-    def _make_driver(self, options: EngineOptions) -> TaskDriver:
-        return AppDriver(self._emit, options, self._app, self._use_app_tasks)
+        self._app = app.copy(clone_mode=False)
+        self._driver = AppDriver(self._emit, self._driver.options, self._app, bool(use_app_tasks))
 
     def call_app_method(self, method_name: str, *args: Any, **kwargs: Any) -> Any:
         """Call a method of the runner's copy of the app (not while it runs)."""

@@ -66,13 +66,10 @@ class WorkerController(QtCore.QThread):
             heartbeat_interval=heartbeat_interval,
             stop_timeout=stop_timeout,
         )
-        self._driver = self._make_driver(options)
+        self._driver = TaskDriver(self._emit, options)
         self.n_workers = (os.cpu_count() or 1) if n_workers is None else n_workers
         if function is not None:
             self.change_function(function, *func_args, **(func_kwargs or {}))
-
-    def _make_driver(self, options: EngineOptions) -> TaskDriver:
-        return TaskDriver(self._emit, options)
 
     def _emit(self, name: str, *args: Any) -> None:
         getattr(self, f"sig_{name}").emit(*args)

@@ -113,7 +113,10 @@ class TaskDriver:
             self._held.clear()
             engine = self._engine
             if engine is not None:
-                dropped += engine.call(engine.sched.drop_pending)
+                try:
+                    dropped += engine.call(engine.sched.drop_pending)
+                except RuntimeError:
+                    pass  # the engine is closing: what it held is dropped anyway
             for tid in dropped:
                 if self._tasks.pop(tid, _MISSING) is not _MISSING:
                     self.target -= 1
@@ -281,6 +284,9 @@ class AppDriver(TaskDriver):
         self._connected = 0
 
     def prepare(self) -> None:
+        # Each start has a new engine: no worker and no tick of the last run.
+        self._ticks.clear()
+        self._connected = 0
         app = self.app
         app.multiprocessing_pre_run()
         spec = make_spec(

@@ -275,3 +275,20 @@ def test_a_task_that_kills_its_workers_fails_and_the_run_completes(controllers) 
     assert len(errors) == 1
     task, err = errors[0]
     assert task == 4 and isinstance(err, WorkerLost) and "exited with code 3" in str(err)
+
+
+def test_tasks_outstanding_when_the_engine_closes_each_get_an_error(controllers) -> None:
+    from zmqworkers import ClusterShutdown
+
+    wc = WorkerController(1, jobs.linear, func_args=(1,))
+    controllers.append(wc)
+    errors = Spy(wc.sig_error)
+    finished = Spy(wc.sig_finished)
+    wc.suspend()
+    wc.add_tasks(range(3))
+    wc.start()
+    wc._driver._engine.shutdown()  # fault injection: the engine goes away under the thread
+    assert wc.wait(30_000), "the thread did not notice the engine closing"
+    assert sorted(task for task, _ in errors) == [0, 1, 2]
+    assert all(isinstance(err, ClusterShutdown) for _, err in errors)
+    assert len(finished) == 1 and wc.progress == 1

@@ -29,7 +29,7 @@ from typing import Any
 
 from zmqworkers.apps import BaseApp
 from zmqworkers.controller.engine import Engine, EngineOptions, Spec, make_spec
-from zmqworkers.errors import ConfigurationError
+from zmqworkers.errors import ClusterShutdown, ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class TaskDriver:
         self._workers_stopped = False
         self._finalized = False
         self._stop = False
+        self._engine_gone = False
         self.served = threading.Event()
         self.served.set()
 
@@ -182,6 +183,7 @@ class TaskDriver:
             self.address = engine.start()
             self._engine = engine
             self._stop = False
+            self._engine_gone = False
             self._workers_stopped = False
             # A fresh run counts from the tasks waiting for it.
             self.done = 0
@@ -200,8 +202,10 @@ class TaskDriver:
         try:
             self.prepare()
             prepared = True
-            while not (self._stop or (self._finalized and not self._tasks)):
+            while not (self._stop or self._engine_gone or (self._finalized and not self._tasks)):
                 self._handle(*self._events.get())
+            if self._engine_gone and not self._stop:
+                self._fail_outstanding()
         except Exception as exc:
             log.exception("the controller failed")
             self._emit("error", None, exc)
@@ -237,11 +241,23 @@ class TaskDriver:
                 self.on_result(tid, ok, value)
         elif kind == "event":
             name, info = data
-            if name == "message":
+            if name == "closed":
+                self._engine_gone = True
+            elif name == "message":
                 text = info.get("text", "") if isinstance(info, dict) else str(info)
                 self._emit("message_from_worker", str(text))
             else:
                 self.on_worker_event(name, info)
+
+    def _fail_outstanding(self) -> None:
+        # The engine closed on its own (it failed): the tasks it held will
+        # not come back, and each gets its error rather than silence.
+        log.error("the controller engine closed with %d task(s) outstanding", len(self._tasks))
+        with self._lock:
+            held = {tid for _, batch in self._held for tid, _ in batch}
+            lost = [tid for tid in self._tasks if tid not in held]
+        for tid in lost:
+            self.on_result(tid, False, ClusterShutdown("the controller engine closed"))
 
     # -- hooks for subclasses (driving thread) ------------------------------
 

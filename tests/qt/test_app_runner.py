@@ -110,6 +110,8 @@ def test_app_methods_and_params_on_the_runners_copy(controllers) -> None:
         runner.set_app_param("size", 1)
     with pytest.raises(TypeError, match="BaseApp"):
         AppRunner(object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="function= does not apply"):
+        AppRunner(jobs.CompositeApp(), function=abs)
     runner.start()
     with pytest.raises(RuntimeError, match="while the app runs"):
         runner.call_app_method("multiprocessing_post_run")

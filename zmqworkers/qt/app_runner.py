@@ -20,6 +20,7 @@ class AppRunner(WorkerController):
     the end ``multiprocessing_post_run`` runs; then ``sig_final_app_state``
     carries a copy of it and ``sig_post_run_called`` is emitted.
 
+    ``options`` are those of ``WorkerController`` (``bind``, ``key``, ...).
     With ``use_app_tasks=False`` each worker calls ``multiprocessing_func(-1)``
     while ``multiprocessing_carryon()`` holds, until ``stop()``.
     """
@@ -36,6 +37,9 @@ class AppRunner(WorkerController):
     ) -> None:
         if not isinstance(app, BaseApp):
             raise TypeError(f"AppRunner needs a zmqworkers.BaseApp instance, not {app!r}")
+        for name in ("function", "func_args", "func_kwargs"):
+            if name in options:
+                raise TypeError(f"AppRunner runs the app's own function: {name}= does not apply")
         super().__init__(n_workers, **options)
         self._app = app.copy(clone_mode=False)
         self._driver = AppDriver(self._emit, self._driver.options, self._app, bool(use_app_tasks))

@@ -57,7 +57,7 @@ class BaseApp:
         self.params: dict[str, Any] = copy.deepcopy(dict(self.default_params))
         for name, value in {**dict(params or {}), **kwargs}.items():
             self.set_param_value(name, value)
-        self._config: dict[str, Any] = {"run_prepared": False}
+        self._config: dict[str, Any] = {}
         self.clone_mode = clone_mode
 
     # -- parameters and config -----------------------------------------------

@@ -58,8 +58,9 @@ class TaskDriver:
         self._spec: Spec | None = None
         self._tasks: dict[int, Any] = {}  # not yet delivered, by id
         self._held: list[tuple[Spec, list[tuple[int, Any]]]] = []  # added with no engine
-        self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[tuple[str, int, Any]] = queue.SimpleQueue()
         self._engine: Engine | None = None
+        self._generation = 0  # of the current engine: late events of an old one are ignored
         self._suspended = False
         self._workers_stopped = False
         self._finalized = False
@@ -161,15 +162,7 @@ class TaskDriver:
         return engine.workers() if engine is not None else []
 
     def _wake(self) -> None:
-        self._events.put(("wake", None))
-
-    # -- engine callbacks (engine thread) ----------------------------------
-
-    def on_results(self, results: list[tuple[int, bool, Any]]) -> None:
-        self._events.put(("results", results))
-
-    def on_event(self, name: str, data: Any) -> None:
-        self._events.put(("event", (name, data)))
+        self._events.put(("wake", self._generation, None))
 
     # -- the driving thread -------------------------------------------------
 
@@ -179,7 +172,8 @@ class TaskDriver:
             if self._engine is not None or not self.served.is_set():
                 raise RuntimeError("the controller is running already")
             options = dataclasses.replace(self.options)
-            engine = Engine(options, self)
+            self._generation += 1
+            engine = Engine(options, _EngineRelay(self._events, self._generation))
             self.address = engine.start()
             self._engine = engine
             self._stop = False
@@ -225,17 +219,19 @@ class TaskDriver:
     def _drain(self) -> None:
         while True:
             try:
-                kind, data = self._events.get_nowait()
+                kind, generation, data = self._events.get_nowait()
             except queue.Empty:
                 break
-            self._handle(kind, data)
+            self._handle(kind, generation, data)
         # What the engine held when it closed will not come back.
         with self._lock:
             held = {tid for _, batch in self._held for tid, _ in batch}
             for tid in [t for t in self._tasks if t not in held]:
                 del self._tasks[tid]
 
-    def _handle(self, kind: str, data: Any) -> None:
+    def _handle(self, kind: str, generation: int, data: Any) -> None:
+        if generation != self._generation:
+            return  # from an engine of an earlier run that closed late
         if kind == "results":
             for tid, ok, value in data:
                 self.on_result(tid, ok, value)
@@ -287,6 +283,24 @@ class TaskDriver:
 
 
 _MISSING: Any = object()
+
+
+class _EngineRelay:
+    """The engine's handler: puts its callbacks, tagged with the run, on the queue.
+
+    Called on the engine thread; it only enqueues, so the engine never waits
+    on the driving thread.
+    """
+
+    def __init__(self, events: queue.SimpleQueue[tuple[str, int, Any]], generation: int) -> None:
+        self.events = events
+        self.generation = generation
+
+    def on_results(self, results: list[tuple[int, bool, Any]]) -> None:
+        self.events.put(("results", self.generation, results))
+
+    def on_event(self, name: str, data: Any) -> None:
+        self.events.put(("event", self.generation, (name, data)))
 
 
 class AppDriver(TaskDriver):

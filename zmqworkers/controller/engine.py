@@ -432,7 +432,14 @@ class Engine:
     def _cmd_start_workers(self, n: int | None) -> None:
         want = self.options.n_workers if n is None else n
         self._local_target = want
-        alive = len([p for p in self._local.values() if p.poll() is None])
+        # Workers still draining after a stop are on their way out: not counted.
+        alive = len(
+            [
+                p
+                for pid, p in self._local.items()
+                if p.poll() is None and pid not in self._expected_exits
+            ]
+        )
         self._start_local(max(0, want - alive))
 
     def _cmd_shutdown(self, _: Any) -> None:

@@ -109,6 +109,10 @@ def make_call(spec: Any) -> Callable[[Any], Any]:
         return lambda task: func(task, *args, **kwargs)
     if convention == "call":
         return lambda task: func(*task[0], **task[1])
+    if convention == "app":
+        from zmqworkers.apps import app_call
+
+        return app_call(func, *args, **kwargs)
     raise ValueError(f"unknown calling convention {convention!r}")
 
 
@@ -132,6 +136,24 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
 
 class _ControllerLost(Exception):
     pass
+
+
+# The worker serving in this process, so code running inside a task can reach
+# its controller (send_message); None outside a worker.
+_serving: Worker | None = None
+
+
+def send_message(text: str) -> bool:
+    """Send ``text`` to the controller from inside a running task.
+
+    The controller reports it as the event ``"message"`` (the Qt face emits
+    ``sig_message_from_worker``). Returns False when not called from a task
+    running on a worker, so code can run serially too.
+    """
+    worker = _serving
+    if worker is None:
+        return False
+    return worker.send_message(text)
 
 
 class Worker:
@@ -158,6 +180,8 @@ class Worker:
         self._current: int | None = None
         self._done = 0
         self.dropped: collections.Counter[str] = collections.Counter()
+        self._results_sock: zmq.Socket[Any] | None = None
+        self._serving_thread: int | None = None
 
     # -- signals ----------------------------------------------------------
 
@@ -337,6 +361,41 @@ class Worker:
             sock.close()
 
     def _serve(
+        self,
+        tasks: zmq.Socket[Any],
+        results: zmq.Socket[Any],
+        control: zmq.Socket[Any],
+        guard: ReplayGuard,
+        lost_after: float,
+    ) -> str:
+        global _serving
+        # Tasks run on this thread: send_message uses the results socket here
+        # and nowhere else.
+        self._results_sock = results
+        self._serving_thread = threading.get_ident()
+        _serving = self
+        try:
+            return self._serve_loop(tasks, results, control, guard, lost_after)
+        finally:
+            _serving = None
+            self._results_sock = None
+
+    def send_message(self, text: str) -> bool:
+        """Send a text to the controller; only from the thread running the tasks."""
+        sock = self._results_sock
+        if sock is None or threading.get_ident() != self._serving_thread:
+            return False
+        frames = encode(
+            Kind.MESSAGE,
+            self._result_sender,
+            self._next_result_seq(),
+            self.key,
+            {"worker": self.id, "text": str(text)},
+        )
+        sock.send_multipart(frames)
+        return True
+
+    def _serve_loop(
         self,
         tasks: zmq.Socket[Any],
         results: zmq.Socket[Any],

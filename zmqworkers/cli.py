@@ -57,6 +57,25 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, default=2)
     d.add_argument("--tasks", type=int, default=20)
 
+    r = sub.add_parser("run", help="run MODULE:FUNC over tasks, with a progress bar")
+    r.add_argument("function", metavar="MODULE:FUNC")
+    src = r.add_mutually_exclusive_group(required=True)
+    src.add_argument("--range", help="tasks are the integers A:B (or A:B:STEP)")
+    src.add_argument("--tasks", help="tasks from a file: .jsonl, .json (a list) or .npy")
+    r.add_argument("--args", default="[]", help="JSON list of extra arguments for every task")
+    r.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
+    where = r.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, help="local workers (default: one per core)")
+    where.add_argument("--bind", help="serve worker daemons that connect to this address")
+    r.add_argument("--key-file", help="shared key for daemons (else $ZMQWORKERS_KEY)")
+    r.add_argument("--output", help="write results to FILE.jsonl (as they come) or FILE.npz")
+    r.add_argument(
+        "--progress",
+        choices=["auto", "bar", "log"],
+        default="auto",
+        help="a bar on a terminal, log lines otherwise (auto)",
+    )
+
     k = sub.add_parser("keygen", help="write a new random key to FILE (mode 0600)")
     k.add_argument("file")
     return p
@@ -65,8 +84,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = args.log_level
-    if args.command == "demo" and level == "WARNING":
-        level = "WARNING"
+    if args.command == "run" and level == "WARNING":
+        level = "INFO"  # progress lines without a terminal are INFO
     _configure_logging(level)
     if args.command == "worker":
         return _worker(args)
@@ -74,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from zmqworkers.demo import run_demo
 
         return run_demo(n_workers=args.workers, n_tasks=args.tasks)
+    if args.command == "run":
+        return _run(args)
     if args.command == "keygen":
         from zmqworkers.keys import write_key_file
 
@@ -85,6 +106,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote a new key to {path} (mode 0600)")
         return 0
     return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    import json
+
+    from zmqworkers.errors import ConfigurationError
+    from zmqworkers.runjob import parse_range, read_tasks, run
+
+    try:
+        extra = json.loads(args.args)
+        kwargs = json.loads(args.kwargs)
+        if not isinstance(extra, list) or not isinstance(kwargs, dict):
+            raise ConfigurationError("--args takes a JSON list and --kwargs a JSON object")
+        tasks = parse_range(args.range) if args.range else read_tasks(args.tasks)
+        progress = args.progress == "bar" or (args.progress == "auto" and sys.stderr.isatty())
+        n_workers = 0 if args.bind else args.workers
+        return run(
+            args.function,
+            tasks,
+            len(tasks),
+            args=extra,
+            kwargs=kwargs,
+            n_workers=n_workers,
+            bind=args.bind,
+            key_file=args.key_file,
+            output=args.output,
+            progress=progress,
+        )
+    except json.JSONDecodeError as exc:
+        print(f"zmqworkers run: --args/--kwargs is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    except ConfigurationError as exc:
+        print(f"zmqworkers run: {exc}", file=sys.stderr)
+        return 2
 
 
 def _worker(args: argparse.Namespace) -> int:

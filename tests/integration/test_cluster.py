@@ -191,3 +191,32 @@ def test_unsigned_pickle_is_dropped_before_unpickling_and_counted(cluster2, tmp_
     assert not marker.exists()
     # The cluster still works afterwards.
     assert list(cluster2.map(double, range(10))) == [2 * x for x in range(10)]
+
+
+def test_shutdown_cancel_futures_cancels_queued_work() -> None:
+    c = Cluster(1)
+    try:
+        futs = [c.submit(time.sleep, 0.2) for _ in range(20)]
+        wait_for(lambda: futs[0].running() or c.counters()["running"] > 0, timeout=20)
+    finally:
+        c.shutdown(wait=True, cancel_futures=True)
+    cancelled = [f for f in futs if f.cancelled()]
+    finished = [f for f in futs if not f.cancelled()]
+    assert len(cancelled) >= 15, len(cancelled)
+    assert all(f.exception() is None for f in finished)
+
+
+def test_abandoned_map_iterator_drops_its_queued_tasks(cluster2) -> None:
+    it = cluster2.map(time.sleep, [0.05] * 200)
+    next(it)
+    it.close()  # the caller stops iterating
+    wait_for(lambda: cluster2.counters()["queued"] == 0, timeout=10)
+    assert cluster2.counters()["delivered"] < 100
+    assert list(cluster2.map(double, range(5))) == [0, 2, 4, 6, 8]
+
+
+def test_map_raises_the_first_failure_in_order(cluster2) -> None:
+    it = cluster2.map(fail_on, range(10), [5] * 10)
+    assert [next(it) for _ in range(5)] == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="bad value 5"):
+        next(it)

@@ -24,7 +24,6 @@ signals (queued across threads by Qt).
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import os
 import pickle
@@ -88,6 +87,12 @@ class EngineOptions:
     # A task that was running on this many workers that died fails with
     # WorkerLost instead of killing more.
     max_attempts: int = 3
+    # Tiny tasks share messages: a worker whose tasks take less than this
+    # (measured) gets batches worth about this much work per dispatch unit,
+    # up to max_batch tasks. 0 turns batching off. A task measured slower
+    # than this is always sent alone, so no slow task waits behind others.
+    batch_target: float = 0.002
+    max_batch: int = 512
     # Start a new local worker for each one that dies, so capacity holds.
     replace_dead_workers: bool = True
     # How often local worker processes are checked for exits.
@@ -154,7 +159,8 @@ class Engine:
         self.sched = Scheduler(max_attempts=options.max_attempts)
         self.dropped: Counter[str] = Counter()
         self.stats: Counter[str] = Counter()
-        self._ids = itertools.count(1)
+        self._id_lock = threading.Lock()
+        self._next_id = 1
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -191,16 +197,22 @@ class Engine:
             raise self._start_error
         return self.address
 
-    def new_task_ids(self, n: int) -> list[int]:
-        # itertools.count's next() is atomic under the GIL: ids are unique
-        # across caller threads without a lock.
-        return [next(self._ids) for _ in range(n)]
+    def new_task_ids(self, n: int) -> range:
+        """Reserve ``n`` consecutive task ids (callers keep ranges, not lists)."""
+        with self._id_lock:
+            start = self._next_id
+            self._next_id += n
+        return range(start, start + n)
 
     def submit(self, spec: Spec, items: list[tuple[int, Any]]) -> None:
         self._command("submit", (spec, items))
 
     def cancel(self, task_id: int, done: Future[bool]) -> None:
         self._command("cancel", (task_id, done))
+
+    def cancel_many(self, task_ids: list[int]) -> None:
+        """Drop these tasks if still queued (no answer; running ones finish)."""
+        self._command("cancel_many", task_ids)
 
     def pause(self) -> None:
         self._command("pause", None)
@@ -419,6 +431,10 @@ class Engine:
         tid, fut = arg
         fut.set_result(self.sched.cancel(tid))
 
+    def _cmd_cancel_many(self, task_ids: list[int]) -> None:
+        for tid in task_ids:
+            self.sched.cancel(tid)
+
     def _cmd_pause(self, _: Any) -> None:
         self.sched.paused = True
 
@@ -442,7 +458,14 @@ class Engine:
     def _cmd_start_workers(self, n: int | None) -> None:
         want = self.options.n_workers if n is None else n
         self._local_target = want
-        alive = len([p for p in self._local.values() if p.poll() is None])
+        # Workers still draining after a stop are on their way out: not counted.
+        alive = len(
+            [
+                p
+                for pid, p in self._local.items()
+                if p.poll() is None and pid not in self._expected_exits
+            ]
+        )
         self._start_local(max(0, want - alive))
 
     def _cmd_shutdown(self, _: Any) -> None:
@@ -538,7 +561,7 @@ class Engine:
                 "install the same zmqworkers release on both sides"
             )
             log.error("refused worker %r: %s", routing_id, refusal)
-            self._send_raw(routing_id, Kind.REFUSED, {"reason": refusal})
+            self._send_raw(routing_id, Kind.REFUSED, {"reason": refusal, "code": "version"})
             raise DecodeError("version", refusal) from exc
         if msg.kind != Kind.HELLO:
             raise DecodeError("unexpected", f"{msg.kind.name} on the task channel")
@@ -556,7 +579,11 @@ class Engine:
             raise DecodeError("malformed", "hello whose id is not its routing id")
         wid = hdr["id"]
         if self._closing:
-            self._send_raw(routing_id, Kind.REFUSED, {"reason": "controller is shutting down"})
+            self._send_raw(
+                routing_id,
+                Kind.REFUSED,
+                {"reason": "controller is shutting down", "code": "closing"},
+            )
             return
         if wid in self.sched.workers:
             # Said hello again (reconnected): what it held is not coming back.
@@ -608,6 +635,8 @@ class Engine:
                 self._send(wid, Kind.STOP, {"worker": wid, "rejoin": True}, lose_on_fail=False)
         kind = msg.kind
         if kind == Kind.RESULTS:
+            if w is not None and isinstance(msg.header, dict):
+                self._tune_batch(w, msg.header)
             self._on_results(wid, msg.payload)
         elif kind == Kind.HEARTBEAT:
             if w is not None and isinstance(msg.header, dict):
@@ -624,6 +653,19 @@ class Engine:
             self.handler.on_event("message", msg.header)
         else:
             raise DecodeError("unexpected", f"{kind.name} on the result channel")
+
+    def _tune_batch(self, w: WorkerState, header: dict[str, Any]) -> None:
+        busy, n = header.get("busy"), header.get("n")
+        target = self.options.batch_target
+        if not (isinstance(busy, float) and isinstance(n, int) and n > 0 and target > 0):
+            return
+        per_task = busy / n
+        # Smoothed, but one slow batch shrinks the batch at once: holding a
+        # slow task behind others costs more than sending tiny ones alone.
+        t = w.task_seconds
+        t = per_task if t is None or per_task > t else 0.7 * t + 0.3 * per_task
+        w.task_seconds = t
+        w.batch = max(1, min(self.options.max_batch, int(target / max(t, 1e-7))))
 
     def _on_results(self, wid: str, items: Any) -> None:
         if not isinstance(items, list):

@@ -28,9 +28,14 @@ class TaskRecord:
     arg: Any
     worker: str | None = None  # None: queued
     attempts: int = 0
-    deaths: list[tuple[str, str]] = field(default_factory=list)
-    # Held by a worker that died: runs alone from now on (see assign).
-    suspect: bool = False
+    # None until a worker dies holding it: an empty list per queued task
+    # would cost 56 bytes each, a million times over.
+    deaths: list[tuple[str, str]] | None = None
+
+    @property
+    def suspect(self) -> bool:
+        """Held by a worker that died: runs alone from now on (see assign)."""
+        return self.deaths is not None
 
 
 @dataclass
@@ -40,7 +45,11 @@ class WorkerState:
     id: str
     host: str = ""
     pid: int = 0
-    capacity: int = 2
+    capacity: int = 2  # 1 + prefetch, in dispatch units
+    # Tasks per dispatch unit: 1 unless tasks are measured to be tiny, when
+    # several share a unit (see Engine._tune_batch).
+    batch: int = 1
+    task_seconds: float | None = None
     local: bool = False
     in_flight: dict[int, None] = field(default_factory=dict)  # ordered: first runs
     specs: set[str] = field(default_factory=set)
@@ -55,7 +64,7 @@ class WorkerState:
     def free(self) -> int:
         if self.draining:
             return 0
-        return self.capacity - len(self.in_flight)
+        return self.capacity * self.batch - len(self.in_flight)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -171,7 +180,7 @@ class Scheduler:
                 rec = tasks.get(tid)
                 if rec is None or rec.worker is not None:
                     continue  # stale: delivered or cancelled while queued
-                if rec.suspect:
+                if rec.deaths is not None:  # a suspect (not a property: hot loop)
                     if taken or w.in_flight:
                         deferred.append(tid)  # keeps its place for an idle worker
                         continue
@@ -193,7 +202,7 @@ class Scheduler:
         if not w.in_flight:
             return False
         rec = self.tasks.get(next(iter(w.in_flight)))
-        return rec is not None and rec.worker == w.id and rec.suspect
+        return rec is not None and rec.worker == w.id and rec.deaths is not None
 
     def complete(self, worker_id: str, task_id: int) -> TaskRecord | None:
         """A result arrived. Returns the task's record the first time only."""
@@ -248,10 +257,11 @@ class Scheduler:
             rec = self.tasks.get(tid)
             if rec is None or rec.worker != worker_id:
                 continue
-            rec.suspect = True
+            if rec.deaths is None:
+                rec.deaths = []  # a suspect now
             if i == 0:
                 rec.attempts += 1
-                rec.deaths.append((worker_id, how))
+                rec.deaths = [*(rec.deaths or ()), (worker_id, how)]
                 if rec.attempts >= self.max_attempts:
                     failed.append((tid, WorkerLost(tid, rec.deaths)))
                     rec.worker = None

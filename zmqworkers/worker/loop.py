@@ -117,6 +117,10 @@ def make_call(spec: Any) -> Callable[[Any], Any]:
         return lambda task: func(task, *args, **kwargs)
     if convention == "call":
         return lambda task: func(*task[0], **task[1])
+    if convention == "app":
+        from zmqworkers.apps import app_call
+
+        return app_call(func, *args, **kwargs)
     raise ValueError(f"unknown calling convention {convention!r}")
 
 
@@ -140,6 +144,24 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
 
 class _ControllerLost(Exception):
     pass
+
+
+# The worker serving in this process, so code running inside a task can reach
+# its controller (send_message); None outside a worker.
+_serving: Worker | None = None
+
+
+def send_message(text: str) -> bool:
+    """Send ``text`` to the controller from inside a running task.
+
+    The controller reports it as the event ``"message"`` (the Qt face emits
+    ``sig_message_from_worker``). Returns False when not called from a task
+    running on a worker, so code can run serially too.
+    """
+    worker = _serving
+    if worker is None:
+        return False
+    return worker.send_message(text)
 
 
 class Worker:
@@ -175,6 +197,8 @@ class Worker:
         self._current: int | None = None
         self._done = 0
         self.dropped: collections.Counter[str] = collections.Counter()
+        self._results_sock: zmq.Socket[Any] | None = None
+        self._serving_thread: int | None = None
 
     # -- signals ----------------------------------------------------------
 
@@ -307,7 +331,11 @@ class Worker:
             if welcome is None:
                 return "exit" if self._should_exit() else "lost"
             if welcome.kind == Kind.REFUSED:
-                log.error("worker %s: refused by controller: %s", self.id, welcome.header)
+                hdr = welcome.header if isinstance(welcome.header, dict) else {}
+                if hdr.get("code") == "closing":
+                    log.info("worker %s: controller is shutting down", self.id)
+                    return "lost"
+                log.error("worker %s: refused by controller: %s", self.id, hdr.get("reason"))
                 return "exit"
             hdr = welcome.header
             results = self._ctx.socket(zmq.PUSH)
@@ -374,7 +402,11 @@ class Worker:
                     deadline = time.monotonic() + 2.0
                 except zmq.Again:
                     pass
-            if dict(poller.poll(100)).get(tasks):
+            # Until the hello is out, wake as soon as the connection is up
+            # (POLLOUT), not after a fixed pause: this is on the path to the
+            # first result.
+            poller.modify(tasks, zmq.POLLIN if sent else zmq.POLLIN | zmq.POLLOUT)
+            if dict(poller.poll(100)).get(tasks, 0) & zmq.POLLIN:
                 msg = self._decode(tasks.recv_multipart(copy=False), guard)
                 if msg is not None and msg.kind in (Kind.WELCOME, Kind.REFUSED):
                     return msg
@@ -418,12 +450,48 @@ class Worker:
         guard: ReplayGuard,
         lost_after: float,
     ) -> str:
+        global _serving
+        # Tasks run on this thread: send_message uses the results socket here
+        # and nowhere else.
+        self._results_sock = results
+        self._serving_thread = threading.get_ident()
+        _serving = self
+        try:
+            return self._serve_loop(tasks, results, control, guard, lost_after)
+        finally:
+            _serving = None
+            self._results_sock = None
+
+    def send_message(self, text: str) -> bool:
+        """Send a text to the controller; only from the thread running the tasks."""
+        sock = self._results_sock
+        if sock is None or threading.get_ident() != self._serving_thread:
+            return False
+        frames = encode(
+            Kind.MESSAGE,
+            self._result_sender,
+            self._next_result_seq(),
+            self.key,
+            {"worker": self.id, "text": str(text)},
+        )
+        sock.send_multipart(frames)
+        return True
+
+    def _serve_loop(
+        self,
+        tasks: zmq.Socket[Any],
+        results: zmq.Socket[Any],
+        control: zmq.Socket[Any],
+        guard: ReplayGuard,
+        lost_after: float,
+    ) -> str:
         poller = zmq.Poller()
         poller.register(tasks, zmq.POLLIN)
         poller.register(control, zmq.POLLIN)
         last_heard = time.monotonic()
         batch: list[tuple[int, bool, Any]] = []
         batch_started = 0.0
+        busy = 0.0  # seconds spent in calls for the results in `batch`
         served = False
 
         def ingest(timeout_ms: int) -> None:
@@ -454,7 +522,7 @@ class Worker:
                 return "lost"
             if not self._queue:
                 if batch:
-                    self._flush(results, batch)
+                    self._flush(results, batch, busy)
                     batch = []
                 if time.monotonic() - last_heard > lost_after:
                     log.warning("worker %s: controller silent for %.1f s", self.id, lost_after)
@@ -464,16 +532,19 @@ class Worker:
             served = True
             if not batch:
                 batch_started = time.monotonic()
+                busy = 0.0
+            t0 = time.perf_counter()
             batch.append(self._run_one(task_id, spec_id, arg))
+            busy += time.perf_counter() - t0
             if (
                 not self._queue
                 or len(batch) >= RESULT_BATCH_MAX
                 or time.monotonic() - batch_started > RESULT_BATCH_SECONDS
             ):
-                self._flush(results, batch)
+                self._flush(results, batch, busy)
                 batch = []
         if batch:
-            self._flush(results, batch)
+            self._flush(results, batch, busy)
         # Leaving: whatever was prefetched goes back to the controller.
         returned = [t[0] for t in self._queue]
         self._queue.clear()
@@ -534,14 +605,18 @@ class Worker:
             self._state = "idle"
             self._current = None
 
-    def _flush(self, results: zmq.Socket[Any], batch: list[tuple[int, bool, Any]]) -> None:
+    def _flush(
+        self, results: zmq.Socket[Any], batch: list[tuple[int, bool, Any]], busy: float
+    ) -> None:
+        # The controller sizes later batches from the time the calls took.
+        header = {"busy": busy, "n": len(batch)}
         try:
             frames = encode(
                 Kind.RESULTS,
                 self._result_sender,
                 self._next_result_seq(),
                 self.key,
-                None,
+                header,
                 batch,
                 has_payload=True,
             )
@@ -552,7 +627,7 @@ class Worker:
                 self._result_sender,
                 self._next_result_seq(),
                 self.key,
-                None,
+                header,
                 [_picklable(item) for item in batch],
                 has_payload=True,
             )

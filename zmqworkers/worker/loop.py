@@ -34,7 +34,7 @@ from typing import Any
 import zmq
 
 from zmqworkers._version import __version__
-from zmqworkers.errors import DecodeError
+from zmqworkers.errors import DecodeError, ProtocolVersionError
 from zmqworkers.protocol import PROTOCOL_VERSION, Kind, ReplayGuard, decode, encode
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,9 @@ FUNC_CACHE_SIZE = 64
 # result is never held back.
 RESULT_BATCH_MAX = 256
 RESULT_BATCH_SECONDS = 0.005
+# Exit status of a worker the controller refused for good (another version):
+# a supervisor does not start it again.
+EXIT_REFUSED = 3
 
 
 @dataclass
@@ -158,6 +161,7 @@ class Worker:
         self._current: int | None = None
         self._done = 0
         self.dropped: collections.Counter[str] = collections.Counter()
+        self.refused: str | None = None
 
     # -- signals ----------------------------------------------------------
 
@@ -181,7 +185,20 @@ class Worker:
         waited_since = time.monotonic()
         try:
             while True:
-                outcome = self._session()
+                try:
+                    outcome = self._session()
+                except ProtocolVersionError as exc:
+                    # The controller's answer (a refusal, most likely) is in a
+                    # protocol this worker cannot read: say both versions.
+                    self.refused = (
+                        f"controller speaks protocol {exc.theirs}, this worker "
+                        f"{PROTOCOL_VERSION} (zmqworkers {__version__}): install the "
+                        "same zmqworkers release on both sides"
+                    )
+                    log.error("worker %s: refused: %s", self.id, self.refused)
+                    return EXIT_REFUSED
+                if self.refused is not None:
+                    return EXIT_REFUSED
                 if outcome == "exit" or self._terminate or not self.options.daemon:
                     return 0
                 if outcome == "served":
@@ -235,8 +252,15 @@ class Worker:
             if welcome is None:
                 return "exit" if self._should_exit() else "lost"
             if welcome.kind == Kind.REFUSED:
-                log.error("worker %s: refused by controller: %s", self.id, welcome.header)
-                return "exit"
+                hdr = welcome.header if isinstance(welcome.header, dict) else {}
+                reason = str(hdr.get("reason", welcome.header))
+                log.error("worker %s: refused by controller: %s", self.id, reason)
+                if hdr.get("fatal"):
+                    self.refused = reason
+                    return "exit"
+                # Not for good (the controller is shutting down): a daemon
+                # waits for the next one.
+                return "lost" if self.options.daemon else "exit"
             hdr = welcome.header
             results = self._ctx.socket(zmq.PUSH)
             results.setsockopt(zmq.LINGER, 2000)

@@ -1,0 +1,140 @@
+"""`zmqworkers worker --processes 2`: replacing, draining, living out a lifetime."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.deploy.helpers import Daemon
+from zmqworkers import Cluster
+
+
+def slow_square(x: int, marks: str, seconds: float) -> tuple[int, int]:
+    Path(marks, f"start-{x}").write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return x * x, os.getpid()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(0, connection_file=tmp_path / "conn.json", heartbeat_interval=0.5)
+    try:
+        yield c
+    finally:
+        c.shutdown(wait=False, cancel_futures=True)
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    try:
+        yield started
+    finally:
+        for d in started:
+            d.stop()
+
+
+def start(daemons: list[Daemon], tmp_path: Path, name: str, *extra: str) -> Daemon:
+    d = Daemon(
+        ["--connection-file", str(tmp_path / "conn.json"), "--name", name, *extra],
+        tmp_path / f"{name}.log",
+    )
+    daemons.append(d)
+    return d
+
+
+def pids_of(cluster: Cluster, prefix: str) -> set[int]:
+    return {w["pid"] for w in cluster.workers() if w["id"].startswith(prefix)}
+
+
+def test_killed_child_is_replaced(cluster: Cluster, daemons: list[Daemon], tmp_path: Path) -> None:
+    d = start(daemons, tmp_path, "a", "--processes", "2")
+    wait_for(lambda: len(pids_of(cluster, "a-")) == 2, timeout=30)
+    before = pids_of(cluster, "a-")
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: "event=child_replaced" in d.log(), timeout=15)
+    assert re.search(rf"event=child_exit pid={victim} slot=\d code=-9", d.log())
+    # A new process takes the dead one's place and serves.
+    wait_for(lambda: len(pids_of(cluster, "a-") - before) == 1 and len(cluster.workers()) == 2, 30)
+    assert victim not in pids_of(cluster, "a-")
+    assert list(cluster.map(abs, range(-50, 50))) == [abs(x) for x in range(-50, 50)]
+    assert d.proc.poll() is None
+
+
+def test_sigterm_drains_running_tasks_and_hands_back_prefetched(
+    cluster: Cluster, daemons: list[Daemon], tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    d = start(
+        daemons, tmp_path, "b", "--processes", "2", "--prefetch", "1", "--drain-timeout", "15"
+    )
+    wait_for(lambda: len(cluster.workers()) == 2, timeout=30)
+    futures = [cluster.submit(slow_square, x, str(marks), 2.0) for x in range(4)]
+    # Both children busy: one task running in each, one prefetched in each.
+    wait_for(lambda: len(list(marks.iterdir())) == 2, timeout=20)
+    wait_for(lambda: sum(w["in_flight"] for w in cluster.workers()) == 4, timeout=10)
+    running = {int(p.name.split("-")[1]) for p in marks.iterdir()}
+    t0 = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(20) == 0
+    drained_in = time.monotonic() - t0
+    assert drained_in < 15, drained_in
+    log = d.log()
+    assert "event=drain reason=SIGTERM" in log and "event=drained" in log, log
+    # The running calls finished and their results arrived ...
+    for x in running:
+        assert futures[x].result(timeout=5)[0] == x * x
+    # ... and the prefetched ones went back, unstarted, to the queue.
+    waiting = [x for x in range(4) if x not in running]
+    assert all(not futures[x].done() for x in waiting)
+    assert not any((marks / f"start-{x}").exists() for x in waiting)
+    wait_for(lambda: cluster.counters()["queued"] == 2, timeout=10)
+    # A new daemon does them: nothing was lost.
+    start(daemons, tmp_path, "c", "--processes", "2")
+    assert [futures[x].result(timeout=30)[0] for x in range(4)] == [0, 1, 4, 9]
+
+
+def test_lifetime_drains_before_its_deadline_and_loses_nothing(
+    cluster: Cluster, daemons: list[Daemon], tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    lifetime, drain = 6.0, 2.0
+    t0 = time.monotonic()
+    d = start(
+        daemons,
+        tmp_path,
+        "l",
+        "--processes",
+        "2",
+        "--lifetime",
+        str(lifetime),
+        "--drain-timeout",
+        str(drain),
+    )
+    wait_for(lambda: len(cluster.workers()) == 2, timeout=30)
+    n = 120
+    futures = [cluster.submit(slow_square, x, str(marks), 0.1) for x in range(n)]
+    assert d.proc.wait(lifetime + 10) == 0
+    lived = time.monotonic() - t0
+    log = d.log()
+    assert "event=drain reason=lifetime" in log and "event=drained" in log, log
+    assert "child_killed" not in log
+    # It left before its lifetime ran out (and not long before the drain).
+    assert lived < lifetime + 1.0, lived
+    assert lived > lifetime - drain - 0.5, lived
+    done_by_first = sum(f.done() for f in futures)
+    assert 0 < done_by_first < n
+    start(daemons, tmp_path, "m", "--processes", "2")
+    results = [f.result(timeout=60) for f in futures]
+    assert [r[0] for r in results] == [x * x for x in range(n)]
+    assert cluster.counters()["delivered"] == n

@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
         help="on SIGTERM, seconds to let running calls finish before they are killed "
         "(default 30 under a supervisor)",
     )
+    w.add_argument(
+        "--status-file",
+        help="supervisor: rewrite this JSON file every second (for `zmqworkers status`)",
+    )
     w.add_argument("--log-level", dest="worker_log_level", default=None, help=argparse.SUPPRESS)
     w.add_argument("--prefetch", type=int, default=1, help="tasks held beyond the running one")
     w.add_argument("--name", help="worker id (default: host-pid-random)")
@@ -91,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
     i.add_argument("--json", action="store_true", help="print the raw answer as JSON")
 
+    st = sub.add_parser("status", help="check a daemon's --status-file (container probes)")
+    st.add_argument("file")
+    st.add_argument("--max-age", type=float, default=30.0, help="seconds before it is stale")
+    st.add_argument("--ready", action="store_true", help="also require running workers")
+
     k = sub.add_parser("keygen", help="write a new random key to FILE (mode 0600)")
     k.add_argument("file")
     return p
@@ -106,6 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _worker(args)
     if args.command == "info":
         return _info(args)
+    if args.command == "status":
+        from zmqworkers.worker.daemon import check_status
+
+        ok, why = check_status(args.file, args.max_age, args.ready)
+        print(why)
+        return 0 if ok else 1
     if args.command == "demo":
         from zmqworkers.demo import run_demo
 
@@ -165,7 +180,10 @@ def _worker(args: argparse.Namespace) -> int:
         )
         return 2
     supervised = args.parent_pid is None and (
-        args.processes > 1 or args.lifetime is not None or args.drain_timeout is not None
+        args.processes > 1
+        or args.lifetime is not None
+        or args.drain_timeout is not None
+        or args.status_file is not None
     )
     if supervised:
         from zmqworkers.worker.daemon import DaemonOptions, child_args, run_daemon
@@ -176,6 +194,7 @@ def _worker(args: argparse.Namespace) -> int:
             lifetime=args.lifetime,
             drain_timeout=30.0 if args.drain_timeout is None else args.drain_timeout,
             name=args.name,
+            status_file=args.status_file,
             child_args=child_args(
                 prefetch=args.prefetch,
                 heartbeat_interval=args.heartbeat_interval,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
-from tests.deploy.helpers import Daemon
+from tests.deploy.helpers import Daemon, subprocess_env
 from zmqworkers import Cluster
 
 
@@ -50,14 +53,27 @@ def start(daemons: list[Daemon], tmp_path: Path, name: str, *extra: str) -> Daem
     return d
 
 
+def probe(status: Path) -> int:
+    """`zmqworkers status FILE --ready`, as a container probe runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "zmqworkers", "status", str(status), "--ready"],
+        env=subprocess_env(),
+        capture_output=True,
+        timeout=30,
+    ).returncode
+
+
 def pids_of(cluster: Cluster, prefix: str) -> set[int]:
     return {w["pid"] for w in cluster.workers() if w["id"].startswith(prefix)}
 
 
 def test_killed_child_is_replaced(cluster: Cluster, daemons: list[Daemon], tmp_path: Path) -> None:
-    d = start(daemons, tmp_path, "a", "--processes", "2")
+    status = tmp_path / "status.json"
+    d = start(daemons, tmp_path, "a", "--processes", "2", "--status-file", str(status))
     wait_for(lambda: len(pids_of(cluster, "a-")) == 2, timeout=30)
     before = pids_of(cluster, "a-")
+    wait_for(lambda: probe(status) == 0, timeout=10)
+    assert set(json.loads(status.read_text())["children"]) == before
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: "event=child_replaced" in d.log(), timeout=15)
@@ -67,6 +83,12 @@ def test_killed_child_is_replaced(cluster: Cluster, daemons: list[Daemon], tmp_p
     assert victim not in pids_of(cluster, "a-")
     assert list(cluster.map(abs, range(-50, 50))) == [abs(x) for x in range(-50, 50)]
     assert d.proc.poll() is None
+    wait_for(lambda: set(json.loads(status.read_text())["children"]) == pids_of(cluster, "a-"), 10)
+    assert json.loads(status.read_text())["restarts"] == 1
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(20) == 0
+    # An exited daemon fails its probe.
+    assert probe(status) == 1
 
 
 def test_sigterm_drains_running_tasks_and_hands_back_prefetched(

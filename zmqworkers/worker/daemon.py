@@ -23,6 +23,7 @@ Every event is one log line that starts ``zmqworkers-daemon event=NAME`` with
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import signal
@@ -32,6 +33,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from zmqworkers.keys import KEY_ENV
@@ -58,6 +60,8 @@ class DaemonOptions:
     # Passed on to every child's command line (prefetch, death timeout, ...).
     child_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    # Rewritten every second (for container probes): see read_status().
+    status_file: str | None = None
 
 
 def event(name: str, **fields: Any) -> None:
@@ -87,6 +91,8 @@ class Supervisor:
         self._drain_reason = ""
         self._started = time.monotonic()
         self._exit_code = 0
+        self._state = "starting"
+        self._status_written = 0.0
 
     def request_drain(self, reason: str) -> None:
         """Drain and leave (safe to call from a signal handler)."""
@@ -153,8 +159,10 @@ class Supervisor:
         drain_at = None
         if opts.lifetime is not None:
             drain_at = self._started + max(0.0, opts.lifetime - opts.drain_timeout)
+        self._state = "running"
         try:
             while self.children:
+                self._write_status()
                 if drain_at is not None and time.monotonic() >= drain_at:
                     self.request_drain("lifetime")
                 if self._drain.wait(POLL_SECONDS):
@@ -164,6 +172,8 @@ class Supervisor:
                 self._drain_children()
         finally:
             self._kill_all()
+        self._state = "exited"
+        self._write_status(force=True)
         event("exit", code=self._exit_code)
         return self._exit_code
 
@@ -192,7 +202,31 @@ class Supervisor:
             self._start(slot)
             event("child_replaced", slot=slot, old_pid=pid)
 
+    def _write_status(self, force: bool = False) -> None:
+        path = self.options.status_file
+        now = time.time()
+        if not path or (not force and now - self._status_written < 1.0):
+            return
+        self._status_written = now
+        status = {
+            "pid": os.getpid(),
+            "state": self._state,
+            "address": self.address,
+            "children": sorted(self.children),
+            "processes": self.options.processes,
+            "restarts": len(self._restarts),
+            "updated": now,
+        }
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            Path(tmp).write_text(json.dumps(status))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.debug("cannot write status file %s: %s", path, exc)
+
     def _drain_children(self) -> None:
+        self._state = "draining"
+        self._write_status(force=True)
         timeout = self.options.drain_timeout
         event("drain", reason=self._drain_reason, children=len(self.children), timeout=timeout)
         for _, proc in self.children.values():
@@ -251,3 +285,27 @@ def child_args(
     if death_timeout is not None:
         args += ["--death-timeout", str(death_timeout)]
     return ["--log-level", log_level, *args, *extra]
+
+
+def check_status(path: str, max_age: float, ready: bool) -> tuple[bool, str]:
+    """Judge a status file: (healthy, why). For liveness and readiness probes.
+
+    Alive: the file was rewritten within ``max_age`` seconds and the
+    supervisor has not exited. Ready as well: running (not draining) with at
+    least one worker process.
+    """
+    try:
+        status = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        return False, f"no readable status in {path}: {exc}"
+    age = time.time() - float(status.get("updated", 0))
+    state = status.get("state")
+    n = len(status.get("children", []))
+    summary = f"state={state} children={n} age={age:.1f}s restarts={status.get('restarts')}"
+    if age > max_age:
+        return False, f"stale: {summary}"
+    if state == "exited":
+        return False, summary
+    if ready and (state != "running" or n == 0):
+        return False, f"not ready: {summary}"
+    return True, summary

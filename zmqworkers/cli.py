@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         "(default 30 under a supervisor)",
     )
     w.add_argument(
+        "--max-restarts",
+        type=int,
+        default=10,
+        help="supervisor: replace at most this many crashed processes a minute (default 10)",
+    )
+    w.add_argument(
         "--status-file",
         help="supervisor: rewrite this JSON file every second (for `zmqworkers status`)",
     )
@@ -184,6 +190,7 @@ def _worker(args: argparse.Namespace) -> int:
         or args.lifetime is not None
         or args.drain_timeout is not None
         or args.status_file is not None
+        or args.max_restarts != 10
     )
     if supervised:
         from zmqworkers.worker.daemon import DaemonOptions, child_args, run_daemon
@@ -195,6 +202,7 @@ def _worker(args: argparse.Namespace) -> int:
             drain_timeout=30.0 if args.drain_timeout is None else args.drain_timeout,
             name=args.name,
             status_file=args.status_file,
+            max_restarts=args.max_restarts,
             child_args=child_args(
                 prefetch=args.prefetch,
                 heartbeat_interval=args.heartbeat_interval,

@@ -54,6 +54,10 @@ def start(daemons: list[Daemon], tmp_path: Path, name: str, *extra: str) -> Daem
     return d
 
 
+def crash(x: int) -> None:
+    os._exit(7)
+
+
 def probe(status: Path) -> int:
     """`zmqworkers status FILE --ready`, as a container probe runs it."""
     return subprocess.run(
@@ -170,3 +174,23 @@ def test_lifetime_drains_before_its_deadline_and_loses_nothing(
     results = [f.result(timeout=60) for f in futures]
     assert [r[0] for r in results] == [x * x for x in range(n)]
     assert cluster.counters()["delivered"] == n
+
+
+def test_restarts_are_bounded(tmp_path: Path, daemons: list[Daemon]) -> None:
+    from zmqworkers import WorkerLost
+
+    with Cluster(
+        0, connection_file=tmp_path / "conn.json", max_attempts=1, heartbeat_interval=0.3
+    ) as cluster:
+        d = start(daemons, tmp_path, "r", "--max-restarts", "2")
+        wait_for(lambda: len(cluster.workers()) == 1, timeout=30)
+        # Each task kills the process that runs it, one after another.
+        for x in range(3):
+            fut = cluster.submit(crash, x)
+            with pytest.raises(WorkerLost):
+                fut.result(timeout=30)
+        assert d.proc.wait(20) == 1
+    log = d.log()
+    assert log.count("event=child_exit") == 3 and log.count("code=7") == 3, log
+    assert log.count("event=child_replaced") == 2
+    assert "event=restart_limit slot=0 restarts=2" in log

@@ -33,7 +33,8 @@ need_packages() {
 
 # --- deploy: real single-node Slurm (tests/deploy/test_slurm.py) and
 # --- systemd-analyze for the unit file (tests/deploy/test_manifests.py).
-need_packages slurmctld slurmd slurm-client munge systemd
+# --- and shellcheck for the Slurm batch script.
+need_packages slurmctld slurmd slurm-client munge systemd shellcheck
 # The Debian packages enable and may start their own daemons; the tests run
 # private ones from a temporary configuration, so the packaged ones stay off.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then

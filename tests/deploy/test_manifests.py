@@ -119,6 +119,26 @@ def test_worker_deployment_drains_within_its_grace_period() -> None:
     assert "/var/run/secrets/zmqworkers/key" in args
 
 
+# -- Slurm -------------------------------------------------------------------
+
+
+def test_sbatch_script_passes_shellcheck() -> None:
+    shellcheck = tool("shellcheck", "Debian package shellcheck; scripts/install-system-deps.sh")
+    script = DEPLOY / "slurm" / "zmqworkers.sbatch"
+    done = run(shellcheck, "--shell=bash", str(script))
+    assert done.returncode == 0, done.stdout
+    # It asks for 3 tasks by default and refuses fewer than 2 with a reason.
+    assert "#SBATCH --ntasks=3" in script.read_text()
+    alone = subprocess.run(
+        ["bash", str(script), "x.py"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "1", "SLURM_NTASKS": "1"},
+    )
+    assert alone.returncode == 2 and "--ntasks=2 or more" in alone.stderr
+
+
 # -- container -----------------------------------------------------------------
 
 

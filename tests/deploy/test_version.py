@@ -83,3 +83,20 @@ def test_other_library_release_is_refused_naming_both_versions(
     assert any(expected in r.getMessage() for r in caplog.records)
     assert cluster.workers() == []
     assert cluster.counters()["dropped"]["version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "ok"),
+    [
+        ("0.1.0", "0.1.7", True),
+        ("0.1.0", "0.2.0", False),
+        ("1.2.0", "1.9.1", True),
+        ("1.2.0", "2.0.0", False),
+        ("0.1.0", "1.0.0", False),
+    ],
+)
+def test_library_compatibility_rule(ours: str, theirs: str, ok: bool) -> None:
+    from zmqworkers.protocol.messages import library_compatible
+
+    assert library_compatible(ours, theirs) is ok
+    assert library_compatible(theirs, ours) is ok

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import wait_for
@@ -99,3 +100,48 @@ def test_info_lists_daemon_and_local_workers(tmp_path: Path) -> None:
         d.stop()
         c.shutdown(wait=False, cancel_futures=True)
     assert os.path.exists(conn)
+
+
+def _three_free_ports() -> int:
+    """A port P with P, P+1 and P+2 free on loopback (bounded tries)."""
+    import random
+    import socket
+
+    rng = random.Random()
+    for _ in range(50):
+        base = rng.randrange(20000, 60000)
+        socks = []
+        try:
+            for p in range(base, base + 3):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    pytest.skip("found no three consecutive free ports")
+
+
+def test_fixed_port_takes_three_consecutive_ports(tmp_path: Path) -> None:
+    base = _three_free_ports()
+    conn = tmp_path / "conn.json"
+    c = Cluster(0, bind=f"tcp://127.0.0.1:{base}", connection_file=conn)
+    d = Daemon(["--connection-file", str(conn), "--name", "fx"], tmp_path / "fx.log")
+    try:
+        assert c.address == f"tcp://127.0.0.1:{base}"
+        assert read_connection_file(conn).address == c.address
+        c.wait_for_workers(1, timeout=30)
+        assert list(c.map(abs, [-1, -2])) == [1, 2]
+        # The worker's sockets are connected to exactly P, P+1 and P+2.
+        conns = {
+            k.raddr.port
+            for k in psutil.Process(c.workers()[0]["pid"]).net_connections("tcp")
+            if k.raddr and k.status == "ESTABLISHED"
+        }
+        assert conns == {base, base + 1, base + 2}, conns
+    finally:
+        d.stop()
+        c.shutdown(wait=False, cancel_futures=True)

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -194,3 +195,32 @@ def test_restarts_are_bounded(tmp_path: Path, daemons: list[Daemon]) -> None:
     assert log.count("event=child_exit") == 3 and log.count("code=7") == 3, log
     assert log.count("event=child_replaced") == 2
     assert "event=restart_limit slot=0 restarts=2" in log
+
+
+def test_death_timeout_ends_a_daemon_without_controller(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    from zmqworkers.keys import write_key_file
+
+    key = write_key_file(tmp_path / "key")
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = Daemon(
+        [
+            f"tcp://127.0.0.1:{port}",
+            "--key-file",
+            str(key),
+            "--processes",
+            "2",
+            "--death-timeout",
+            "1",
+        ],
+        tmp_path / "lonely.log",
+    )
+    daemons.append(d)
+    # Both processes give up on their own; neither counts as a crash.
+    assert d.proc.wait(30) == 0
+    log = d.log()
+    assert len(re.findall(r"event=child_exit pid=\d+ slot=\d code=0$", log, re.M)) == 2, log
+    assert "event=child_replaced" not in log and "event=exit code=0" in log

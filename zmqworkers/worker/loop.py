@@ -162,6 +162,7 @@ class Worker:
         self._done = 0
         self.dropped: collections.Counter[str] = collections.Counter()
         self.refused: str | None = None
+        self._waiting_since = time.monotonic()
 
     # -- signals ----------------------------------------------------------
 
@@ -182,7 +183,7 @@ class Worker:
 
     def run(self) -> int:
         backoff = 0.1
-        waited_since = time.monotonic()
+        waited_since = self._waiting_since = time.monotonic()
         try:
             while True:
                 try:
@@ -203,7 +204,7 @@ class Worker:
                     return 0
                 if outcome == "served":
                     backoff = 0.1
-                    waited_since = time.monotonic()
+                    waited_since = self._waiting_since = time.monotonic()
                 dt = self.options.death_timeout
                 if dt is not None and time.monotonic() - waited_since > dt:
                     log.info("worker %s: no controller for %.0f s, exiting", self.id, dt)
@@ -309,7 +310,12 @@ class Worker:
         poller.register(tasks, zmq.POLLIN)
         sent = False
         deadline = time.monotonic() + 2.0
+        dt = self.options.death_timeout
         while not self._should_exit():
+            # No controller at all (nobody listening) must end a daemon
+            # after its death timeout too, not only between controllers.
+            if dt is not None and time.monotonic() - self._waiting_since > dt:
+                return None
             if not sent:
                 try:
                     frames = encode(Kind.HELLO, self.id, self._next_seq(), self.key, hello)

@@ -94,6 +94,8 @@ def test_killed_child_is_replaced(cluster: Cluster, daemons: list[Daemon], tmp_p
     # A new process takes the dead one's place and serves.
     wait_for(lambda: len(pids_of(cluster, "a-") - before) == 1 and len(cluster.workers()) == 2, 30)
     assert victim not in pids_of(cluster, "a-")
+    # Under a name of its own (a-0r1 or a-1r1), so it joins at once.
+    assert [w["id"] for w in cluster.workers() if w["id"].endswith("r1")]
     assert list(cluster.map(abs, range(-50, 50))) == [abs(x) for x in range(-50, 50)]
     assert d.proc.poll() is None
     wait_for(lambda: set(json.loads(status.read_text())["children"]) == pids_of(cluster, "a-"), 10)
@@ -183,7 +185,7 @@ def test_restarts_are_bounded(tmp_path: Path, daemons: list[Daemon]) -> None:
     with Cluster(
         0, connection_file=tmp_path / "conn.json", max_attempts=1, heartbeat_interval=0.3
     ) as cluster:
-        d = start(daemons, tmp_path, "r", "--max-restarts", "2")
+        d = start(daemons, tmp_path, "r", "--max-restarts", "2", "--log-level", "INFO")
         wait_for(lambda: len(cluster.workers()) == 1, timeout=30)
         # Each task kills the process that runs it, one after another.
         for x in range(3):

@@ -91,6 +91,7 @@ class Supervisor:
         self._drain_reason = ""
         self._started = time.monotonic()
         self._exit_code = 0
+        self._generation: collections.Counter[int] = collections.Counter()
         self._state = "starting"
         self._status_written = 0.0
 
@@ -112,7 +113,13 @@ class Supervisor:
     def _command(self, slot: int) -> list[str]:
         cmd = [sys.executable, "-m", "zmqworkers.worker", self.address]
         if self.options.name:
-            cmd += ["--name", f"{self.options.name}-{slot}"]
+            # A replacement gets a name of its own: the controller remembers
+            # the message numbers each worker id has used, and would take a
+            # new process's first messages under an old id for replays.
+            generation = self._generation[slot]
+            suffix = f"r{generation}" if generation else ""
+            cmd += ["--name", f"{self.options.name}-{slot}{suffix}"]
+        self._generation[slot] += 1
         return cmd + list(self.options.child_args)
 
     def _start(self, slot: int) -> None:

@@ -146,7 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _address_and_key(args: argparse.Namespace) -> tuple[str, bytes]:
     """From ADDRESS and --key-file/$ZMQWORKERS_KEY, or from --connection-file."""
-    from zmqworkers.connection import read_connection_file, wait_for_connection_file
+    from zmqworkers.connection import (
+        check_address,
+        read_connection_file,
+        wait_for_connection_file,
+    )
     from zmqworkers.errors import ConfigurationError
     from zmqworkers.keys import resolve_key
 
@@ -160,6 +164,7 @@ def _address_and_key(args: argparse.Namespace) -> tuple[str, bytes]:
         key = info.key
     if not address:
         raise ConfigurationError("give the controller's ADDRESS or --connection-file FILE")
+    check_address(address)
     if args.key_file or key is None:
         key = resolve_key(key_file=args.key_file)
     if key is None:

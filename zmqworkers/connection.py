@@ -42,6 +42,23 @@ class ConnectionInfo:
     curve_public_key: str | None = None
 
 
+def check_address(address: str) -> str:
+    """Refuse an address a worker could not dial, saying what a good one is."""
+    parts = urlsplit(address)
+    ok = parts.scheme == "ipc" and bool(parts.path or parts.netloc)
+    if parts.scheme == "tcp":
+        try:
+            ok = bool(parts.hostname) and parts.port is not None and parts.port > 0
+        except ValueError:
+            ok = False
+    if not ok:
+        raise ConfigurationError(
+            f"{address!r} is not a controller address: give tcp://HOST:PORT "
+            "(e.g. tcp://node1:5555) or ipc:///path"
+        )
+    return address
+
+
 def advertised_address(bound: str) -> str:
     """The address a remote worker dials for a socket bound at ``bound``.
 
@@ -104,8 +121,12 @@ def read_connection_file(path: str | os.PathLike[str]) -> ConnectionInfo:
     if not isinstance(data, dict):
         raise ConfigurationError(f"connection file {p} does not hold a JSON object")
     address = data.get("address")
-    if not isinstance(address, str) or "://" not in address:
-        raise ConfigurationError(f"connection file {p}: 'address' is missing or not an address")
+    if not isinstance(address, str):
+        raise ConfigurationError(f"connection file {p}: 'address' is missing")
+    try:
+        check_address(address)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"connection file {p}: {exc}") from exc
     key = data.get("key")
     if key is not None and not isinstance(key, str):
         raise ConfigurationError(f"connection file {p}: 'key' is not a string")

@@ -145,3 +145,19 @@ def test_fixed_port_takes_three_consecutive_ports(tmp_path: Path) -> None:
     finally:
         d.stop()
         c.shutdown(wait=False, cancel_futures=True)
+
+
+@pytest.mark.parametrize("bad", ["node1:5555", "tcp://node1", "tcp://:5555", "http://x:1"])
+def test_worker_refuses_an_address_it_cannot_dial(bad: str, tmp_path: Path) -> None:
+    env = subprocess_env()
+    env["ZMQWORKERS_KEY"] = "k" * 32
+    done = subprocess.run(
+        [sys.executable, "-m", "zmqworkers", "worker", bad],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert f"{bad!r} is not a controller address: give tcp://HOST:PORT" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -73,7 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         "--status-file",
         help="supervisor: rewrite this JSON file every second (for `zmqworkers status`)",
     )
-    w.add_argument("--log-level", dest="worker_log_level", default=None, help=argparse.SUPPRESS)
+    w.add_argument(
+        "--log-level",
+        dest="worker_log_level",
+        default=None,
+        help="DEBUG, INFO, WARNING (default), ERROR; daemon event lines show at INFO",
+    )
     w.add_argument("--prefetch", type=int, default=1, help="tasks held beyond the running one")
     w.add_argument("--name", help="worker id (default: host-pid-random)")
     w.add_argument(
@@ -184,11 +189,9 @@ def _worker(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         print(f"zmqworkers worker: {exc}", file=sys.stderr)
         return 2
-    if args.processes < 1:
-        print(
-            f"zmqworkers worker: --processes must be 1 or more, not {args.processes}",
-            file=sys.stderr,
-        )
+    bad = _bad_worker_numbers(args)
+    if bad:
+        print(f"zmqworkers worker: {bad}", file=sys.stderr)
         return 2
     supervised = args.parent_pid is None and (
         args.processes > 1
@@ -234,6 +237,20 @@ def _worker(args: argparse.Namespace) -> int:
     worker = Worker(address, key, options)
     worker.install_signal_handlers()
     return worker.run()
+
+
+def _bad_worker_numbers(args: argparse.Namespace) -> str | None:
+    if args.processes < 1:
+        return f"--processes must be 1 or more, not {args.processes}"
+    if args.prefetch < 0:
+        return f"--prefetch must be 0 or more, not {args.prefetch}"
+    if args.lifetime is not None and args.lifetime <= 0:
+        return f"--lifetime must be more than 0 seconds, not {args.lifetime}"
+    if args.drain_timeout is not None and args.drain_timeout < 0:
+        return f"--drain-timeout must be 0 seconds or more, not {args.drain_timeout}"
+    if args.max_restarts < 0:
+        return f"--max-restarts must be 0 or more, not {args.max_restarts}"
+    return None
 
 
 def _info(args: argparse.Namespace) -> int:

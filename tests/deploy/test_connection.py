@@ -147,17 +147,34 @@ def test_fixed_port_takes_three_consecutive_ports(tmp_path: Path) -> None:
         c.shutdown(wait=False, cancel_futures=True)
 
 
-@pytest.mark.parametrize("bad", ["node1:5555", "tcp://node1", "tcp://:5555", "http://x:1"])
-def test_worker_refuses_an_address_it_cannot_dial(bad: str, tmp_path: Path) -> None:
+def _worker_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = subprocess_env()
     env["ZMQWORKERS_KEY"] = "k" * 32
-    done = subprocess.run(
-        [sys.executable, "-m", "zmqworkers", "worker", bad],
+    return subprocess.run(
+        [sys.executable, "-m", "zmqworkers", "worker", *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=30,
     )
+
+
+@pytest.mark.parametrize("bad", ["node1:5555", "tcp://node1", "tcp://:5555", "http://x:1"])
+def test_worker_refuses_an_address_it_cannot_dial(bad: str) -> None:
+    done = _worker_cli(bad)
     assert done.returncode == 2
     assert f"{bad!r} is not a controller address: give tcp://HOST:PORT" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--processes", "0", "--processes must be 1 or more, not 0"),
+        ("--lifetime", "-5", "--lifetime must be more than 0 seconds, not -5.0"),
+        ("--drain-timeout", "-1", "--drain-timeout must be 0 seconds or more, not -1.0"),
+    ],
+)
+def test_worker_refuses_bad_numbers(option: str, value: str, message: str) -> None:
+    done = _worker_cli("tcp://127.0.0.1:9", option, value)
+    assert done.returncode == 2 and message in done.stderr, done.stderr

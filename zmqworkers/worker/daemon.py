@@ -240,6 +240,9 @@ class Supervisor:
             _signal(proc, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while self.children and time.monotonic() < deadline:
+            # Kept fresh while draining, or a liveness probe would kill
+            # the daemon in the middle of a long drain.
+            self._write_status()
             for slot, pid, code in self._reap():
                 event("child_exit", pid=pid, slot=slot, code=code)
             time.sleep(POLL_SECONDS / 2)

@@ -29,7 +29,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -60,7 +59,7 @@ class DaemonOptions:
     # Passed on to every child's command line (prefetch, death timeout, ...).
     child_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
-    # Rewritten every second (for container probes): see read_status().
+    # Rewritten every second (for container probes): see check_status().
     status_file: str | None = None
 
 
@@ -87,8 +86,9 @@ class Supervisor:
         self.options = options
         self.children: dict[int, tuple[int, subprocess.Popen[bytes]]] = {}  # pid: (slot, proc)
         self._restarts: collections.deque[float] = collections.deque()
-        self._drain = threading.Event()
-        self._drain_reason = ""
+        # Set from a signal handler: a plain attribute, as an Event's lock
+        # could be held by the very frame the handler interrupted.
+        self._drain_reason: str | None = None
         self._started = time.monotonic()
         self._exit_code = 0
         self._generation: collections.Counter[int] = collections.Counter()
@@ -97,9 +97,8 @@ class Supervisor:
 
     def request_drain(self, reason: str) -> None:
         """Drain and leave (safe to call from a signal handler)."""
-        if not self._drain.is_set():
+        if self._drain_reason is None:
             self._drain_reason = reason
-            self._drain.set()
 
     def install_signal_handlers(self) -> None:
         def on_signal(signum: int, frame: Any) -> None:
@@ -172,10 +171,11 @@ class Supervisor:
                 self._write_status()
                 if drain_at is not None and time.monotonic() >= drain_at:
                     self.request_drain("lifetime")
-                if self._drain.wait(POLL_SECONDS):
+                if self._drain_reason is not None:
                     break
+                time.sleep(POLL_SECONDS)
                 self._watch()
-            if self._drain.is_set():
+            if self._drain_reason is not None:
                 self._drain_children()
         finally:
             self._kill_all()

@@ -15,6 +15,7 @@ never reads half a file.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket as pysocket
 import tempfile
@@ -27,6 +28,8 @@ from urllib.parse import urlsplit
 from zmqworkers._version import __version__
 from zmqworkers.errors import ConfigurationError
 from zmqworkers.protocol import PROTOCOL_VERSION
+
+log = logging.getLogger(__name__)
 
 WILDCARD_HOSTS = {"0.0.0.0", "*", "::", "[::]"}
 
@@ -159,10 +162,12 @@ def wait_for_connection_file(path: str | os.PathLike[str], timeout: float) -> No
     """
     deadline = time.monotonic() + max(0.0, timeout)
     p = Path(path)
+    if not p.exists():
+        log.info("waiting up to %.0f s for connection file %s", timeout, p)
     while not p.exists():
         if time.monotonic() >= deadline:
             raise ConfigurationError(
-                f"connection file {p} did not appear within {timeout:.0f} s "
+                f"connection file {p} did not appear within {timeout:g} s "
                 "(is the controller running, with connection_file= set?)"
             )
         time.sleep(0.1)

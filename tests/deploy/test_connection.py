@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -178,3 +179,25 @@ def test_worker_refuses_an_address_it_cannot_dial(bad: str) -> None:
 def test_worker_refuses_bad_numbers(option: str, value: str, message: str) -> None:
     done = _worker_cli("tcp://127.0.0.1:9", option, value)
     assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_daemon_started_first_waits_for_the_connection_file(tmp_path: Path) -> None:
+    conn = tmp_path / "later.json"
+    d = Daemon(["--connection-file", str(conn), "--name", "early"], tmp_path / "early.log")
+    try:
+        time.sleep(0.5)  # the daemon is up before the controller, as in a batch job
+        assert d.proc.poll() is None
+        with Cluster(0, connection_file=conn) as c:
+            c.wait_for_workers(1, timeout=30)
+            assert c.workers()[0]["id"] == "early"
+            assert list(c.map(abs, [-3])) == [3]
+    finally:
+        d.stop()
+
+
+def test_connection_file_that_never_comes_is_a_clear_error(tmp_path: Path) -> None:
+    done = _worker_cli(
+        "--connection-file", str(tmp_path / "never.json"), "--connection-wait", "0.3"
+    )
+    assert done.returncode == 2
+    assert "never.json did not appear within 0 s" in done.stderr

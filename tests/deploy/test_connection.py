@@ -7,7 +7,6 @@ import os
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -183,10 +182,13 @@ def test_worker_refuses_bad_numbers(option: str, value: str, message: str) -> No
 
 def test_daemon_started_first_waits_for_the_connection_file(tmp_path: Path) -> None:
     conn = tmp_path / "later.json"
-    d = Daemon(["--connection-file", str(conn), "--name", "early"], tmp_path / "early.log")
+    d = Daemon(
+        ["--connection-file", str(conn), "--name", "early", "--log-level", "INFO"],
+        tmp_path / "early.log",
+    )
     try:
-        time.sleep(0.5)  # the daemon is up before the controller, as in a batch job
-        assert d.proc.poll() is None
+        # The daemon is up before the controller, as in a batch job.
+        wait_for(lambda: "waiting up to 300 s for connection file" in d.log(), timeout=30)
         with Cluster(0, connection_file=conn) as c:
             c.wait_for_workers(1, timeout=30)
             assert c.workers()[0]["id"] == "early"
@@ -200,4 +202,4 @@ def test_connection_file_that_never_comes_is_a_clear_error(tmp_path: Path) -> No
         "--connection-file", str(tmp_path / "never.json"), "--connection-wait", "0.3"
     )
     assert done.returncode == 2
-    assert "never.json did not appear within 0 s" in done.stderr
+    assert "never.json did not appear within 0.3 s" in done.stderr

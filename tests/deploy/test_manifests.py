@@ -45,9 +45,16 @@ def _verify(analyze: str, unit_text: str, directory: Path) -> subprocess.Complet
 
 def test_systemd_unit_passes_verify(tmp_path: Path) -> None:
     analyze = tool("systemd-analyze", "Debian package systemd; scripts/install-system-deps.sh")
-    zmqworkers = shutil.which("zmqworkers")
+    zmqworkers = shutil.which("zmqworkers") or shutil.which(
+        "zmqworkers", path=str(Path(sys.executable).parent)
+    )
     if zmqworkers is None:
-        pytest.skip("the zmqworkers command is not installed (pip install -e .)")
+        # Not installed as a command: a stand-in that runs the same program.
+        wrapper = tmp_path / "bin" / "zmqworkers"
+        wrapper.parent.mkdir()
+        wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -m zmqworkers "$@"\n')
+        wrapper.chmod(0o755)
+        zmqworkers = str(wrapper)
     text = UNIT.read_text()
     shipped_exec = re.search(r"^ExecStart=(\S+)", text, re.M)
     assert shipped_exec and shipped_exec.group(1) == "/opt/zmqworkers/bin/zmqworkers"

@@ -31,9 +31,8 @@ need_packages() {
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
-# --- deploy: real single-node Slurm (tests/deploy/test_slurm.py) and
-# --- systemd-analyze for the unit file (tests/deploy/test_manifests.py).
-# --- and shellcheck for the Slurm batch script.
+# --- deploy: a real single-node Slurm (tests/deploy/test_slurm.py);
+# systemd-analyze and shellcheck for deploy/ (tests/deploy/test_manifests.py).
 need_packages slurmctld slurmd slurm-client munge systemd shellcheck
 # The Debian packages enable and may start their own daemons; the tests run
 # private ones from a temporary configuration, so the packaged ones stay off.

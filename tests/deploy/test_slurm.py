@@ -216,7 +216,10 @@ def test_sbatch_script_runs_controller_and_two_daemons(slurm: SlurmCluster) -> N
     # The controller's results are right, and the work was done by two daemons.
     assert f"sum={sum(x * x for x in range(2000))} n=2000 ok=True" in output, output
     assert "workers=2 " in output, output
-    assert "2 daemon(s) x 1 process(es), --lifetime" in output, output
+    # --time=5: the daemons drain before 300 s, less the 15 s margin for srun.
+    lifetime = re.search(r"2 daemon\(s\) x 1 process\(es\), --lifetime (\d+)", output)
+    assert lifetime and 260 <= int(lifetime.group(1)) <= 285, output
+    assert len(re.findall(r"event=start .* lifetime=\d+\.0 drain_timeout=10\.0", output)) == 2
     assert "controller exited with status 0" in output
     # Both daemons drained when the controller ended, none was killed.
     assert len(re.findall(r"zmqworkers-daemon event=drained", output)) == 2, output

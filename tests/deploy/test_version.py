@@ -6,6 +6,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +101,27 @@ def test_library_compatibility_rule(ours: str, theirs: str, ok: bool) -> None:
 
     assert library_compatible(ours, theirs) is ok
     assert library_compatible(theirs, ours) is ok
+
+
+def test_refused_daemon_processes_are_not_restarted(tmp_path: Path, cluster: Cluster) -> None:
+    # Every Python process of this daemon believes it is release 99.0.0.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import zmqworkers._version as v\nv.__version__ = '99.0.0'\n"
+    )
+    env = subprocess_env()
+    env["PYTHONPATH"] = f"{site}:{env['PYTHONPATH']}"
+    env["ZMQWORKERS_KEY"] = KEY
+    done = subprocess.run(
+        [sys.executable, "-m", "zmqworkers", "worker", cluster.address, "--processes", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.count("event=child_refused") == 2
+    assert "event=child_replaced" not in done.stderr
+    assert done.stderr.count("worker runs zmqworkers 99.0.0, controller zmqworkers") >= 2
+    assert cluster.workers() == []

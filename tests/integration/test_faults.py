@@ -215,10 +215,26 @@ def test_sigterm_lets_the_running_task_finish_and_hands_back_the_rest(procs, tmp
         c.shutdown(wait=False, cancel_futures=True)
 
 
+DRAINING_WORKER = textwrap.dedent(
+    """
+    import sys
+    from zmqworkers.worker.loop import Worker, WorkerOptions
+
+    options = WorkerOptions(daemon=True, drain_timeout=0.5)
+    worker = Worker(sys.argv[1], sys.argv[2].encode(), options)
+    worker.install_signal_handlers()
+    sys.exit(worker.run())
+    """
+)
+
+
 def test_sigterm_drain_timeout_hands_back_a_call_that_runs_on(procs, tmp_path) -> None:
     c = CountingCluster(0, key=KEY, heartbeat_interval=5.0)
     try:
-        daemon = start_daemon(c.address, "--drain-timeout", "0.5")
+        # The worker program itself, not under a supervisor: its own drain.
+        daemon = subprocess.Popen(
+            [sys.executable, "-c", DRAINING_WORKER, c.address, KEY], env=_env()
+        )
         procs.append(daemon)
         c.wait_for_workers(1)
         flag = tmp_path / "started"

@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from zmqworkers._version import __version__
 from zmqworkers.controller.launcher import describe_exit, start_local_worker
 from zmqworkers.controller.liveness import Heartbeat, describe_silence
 from zmqworkers.controller.scheduler import Scheduler, WorkerState
@@ -60,7 +61,11 @@ from zmqworkers.protocol import (
     encode,
     encode_frames,
 )
-from zmqworkers.protocol.messages import DEFAULT_MAX_MESSAGE_SIZE, peek_version
+from zmqworkers.protocol.messages import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    library_compatible,
+    peek_version,
+)
 from zmqworkers.protocol.serialize import dumps
 
 log = logging.getLogger(__name__)
@@ -102,6 +107,9 @@ class EngineOptions:
     stop_timeout: float = 10.0
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     worker_env: dict[str, str] = field(default_factory=dict)
+    # Written (mode 0600) once the sockets are bound: address, key, versions,
+    # for daemons started with --connection-file on a shared filesystem.
+    connection_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -144,7 +152,9 @@ class Engine:
     def __init__(self, options: EngineOptions, handler: EngineHandler) -> None:
         if not options.key:
             raise ConfigurationError("the engine needs a key")
-        if not _is_loopback(options.bind) and not (options.key_given or options.insecure):
+        # A connection file carries even a random key to the daemons.
+        shared = options.key_given or options.insecure or bool(options.connection_file)
+        if not _is_loopback(options.bind) and not shared:
             raise ConfigurationError(
                 f"refusing to bind {options.bind} with a random key no remote worker "
                 "can know: give key=/key_file= (or $ZMQWORKERS_KEY; make one with "
@@ -327,10 +337,19 @@ class Engine:
     def _run(self) -> None:
         try:
             self._bind()
+            if self.options.connection_file:
+                from zmqworkers.connection import write_connection_file
+
+                write_connection_file(self.options.connection_file, self.address, self.options.key)
         except BaseException as exc:
             self._start_error = exc
             self._ready.set()
             self._closed.set()
+            for s in ("_monitor", "_router", "_pull", "_pub"):
+                if hasattr(self, s):
+                    getattr(self, s).close(linger=0)
+            if hasattr(self, "_ctx"):
+                self._ctx.term()
             return
         self._ready.set()
         try:
@@ -561,8 +580,13 @@ class Engine:
                 "install the same zmqworkers release on both sides"
             )
             log.error("refused worker %r: %s", routing_id, refusal)
-            self._send_raw(routing_id, Kind.REFUSED, {"reason": refusal, "code": "version"})
+            self._send_raw(
+                routing_id, Kind.REFUSED, {"reason": refusal, "code": "version", "fatal": True}
+            )
             raise DecodeError("version", refusal) from exc
+        if msg.kind == Kind.INFO:
+            self._on_info(routing_id, msg.sender)
+            return
         if msg.kind != Kind.HELLO:
             raise DecodeError("unexpected", f"{msg.kind.name} on the task channel")
         self._on_hello(routing_id, msg.header)
@@ -578,6 +602,16 @@ class Engine:
         if not isinstance(hdr, dict) or hdr.get("id", "").encode() != routing_id:
             raise DecodeError("malformed", "hello whose id is not its routing id")
         wid = hdr["id"]
+        theirs = str(hdr.get("version", "?"))
+        if not library_compatible(__version__, theirs):
+            refusal = (
+                f"worker runs zmqworkers {theirs}, controller zmqworkers {__version__}: "
+                "install the same zmqworkers release on both sides"
+            )
+            log.error("refused worker %s: %s", wid, refusal)
+            self.dropped["version"] += 1
+            self._send_raw(routing_id, Kind.REFUSED, {"reason": refusal, "fatal": True})
+            return
         if self._closing:
             self._send_raw(
                 routing_id,
@@ -615,6 +649,23 @@ class Engine:
         )
         log.info("worker %s joined (host %s, pid %d)", wid, w.host, pid)
         self.handler.on_event("worker_joined", w.snapshot())
+
+    def _on_info(self, routing_id: bytes, sender: str) -> None:
+        # Answered to whoever holds the key: `zmqworkers info ADDRESS`.
+        # The client reads one reply and goes, so its sequence is forgotten.
+        self._guard.forget(sender)
+        header = {
+            "controller": self.id,
+            "host": self.host,
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "queued": self.sched.queued,
+            "workers": [
+                {k: v for k, v in w.snapshot().items() if k != "last_heartbeat"}
+                for w in self.sched.workers.values()
+            ],
+        }
+        self._send_raw(routing_id, Kind.INFO, header)
 
     def _on_result_channel(self, frames: list[Any]) -> None:
         msg = self._decode(frames)

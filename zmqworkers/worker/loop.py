@@ -34,7 +34,7 @@ from typing import Any
 import zmq
 
 from zmqworkers._version import __version__
-from zmqworkers.errors import DecodeError
+from zmqworkers.errors import DecodeError, ProtocolVersionError
 from zmqworkers.protocol import PROTOCOL_VERSION, Kind, ReplayGuard, decode, encode
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,9 @@ CONNECT_TIMEOUT_MS = 1000
 # While no controller answers, reconnect attempts back off from ZeroMQ's
 # 100 ms up to this, instead of knocking every 100 ms for ever.
 RECONNECT_IVL_MAX_MS = 1000
+# Exit status of a worker the controller refused for good (another version):
+# a supervisor does not start it again.
+EXIT_REFUSED = 3
 
 
 @dataclass
@@ -199,6 +202,8 @@ class Worker:
         self.dropped: collections.Counter[str] = collections.Counter()
         self._results_sock: zmq.Socket[Any] | None = None
         self._serving_thread: int | None = None
+        self.refused: str | None = None
+        self._waiting_since = time.monotonic()
 
     # -- signals ----------------------------------------------------------
 
@@ -270,15 +275,28 @@ class Worker:
 
     def run(self) -> int:
         backoff = 0.1
-        waited_since = time.monotonic()
+        waited_since = self._waiting_since = time.monotonic()
         try:
             while True:
-                outcome = self._session()
+                try:
+                    outcome = self._session()
+                except ProtocolVersionError as exc:
+                    # The controller's answer (a refusal, most likely) is in a
+                    # protocol this worker cannot read: say both versions.
+                    self.refused = (
+                        f"controller speaks protocol {exc.theirs}, this worker "
+                        f"{PROTOCOL_VERSION} (zmqworkers {__version__}): install the "
+                        "same zmqworkers release on both sides"
+                    )
+                    log.error("worker %s: refused: %s", self.id, self.refused)
+                    return EXIT_REFUSED
+                if self.refused is not None:
+                    return EXIT_REFUSED
                 if outcome == "exit" or self._terminate or not self.options.daemon:
                     return 0
                 if outcome == "served":
                     backoff = 0.1
-                    waited_since = time.monotonic()
+                    waited_since = self._waiting_since = time.monotonic()
                 dt = self.options.death_timeout
                 if dt is not None and time.monotonic() - waited_since > dt:
                     log.info("worker %s: no controller for %.0f s, exiting", self.id, dt)
@@ -332,11 +350,15 @@ class Worker:
                 return "exit" if self._should_exit() else "lost"
             if welcome.kind == Kind.REFUSED:
                 hdr = welcome.header if isinstance(welcome.header, dict) else {}
-                if hdr.get("code") == "closing":
-                    log.info("worker %s: controller is shutting down", self.id)
-                    return "lost"
-                log.error("worker %s: refused by controller: %s", self.id, hdr.get("reason"))
-                return "exit"
+                reason = str(hdr.get("reason", welcome.header))
+                if hdr.get("fatal"):
+                    log.error("worker %s: refused by controller: %s", self.id, reason)
+                    self.refused = reason
+                    return "exit"
+                # Not for good (the controller is shutting down): a daemon
+                # waits for the next one.
+                log.info("worker %s: not accepted now: %s", self.id, reason)
+                return "lost" if self.options.daemon else "exit"
             hdr = welcome.header
             results = self._ctx.socket(zmq.PUSH)
             results.setsockopt(zmq.LINGER, 2000)
@@ -393,7 +415,12 @@ class Worker:
         poller.register(tasks, zmq.POLLIN)
         sent = False
         deadline = time.monotonic() + 2.0
+        dt = self.options.death_timeout
         while not self._should_exit():
+            # No controller at all (nobody listening) must end a daemon
+            # after its death timeout too, not only between controllers.
+            if dt is not None and time.monotonic() - self._waiting_since > dt:
+                return None
             if not sent:
                 try:
                     frames = encode(Kind.HELLO, self.id, self._next_seq(), self.key, hello)

@@ -1,14 +1,15 @@
 """zmqworkers: run work on local worker processes and daemons on other machines.
 
 ``Cluster`` is the plain-Python face (a ``concurrent.futures.Executor``).
-``WorkerController``, ``AppRunner`` and ``BaseApp`` are the Qt face; they are
-loaded on first use, so ``import zmqworkers`` never imports Qt.
+``WorkerController`` and ``AppRunner`` are the Qt face and ``BaseApp`` the
+base of the apps ``AppRunner`` runs; they are loaded on first use, so
+``import zmqworkers`` never imports Qt (and ``BaseApp`` never needs it).
 """
 
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
 from zmqworkers._version import __version__
-from zmqworkers.controller.executor import Cluster
 from zmqworkers.errors import (
     ClusterShutdown,
     ConfigurationError,
@@ -19,15 +20,21 @@ from zmqworkers.errors import (
     ZmqWorkersError,
 )
 
-_QT_NAMES = {"WorkerController", "AppRunner", "BaseApp"}
+_QT_NAMES = {"WorkerController", "AppRunner"}
+
+if _TYPE_CHECKING:
+    from zmqworkers.controller.executor import Cluster
 
 __all__ = [
+    "AppRunner",
+    "BaseApp",
     "Cluster",
     "ClusterShutdown",
     "ConfigurationError",
     "DecodeError",
     "ProtocolVersionError",
     "RemoteError",
+    "WorkerController",
     "WorkerLost",
     "ZmqWorkersError",
     "__version__",
@@ -35,6 +42,16 @@ __all__ = [
 
 
 def __getattr__(name: str) -> _Any:
+    # Loaded on first use, so that a worker, which imports this package,
+    # starts without loading the controller (or Qt).
+    if name == "Cluster":
+        from zmqworkers.controller.executor import Cluster
+
+        return Cluster
+    if name == "BaseApp":
+        from zmqworkers.apps import BaseApp
+
+        return BaseApp
     if name in _QT_NAMES:
         from zmqworkers import qt
 

@@ -28,7 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     w = sub.add_parser("worker", help="run a worker that serves the controller at ADDRESS")
-    w.add_argument("address", help="the controller's task address, e.g. tcp://node1:5555")
+    w.add_argument(
+        "address",
+        nargs="?",
+        help="the controller's task address, e.g. tcp://node1:5555 (or --connection-file)",
+    )
     w.add_argument("--key-file", help="file holding the shared key (else $ZMQWORKERS_KEY)")
     w.add_argument(
         "--curve",
@@ -46,6 +50,52 @@ def _parser() -> argparse.ArgumentParser:
         "--insecure",
         action="store_true",
         help="without a key, use the well-known insecure key (trusted networks only)",
+    )
+    w.add_argument(
+        "--connection-file",
+        help="JSON file a controller wrote (address, key, versions); waits for it to appear",
+    )
+    w.add_argument(
+        "--connection-wait",
+        type=float,
+        default=300.0,
+        help="seconds to wait for --connection-file to appear (default 300)",
+    )
+    w.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="worker processes on this node, under a supervisor that replaces crashed ones",
+    )
+    w.add_argument(
+        "--lifetime",
+        type=float,
+        default=None,
+        help="leave after this many seconds, drained --drain-timeout before the end "
+        "(e.g. a Slurm walltime)",
+    )
+    w.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=None,
+        help="on SIGTERM, seconds to let running calls finish before they are killed "
+        "(default 30 under a supervisor)",
+    )
+    w.add_argument(
+        "--max-restarts",
+        type=int,
+        default=10,
+        help="supervisor: replace at most this many crashed processes a minute (default 10)",
+    )
+    w.add_argument(
+        "--status-file",
+        help="supervisor: rewrite this JSON file every second (for `zmqworkers status`)",
+    )
+    w.add_argument(
+        "--log-level",
+        dest="worker_log_level",
+        default=None,
+        help="DEBUG, INFO, WARNING (default), ERROR; daemon event lines show at INFO",
     )
     w.add_argument("--prefetch", type=int, default=1, help="tasks held beyond the running one")
     w.add_argument("--name", help="worker id (default: host-pid-random)")
@@ -67,6 +117,37 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, default=2)
     d.add_argument("--tasks", type=int, default=20)
 
+    r = sub.add_parser("run", help="run MODULE:FUNC over tasks, with a progress bar")
+    r.add_argument("function", metavar="MODULE:FUNC")
+    src = r.add_mutually_exclusive_group(required=True)
+    src.add_argument("--range", help="tasks are the integers A:B (or A:B:STEP)")
+    src.add_argument("--tasks", help="tasks from a file: .jsonl, .json (a list) or .npy")
+    r.add_argument("--args", default="[]", help="JSON list of extra arguments for every task")
+    r.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
+    where = r.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, help="local workers (default: one per core)")
+    where.add_argument("--bind", help="serve worker daemons that connect to this address")
+    r.add_argument("--key-file", help="shared key for daemons (else $ZMQWORKERS_KEY)")
+    r.add_argument("--output", help="write results to FILE.jsonl (as they come) or FILE.npz")
+    r.add_argument(
+        "--progress",
+        choices=["auto", "bar", "log"],
+        default="auto",
+        help="a bar on a terminal, log lines otherwise (auto)",
+    )
+
+    i = sub.add_parser("info", help="show a live controller's workers as a table")
+    i.add_argument("address", nargs="?", help="the controller's task address")
+    i.add_argument("--key-file", help="file holding the shared key (else $ZMQWORKERS_KEY)")
+    i.add_argument("--connection-file", help="JSON file the controller wrote")
+    i.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    i.add_argument("--json", action="store_true", help="print the raw answer as JSON")
+
+    st = sub.add_parser("status", help="check a daemon's --status-file (container probes)")
+    st.add_argument("file")
+    st.add_argument("--max-age", type=float, default=30.0, help="seconds before it is stale")
+    st.add_argument("--ready", action="store_true", help="also require running workers")
+
     k = sub.add_parser(
         "keygen",
         help="write a new random key to FILE (mode 0600), or CURVE certificates to DIR",
@@ -84,18 +165,28 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    level = args.log_level
-    if args.command == "demo" and level == "WARNING":
-        level = "WARNING"
+    level = getattr(args, "worker_log_level", None) or args.log_level
+    if args.command == "run" and level == "WARNING":
+        level = "INFO"  # progress lines without a terminal are INFO
     _configure_logging(level)
     if args.command == "worker":
         return _worker(args)
+    if args.command == "info":
+        return _info(args)
+    if args.command == "status":
+        from zmqworkers.worker.daemon import check_status
+
+        ok, why = check_status(args.file, args.max_age, args.ready)
+        print(why)
+        return 0 if ok else 1
     if args.command == "demo":
         from zmqworkers.demo import run_demo
 
         return run_demo(n_workers=args.workers, n_tasks=args.tasks)
     if args.command == "keygen" and args.curve:
         return _curve_keygen(args.file, args.name)
+    if args.command == "run":
+        return _run(args)
     if args.command == "keygen":
         from zmqworkers.keys import write_key_file
 
@@ -123,29 +214,130 @@ def _curve_keygen(directory: str, name: str) -> int:
     return 0
 
 
-def _worker(args: argparse.Namespace) -> int:
-    from zmqworkers import curve
+def _run(args: argparse.Namespace) -> int:
+    import json
+
     from zmqworkers.errors import ConfigurationError
-    from zmqworkers.keys import INSECURE_KEY, resolve_key
-    from zmqworkers.worker.loop import Worker, WorkerOptions
+    from zmqworkers.runjob import parse_range, read_tasks, run
 
     try:
-        key = resolve_key(key_file=args.key_file)
-        if key is None and args.curve:
-            key = curve.hmac_key(args.curve)
-    except ConfigurationError as exc:
-        print(f"zmqworkers worker: {exc}", file=sys.stderr)
+        extra = json.loads(args.args)
+        kwargs = json.loads(args.kwargs)
+        if not isinstance(extra, list) or not isinstance(kwargs, dict):
+            raise ConfigurationError("--args takes a JSON list and --kwargs a JSON object")
+        tasks = parse_range(args.range) if args.range else read_tasks(args.tasks)
+        progress = args.progress == "bar" or (args.progress == "auto" and sys.stderr.isatty())
+        n_workers = 0 if args.bind else args.workers
+        return run(
+            args.function,
+            tasks,
+            len(tasks),
+            args=extra,
+            kwargs=kwargs,
+            n_workers=n_workers,
+            bind=args.bind,
+            key_file=args.key_file,
+            output=args.output,
+            progress=progress,
+        )
+    except json.JSONDecodeError as exc:
+        print(f"zmqworkers run: --args/--kwargs is not valid JSON: {exc}", file=sys.stderr)
         return 2
-    if key is None and args.insecure:
+    except ConfigurationError as exc:
+        print(f"zmqworkers run: {exc}", file=sys.stderr)
+        return 2
+
+
+def _address_and_key(args: argparse.Namespace) -> tuple[str, bytes]:
+    """From ADDRESS and --key-file/$ZMQWORKERS_KEY, or from --connection-file."""
+    from zmqworkers.connection import (
+        check_address,
+        read_connection_file,
+        wait_for_connection_file,
+    )
+    from zmqworkers.errors import ConfigurationError
+    from zmqworkers.keys import resolve_key
+
+    address = args.address
+    key = None
+    if args.connection_file:
+        wait = getattr(args, "connection_wait", 0.0)
+        wait_for_connection_file(args.connection_file, wait)
+        info = read_connection_file(args.connection_file)
+        address = address or info.address
+        key = info.key
+    if not address:
+        raise ConfigurationError("give the controller's ADDRESS or --connection-file FILE")
+    check_address(address)
+    if args.key_file or key is None:
+        key = resolve_key(key_file=args.key_file)
+    curve_dir = getattr(args, "curve", None)
+    if key is None and curve_dir:
+        from zmqworkers import curve
+
+        key = curve.hmac_key(curve_dir)
+    if key is None and getattr(args, "insecure", False):
+        from zmqworkers.keys import INSECURE_KEY
+
         log.warning("INSECURE: using the well-known insecure key; anyone can impersonate")
         key = INSECURE_KEY
     if key is None:
-        print(
-            "zmqworkers worker: no key: pass --key-file FILE or set ZMQWORKERS_KEY "
-            "to the controller's key (or --curve DIR for CURVE certificates)",
-            file=sys.stderr,
+        raise ConfigurationError(
+            "no key: pass --key-file FILE or --connection-file FILE, or set ZMQWORKERS_KEY "
+            "to the controller's key (or --curve DIR for CURVE certificates)"
         )
+    return address, key
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from zmqworkers.errors import ConfigurationError
+    from zmqworkers.worker.loop import Worker, WorkerOptions
+
+    try:
+        address, key = _address_and_key(args)
+    except ConfigurationError as exc:
+        print(f"zmqworkers worker: {exc}", file=sys.stderr)
         return 2
+    bad = _bad_worker_numbers(args)
+    if bad:
+        print(f"zmqworkers worker: {bad}", file=sys.stderr)
+        return 2
+    supervised = args.parent_pid is None and (
+        args.processes > 1
+        or args.lifetime is not None
+        or args.drain_timeout is not None
+        or args.status_file is not None
+        or args.max_restarts != 10
+    )
+    if supervised:
+        from zmqworkers.worker.daemon import DaemonOptions, child_args, run_daemon
+
+        level = getattr(args, "worker_log_level", None) or args.log_level
+        options_d = DaemonOptions(
+            processes=args.processes,
+            lifetime=args.lifetime,
+            drain_timeout=30.0 if args.drain_timeout is None else args.drain_timeout,
+            name=args.name,
+            status_file=args.status_file,
+            max_restarts=args.max_restarts,
+            child_args=child_args(
+                prefetch=args.prefetch,
+                heartbeat_interval=args.heartbeat_interval,
+                heartbeat_misses=args.heartbeat_misses,
+                death_timeout=args.death_timeout,
+                log_level=level,
+                extra=["--curve-name", args.curve_name] if args.curve else (),
+            ),
+        )
+        if args.curve:
+            # Children read the certificate folder from the environment.
+            os.environ["ZMQWORKERS_CURVE"] = args.curve
+        # The event lines are the daemon's record of what happened: they show
+        # at the default level too.
+        daemon_log = logging.getLogger("zmqworkers.worker.daemon")
+        if daemon_log.getEffectiveLevel() > logging.INFO:
+            daemon_log.setLevel(logging.INFO)
+        return run_daemon(address, key, options_d)
     options = WorkerOptions(
         prefetch=args.prefetch,
         heartbeat_interval=args.heartbeat_interval,
@@ -156,11 +348,49 @@ def _worker(args: argparse.Namespace) -> int:
         name=args.name,
         curve_dir=args.curve,
         curve_name=args.curve_name,
+        # Only a local worker (--parent-pid) gets here with --drain-timeout;
+        # a daemon given one runs under the supervisor, which drains it.
+        drain_timeout=(
+            WorkerOptions.drain_timeout if args.drain_timeout is None else args.drain_timeout
+        ),
     )
     try:
-        worker = Worker(args.address, key, options)
+        worker = Worker(address, key, options)
     except ConfigurationError as exc:
         print(f"zmqworkers worker: {exc}", file=sys.stderr)
         return 2
     worker.install_signal_handlers()
     return worker.run()
+
+
+def _bad_worker_numbers(args: argparse.Namespace) -> str | None:
+    if args.processes < 1:
+        return f"--processes must be 1 or more, not {args.processes}"
+    if args.prefetch < 0:
+        return f"--prefetch must be 0 or more, not {args.prefetch}"
+    if args.lifetime is not None and args.lifetime <= 0:
+        return f"--lifetime must be more than 0 seconds, not {args.lifetime}"
+    if args.drain_timeout is not None and args.drain_timeout < 0:
+        return f"--drain-timeout must be 0 seconds or more, not {args.drain_timeout}"
+    if args.max_restarts < 0:
+        return f"--max-restarts must be 0 or more, not {args.max_restarts}"
+    return None
+
+
+def _info(args: argparse.Namespace) -> int:
+    import json
+
+    from zmqworkers.controller.info import format_table, query_info
+    from zmqworkers.errors import ConfigurationError
+
+    try:
+        address, key = _address_and_key(args)
+        answer = query_info(address, key, timeout=args.timeout)
+    except (ConfigurationError, TimeoutError) as exc:
+        print(f"zmqworkers info: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(answer, indent=2, default=str))
+    else:
+        print(format_table(answer))
+    return 0

@@ -25,7 +25,7 @@ def new_key() -> bytes:
 
 def read_key_file(path: str | os.PathLike[str]) -> bytes:
     try:
-        text = Path(path).read_text(encoding="utf-8").strip()
+        text = Path(path).expanduser().read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigurationError(f"cannot read key file {path}: {exc.strerror}") from exc
     if len(text) < MIN_KEY_LENGTH:
@@ -65,7 +65,7 @@ def resolve_key(
 
 def write_key_file(path: str | os.PathLike[str]) -> Path:
     """Write a new key to ``path`` with mode 0600; refuse to overwrite."""
-    target = Path(path)
+    target = Path(path).expanduser()
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(new_key().decode() + "\n")

@@ -49,7 +49,9 @@ def test_raising_function_is_caught_as_original_type_and_worker_goes_on(cluster2
     assert "fail_on" in str(exc.__cause__)
     # The worker that raised goes on serving: every later call succeeds.
     assert [cluster2.submit(fail_on, i, 3).result(30) for i in range(4, 10)] == list(range(4, 10))
-    assert len(cluster2.workers()) == 2
+    # Nobody died of it: both workers are (still) there, none was lost.
+    cluster2.wait_for_workers(2)
+    assert cluster2.counters().get("workers_lost", 0) == 0
 
 
 def test_64mib_array_round_trips_bit_exact(cluster2) -> None:
@@ -191,3 +193,32 @@ def test_unsigned_pickle_is_dropped_before_unpickling_and_counted(cluster2, tmp_
     assert not marker.exists()
     # The cluster still works afterwards.
     assert list(cluster2.map(double, range(10))) == [2 * x for x in range(10)]
+
+
+def test_shutdown_cancel_futures_cancels_queued_work() -> None:
+    c = Cluster(1)
+    try:
+        futs = [c.submit(time.sleep, 0.2) for _ in range(20)]
+        wait_for(lambda: futs[0].running() or c.counters()["running"] > 0, timeout=20)
+    finally:
+        c.shutdown(wait=True, cancel_futures=True)
+    cancelled = [f for f in futs if f.cancelled()]
+    finished = [f for f in futs if not f.cancelled()]
+    assert len(cancelled) >= 15, len(cancelled)
+    assert all(f.exception() is None for f in finished)
+
+
+def test_abandoned_map_iterator_drops_its_queued_tasks(cluster2) -> None:
+    it = cluster2.map(time.sleep, [0.05] * 200)
+    next(it)
+    it.close()  # the caller stops iterating
+    wait_for(lambda: cluster2.counters()["queued"] == 0, timeout=10)
+    assert cluster2.counters()["delivered"] < 100
+    assert list(cluster2.map(double, range(5))) == [0, 2, 4, 6, 8]
+
+
+def test_map_raises_the_first_failure_in_order(cluster2) -> None:
+    it = cluster2.map(fail_on, range(10), [5] * 10)
+    assert [next(it) for _ in range(5)] == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="bad value 5"):
+        next(it)

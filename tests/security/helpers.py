@@ -15,6 +15,7 @@ from typing import Any
 
 import zmq
 
+from zmqworkers._version import __version__
 from zmqworkers.protocol import Kind, decode, derive_key, encode
 from zmqworkers.protocol.messages import NONCE_SIZE
 
@@ -45,7 +46,14 @@ class RawWorker:
 
     def hello(self, timeout: float = 10.0) -> Any:
         nonce = secrets.token_bytes(NONCE_SIZE)
-        header = {"id": self.id, "host": "raw", "pid": 0, "capacity": 1, "nonce": nonce}
+        header = {
+            "id": self.id,
+            "host": "raw",
+            "pid": 0,
+            "capacity": 1,
+            "nonce": nonce,
+            "version": __version__,
+        }
         self.hello_frames = [
             bytes(f) for f in encode(Kind.HELLO, self.id, time.time_ns(), self.key, header)
         ]

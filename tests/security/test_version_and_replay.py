@@ -12,7 +12,7 @@ import zmq
 
 from tests.conftest import wait_for
 from tests.security.helpers import ROOT, RawWorker
-from zmqworkers import Cluster
+from zmqworkers import Cluster, __version__
 from zmqworkers.protocol import PROTOCOL_VERSION, Kind
 
 KEY = "replay-test-key-0123456789abcdef"
@@ -124,7 +124,13 @@ def test_a_hello_said_twice_gets_the_same_session() -> None:
             dealer.setsockopt(zmq.LINGER, 0)
             dealer.setsockopt(zmq.ROUTING_ID, b"twice/0123")
             dealer.connect(cluster.address)
-            header = {"id": "twice", "nonce": b"n" * 16, "pid": 1, "capacity": 1}
+            header = {
+                "id": "twice",
+                "nonce": b"n" * 16,
+                "pid": 1,
+                "capacity": 1,
+                "version": __version__,
+            }
             sessions = []
             for seq in (10, 11):
                 dealer.send_multipart(encode(Kind.HELLO, "twice", seq, KEY.encode(), header))

@@ -24,7 +24,6 @@ signals (queued across threads by Qt).
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import os
 import pickle
@@ -43,9 +42,12 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from zmqworkers import curve
+from zmqworkers._version import __version__
 from zmqworkers.controller.launcher import describe_exit, start_local_worker
+from zmqworkers.controller.liveness import Heartbeat, describe_silence
 from zmqworkers.controller.scheduler import Scheduler, WorkerState
 from zmqworkers.errors import (
     ConfigurationError,
@@ -67,6 +69,7 @@ from zmqworkers.protocol.messages import (
     DEFAULT_MAX_MESSAGE_SIZE,
     MAX_SENDER_LENGTH,
     NONCE_SIZE,
+    library_compatible,
     peek_version,
 )
 from zmqworkers.protocol.serialize import dumps
@@ -95,15 +98,33 @@ class EngineOptions:
     key_given: bool = False
     insecure: bool = False
     prefetch: int = 1
+    # Both sides send a heartbeat every ``heartbeat_interval``; a peer silent
+    # for ``heartbeat_interval * heartbeat_misses`` is lost. This catches hung
+    # hosts and cut links; a dead process is seen at once (process watch for
+    # local workers, connection watch for every worker).
     heartbeat_interval: float = 1.0
     heartbeat_misses: int = 3
+    # A task that was running on this many workers that died fails with
+    # WorkerLost instead of killing more.
     max_attempts: int = 3
+    # Tiny tasks share messages: a worker whose tasks take less than this
+    # (measured) gets batches worth about this much work per dispatch unit,
+    # up to max_batch tasks. 0 turns batching off. A task measured slower
+    # than this is always sent alone, so no slow task waits behind others.
+    batch_target: float = 0.002
+    max_batch: int = 512
+    # Start a new local worker for each one that dies, so capacity holds.
     replace_dead_workers: bool = True
+    # How often local worker processes are checked for exits.
+    process_check_interval: float = 0.1
     # How long a stop waits for workers to finish their current call before
     # local processes are terminated.
     stop_timeout: float = 10.0
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     worker_env: dict[str, str] = field(default_factory=dict)
+    # Written (mode 0600) once the sockets are bound: address, key, versions,
+    # for daemons started with --connection-file on a shared filesystem.
+    connection_file: str | None = None
     # CURVE directory (see zmqworkers.curve): encrypt, admit only known workers.
     curve_dir: str | None = None
 
@@ -174,7 +195,8 @@ class Engine:
         self.sched = Scheduler(max_attempts=options.max_attempts)
         self.dropped: Counter[str] = Counter()
         self.stats: Counter[str] = Counter()
-        self._ids = itertools.count(1)
+        self._id_lock = threading.Lock()
+        self._next_id = 1
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -200,6 +222,11 @@ class Engine:
         self._closing = False
         self._closed = threading.Event()
         self._snapshot: list[dict[str, Any]] = []
+        self.heartbeat = Heartbeat(options.heartbeat_interval, options.heartbeat_misses)
+        # Workers declared lost, and when each was last asked to say hello
+        # again (if it turns out to be alive: a cut link that healed).
+        self._lost_ids: dict[str, float] = {}
+        self._probe_at: list[float] = []
 
     @staticmethod
     def _check_security(options: EngineOptions) -> None:
@@ -211,7 +238,9 @@ class Engine:
             options.worker_env.setdefault(curve.CURVE_ENV, str(options.curve_dir))
         if not options.key:
             raise ConfigurationError("the engine needs a key")
-        if _is_loopback(options.bind) or options.key_given or options.curve_dir:
+        # A connection file carries even a random key to the daemons.
+        shared = options.key_given or options.curve_dir or options.connection_file
+        if _is_loopback(options.bind) or shared:
             return
         if not options.insecure:
             raise ConfigurationError(
@@ -242,16 +271,22 @@ class Engine:
             raise self._start_error
         return self.address
 
-    def new_task_ids(self, n: int) -> list[int]:
-        # itertools.count's next() is atomic under the GIL: ids are unique
-        # across caller threads without a lock.
-        return [next(self._ids) for _ in range(n)]
+    def new_task_ids(self, n: int) -> range:
+        """Reserve ``n`` consecutive task ids (callers keep ranges, not lists)."""
+        with self._id_lock:
+            start = self._next_id
+            self._next_id += n
+        return range(start, start + n)
 
     def submit(self, spec: Spec, items: list[tuple[int, Any]]) -> None:
         self._command("submit", (spec, items))
 
     def cancel(self, task_id: int, done: Future[bool]) -> None:
         self._command("cancel", (task_id, done))
+
+    def cancel_many(self, task_ids: list[int]) -> None:
+        """Drop these tasks if still queued (no answer; running ones finish)."""
+        self._command("cancel_many", task_ids)
 
     def pause(self) -> None:
         self._command("pause", None)
@@ -319,7 +354,13 @@ class Engine:
     # -- engine thread ------------------------------------------------------
 
     def _close_sockets(self) -> None:
-        for name in ("_router", "_pull", "_pub"):
+        router = getattr(self, "_router", None)
+        if router is not None and getattr(self, "_monitor", None) is not None:
+            try:
+                router.disable_monitor()
+            except zmq.ZMQError:
+                pass
+        for name in ("_monitor", "_router", "_pull", "_pub"):
             sock = getattr(self, name, None)
             if sock is not None:
                 sock.close(linger=0)
@@ -352,6 +393,9 @@ class Engine:
         # No ROUTER_HANDOVER: each worker session connects with a fresh random
         # routing id, so a second connection claiming a live id is an
         # impostor trying to take over that worker's tasks, and is ignored.
+        # A closed connection (a worker process died, or its host reset the
+        # link) shows here at once, long before heartbeats would miss.
+        self._monitor = self._router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         parts = urlsplit(opts.bind)
         if parts.scheme == "ipc":
             base = opts.bind
@@ -383,6 +427,10 @@ class Engine:
     def _run(self) -> None:
         try:
             self._bind()
+            if self.options.connection_file:
+                from zmqworkers.connection import write_connection_file
+
+                write_connection_file(self.options.connection_file, self.address, self.options.key)
         except BaseException as exc:
             self._close_sockets()
             self._start_error = exc
@@ -405,12 +453,14 @@ class Engine:
         poller.register(self._wake_r, zmq.POLLIN)
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._pull, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         next_beat = 0.0
         next_check = 0.0
         stop_deadline = 0.0
         while True:
             now = time.monotonic()
-            timeout = max(0.0, min(next_beat, next_check) - now)
+            wake_at = min(next_beat, next_check, *self._probe_at[:1])
+            timeout = max(0.0, wake_at - now)
             events = dict(poller.poll(int(timeout * 1000) + 1))
             if self._wake_r in events:
                 try:
@@ -422,14 +472,19 @@ class Engine:
                 self._recv_all(self._router, self._on_task_channel)
             if self._pull in events:
                 self._recv_all(self._pull, self._on_result_channel)
+            if self._monitor in events:
+                self._on_monitor_events()
             self._dispatch()
             now = time.monotonic()
+            if self._probe_at and now >= self._probe_at[0]:
+                self._probe_at = [t for t in self._probe_at if t > now]
+                self._probe_workers()
             if now >= next_beat:
                 self._publish(Kind.HEARTBEAT, {"controller": self.id})
                 next_beat = now + opts.heartbeat_interval
             if now >= next_check:
                 self._check_liveness(now)
-                next_check = now + min(0.1, opts.heartbeat_interval)
+                next_check = now + min(opts.process_check_interval, opts.heartbeat_interval)
             if self._closing:
                 if not stop_deadline:
                     stop_deadline = now + opts.stop_timeout
@@ -495,6 +550,10 @@ class Engine:
         tid, fut = arg
         fut.set_result(self.sched.cancel(tid))
 
+    def _cmd_cancel_many(self, task_ids: list[int]) -> None:
+        for tid in task_ids:
+            self.sched.cancel(tid)
+
     def _cmd_pause(self, _: Any) -> None:
         self.sched.paused = True
 
@@ -518,7 +577,14 @@ class Engine:
     def _cmd_start_workers(self, n: int | None) -> None:
         want = self.options.n_workers if n is None else n
         self._local_target = want
-        alive = len([p for p in self._local.values() if p.poll() is None])
+        # Workers still draining after a stop are on their way out: not counted.
+        alive = len(
+            [
+                p
+                for pid, p in self._local.items()
+                if p.poll() is None and pid not in self._expected_exits
+            ]
+        )
         self._start_local(max(0, want - alive))
 
     def _cmd_shutdown(self, _: Any) -> None:
@@ -532,7 +598,9 @@ class Engine:
         self._seq += 1
         return self._seq
 
-    def _send(self, worker_id: str, kind: Kind, header: Any, body: Any = ()) -> bool:
+    def _send(
+        self, worker_id: str, kind: Kind, header: Any, body: Any = (), lose_on_fail: bool = True
+    ) -> bool:
         s = self._live.get(worker_id)
         if s is None:
             return False
@@ -546,7 +614,8 @@ class Engine:
             return True
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
-                self._lose(worker_id, "connection gone")
+                if lose_on_fail:
+                    self._lose(worker_id, self._how_gone(worker_id))
                 return False
             raise
 
@@ -557,12 +626,19 @@ class Engine:
 
     def _dispatch(self) -> None:
         for wid, tids in self.sched.assign():
-            w = self.sched.workers[wid]
+            # A send that finds a worker gone reads pending results first
+            # (see _lose): later workers in this round may have left, and
+            # their tasks may have been delivered by a late result.
+            w = self.sched.workers.get(wid)
+            if w is None:
+                continue
             tasks = self.sched.tasks
             # Group by spec, keeping order: usually one group.
             groups: dict[str, list[tuple[int, Any]]] = {}
             for tid in tids:
-                rec = tasks[tid]
+                rec = tasks.get(tid)
+                if rec is None:
+                    continue
                 groups.setdefault(rec.spec_id, []).append((tid, rec.arg))
             for spec_id, items in groups.items():
                 if spec_id not in w.specs:
@@ -606,8 +682,16 @@ class Engine:
                 f"worker speaks protocol {theirs}, controller {PROTOCOL_VERSION}: "
                 "install the same zmqworkers release on both sides"
             )
-            self._send_raw(routing_id, Kind.REFUSED, {"reason": refusal, "version": True})
+            log.error("refused worker %r: %s", routing_id, refusal)
+            self._send_raw(
+                routing_id,
+                Kind.REFUSED,
+                {"reason": refusal, "version": True, "code": "version", "fatal": True},
+            )
             raise DecodeError("version", refusal) from exc
+        if msg.kind == Kind.INFO:
+            self._on_info(routing_id, msg.sender)
+            return
         if msg.kind != Kind.HELLO:
             raise DecodeError("unexpected", f"{msg.kind.name} on the task channel")
         self._on_hello(routing_id, msg.header)
@@ -632,9 +716,25 @@ class Engine:
         pid, capacity, host = hdr.get("pid", 0), hdr.get("capacity", 2), hdr.get("host", "")
         if not (_is_int(pid) and _is_int(capacity) and isinstance(host, str)):
             raise DecodeError("malformed", f"hello from {wid} with fields of the wrong type")
+        theirs = str(hdr.get("version", "?"))
+        if not library_compatible(__version__, theirs):
+            refusal = (
+                f"worker runs zmqworkers {theirs}, controller zmqworkers {__version__}: "
+                "install the same zmqworkers release on both sides"
+            )
+            log.error("refused worker %s: %s", wid, refusal)
+            self.dropped["version"] += 1
+            self._send_raw(
+                routing_id,
+                Kind.REFUSED,
+                {"reason": refusal, "fatal": True, "code": "version", "nonce": nonce},
+            )
+            return
         if self._closing:
             self._send_raw(
-                routing_id, Kind.REFUSED, {"reason": "controller is shutting down", "nonce": nonce}
+                routing_id,
+                Kind.REFUSED,
+                {"reason": "controller is shutting down", "code": "closing", "nonce": nonce},
             )
             return
         now = time.monotonic()
@@ -699,11 +799,35 @@ class Engine:
             # Said hello again (reconnected): what it held is not coming back.
             self._lose(wid, "reconnected")
         s.joined = True
-        s.state.last_seen = s.state.joined = time.monotonic()
+        now = time.monotonic()
+        s.state.last_seen = s.state.joined = now
         self._live[wid] = s
         self.sched.join(s.state)
+        self.heartbeat.seen(wid, now)
+        self._lost_ids.pop(wid, None)
         log.info("worker %s joined (host %s, pid %d)", wid, s.state.host, s.state.pid)
         self.handler.on_event("worker_joined", s.state.snapshot())
+
+    def _ask_to_rejoin(self, s: _Session) -> None:
+        """A worker declared lost is alive after all (a cut link came back).
+
+        Its late results still count if not delivered yet; it is asked to say
+        hello again so it gets work, and asked again after a while, in case
+        the request went into a connection that was gone.
+        """
+        wid = s.state.id
+        now = time.monotonic()
+        if wid in self._live or now - self._lost_ids[wid] <= self.heartbeat.limit:
+            return
+        self._lost_ids[wid] = now
+        log.info("worker %s, declared lost, is back: asking it to rejoin", wid)
+        frames = encode_frames(
+            Kind.STOP, self.id, self._next_seq(), s.key, {"worker": wid, "rejoin": True}, ()
+        )
+        try:
+            self._router.send_multipart([s.route, *frames], flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # gone again: the next heartbeat asks again
 
     def _end_session(self, wid: str) -> None:
         s = self._live.pop(wid, None)
@@ -717,6 +841,23 @@ class Engine:
             for channel in ("r", "hb"):
                 self._guard.forget(f"{old.state.id}@{tag}/{channel}")
 
+    def _on_info(self, routing_id: bytes, sender: str) -> None:
+        # Answered to whoever holds the key: `zmqworkers info ADDRESS`.
+        # The client reads one reply and goes, so its sequence is forgotten.
+        self._guard.forget(sender)
+        header = {
+            "controller": self.id,
+            "host": self.host,
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "queued": self.sched.queued,
+            "workers": [
+                {k: v for k, v in w.snapshot().items() if k != "last_heartbeat"}
+                for w in self.sched.workers.values()
+            ],
+        }
+        self._send_raw(routing_id, Kind.INFO, header)
+
     def _on_result_channel(self, frames: list[Any]) -> None:
         msg = self._decode(frames, self._session_key)
         s = self._sessions[msg.sender.partition("/")[0].rpartition("@")[2]]
@@ -726,12 +867,17 @@ class Engine:
             # Left or lost: a late result is still taken, nothing else.
             if kind == Kind.RESULTS:
                 self._on_results(wid, msg.payload)
+            if kind in (Kind.HEARTBEAT, Kind.RESULTS) and wid in self._lost_ids:
+                self._ask_to_rejoin(s)
             return
         if not s.joined:
             self._join(s)
         w = s.state
         w.last_seen = time.monotonic()
+        self.heartbeat.seen(wid, w.last_seen)
         if kind == Kind.RESULTS:
+            if w is not None and isinstance(msg.header, dict):
+                self._tune_batch(w, msg.header)
             self._on_results(wid, msg.payload)
         elif kind == Kind.HEARTBEAT:
             if not isinstance(msg.header, dict):
@@ -746,12 +892,26 @@ class Engine:
             self.sched.hand_back(wid, returned)
             self.sched.leave(wid)
             self._end_session(wid)
+            self.heartbeat.forget(wid)
             log.info("worker %s left, handed back %d task(s)", wid, len(returned))
             self.handler.on_event("worker_left", wid)
         elif kind == Kind.MESSAGE:
             self.handler.on_event("message", msg.header)
         else:
             raise DecodeError("unexpected", f"{kind.name} on the result channel")
+
+    def _tune_batch(self, w: WorkerState, header: dict[str, Any]) -> None:
+        busy, n = header.get("busy"), header.get("n")
+        target = self.options.batch_target
+        if not (isinstance(busy, float) and isinstance(n, int) and n > 0 and target > 0):
+            return
+        per_task = busy / n
+        # Smoothed, but one slow batch shrinks the batch at once: holding a
+        # slow task behind others costs more than sending tiny ones alone.
+        t = w.task_seconds
+        t = per_task if t is None or per_task > t else 0.7 * t + 0.3 * per_task
+        w.task_seconds = t
+        w.batch = max(1, min(self.options.max_batch, int(target / max(t, 1e-7))))
 
     def _on_results(self, wid: str, items: Any) -> None:
         if not isinstance(items, list):
@@ -814,10 +974,46 @@ class Engine:
                 del self._pending[wid]
                 self._sessions.pop(s.tag, None)
                 self.stats["hellos_expired"] += 1
-        limit = self.options.heartbeat_interval * self.options.heartbeat_misses
-        for w in list(self.sched.workers.values()):
-            if now - w.last_seen > limit:
-                self._lose(w.id, f"no heartbeat for {now - w.last_seen:.1f} s")
+        for wid, silent in self.heartbeat.expired(now):
+            if wid in self.sched.workers:
+                self._lose(wid, describe_silence(silent, self.options.heartbeat_interval))
+            else:
+                self.heartbeat.forget(wid)
+
+    def _on_monitor_events(self) -> None:
+        disconnected = False
+        for _ in range(1000):
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                disconnected = True
+        if disconnected:
+            # The event names a file descriptor, not a routing id, and a new
+            # connection may reuse the descriptor before this event is read.
+            # So probe instead: a send to a peer whose connection is gone
+            # fails at once (ROUTER_MANDATORY). The ROUTER drops the pipe a
+            # moment after the event, so probe again shortly after.
+            self._probe_workers()
+            now = time.monotonic()
+            self._probe_at = sorted({*self._probe_at, now + 0.05, now + 0.25})
+
+    def _probe_workers(self) -> None:
+        for wid in list(self.sched.workers):
+            self._send(wid, Kind.HEARTBEAT, {"controller": self.id, "probe": True})
+
+    def _how_gone(self, wid: str) -> str:
+        w = self.sched.workers.get(wid)
+        proc = self._local.get(w.pid) if w is not None and w.local else None
+        if proc is not None:
+            # A local worker's connection closes as its process dies: wait a
+            # moment for the exit status, which says far more.
+            try:
+                return describe_exit(proc.wait(0.2))
+            except subprocess.TimeoutExpired:
+                pass
+        return "connection closed: process died or host reset the link"
 
     def _worker_by_pid(self, pid: int) -> str | None:
         for w in self.sched.workers.values():
@@ -828,7 +1024,15 @@ class Engine:
     def _lose(self, wid: str, how: str) -> None:
         if wid not in self.sched.workers:
             return
+        # Results it sent before dying may wait unread: take them first, so
+        # the blame for the death falls on the task it was really running.
+        self._recv_all(self._pull, self._on_result_channel)
+        if wid not in self.sched.workers:
+            return  # it said goodbye after all
         log.warning("worker %s lost: %s", wid, how)
+        self.heartbeat.forget(wid)
+        if len(self._lost_ids) < 100_000:
+            self._lost_ids[wid] = float("-inf")
         failed = self.sched.lose(wid, how)
         self._end_session(wid)
         self.stats["workers_lost"] += 1

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from typing import Any
+from typing import Any, NamedTuple
 
 from zmqworkers.controller.engine import Engine, EngineOptions, Spec, make_spec
 from zmqworkers.errors import ClusterShutdown, ConfigurationError
@@ -25,8 +27,11 @@ class Cluster(Executor):
     """Run functions on local worker processes and on daemons that connect.
 
     ``n_workers=None`` starts ``os.cpu_count()`` local workers; ``0`` starts
-    none and serves only daemons that connect to ``address``.
-
+    none and serves only daemons that connect to ``address``; both kinds can
+    serve the same cluster. ``bind="tcp://0.0.0.0:5555"`` takes the fixed
+    ports 5555 (tasks), 5556 (results) and 5557 (control) for firewalls.
+    ``connection_file=PATH`` writes the address and key (mode 0600) for
+    ``zmqworkers worker --connection-file PATH``.
     Security (docs/security.md): ``key``/``key_file`` sign every message;
     ``curve_dir`` (``zmqworkers keygen --curve DIR``) also encrypts and admits
     only workers whose public key is in ``DIR/authorized_workers``; binding a
@@ -49,6 +54,7 @@ class Cluster(Executor):
         stop_timeout: float = 10.0,
         curve_dir: str | os.PathLike[str] | None = None,
         max_message_size: int | None = None,
+        connection_file: str | os.PathLike[str] | None = None,
     ) -> None:
         if n_workers is None:
             n_workers = os.cpu_count() or 1
@@ -70,10 +76,12 @@ class Cluster(Executor):
             replace_dead_workers=replace_dead_workers,
             stop_timeout=stop_timeout,
             curve_dir=os.fspath(curve_dir) if curve_dir is not None else None,
+            connection_file=os.fspath(connection_file) if connection_file is not None else None,
         )
         if max_message_size is not None:
             options.max_message_size = max_message_size
         self._futures: dict[int, Future[Any]] = {}
+        self._streams = _StreamTable()
         self._lock = threading.Lock()
         self._shutdown = False
         self._engine = Engine(options, self)
@@ -82,22 +90,31 @@ class Cluster(Executor):
     # -- engine callbacks (engine thread) ------------------------------------
 
     def on_results(self, results: list[tuple[int, bool, Any]]) -> None:
-        pop = self._futures.pop
-        for tid, ok, value in results:
-            fut = pop(tid, None)
-            if fut is None or fut.cancelled():
-                continue
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
+        futures = self._futures
+        rest: list[tuple[int, bool, Any]] = []
+        for item in results:
+            fut = futures.pop(item[0], None)
+            if fut is None:
+                rest.append(item)
+            elif not fut.cancelled():
+                if item[1]:
+                    fut.set_result(item[2])
+                else:
+                    fut.set_exception(item[2])
+        if rest:
+            self._streams.deliver(rest)
 
     def on_event(self, name: str, data: Any) -> None:
         if name == "closed":
+            err = ClusterShutdown("the cluster shut down before the task was done")
+            rest = []
             for tid in data:
                 fut = self._futures.pop(tid, None)
-                if fut is not None and not fut.done():
-                    fut.set_exception(ClusterShutdown("the cluster shut down first"))
+                if fut is None:
+                    rest.append((tid, False, err))
+                elif not fut.done():
+                    fut.set_exception(err)
+            self._streams.deliver(rest)
 
     # -- Executor API ------------------------------------------------------
 
@@ -112,17 +129,40 @@ class Cluster(Executor):
         timeout: float | None = None,
         chunksize: int = 1,
     ) -> Iterator[Any]:
-        """Like ``Executor.map``: results in order, ``fn`` sent once per worker."""
+        """Like ``Executor.map``: results in order, ``fn`` sent once per worker.
+
+        Arguments are read and submitted at once, as ``Executor.map`` does;
+        ``chunksize`` is accepted for compatibility (batching is automatic).
+        """
         if len(iterables) == 1:
             spec = self._spec("task", fn, (), None)
             args: Iterable[Any] = iterables[0]
         else:
             spec = self._spec("task", _star, (fn,), None)
             args = zip(*iterables)
-        futures: list[Future[Any]] = []
+        stream = self._streams.new()
+        ranges: list[range] = []
         for chunk in _chunks(args, SUBMIT_CHUNK):
-            futures.extend(self._submit_many(spec, chunk))
-        return _ordered_results(futures, timeout)
+            ranges.append(self._submit_stream(spec, chunk, stream))
+        return self._ordered(stream, ranges, timeout)
+
+    def _ordered(
+        self, stream: _Stream, ranges: list[range], timeout: float | None
+    ) -> Iterator[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ready: dict[int, tuple[bool, Any]] = {}
+        try:
+            for tid in itertools.chain.from_iterable(ranges):
+                while tid not in ready:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    for rid, ok, value in stream.get(left):
+                        ready[rid] = (ok, value)
+                ok, value = ready.pop(tid)
+                if not ok:
+                    raise value
+                yield value
+        finally:
+            self._abandon(stream)
 
     def imap_unordered(
         self, func: Callable[..., Any], tasks: Iterable[Any], *args: Any, **kwargs: Any
@@ -131,28 +171,44 @@ class Cluster(Executor):
 
         ``args`` and ``kwargs`` are sent once per worker, not once per task.
         A raising task raises its ``RemoteError`` here, when it comes up.
-        Tasks are read from ``tasks`` lazily, at most ``DEFAULT_WINDOW`` ahead.
+        Tasks are read from ``tasks`` lazily, at most ``DEFAULT_WINDOW`` ahead,
+        so an endless iterator streams in bounded memory.
+        """
+        for outcome in self.imap_outcomes(func, tasks, *args, **kwargs):
+            if outcome.error is not None:
+                raise outcome.error
+            yield outcome.task, outcome.result
+
+    def imap_outcomes(
+        self, func: Callable[..., Any], tasks: Iterable[Any], *args: Any, **kwargs: Any
+    ) -> Iterator[Outcome]:
+        """Like :meth:`imap_unordered`, but a failed task is yielded, not raised.
+
+        Yields an :class:`Outcome` per task as it completes; the run goes on
+        past failures (what ``zmqworkers run`` uses).
         """
         spec = self._spec("task", func, args, kwargs)
-        done: queue.SimpleQueue[tuple[Any, Future[Any]]] = queue.SimpleQueue()
+        stream = self._streams.new()
+        pending: dict[int, Any] = {}
         it = iter(tasks)
-        in_flight = 0
         exhausted = False
-        while True:
-            while not exhausted and in_flight < DEFAULT_WINDOW:
-                chunk = list(itertools.islice(it, min(SUBMIT_CHUNK, DEFAULT_WINDOW - in_flight)))
-                if not chunk:
-                    exhausted = True
-                    break
-                futs = self._submit_many(spec, chunk)
-                for task, fut in zip(chunk, futs):
-                    fut.add_done_callback(_put_done(done, task))
-                in_flight += len(chunk)
-            if in_flight == 0:
-                return
-            task, fut = done.get()
-            in_flight -= 1
-            yield task, fut.result()
+        try:
+            while True:
+                while not exhausted and len(pending) < DEFAULT_WINDOW:
+                    room = min(SUBMIT_CHUNK, DEFAULT_WINDOW - len(pending))
+                    chunk = list(itertools.islice(it, room))
+                    if not chunk:
+                        exhausted = True
+                        break
+                    ids = self._submit_stream(spec, chunk, stream)
+                    pending.update(zip(ids, chunk))
+                if not pending:
+                    return
+                for tid, ok, value in stream.get(None):
+                    task = pending.pop(tid)
+                    yield Outcome(task, value, None) if ok else Outcome(task, None, value)
+        finally:
+            self._abandon(stream)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -167,12 +223,15 @@ class Cluster(Executor):
                 fut = self._futures.pop(tid, None)
                 if fut is not None:
                     fut.cancel()
+            # What is left of map/imap calls ends with ClusterShutdown.
+            self.on_event("closed", dropped)
         if wait:
             for fut in list(self._futures.values()):
                 try:
                     fut.exception()
                 except BaseException:
-                    pass
+                    pass  # cancelled
+            self._streams.wait_idle()
         self._engine.shutdown()
 
     # -- more --------------------------------------------------------------
@@ -187,8 +246,6 @@ class Cluster(Executor):
 
     def wait_for_workers(self, n: int, timeout: float = 30.0) -> None:
         """Block until at least ``n`` workers have joined."""
-        import time
-
         deadline = time.monotonic() + timeout
         while len(self.workers()) < n:
             if time.monotonic() > deadline:
@@ -207,6 +264,23 @@ class Cluster(Executor):
             raise TypeError(f"{fn!r} is not callable")
         return make_spec(convention, fn, args, kwargs)
 
+    def _submit_stream(self, spec: Spec, args: list[Any], stream: _Stream) -> range:
+        if self._shutdown:
+            raise ClusterShutdown("cannot submit to a cluster that was shut down")
+        ids = self._engine.new_task_ids(len(args))
+        self._streams.add(ids, stream)
+        self._engine.submit(spec, list(zip(ids, args)))
+        return ids
+
+    def _abandon(self, stream: _Stream) -> None:
+        """The caller stopped iterating: queued tasks are dropped, not run."""
+        left = self._streams.remove(stream)
+        if left and not self._shutdown:
+            try:
+                self._engine.cancel_many(left)
+            except RuntimeError:
+                pass  # closed meanwhile
+
     def _submit_many(self, spec: Spec, args: list[Any]) -> list[Future[Any]]:
         if self._shutdown:
             raise ClusterShutdown("cannot submit to a cluster that was shut down")
@@ -220,10 +294,107 @@ class Cluster(Executor):
         return futures
 
 
-def _put_done(
-    done: queue.SimpleQueue[tuple[Any, Future[Any]]], task: Any
-) -> Callable[[Future[Any]], None]:
-    return lambda fut: done.put((task, fut))
+class Outcome(NamedTuple):
+    """One finished task: ``error`` is None when it succeeded."""
+
+    task: Any
+    result: Any
+    error: BaseException | None
+
+
+class _Stream:
+    """Results for one map or imap call, handed over a batch at a time."""
+
+    __slots__ = ("_q", "ranges", "outstanding")
+
+    def __init__(self) -> None:
+        self._q: queue.SimpleQueue[list[tuple[int, bool, Any]]] = queue.SimpleQueue()
+        self.ranges: list[range] = []
+        self.outstanding = 0
+
+    def put(self, items: list[tuple[int, bool, Any]]) -> None:
+        self._q.put(items)
+
+    def get(self, timeout: float | None) -> list[tuple[int, bool, Any]]:
+        if timeout is not None and timeout <= 0:
+            raise TimeoutError("map results did not arrive in time")
+        try:
+            return self._q.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError("map results did not arrive in time") from None
+
+
+class _StreamTable:
+    """Which stream owns a task id, kept as id ranges, not one entry per task.
+
+    Task ids are handed out in contiguous blocks, so a million queued tasks
+    of a ``map`` cost a few ranges here instead of a million dict entries.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._starts: list[int] = []
+        self._by_start: dict[int, tuple[range, _Stream]] = {}
+
+    def new(self) -> _Stream:
+        return _Stream()
+
+    def add(self, ids: range, stream: _Stream) -> None:
+        with self._lock:
+            bisect.insort(self._starts, ids.start)
+            self._by_start[ids.start] = (ids, stream)
+            stream.ranges.append(ids)
+            stream.outstanding += len(ids)
+
+    def deliver(self, items: list[tuple[int, bool, Any]]) -> None:
+        """Hand results to their streams: one put per stream per batch."""
+        if not items:
+            return
+        groups: dict[_Stream, list[tuple[int, bool, Any]]] = {}
+        with self._lock:
+            hit: tuple[range, _Stream] | None = None
+            for item in items:
+                tid = item[0]
+                if hit is None or tid not in hit[0]:
+                    i = bisect.bisect_right(self._starts, tid) - 1
+                    if i < 0:
+                        continue
+                    hit = self._by_start[self._starts[i]]
+                    if tid not in hit[0]:
+                        hit = None
+                        continue  # its stream was abandoned
+                groups.setdefault(hit[1], []).append(item)
+            for stream, got in groups.items():
+                stream.outstanding -= len(got)
+                if stream.outstanding <= 0:
+                    self._drop(stream)
+            if not self._starts:
+                self._idle.notify_all()
+        for stream, got in groups.items():
+            stream.put(got)
+
+    def remove(self, stream: _Stream) -> list[int]:
+        """Forget the stream; return the ids it still waited for."""
+        with self._lock:
+            if stream.outstanding <= 0:
+                return []
+            left = [tid for r in stream.ranges for tid in r]
+            self._drop(stream)
+            if not self._starts:
+                self._idle.notify_all()
+            return left
+
+    def _drop(self, stream: _Stream) -> None:
+        for r in stream.ranges:
+            if self._by_start.pop(r.start, None) is not None:
+                del self._starts[bisect.bisect_left(self._starts, r.start)]
+        stream.ranges = []
+        stream.outstanding = 0
+
+    def wait_idle(self) -> None:
+        with self._idle:
+            self._idle.wait_for(lambda: not self._starts)
 
 
 def _star(args: tuple[Any, ...], fn: Callable[..., Any]) -> Any:
@@ -234,20 +405,3 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
     it = iter(items)
     while chunk := list(itertools.islice(it, size)):
         yield chunk
-
-
-def _ordered_results(futures: list[Future[Any]], timeout: float | None) -> Iterator[Any]:
-    import time
-
-    deadline = None if timeout is None else time.monotonic() + timeout
-    futures.reverse()
-    try:
-        while futures:
-            fut = futures.pop()
-            if deadline is None:
-                yield fut.result()
-            else:
-                yield fut.result(max(0.0, deadline - time.monotonic()))
-    finally:
-        for fut in futures:
-            fut.cancel()

@@ -16,8 +16,6 @@ import pickle
 from collections.abc import Sequence
 from typing import Any
 
-import cloudpickle
-
 # Buffers below this size are pickled in-band: a frame of its own costs more
 # than copying a few KiB.
 OUT_OF_BAND_THRESHOLD = 64 * 1024
@@ -45,6 +43,8 @@ def dumps(obj: Any, *, by_value: bool = False, threshold: int = OUT_OF_BAND_THRE
             # Lambdas and closures: the standard pickler cannot take them
             # by reference, so they go by value below.
             buffers.clear()
+    import cloudpickle  # loaded on first use: workers rarely need it to write
+
     head = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep_large)
     return [head, *buffers]
 

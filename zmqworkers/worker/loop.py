@@ -51,6 +51,13 @@ FUNC_CACHE_SIZE = 64
 # result is never held back.
 RESULT_BATCH_MAX = 256
 RESULT_BATCH_SECONDS = 0.005
+CONNECT_TIMEOUT_MS = 1000
+# While no controller answers, reconnect attempts back off from ZeroMQ's
+# 100 ms up to this, instead of knocking every 100 ms for ever.
+RECONNECT_IVL_MAX_MS = 1000
+# Exit status of a worker the controller refused for good (another version):
+# a supervisor does not start it again.
+EXIT_REFUSED = 3
 
 
 @dataclass
@@ -72,6 +79,10 @@ class WorkerOptions:
     # CURVE directory and the name of this worker's certificate in it.
     curve_dir: str | None = None
     curve_name: str = curve.DEFAULT_WORKER
+    # After SIGTERM the running call may finish for this long; then it is
+    # handed back unfinished and the worker leaves. Below Kubernetes' default
+    # 30 s grace period, so the goodbye goes out before SIGKILL comes.
+    drain_timeout: float = 25.0
 
 
 def _format_endpoint(address: str, port_or_endpoint: Any) -> str:
@@ -118,6 +129,10 @@ def make_call(spec: Any) -> Callable[[Any], Any]:
         return lambda task: func(task, *args, **kwargs)
     if convention == "call":
         return lambda task: func(*task[0], **task[1])
+    if convention == "app":
+        from zmqworkers.apps import app_call
+
+        return app_call(func, *args, **kwargs)
     raise ValueError(f"unknown calling convention {convention!r}")
 
 
@@ -141,6 +156,24 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
 
 class _ControllerLost(Exception):
     pass
+
+
+# The worker serving in this process, so code running inside a task can reach
+# its controller (send_message); None outside a worker.
+_serving: Worker | None = None
+
+
+def send_message(text: str) -> bool:
+    """Send ``text`` to the controller from inside a running task.
+
+    The controller reports it as the event ``"message"`` (the Qt face emits
+    ``sig_message_from_worker``). Returns False when not called from a task
+    running on a worker, so code can run serially too.
+    """
+    worker = _serving
+    if worker is None:
+        return False
+    return worker.send_message(text)
 
 
 class Worker:
@@ -175,17 +208,38 @@ class Worker:
         self._stop_requested = False  # by the controller (STOP)
         self._terminate = False  # by a signal: drain and leave for good
         self._hb_stop = threading.Event()
+        # Heartbeat numbers go on across sessions: a controller that saw this
+        # worker before refuses numbers it has seen as replays.
+        self._hb_seq = 0
+        self._results_ep: str | None = None
+        self._drain_started = False
+        self._controller_id: str | None = None
+        # Set when heartbeats of another controller arrive: a new one bound
+        # the address after ours died, and the session must start over.
+        self._other_controller = False
         self._state = "idle"
         self._current: int | None = None
         self._done = 0
         self.dropped: collections.Counter[str] = collections.Counter()
+        self._results_sock: zmq.Socket[Any] | None = None
+        self._serving_thread: int | None = None
+        self.refused: str | None = None
+        self._waiting_since = time.monotonic()
 
     # -- signals ----------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
         def on_term(signum: int, frame: Any) -> None:
+            if self._terminate and self._drain_started:
+                log.warning("worker %s: signal %d again, leaving now", self.id, signum)
+                self._leave_now()
             log.info("worker %s: got signal %d, draining", self.id, signum)
             self._terminate = True
+            if not self._drain_started:
+                self._drain_started = True
+                threading.Thread(
+                    target=self._drain_watchdog, name="zmqworkers-drain", daemon=True
+                ).start()
 
         signal.signal(signal.SIGTERM, on_term)
         # Ctrl-C in the user's terminal reaches every process of the group;
@@ -194,6 +248,54 @@ class Worker:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         else:
             signal.signal(signal.SIGINT, on_term)
+
+    def _drain_watchdog(self) -> None:
+        deadline = time.monotonic() + self.options.drain_timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            if self._current is None and self._state == "idle" and self._hb_stop.is_set():
+                return  # the main thread left by itself
+        if self._current is not None:
+            log.warning(
+                "worker %s: task %s still running after the %.1f s drain timeout",
+                self.id,
+                self._current,
+                self.options.drain_timeout,
+            )
+            self._leave_now()
+
+    def _leave_now(self) -> None:
+        """Hand back the running call and everything queued, then exit.
+
+        Runs off the main thread (which is stuck in the call), so it uses a
+        context and socket of its own.
+        """
+        returned = [t[0] for t in list(self._queue)]
+        if self._current is not None:
+            returned.insert(0, self._current)
+        ep = self._results_ep
+        if ep is not None:
+            # A context of its own: its term() below waits until the goodbye
+            # is out, without touching the sockets other threads use. Signed
+            # with the session key, under a sender name of this session.
+            ctx = zmq.Context()
+            sock = ctx.socket(zmq.PUSH)
+            if self._curve is not None:
+                curve.setup_client(sock, self._curve)
+            sock.setsockopt(zmq.LINGER, 1000)
+            sock.connect(ep)
+            frames = encode(
+                Kind.BYE,
+                f"{self._result_sender.rpartition('/')[0]}/drain",
+                1,
+                self._skey,
+                {"id": self.id, "returned": returned},
+            )
+            sock.send_multipart(frames)
+            sock.close()
+            ctx.term()  # waits (up to the linger) until the goodbye is out
+        log.info("worker %s: left mid-call, %d task(s) handed back", self.id, len(returned))
+        os._exit(0)
 
     # -- main -------------------------------------------------------------
 
@@ -213,15 +315,28 @@ class Worker:
 
     def _run(self) -> int:
         backoff = 0.1
-        waited_since = time.monotonic()
+        waited_since = self._waiting_since = time.monotonic()
         try:
             while True:
-                outcome = self._session()
+                try:
+                    outcome = self._session()
+                except ProtocolVersionError as exc:
+                    # The controller's answer (a refusal, most likely) is in a
+                    # protocol this worker cannot read: say both versions.
+                    self.refused = (
+                        f"worker speaks protocol {exc.ours}, controller {exc.theirs}: "
+                        "install the same zmqworkers release on both sides (this "
+                        f"worker runs zmqworkers {__version__})"
+                    )
+                    log.error("worker %s: refused: %s", self.id, self.refused)
+                    return EXIT_REFUSED
+                if self.refused is not None:
+                    return EXIT_REFUSED
                 if outcome == "exit" or self._terminate or not self.options.daemon:
                     return 0
                 if outcome == "served":
                     backoff = 0.1
-                    waited_since = time.monotonic()
+                    waited_since = self._waiting_since = time.monotonic()
                 dt = self.options.death_timeout
                 if dt is not None and time.monotonic() - waited_since > dt:
                     log.info("worker %s: no controller for %.0f s, exiting", self.id, dt)
@@ -262,6 +377,10 @@ class Worker:
         # this worker's place at the controller.
         tasks.setsockopt(zmq.ROUTING_ID, f"{self.id}/{secrets.token_hex(8)}".encode())
         tasks.setsockopt(zmq.MAXMSGSIZE, opts.max_message_size)
+        # A connect whose SYNs went into a cut link would otherwise wait for
+        # the kernel's SYN backoff (seconds, growing); retry it afresh.
+        tasks.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+        tasks.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
         tasks.connect(self.address)
         results: zmq.Socket[Any] | None = None
         control: zmq.Socket[Any] | None = None
@@ -272,20 +391,35 @@ class Worker:
             if welcome is None:
                 return "exit" if self._should_exit() else "lost"
             if welcome.kind == Kind.REFUSED:
-                log.error("worker %s: refused by controller: %s", self.id, welcome.header)
-                return "exit"
+                hdr = welcome.header if isinstance(welcome.header, dict) else {}
+                reason = str(hdr.get("reason", welcome.header))
+                if hdr.get("fatal"):
+                    log.error("worker %s: refused by controller: %s", self.id, reason)
+                    self.refused = reason
+                    return "exit"
+                # Not for good (the controller is shutting down): a daemon
+                # waits for the next one.
+                log.info("worker %s: not accepted now: %s", self.id, reason)
+                return "lost" if self.options.daemon else "exit"
             hdr = welcome.header
             results = self._socket(zmq.PUSH)
             results.setsockopt(zmq.LINGER, 2000)
+            results.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+            results.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
             results.connect(_format_endpoint(self.address, hdr["results"]))
             control = self._socket(zmq.SUB)
             control.setsockopt(zmq.LINGER, 0)
             control.setsockopt(zmq.SUBSCRIBE, b"")
             control.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
+            control.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+            control.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
             control.connect(_format_endpoint(self.address, hdr["control"]))
             # Broadcasts published before this welcome are not for us: a
             # replayed old STOP is refused like any other replay.
             guard.check(f"{hdr['controller']}/pub", hdr["pub_seq"])
+            self._results_ep = _format_endpoint(self.address, hdr["results"])
+            self._controller_id = hdr.get("controller")
+            self._other_controller = False
             interval = float(hdr.get("heartbeat_interval", opts.heartbeat_interval))
             misses = int(hdr.get("heartbeat_misses", opts.heartbeat_misses))
             self._hb_stop.clear()
@@ -305,6 +439,7 @@ class Worker:
             return self._serve(tasks, results, control, guard, interval * misses)
         finally:
             self._hb_stop.set()
+            self._results_ep = None
             if hb_thread is not None:
                 hb_thread.join(timeout=5)
             for s in (tasks, results, control):
@@ -360,7 +495,12 @@ class Worker:
         sent = False
         deadline = time.monotonic() + 2.0
         refusals = 0
+        dt = self.options.death_timeout
         while not self._should_exit():
+            # No controller at all (nobody listening) must end a daemon
+            # after its death timeout too, not only between controllers.
+            if dt is not None and time.monotonic() - self._waiting_since > dt:
+                return None
             if not sent:
                 try:
                     frames = encode(Kind.HELLO, self.id, self._next_seq(), self.key, hello)
@@ -369,6 +509,10 @@ class Worker:
                     deadline = time.monotonic() + 2.0
                 except zmq.Again:
                     pass
+            # Until the hello is out, wake as soon as the connection is up
+            # (POLLOUT), not after a fixed pause: this is on the path to the
+            # first result.
+            poller.modify(tasks, zmq.POLLIN if sent else zmq.POLLIN | zmq.POLLOUT)
             events = dict(poller.poll(100))
             if monitor is not None and events.get(monitor):
                 recv_monitor_message(monitor)
@@ -382,7 +526,7 @@ class Worker:
                         refusals,
                         self.options.curve_name,
                     )
-            if events.get(tasks):
+            if events.get(tasks, 0) & zmq.POLLIN:
                 msg = self._decode(tasks.recv_multipart(copy=False), guard, self.key)
                 if msg is None or msg.kind not in (Kind.WELCOME, Kind.REFUSED):
                     continue
@@ -423,11 +567,13 @@ class Worker:
         sock = self._socket(zmq.PUSH)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 4)
+        sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
         sock.connect(endpoint)
-        seq = 0
         try:
             while not self._hb_stop.is_set():
-                seq += 1
+                self._hb_seq += 1
+                seq = self._hb_seq
                 header = {
                     "id": self.id,
                     "state": self._state,
@@ -451,6 +597,41 @@ class Worker:
         guard: ReplayGuard,
         lost_after: float,
     ) -> str:
+        global _serving
+        # Tasks run on this thread: send_message uses the results socket here
+        # and nowhere else.
+        self._results_sock = results
+        self._serving_thread = threading.get_ident()
+        _serving = self
+        try:
+            return self._serve_loop(tasks, results, control, guard, lost_after)
+        finally:
+            _serving = None
+            self._results_sock = None
+
+    def send_message(self, text: str) -> bool:
+        """Send a text to the controller; only from the thread running the tasks."""
+        sock = self._results_sock
+        if sock is None or threading.get_ident() != self._serving_thread:
+            return False
+        frames = encode(
+            Kind.MESSAGE,
+            self._result_sender,
+            self._next_result_seq(),
+            self._skey,
+            {"worker": self.id, "text": str(text)},
+        )
+        sock.send_multipart(frames)
+        return True
+
+    def _serve_loop(
+        self,
+        tasks: zmq.Socket[Any],
+        results: zmq.Socket[Any],
+        control: zmq.Socket[Any],
+        guard: ReplayGuard,
+        lost_after: float,
+    ) -> str:
         poller = zmq.Poller()
         poller.register(tasks, zmq.POLLIN)
         poller.register(control, zmq.POLLIN)
@@ -458,6 +639,7 @@ class Worker:
         last_heard = time.monotonic()
         batch: list[tuple[int, bool, Any]] = []
         batch_started = 0.0
+        busy = 0.0  # seconds spent in calls for the results in `batch`
         served = False
 
         def ingest(timeout_ms: int) -> None:
@@ -470,6 +652,11 @@ class Worker:
                         break
                     msg = self._decode(frames, guard, keys[sock])
                     if msg is None:
+                        # A new controller on the address signs its broadcasts
+                        # with another key: they land here, and the silence of
+                        # ours ends the session (after heartbeat_misses beats).
+                        continue
+                    if msg.kind == Kind.HEARTBEAT and not self._from_our_controller(msg):
                         continue
                     last_heard = time.monotonic()
                     if not self._handle(msg):
@@ -482,9 +669,12 @@ class Worker:
             if self._should_exit():
                 self._terminate = True
                 break
+            if self._other_controller:
+                log.warning("worker %s: another controller now holds the address", self.id)
+                return "lost"
             if not self._queue:
                 if batch:
-                    self._flush(results, batch)
+                    self._flush(results, batch, busy)
                     batch = []
                 if time.monotonic() - last_heard > lost_after:
                     log.warning("worker %s: controller silent for %.1f s", self.id, lost_after)
@@ -494,16 +684,19 @@ class Worker:
             served = True
             if not batch:
                 batch_started = time.monotonic()
+                busy = 0.0
+            t0 = time.perf_counter()
             batch.append(self._run_one(task_id, spec_id, arg))
+            busy += time.perf_counter() - t0
             if (
                 not self._queue
                 or len(batch) >= RESULT_BATCH_MAX
                 or time.monotonic() - batch_started > RESULT_BATCH_SECONDS
             ):
-                self._flush(results, batch)
+                self._flush(results, batch, busy)
                 batch = []
         if batch:
-            self._flush(results, batch)
+            self._flush(results, batch, busy)
         # Leaving: whatever was prefetched goes back to the controller.
         returned = [t[0] for t in self._queue]
         self._queue.clear()
@@ -520,6 +713,16 @@ class Worker:
             return "exit"
         self._stop_requested = False
         return "served" if served else "lost"
+
+    def _from_our_controller(self, msg: Any) -> bool:
+        hdr = msg.header
+        theirs = hdr.get("controller") if isinstance(hdr, dict) else None
+        if theirs is not None and self._controller_id is not None and theirs != self._controller_id:
+            # Whatever it holds of ours died with the old controller; it
+            # does not know us: start over with a hello.
+            self._other_controller = True
+            return False
+        return True
 
     def _handle(self, msg: Any) -> bool:
         """Act on a checked message; False if its content makes no sense."""
@@ -564,14 +767,18 @@ class Worker:
             self._state = "idle"
             self._current = None
 
-    def _flush(self, results: zmq.Socket[Any], batch: list[tuple[int, bool, Any]]) -> None:
+    def _flush(
+        self, results: zmq.Socket[Any], batch: list[tuple[int, bool, Any]], busy: float
+    ) -> None:
+        # The controller sizes later batches from the time the calls took.
+        header = {"busy": busy, "n": len(batch)}
         try:
             frames = encode(
                 Kind.RESULTS,
                 self._result_sender,
                 self._next_result_seq(),
                 self._skey,
-                None,
+                header,
                 batch,
                 has_payload=True,
             )
@@ -582,7 +789,7 @@ class Worker:
                 self._result_sender,
                 self._next_result_seq(),
                 self._skey,
-                None,
+                header,
                 [_picklable(item) for item in batch],
                 has_payload=True,
             )

@@ -1,0 +1,542 @@
+"""Side-by-side benchmarks: zmqworkers against its peers, in one run.
+
+    python benchmarks/run.py                 # everything, medians of 3
+    python benchmarks/run.py --quick         # smaller sizes, for a smoke run
+    python benchmarks/run.py --scenarios a,b --repeat 5
+
+Each measurement runs in a fresh subprocess (``--one SCENARIO SYSTEM``) so
+that no run inherits another's workers, caches or memory. The orchestrator
+repeats each, prints medians and ratios as a table, writes
+``benchmarks/results/results.json`` and draws ``throughput_vs_payload.png``.
+
+Peers: multiprocessing.Pool, ProcessPoolExecutor, Dask distributed
+(LocalCluster) and a raw pyzmq ceiling. Missing peers are installed into
+``benchmarks/.venv`` (which also sees the packages already installed) and the
+run continues there.
+
+Scenarios:
+  a  tiny no-op tasks per second (Cluster.imap_unordered, Cluster.map,
+     WorkerController; Pool.imap_unordered(chunksize=1), ProcessPoolExecutor,
+     Dask, raw PUSH/PULL)
+  b  round trips of 8 MiB float64 arrays, GB/s moved (both directions)
+  c  heterogeneous durations: makespan against the ideal list schedule
+  d  time to first result, from constructing the pool with 2 fresh workers
+  e  controller memory: 1,000,000 queued tasks, and a soak streamed through
+  f  throughput against the number of worker processes (1 to 64)
+  g  throughput against task payload size (the PNG plot)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+VENV = HERE / ".venv"
+RESULTS = HERE / "results"
+PEER_PACKAGES = ["dask[distributed]", "matplotlib", "psutil"]
+
+SYSTEMS: dict[str, list[str]] = {
+    "a": ["zmq_imap", "zmq_map", "zmq_qt", "pool", "ppe", "dask", "raw"],
+    "b": ["zmq", "pool", "ppe", "dask", "raw", "memcpy"],
+    "c": ["zmq", "pool", "dask"],
+    "d": ["zmq", "pool_spawn", "pool_fork", "dask"],
+    "e": ["zmq_queued", "zmq_soak"],
+    "f": ["zmq"],
+    "g": ["zmq", "pool", "raw"],
+}
+UNITS = {
+    "a": "tasks/s",
+    "b": "GB/s",
+    "c": "x ideal",
+    "d": "s",
+    "e": "MB",
+    "f": "tasks/s",
+    "g": "tasks/s",
+}
+HIGHER_IS_BETTER = {"a": True, "b": True, "c": False, "d": False, "e": False, "f": True, "g": True}
+
+
+# --------------------------------------------------------------------------
+# task functions (module level so every peer can pickle them by reference)
+
+
+def noop(x: Any) -> Any:
+    return x
+
+
+def sleep_task(d: float) -> float:
+    time.sleep(d)
+    return d
+
+
+# --------------------------------------------------------------------------
+# raw pyzmq ceiling: PUSH tasks to N worker processes, PULL results back
+
+
+RAW_WORKER = r"""
+import sys, zmq
+ctx = zmq.Context()
+pull = ctx.socket(zmq.PULL); pull.connect(sys.argv[1])
+push = ctx.socket(zmq.PUSH); push.connect(sys.argv[2])
+while True:
+    frames = pull.recv_multipart(copy=False)
+    if len(frames[0]) == 0:
+        break
+    push.send_multipart(frames, copy=False)
+"""
+
+
+def raw_round_trips(payloads: list[Any], n_workers: int = 2) -> float:
+    """Seconds to send every payload through a worker and back (zero-copy)."""
+    import zmq
+
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    pull = ctx.socket(zmq.PULL)
+    push.setsockopt(zmq.LINGER, 0)
+    pull.setsockopt(zmq.LINGER, 0)
+    push.bind("tcp://127.0.0.1:*")
+    pull.bind("tcp://127.0.0.1:*")
+    out_ep = push.getsockopt_string(zmq.LAST_ENDPOINT)
+    in_ep = pull.getsockopt_string(zmq.LAST_ENDPOINT)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", RAW_WORKER, out_ep, in_ep])
+        for _ in range(n_workers)
+    ]
+    try:
+        # Warm up: every worker connected before the clock starts.
+        for _ in range(n_workers * 20):
+            push.send(b"w")
+        for _ in range(n_workers * 20):
+            pull.recv()
+        window = 2 * n_workers if len(payloads) < 1000 else 1000
+        t0 = time.perf_counter()
+        sent = got = 0
+        n = len(payloads)
+        while got < n:
+            while sent < n and sent - got < window:
+                push.send(payloads[sent], copy=False)
+                sent += 1
+            pull.recv(copy=False)
+            got += 1
+        return time.perf_counter() - t0
+    finally:
+        for _ in procs:
+            push.send(b"")
+        for p in procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        push.close()
+        pull.close()
+        ctx.term()
+
+
+# --------------------------------------------------------------------------
+# scenario bodies: each returns one number in the scenario's unit
+
+
+def a_tiny(system: str, n: int) -> float:
+    tasks = range(n)
+    if system == "raw":
+        payload = [b"x" * 8] * n
+        return n / raw_round_trips(payload)
+    t = _with_pool(system, lambda run: run(noop, tasks, unordered=True), warm=True)
+    return n / t
+
+
+def _with_pool(system: str, body: Any, warm: bool = True) -> float:
+    """Time ``body(run)`` on a 2-worker pool of ``system``; workers up first."""
+    if system in ("zmq_imap", "zmq_map", "zmq"):
+        from zmqworkers import Cluster
+
+        with Cluster(2) as c:
+            c.wait_for_workers(2)
+            if warm:
+                list(c.map(noop, range(100)))
+
+            def run(fn: Any, xs: Any, unordered: bool = False) -> None:
+                if system == "zmq_map" or not unordered:
+                    for _ in c.map(fn, xs):
+                        pass
+                else:
+                    for _ in c.imap_unordered(fn, xs):
+                        pass
+
+            t0 = time.perf_counter()
+            body(run)
+            return time.perf_counter() - t0
+    if system == "zmq_qt":
+        return _qt_run(body)
+    if system in ("pool", "pool_spawn"):
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(2) as pool:
+            pool.map(noop, range(4))
+
+            def run(fn: Any, xs: Any, unordered: bool = False) -> None:
+                for _ in pool.imap_unordered(fn, xs, chunksize=1):
+                    pass
+
+            t0 = time.perf_counter()
+            body(run)
+            return time.perf_counter() - t0
+    if system == "ppe":
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as ex:
+            list(ex.map(noop, range(4)))
+
+            def run(fn: Any, xs: Any, unordered: bool = False) -> None:
+                for _ in as_completed([ex.submit(fn, x) for x in xs]):
+                    pass
+
+            t0 = time.perf_counter()
+            body(run)
+            return time.perf_counter() - t0
+    if system == "dask":
+        from dask.distributed import Client, LocalCluster, as_completed
+
+        with (
+            LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as lc,
+            Client(lc) as client,
+        ):
+            client.gather(client.map(noop, range(4), pure=False))
+
+            def run(fn: Any, xs: Any, unordered: bool = False) -> None:
+                for _ in as_completed(client.map(fn, list(xs), pure=False)):
+                    pass
+
+            t0 = time.perf_counter()
+            body(run)
+            return time.perf_counter() - t0
+    raise ValueError(f"unknown system {system}")
+
+
+def _qt_run(body: Any) -> float:
+    from qtpy import QtTest
+
+    from zmqworkers import WorkerController
+
+    wc = WorkerController(2)
+
+    def run(fn: Any, xs: Any, unordered: bool = False) -> None:
+        xs = list(xs)
+        spy = QtTest.QSignalSpy(wc.sig_results)
+        wc.change_function(fn)
+        wc.add_tasks(xs)
+        if not wc.isRunning():
+            wc.start()
+        deadline = time.monotonic() + 600
+        while len(spy) < len(xs):
+            if time.monotonic() > deadline:
+                raise TimeoutError("WorkerController did not finish")
+            time.sleep(0.001)
+
+    try:
+        run(noop, range(100))  # workers up and warm
+        t0 = time.perf_counter()
+        body(run)
+        return time.perf_counter() - t0
+    finally:
+        wc.stop()
+        wc.wait(30_000)
+
+
+def b_arrays(system: str, n: int, mib: int = 8) -> float:
+    import numpy as np
+
+    arrays = [np.full(mib * 1024 * 1024 // 8, float(i)) for i in range(n)]
+    moved = 2 * n * mib * 1024 * 1024 / 1e9  # there and back
+    if system == "memcpy":
+        dst = np.empty_like(arrays[0])
+        t0 = time.perf_counter()
+        for a in arrays:
+            np.copyto(dst, a)
+            np.copyto(a, dst)
+        return moved / (time.perf_counter() - t0)
+    if system == "raw":
+        return moved / raw_round_trips(arrays)
+    return moved / _with_pool(system, lambda run: run(noop, arrays, unordered=True))
+
+
+def c_makespan(system: str, n: int) -> float:
+    sys.path.insert(0, str(HERE))
+    from dispatch_makespan import durations, ideal_list_schedule
+
+    ds = durations(n)
+    ideal = ideal_list_schedule(ds, 2)
+    return _with_pool(system, lambda run: run(sleep_task, ds, unordered=True)) / ideal
+
+
+def d_first_result(system: str) -> float:
+    t0 = time.perf_counter()
+    if system == "zmq":
+        from zmqworkers import Cluster
+
+        with Cluster(2) as c:
+            c.submit(noop, 1).result()
+            t = time.perf_counter() - t0
+        return t
+    if system in ("pool_spawn", "pool_fork"):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context(system.split("_")[1])
+        with ctx.Pool(2) as pool:
+            pool.apply(noop, (1,))
+            return time.perf_counter() - t0
+    if system == "dask":
+        from dask.distributed import Client, LocalCluster
+
+        with (
+            LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as lc,
+            Client(lc) as client,
+        ):
+            client.submit(noop, 1).result()
+            return time.perf_counter() - t0
+    raise ValueError(system)
+
+
+def e_memory(system: str, n: int) -> float:
+    import psutil
+
+    from zmqworkers import Cluster
+
+    proc = psutil.Process()
+    if system == "zmq_queued":
+        with Cluster(0) as c:
+            base = proc.memory_info().rss
+            it = c.map(noop, range(n))  # no workers: every task stays queued
+            while c.counters()["queued"] < n:
+                time.sleep(0.05)
+            used = proc.memory_info().rss - base
+            c.shutdown(wait=False, cancel_futures=True)
+            del it
+        return used / 1e6
+    # soak: stream n tasks through, report RSS growth from 10 % to the end
+    with Cluster(2) as c:
+        c.wait_for_workers(2)
+        marks = []
+        for i, _ in enumerate(c.imap_unordered(noop, range(n))):
+            if i in (n // 10, n - 1):
+                marks.append(proc.memory_info().rss)
+        print(json.dumps({"soak_rss_mb": [m / 1e6 for m in marks]}), file=sys.stderr)
+        return (marks[-1] - marks[0]) / 1e6
+
+
+def f_scaling(n_workers: int, n: int) -> float:
+    from zmqworkers import Cluster
+
+    with Cluster(n_workers) as c:
+        c.wait_for_workers(n_workers, timeout=300)
+        list(c.map(noop, range(1000)))
+        t0 = time.perf_counter()
+        for _ in c.imap_unordered(noop, range(n)):
+            pass
+        return n / (time.perf_counter() - t0)
+
+
+def g_payload(system: str, size: int, n: int) -> float:
+    import numpy as np
+
+    xs = [np.ones(max(1, size // 8)) for _ in range(n)]
+    if system == "raw":
+        return n / raw_round_trips(xs)
+    return n / _with_pool(system, lambda run: run(noop, xs, unordered=True))
+
+
+# --------------------------------------------------------------------------
+# orchestration
+
+
+def sizes(quick: bool) -> dict[str, Any]:
+    if quick:
+        return {
+            "a": 20_000,
+            "b": 16,
+            "c": 100,
+            "e_queued": 200_000,
+            "e_soak": 200_000,
+            "f": [1, 2, 8],
+            "f_n": 20_000,
+            "g": [1024, 65536, 1 << 20],
+            "g_n": 200,
+        }
+    return {
+        "a": 100_000,
+        "b": 64,
+        "c": 200,
+        "e_queued": 1_000_000,
+        "e_soak": 10_000_000,
+        "f": [1, 2, 4, 8, 16, 32, 64],
+        "f_n": 100_000,
+        "g": [1024, 16384, 65536, 262144, 1 << 20, 4 << 20],
+        "g_n": 400,
+    }
+
+
+def one(scenario: str, system: str, quick: bool, param: int | None) -> float:
+    sz = sizes(quick)
+    if scenario == "a":
+        a_n = sz["a"] if system not in ("ppe", "dask") else min(sz["a"], 20_000)
+        return a_tiny(system, a_n)
+    if scenario == "b":
+        return b_arrays(system, sz["b"])
+    if scenario == "c":
+        return c_makespan(system, sz["c"])
+    if scenario == "d":
+        return d_first_result(system)
+    if scenario == "e":
+        return e_memory(system, sz["e_queued"] if system == "zmq_queued" else sz["e_soak"])
+    if scenario == "f":
+        return f_scaling(int(param or 2), sz["f_n"])
+    if scenario == "g":
+        return g_payload(system, int(param or 1024), sz["g_n"])
+    raise ValueError(scenario)
+
+
+def run_child(scenario: str, system: str, quick: bool, param: int | None) -> float | None:
+    cmd = [sys.executable, __file__, "--one", scenario, system]
+    if quick:
+        cmd.append("--quick")
+    if param is not None:
+        cmd += ["--param", str(param)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    except subprocess.TimeoutExpired:
+        print(f"  {scenario}/{system}: timed out", file=sys.stderr)
+        return None
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["?"]
+        print(f"  {scenario}/{system}: failed: {tail[0]}", file=sys.stderr)
+        return None
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["value"])
+
+
+def ensure_peers() -> None:
+    """Re-run inside benchmarks/.venv with the peers installed, if any is missing."""
+    try:
+        import dask.distributed  # noqa: F401
+        import matplotlib  # noqa: F401
+        import psutil  # noqa: F401
+
+        return
+    except ImportError:
+        pass
+    if Path(sys.prefix) == VENV:
+        raise SystemExit("peers are still missing inside benchmarks/.venv")
+    if not (VENV / "bin" / "python").exists():
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--system-site-packages", str(VENV)], check=True
+        )
+    py = str(VENV / "bin" / "python")
+    subprocess.run([py, "-m", "pip", "install", "--quiet", *PEER_PACKAGES], check=True)
+    os.execv(py, [py, __file__, *sys.argv[1:]])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--scenarios", default="a,b,c,d,e,f,g")
+    p.add_argument("--one", nargs=2, metavar=("SCENARIO", "SYSTEM"))
+    p.add_argument("--param", type=int)
+    a = p.parse_args()
+    if a.one:
+        value = one(a.one[0], a.one[1], a.quick, a.param)
+        print(json.dumps({"value": value}))
+        return
+    ensure_peers()
+    RESULTS.mkdir(exist_ok=True)
+    report: dict[str, Any] = {
+        "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
+        "repeat": a.repeat,
+        "quick": a.quick,
+        "scenarios": {},
+    }
+    for sc in a.scenarios.split(","):
+        params: list[Any] = [None]
+        systems = SYSTEMS[sc]
+        if sc == "f":
+            params = sizes(a.quick)["f"]
+        if sc == "g":
+            params = sizes(a.quick)["g"]
+        out: dict[str, Any] = {}
+        for param in params:
+            for system in systems:
+                runs = [run_child(sc, system, a.quick, param) for _ in range(a.repeat)]
+                good = [r for r in runs if r is not None]
+                label = system if param is None else f"{system}@{param}"
+                out[label] = {
+                    "median": statistics.median(good) if good else None,
+                    "runs": good,
+                }
+                med = out[label]["median"]
+                shown = "failed" if med is None else f"{med:,.4g} {UNITS[sc]}"
+                print(f"{sc}  {label:22s} {shown}", flush=True)
+        report["scenarios"][sc] = out
+    (RESULTS / "results.json").write_text(json.dumps(report, indent=2))
+    print_ratios(report)
+    if "g" in report["scenarios"]:
+        plot_payload(report["scenarios"]["g"])
+
+
+def print_ratios(report: dict[str, Any]) -> None:
+    print("\nratios (zmqworkers / peer; >1 means zmqworkers is better for rates,")
+    print("for times and memory the raw figures above are what count)")
+    for sc, out in report["scenarios"].items():
+        meds = {k: v["median"] for k, v in out.items() if v["median"]}
+        ours = {k: v for k, v in meds.items() if k.startswith("zmq")}
+        peers = {k: v for k, v in meds.items() if not k.startswith("zmq")}
+        for o, ov in ours.items():
+            for q, qv in peers.items():
+                if "@" in o and o.split("@")[1] != q.split("@")[-1]:
+                    continue
+                r = ov / qv if HIGHER_IS_BETTER[sc] else qv / ov
+                print(f"  {sc}: {o:22s} vs {q:22s} {r:6.2f}x")
+
+
+def plot_payload(out: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for system in SYSTEMS["g"]:
+        pts = sorted(
+            (int(k.split("@")[1]), v["median"] * int(k.split("@")[1]) / 1e9)
+            for k, v in out.items()
+            if k.startswith(system + "@") and v["median"]
+        )
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=system)
+    ax.set_xscale("log")
+    ax.set_xlabel("task payload (bytes, each way)")
+    ax.set_ylabel("payload throughput (GB/s, one way)")
+    ax.set_title("throughput against payload size, 2 workers")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "throughput_vs_payload.png", dpi=100)
+    print(f"plot: {RESULTS / 'throughput_vs_payload.png'}")
+
+
+if __name__ == "__main__":
+    main()

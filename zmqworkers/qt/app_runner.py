@@ -1,0 +1,64 @@
+"""``AppRunner``: a ``WorkerController`` that runs a :class:`~zmqworkers.apps.BaseApp`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qtpy import QtCore
+
+from zmqworkers.apps import BaseApp
+from zmqworkers.qt.controller import WorkerController
+from zmqworkers.qt.driver import AppDriver
+
+
+class AppRunner(WorkerController):
+    """Run an app's tasks on workers; its results go into the runner's copy of the app.
+
+    The runner works on a copy of ``app``: ``multiprocessing_pre_run`` runs on
+    it, its class, parameters and config travel to every worker (local or
+    remote), each result goes to its ``multiprocessing_store_results`` and at
+    the end ``multiprocessing_post_run`` runs; then ``sig_final_app_state``
+    carries a copy of it and ``sig_post_run_called`` is emitted.
+
+    ``options`` are those of ``WorkerController`` (``bind``, ``key``, ...).
+    With ``use_app_tasks=False`` each worker calls ``multiprocessing_func(-1)``
+    while ``multiprocessing_carryon()`` holds, until ``stop()``.
+    """
+
+    sig_final_app_state = QtCore.Signal(object)
+    sig_post_run_called = QtCore.Signal()
+
+    def __init__(
+        self,
+        app: BaseApp,
+        n_workers: int | None = None,
+        use_app_tasks: bool = True,
+        **options: Any,
+    ) -> None:
+        if not isinstance(app, BaseApp):
+            raise TypeError(f"AppRunner needs a zmqworkers.BaseApp instance, not {app!r}")
+        for name in ("function", "func_args", "func_kwargs"):
+            if name in options:
+                raise TypeError(f"AppRunner runs the app's own function: {name}= does not apply")
+        super().__init__(n_workers, **options)
+        self._app = app.copy(clone_mode=False)
+        self._driver = AppDriver(self._emit, self._driver.options, self._app, bool(use_app_tasks))
+
+    def call_app_method(self, method_name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call a method of the runner's copy of the app (not while it runs)."""
+        if self.isRunning():
+            raise RuntimeError(
+                f"cannot call {method_name!r} while the app runs: call stop() and wait() first"
+            )
+        method = getattr(self._app, method_name, None)
+        if not callable(method):
+            raise KeyError(f"{type(self._app).__name__} has no method {method_name!r}")
+        return method(*args, **kwargs)
+
+    def set_app_param(self, param_name: str, value: Any) -> None:
+        """Set a parameter of the runner's copy (workers get it at the next start)."""
+        self._app.set_param_value(param_name, value)
+
+    def get_app(self) -> BaseApp:
+        """A copy of the runner's app, with whatever it has stored so far."""
+        return self._app.copy()

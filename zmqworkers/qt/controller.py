@@ -1,0 +1,188 @@
+"""``WorkerController``: the seed's QThread API over the ZeroMQ engine.
+
+The QThread drives a Qt-free :class:`~zmqworkers.qt.driver.TaskDriver`
+and turns its ``emit(name, *args)`` hook into ``sig_<name>`` signals. The
+signals are emitted on the controller's thread: slots in other threads get
+them queued (an event loop must run there), and a ``QSignalSpy`` records them
+at once, with or without an event loop, as the seed's examples expect.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from collections.abc import Callable, Iterable
+from numbers import Integral
+from typing import Any
+
+from qtpy import QtCore
+
+from zmqworkers.controller.engine import EngineOptions
+from zmqworkers.keys import resolve_key
+from zmqworkers.qt.driver import TaskDriver
+
+
+class WorkerController(QtCore.QThread):
+    """Run ``func(task, *args, **kwargs)`` for every task on local workers and daemons.
+
+    ``n_workers`` local worker processes are started (default: one per
+    core; ``0`` serves only daemons that connect to ``bind``). Signals:
+    ``sig_progress(float)``, ``sig_results(task, result)``,
+    ``sig_error(task, error)`` (a raising task still counts toward progress),
+    ``sig_message_from_worker(str)`` and ``sig_finished()``.
+    """
+
+    sig_progress = QtCore.Signal(float)
+    sig_results = QtCore.Signal(object, object)
+    sig_error = QtCore.Signal(object, object)
+    sig_message_from_worker = QtCore.Signal(str)
+    sig_finished = QtCore.Signal()
+
+    def __init__(
+        self,
+        n_workers: int | None = None,
+        function: Callable[..., Any] | None = None,
+        func_args: tuple[Any, ...] = (),
+        func_kwargs: dict[str, Any] | None = None,
+        *,
+        bind: str = "tcp://127.0.0.1:0",
+        key: str | bytes | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        prefetch: int = 1,
+        insecure: bool = False,
+        heartbeat_interval: float = 1.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(prefetch, int) or prefetch < 0:
+            raise ValueError(f"prefetch must be a whole number >= 0, not {prefetch!r}")
+        explicit = resolve_key(key, key_file)
+        options = EngineOptions(
+            bind=bind,
+            key=explicit or resolve_key(generate=True) or b"",
+            key_given=explicit is not None,
+            insecure=insecure,
+            prefetch=prefetch,
+            heartbeat_interval=heartbeat_interval,
+            stop_timeout=stop_timeout,
+        )
+        self._driver = TaskDriver(self._emit, options)
+        self.n_workers = (os.cpu_count() or 1) if n_workers is None else n_workers
+        if function is not None:
+            self.change_function(function, *func_args, **(func_kwargs or {}))
+
+    def _emit(self, name: str, *args: Any) -> None:
+        getattr(self, f"sig_{name}").emit(*args)
+
+    # -- the seed's API -----------------------------------------------------
+
+    @property
+    def n_workers(self) -> int:
+        """Local worker processes; a change takes effect when workers are next started."""
+        return self._driver.options.n_workers
+
+    @n_workers.setter
+    def n_workers(self, number: int) -> None:
+        if not isinstance(number, Integral) or isinstance(number, bool) or number < 0:
+            raise ValueError(f"the number of workers must be an integer >= 0, not {number!r}")
+        self._driver.options.n_workers = int(number)
+
+    @property
+    def progress(self) -> float:
+        """Tasks done over tasks added in this run; -1 while there are none."""
+        return self._driver.progress
+
+    @property
+    def address(self) -> str:
+        """The address workers connect to (known once ``start()`` returned)."""
+        return self._driver.address
+
+    def change_function(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Call ``func(task, *args, **kwargs)`` for tasks added from now on.
+
+        Tasks not yet handed to a worker are dropped, as in the seed; a
+        suspended controller stays suspended until ``restart()``.
+        """
+        self._driver.change_function(func, *args, **kwargs)
+
+    def add_task(self, task: Any) -> None:
+        self._driver.add_tasks([task])
+
+    def add_tasks(self, tasks: Iterable[Any]) -> None:
+        self._driver.add_tasks(tasks)
+
+    def finalize_tasks(self) -> None:
+        """Once every task is done, stop the workers and end the thread."""
+        self._driver.finalize_tasks()
+
+    def reset_task_list(self) -> None:
+        """Drop every task not yet handed to a worker."""
+        self._driver.reset_task_list()
+
+    def suspend(self) -> None:
+        """Hand out no more tasks; tasks already on workers finish and report."""
+        self._driver.suspend()
+
+    def restart(self) -> None:
+        """Hand out tasks again (and start local workers again after a stop signal)."""
+        self._driver.restart()
+
+    @QtCore.Slot()
+    def send_stop_signal(self) -> None:
+        """Workers finish their current call and leave; tasks wait for ``restart()``."""
+        self._driver.send_stop_signal()
+
+    @QtCore.Slot()
+    def stop(self) -> None:
+        """End the thread: workers stop, tasks not yet done are dropped."""
+        self._driver.stop()
+
+    def is_alive(self) -> bool:
+        return bool(self.isRunning())
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Snapshot of the connected workers (empty when not running)."""
+        return self._driver.workers()
+
+    # -- QThread ------------------------------------------------------------
+
+    def start(self, *args: Any, **kwargs: Any) -> None:
+        """Bind, start the local workers, then the thread that reports results."""
+        if self.isRunning():
+            return
+        self._driver.start_engine()
+        _keep_running(self)
+        super().start(*args, **kwargs)
+
+    def run(self) -> None:
+        self._driver.serve()
+
+    def shutdown(self, timeout: float = 30.0) -> bool:
+        """``stop()`` and wait for the thread to end; True if it did."""
+        self.stop()
+        self._driver.served.wait(timeout)
+        return bool(self.wait(int(timeout * 1000)))
+
+
+# A running QThread whose last reference goes away aborts the process
+# ("Destroyed while thread is still running"). The seed's examples drop
+# theirs while the thread still winds down, so running controllers are kept
+# here until the interpreter exits, which stops and joins them first.
+_running: set[WorkerController] = set()
+
+
+def _keep_running(controller: WorkerController) -> None:
+    for done in [c for c in _running if c.isFinished()]:
+        _running.discard(done)
+    _running.add(controller)
+
+
+@atexit.register
+def _stop_running_controllers() -> None:
+    for controller in list(_running):
+        try:
+            if controller.isRunning():
+                controller.shutdown(timeout=20.0)
+        except RuntimeError:
+            pass  # the C++ object is gone already
+    _running.clear()

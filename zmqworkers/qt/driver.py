@@ -1,0 +1,387 @@
+"""The seed's controller logic over the engine, without Qt.
+
+::
+
+    caller threads (GUI, scripts)            the driving thread (a QThread)
+    add_tasks, suspend, restart, ...
+        │ engine commands (thread-safe)      serve():
+        ▼                                      events.get() ─▶ bookkeeping ─▶ emit(name, *args)
+    ┌──────────── engine thread ────────────┐        ▲
+    │ owns every socket; on_results and     │────────┘ events queue
+    │ on_event callbacks                    │
+    └───────────────────────────────────────┘
+
+The engine's callbacks only put events on a queue; ``serve()`` takes them on
+the thread that drives the job and reports through one hook,
+``emit(name, *args)``, which the Qt face turns into ``sig_<name>`` signals.
+No thread but the engine's touches a socket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from zmqworkers.apps import BaseApp
+from zmqworkers.controller.engine import Engine, EngineOptions, Spec, make_spec
+from zmqworkers.errors import ClusterShutdown, ConfigurationError
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[..., None]
+
+# A worker holds 1 + prefetch tasks; without app tasks the driver keeps
+# about this many "ticks" queued per connected worker.
+TICKS_PER_WORKER = 2
+
+
+class TaskDriver:
+    """Tasks, function, progress and run state of one controller.
+
+    Methods are safe to call from any thread; :meth:`serve` runs on the
+    thread that drives the job and returns when the job ends.
+    """
+
+    def __init__(self, emit: Emit, options: EngineOptions) -> None:
+        self._emit = emit
+        self.options = options
+        self.address = ""
+        self.done = 0
+        self.target = 0
+        self._lock = threading.RLock()
+        self._ids = itertools.count(1)
+        self._spec: Spec | None = None
+        self._tasks: dict[int, Any] = {}  # not yet delivered, by id
+        self._held: list[tuple[Spec, list[tuple[int, Any]]]] = []  # added with no engine
+        self._events: queue.SimpleQueue[tuple[str, int, Any]] = queue.SimpleQueue()
+        self._engine: Engine | None = None
+        self._generation = 0  # of the current engine: late events of an old one are ignored
+        self._suspended = False
+        self._workers_stopped = False
+        self._finalized = False
+        self._stop = False
+        self._engine_gone = False
+        self.served = threading.Event()
+        self.served.set()
+
+    # -- caller side --------------------------------------------------------
+
+    @property
+    def progress(self) -> float:
+        target = self.target
+        if target <= 0:
+            return -1.0
+        return self.done / target
+
+    def change_function(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        if not callable(func):
+            raise TypeError(f"the function must be callable, not {func!r}")
+        spec = make_spec("task", func, args, kwargs)
+        with self._lock:
+            self.reset_task_list()
+            self._spec = spec
+
+    def set_spec(self, spec: Spec) -> None:
+        with self._lock:
+            self._spec = spec
+
+    def add_tasks(self, tasks: Iterable[Any]) -> None:
+        items = list(tasks)
+        with self._lock:
+            spec = self._spec
+            if spec is None:
+                raise ConfigurationError(
+                    "no function to run the tasks: call change_function(func, ...) "
+                    "or pass function= first"
+                )
+            ids = [next(self._ids) for _ in items]
+            batch = list(zip(ids, items))
+            self._tasks.update(batch)
+            self.target += len(batch)
+            if self._engine is None:
+                self._held.append((spec, batch))
+            elif batch:
+                self._engine.submit(spec, batch)
+
+    def reset_task_list(self) -> None:
+        """Drop every task not yet handed to a worker."""
+        with self._lock:
+            dropped: list[int] = [tid for _, batch in self._held for tid, _ in batch]
+            self._held.clear()
+            engine = self._engine
+            if engine is not None:
+                try:
+                    dropped += engine.call(engine.sched.drop_pending)
+                except RuntimeError:
+                    pass  # the engine is closing: what it held is dropped anyway
+            for tid in dropped:
+                if self._tasks.pop(tid, _MISSING) is not _MISSING:
+                    self.target -= 1
+        self._wake()
+
+    def finalize_tasks(self) -> None:
+        self._finalized = True
+        self._wake()
+
+    def suspend(self) -> None:
+        with self._lock:
+            self._suspended = True
+            if self._engine is not None:
+                self._engine.pause()
+
+    def restart(self) -> None:
+        with self._lock:
+            self._suspended = False
+            if self._engine is not None:
+                if self._workers_stopped:
+                    self._engine.start_workers(self.options.n_workers)
+                self._engine.resume()
+            self._workers_stopped = False
+
+    def send_stop_signal(self) -> None:
+        """Each worker finishes its current call and leaves; no more dispatch until restart."""
+        with self._lock:
+            self._suspended = True
+            if self._engine is not None:
+                self._workers_stopped = True
+                self._engine.pause()
+                self._engine.stop_workers()
+
+    def stop(self) -> None:
+        """End the job: workers stop, tasks not yet done are dropped."""
+        self._stop = True
+        self._wake()
+
+    def workers(self) -> list[dict[str, Any]]:
+        engine = self._engine
+        return engine.workers() if engine is not None else []
+
+    def _wake(self) -> None:
+        self._events.put(("wake", self._generation, None))
+
+    # -- the driving thread -------------------------------------------------
+
+    def start_engine(self) -> str:
+        """Bind and start local workers (in the caller's thread, so errors raise there)."""
+        with self._lock:
+            if self._engine is not None or not self.served.is_set():
+                raise RuntimeError("the controller is running already")
+            options = dataclasses.replace(self.options)
+            self._generation += 1
+            engine = Engine(options, _EngineRelay(self._events, self._generation))
+            self.address = engine.start()
+            self._engine = engine
+            self._stop = False
+            self._engine_gone = False
+            self._workers_stopped = False
+            # A fresh run counts from the tasks waiting for it.
+            self.done = 0
+            self.target = len(self._tasks)
+            if self._suspended:
+                engine.pause()
+            for spec, batch in self._held:
+                engine.submit(spec, batch)
+            self._held.clear()
+            self.served.clear()
+        return self.address
+
+    def serve(self) -> None:
+        """Drive the job until it is finalized and done, or stopped."""
+        prepared = False
+        try:
+            self.prepare()
+            prepared = True
+            while not (self._stop or self._engine_gone or (self._finalized and not self._tasks)):
+                self._handle(*self._events.get())
+            if self._engine_gone and not self._stop:
+                self._fail_outstanding()
+        except Exception as exc:
+            log.exception("the controller failed")
+            self._emit("error", None, exc)
+        finally:
+            with self._lock:
+                engine, self._engine = self._engine, None
+            try:
+                if engine is not None:
+                    engine.shutdown()
+                self._drain()
+                if prepared:
+                    self.finish()
+            finally:
+                self.served.set()
+                self._emit("finished")
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                kind, generation, data = self._events.get_nowait()
+            except queue.Empty:
+                break
+            self._handle(kind, generation, data)
+        # What the engine held when it closed will not come back.
+        with self._lock:
+            held = {tid for _, batch in self._held for tid, _ in batch}
+            for tid in [t for t in self._tasks if t not in held]:
+                del self._tasks[tid]
+
+    def _handle(self, kind: str, generation: int, data: Any) -> None:
+        if generation != self._generation:
+            return  # from an engine of an earlier run that closed late
+        if kind == "results":
+            for tid, ok, value in data:
+                self.on_result(tid, ok, value)
+        elif kind == "event":
+            name, info = data
+            if name == "closed":
+                self._engine_gone = True
+            elif name == "message":
+                text = info.get("text", "") if isinstance(info, dict) else str(info)
+                self._emit("message_from_worker", str(text))
+            else:
+                self.on_worker_event(name, info)
+
+    def _fail_outstanding(self) -> None:
+        # The engine closed on its own (it failed): the tasks it held will
+        # not come back, and each gets its error rather than silence.
+        log.error("the controller engine closed with %d task(s) outstanding", len(self._tasks))
+        with self._lock:
+            held = {tid for _, batch in self._held for tid, _ in batch}
+            lost = [tid for tid in self._tasks if tid not in held]
+        for tid in lost:
+            self.on_result(tid, False, ClusterShutdown("the controller engine closed"))
+
+    # -- hooks for subclasses (driving thread) ------------------------------
+
+    def prepare(self) -> None:
+        """Called once when the driving thread starts."""
+
+    def finish(self) -> None:
+        """Called once after the engine has shut down."""
+
+    def on_result(self, tid: int, ok: bool, value: Any) -> None:
+        task = self._tasks.pop(tid, _MISSING)
+        if task is _MISSING:
+            return  # dropped by reset_task_list while it ran
+        self.deliver(task, ok, value)
+        self.done += 1
+        self._emit("progress", self.progress)
+
+    def deliver(self, task: Any, ok: bool, value: Any) -> None:
+        if ok:
+            self._emit("results", task, value)
+        else:
+            self._emit("error", task, value)
+
+    def on_worker_event(self, name: str, info: Any) -> None:
+        if name == "worker_lost":
+            log.warning("worker %s lost: %s", info.get("id"), info.get("how"))
+
+
+_MISSING: Any = object()
+
+
+class _EngineRelay:
+    """The engine's handler: puts its callbacks, tagged with the run, on the queue.
+
+    Called on the engine thread; it only enqueues, so the engine never waits
+    on the driving thread.
+    """
+
+    def __init__(self, events: queue.SimpleQueue[tuple[str, int, Any]], generation: int) -> None:
+        self.events = events
+        self.generation = generation
+
+    def on_results(self, results: list[tuple[int, bool, Any]]) -> None:
+        self.events.put(("results", self.generation, results))
+
+    def on_event(self, name: str, data: Any) -> None:
+        self.events.put(("event", self.generation, (name, data)))
+
+
+class AppDriver(TaskDriver):
+    """Runs a ``BaseApp``: its state to every worker, results into the controller's copy."""
+
+    def __init__(self, emit: Emit, options: EngineOptions, app: BaseApp, use_tasks: bool) -> None:
+        super().__init__(emit, options)
+        self.app = app
+        self.use_tasks = use_tasks
+        self._ticks: set[int] = set()
+        self._connected = 0
+
+    def prepare(self) -> None:
+        # Each start has a new engine: no worker and no tick of the last run.
+        self._ticks.clear()
+        self._connected = 0
+        app = self.app
+        app.multiprocessing_pre_run()
+        spec = make_spec(
+            "app",
+            type(app),
+            (dict(app.params), app.get_config()),
+            {"use_tasks": self.use_tasks},
+        )
+        self.set_spec(spec)
+        if self.use_tasks:
+            self.add_tasks(app.multiprocessing_get_tasks())
+            self.finalize_tasks()
+        else:
+            self._top_up_ticks()
+
+    def deliver(self, task: Any, ok: bool, value: Any) -> None:
+        if ok:
+            try:
+                self.app.multiprocessing_store_results(task, value)
+            except Exception as exc:
+                log.exception("multiprocessing_store_results raised for task %r", task)
+                self._emit("error", task, exc)
+                return
+        super().deliver(task, ok, value)
+
+    def finish(self) -> None:
+        try:
+            self.app.multiprocessing_post_run()
+        except Exception as exc:
+            log.exception("multiprocessing_post_run raised")
+            self._emit("error", None, exc)
+        self._emit("final_app_state", self.app.copy())
+        self._emit("post_run_called")
+
+    # -- without tasks: ticks ------------------------------------------------
+
+    def on_result(self, tid: int, ok: bool, value: Any) -> None:
+        if tid not in self._ticks:
+            super().on_result(tid, ok, value)
+            return
+        self._ticks.discard(tid)
+        if not ok:
+            self._emit("error", -1, value)
+        elif value is not None:
+            index, result = value
+            self.deliver(index, True, result)
+        self._top_up_ticks()
+
+    def on_worker_event(self, name: str, info: Any) -> None:
+        super().on_worker_event(name, info)
+        if name == "worker_joined":
+            self._connected += 1
+        elif name in ("worker_left", "worker_lost"):
+            self._connected = max(0, self._connected - 1)
+        if not self.use_tasks:
+            self._top_up_ticks()
+
+    def _top_up_ticks(self) -> None:
+        if self.use_tasks or self._stop:
+            return
+        with self._lock:
+            engine, spec = self._engine, self._spec
+            want = TICKS_PER_WORKER * self._connected - len(self._ticks)
+            if engine is None or spec is None or want <= 0:
+                return
+            ids = [next(self._ids) for _ in range(want)]
+            self._ticks.update(ids)
+            engine.submit(spec, [(tid, -1) for tid in ids])

@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run a small job on local workers and show it")
     d.add_argument("--workers", type=int, default=2)
     d.add_argument("--tasks", type=int, default=20)
+    d.add_argument("--delay", type=float, help="seconds per task (default 0.05, 0.25 with --gui)")
+    d.add_argument("--gui", action="store_true", help="show the job in a monitor window")
+    d.add_argument("--screenshot", metavar="PNG", help="with --gui: save the window at 50 %%")
 
     r = sub.add_parser("run", help="run MODULE:FUNC over tasks, with a progress bar")
     r.add_argument("function", metavar="MODULE:FUNC")
@@ -82,9 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "worker":
         return _worker(args)
     if args.command == "demo":
-        from zmqworkers.demo import run_demo
+        from zmqworkers.demo import run_demo, run_demo_gui
 
-        return run_demo(n_workers=args.workers, n_tasks=args.tasks)
+        if args.gui:
+            delay = 0.25 if args.delay is None else args.delay
+            return run_demo_gui(args.workers, args.tasks, delay, screenshot=args.screenshot)
+        return run_demo(args.workers, args.tasks, 0.05 if args.delay is None else args.delay)
     if args.command == "run":
         return _run(args)
     if args.command == "keygen":

@@ -69,6 +69,8 @@ class WorkerState:
             "local": self.local,
             "state": "draining" if self.draining else self.state,
             "current_task": self.current,
+            # What it runs once the heartbeat's task is done: the first it holds.
+            "first_in_flight": next(iter(self.in_flight), None),
             "in_flight": len(self.in_flight),
             "tasks_done": self.done,
             "last_heartbeat": self.last_seen,

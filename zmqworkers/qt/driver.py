@@ -25,6 +25,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from zmqworkers.apps import BaseApp
@@ -60,6 +61,8 @@ class TaskDriver:
         self._held: list[tuple[Spec, list[tuple[int, Any]]]] = []  # added with no engine
         self._events: queue.SimpleQueue[tuple[str, int, Any]] = queue.SimpleQueue()
         self._engine: Engine | None = None
+        # Answers counters() after the run, when the engine is closed.
+        self._last_engine: Engine | None = None
         self._generation = 0  # of the current engine: late events of an old one are ignored
         self._suspended = False
         self._workers_stopped = False
@@ -157,9 +160,57 @@ class TaskDriver:
         self._stop = True
         self._wake()
 
-    def workers(self) -> list[dict[str, Any]]:
+    def workers(self, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Snapshots of the connected workers; ``current_task`` is the caller's task object.
+
+        Raises ``TimeoutError`` if the engine does not answer within ``timeout`` s.
+        """
         engine = self._engine
-        return engine.workers() if engine is not None else []
+        if engine is None:
+            return []
+        try:
+            snapshots = engine.workers(timeout)
+        except RuntimeError:
+            return []  # the engine closed meanwhile: no worker is connected
+        except FutureTimeout as exc:
+            raise TimeoutError(f"the engine did not answer within {timeout} s") from exc
+        for snap in snapshots:
+            tid = snap.get("current_task")
+            if tid is not None and tid not in self._tasks:
+                # The heartbeat is up to an interval old and its task is done:
+                # a busy worker has gone on to the first task it holds.
+                tid = snap.get("first_in_flight")
+            snap["current_task_id"] = tid
+            snap["current_task"] = self._tasks.get(tid) if tid is not None else None
+        return snapshots
+
+    def counters(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Tasks queued, running, done and failed; re-dispatches; drops by reason.
+
+        Raises ``TimeoutError`` if the engine does not answer within ``timeout`` s.
+        """
+        out: dict[str, Any] = {
+            "queued": 0,
+            "running": 0,
+            "done": 0,
+            "failed": 0,
+            "redispatched": 0,
+            "workers_lost": 0,
+            "dropped": {},
+        }
+        engine = self._engine or self._last_engine
+        if engine is None:
+            return out
+        try:
+            counts = engine.counters(timeout)
+        except RuntimeError:
+            # Closed between the check and the call: its counts no longer change.
+            counts = {"dropped": dict(engine.dropped), **dict(engine.stats)}
+        except FutureTimeout as exc:
+            raise TimeoutError(f"the engine did not answer within {timeout} s") from exc
+        out.update(counts)
+        out["done"] = counts.get("delivered", 0)
+        return out
 
     def _wake(self) -> None:
         self._events.put(("wake", self._generation, None))
@@ -175,7 +226,7 @@ class TaskDriver:
             self._generation += 1
             engine = Engine(options, _EngineRelay(self._events, self._generation))
             self.address = engine.start()
-            self._engine = engine
+            self._engine = self._last_engine = engine
             self._stop = False
             self._engine_gone = False
             self._workers_stopped = False
@@ -280,6 +331,13 @@ class TaskDriver:
     def on_worker_event(self, name: str, info: Any) -> None:
         if name == "worker_lost":
             log.warning("worker %s lost: %s", info.get("id"), info.get("how"))
+        if name in ("worker_joined", "worker_left", "worker_lost"):
+            try:
+                workers = self.workers()
+            except TimeoutError:
+                log.warning("no worker snapshot after %s: the engine did not answer", name)
+                return
+            self._emit("workers_changed", workers)
 
 
 _MISSING: Any = object()

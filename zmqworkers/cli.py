@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -23,7 +24,12 @@ def _configure_logging(level: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zmqworkers", description=__doc__)
     p.add_argument("--version", action="version", version=f"zmqworkers {__version__}")
-    p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING, ERROR")
+    p.add_argument(
+        "--log-level",
+        # From the environment too: local workers inherit their controller's.
+        default=os.environ.get("ZMQWORKERS_LOG_LEVEL", "WARNING"),
+        help="DEBUG, INFO, WARNING, ERROR (default: $ZMQWORKERS_LOG_LEVEL or WARNING)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     w = sub.add_parser("worker", help="run a worker that serves the controller at ADDRESS")
@@ -143,6 +149,7 @@ def _run(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from zmqworkers.errors import ConfigurationError
     from zmqworkers.keys import resolve_key
+    from zmqworkers.logs import tag_worker_records
     from zmqworkers.worker.loop import Worker, WorkerOptions
 
     try:
@@ -167,5 +174,6 @@ def _worker(args: argparse.Namespace) -> int:
         name=args.name,
     )
     worker = Worker(args.address, key, options)
+    tag_worker_records(worker.id, worker.host)
     worker.install_signal_handlers()
     return worker.run()

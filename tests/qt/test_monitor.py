@@ -88,7 +88,9 @@ def test_monitor_mid_run_shows_a_row_per_worker_and_the_progress(
     qtbot.waitUntil(lambda: monitor.status_label.text().startswith("finished"), timeout=10_000)
     assert monitor.progress_bar.value() == 100
     assert f"finished: {N_TASKS} tasks" in monitor.status_label.text()
-    assert column(monitor, "state") == ["gone", "gone"]
+    # Their last snapshots: every task counted once, on the worker that ran it.
+    qtbot.waitUntil(lambda: column(monitor, "state") == ["left", "left"], timeout=10_000)
+    assert sum(int(n) for n in column(monitor, "tasks done")) == N_TASKS
     counts = wc.counters()
     assert (counts["done"], counts["failed"]) == (N_TASKS, 0)
     assert (counts["queued"], counts["running"]) == (0, 0)
@@ -122,9 +124,11 @@ def test_workers_changed_on_join_and_loss_and_counters_of_a_run(
         lambda: any(pids[0] not in [w["pid"] for w in args[0]] for args in list(changes)[before:]),
         timeout=30_000,
     )
-    qtbot.waitUntil(lambda: "gone" in column(monitor, "state"), timeout=10_000)
-    gone = column(monitor, "state").index("gone")
+    qtbot.waitUntil(lambda: "lost" in column(monitor, "state"), timeout=10_000)
+    gone = column(monitor, "state").index("lost")
     assert cell(monitor, gone, "pid") == str(pids[0])
+    departed = [w for w in wc.workers(include_departed=True) if w["pid"] == pids[0]]
+    assert len(departed) == 1 and departed[0]["state"].startswith("lost: killed by SIGKILL")
     counts = wc.counters()
     assert counts["workers_lost"] == 1
     assert counts["redispatched"] >= 1  # the gated tasks it held went to another worker
@@ -138,6 +142,10 @@ def test_workers_changed_on_join_and_loss_and_counters_of_a_run(
     final = wc.counters()
     assert (final["done"], final["failed"]) == (N_TASKS, 1)
     assert wc.workers() == []
+    # Once the run is over its workers' last counts remain: every result counted once.
+    everyone = wc.workers(include_departed=True)
+    assert {w["state"].split(":")[0] for w in everyone} == {"left", "lost"}
+    assert sum(w["tasks_done"] for w in everyone) == N_TASKS
 
 
 def test_a_monitor_of_a_controller_not_started_shows_nothing_running(qtbot) -> None:

@@ -143,15 +143,21 @@ class WorkerController(QtCore.QThread):
     def is_alive(self) -> bool:
         return bool(self.isRunning())
 
-    def workers(self, timeout: float = 10.0) -> list[dict[str, Any]]:
-        """One dict per connected worker (none when not running, or after ``timeout`` s).
+    def workers(
+        self, timeout: float = 10.0, include_departed: bool = False
+    ) -> list[dict[str, Any]]:
+        """One dict per connected worker (none when not running).
 
         Keys: ``id``, ``host``, ``pid``, ``local``, ``state`` (``idle``,
-        ``busy``, ``draining``), ``current_task`` (the task object, as of the
-        last heartbeat), ``current_task_id``, ``in_flight``, ``tasks_done``
-        and ``last_heartbeat`` (``time.monotonic()`` when it was last heard).
+        ``busy``, ``draining``), ``current_task`` (the task object it runs),
+        ``current_task_id``, ``in_flight``, ``tasks_done`` and
+        ``last_heartbeat`` (``time.monotonic()`` when it was last heard).
+        ``include_departed`` puts first the last dicts of the workers of this
+        run (or the last one) that left or were lost, whose ``state`` is
+        ``"left"`` or ``"lost: <how>"``. Raises ``TimeoutError`` if the
+        engine thread does not answer within ``timeout`` seconds.
         """
-        return self._driver.workers(timeout)
+        return self._driver.workers(timeout, include_departed)
 
     def counters(self, timeout: float = 10.0) -> dict[str, Any]:
         """Counts of this run (kept after it ends).

@@ -160,18 +160,31 @@ class TaskDriver:
         self._stop = True
         self._wake()
 
-    def workers(self, timeout: float = 10.0) -> list[dict[str, Any]]:
+    def workers(
+        self, timeout: float = 10.0, include_departed: bool = False
+    ) -> list[dict[str, Any]]:
         """Snapshots of the connected workers; ``current_task`` is the caller's task object.
 
-        Raises ``TimeoutError`` if the engine does not answer within ``timeout`` s.
+        ``include_departed`` adds the last snapshots of the workers of this
+        run (or the last) that left or were lost, first, with ``state``
+        ``"left"`` or ``"lost: <how>"``. Raises ``TimeoutError`` if the engine
+        does not answer within ``timeout`` s.
         """
-        engine = self._engine
+        engine = self._engine or self._last_engine
         if engine is None:
             return []
+        sched = engine.sched
+
+        def read() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            departed = [dict(d) for d in sched.departed.values()] if include_departed else []
+            return [w.snapshot() for w in sched.workers.values()], departed
+
         try:
-            snapshots = engine.workers(timeout)
+            snapshots, departed = engine.call(read, timeout)
         except RuntimeError:
-            return []  # the engine closed meanwhile: no worker is connected
+            # The engine is closed: no worker is connected, and its scheduler
+            # no longer changes, so it can be read from here.
+            snapshots, departed = [], read()[1]
         except FutureTimeout as exc:
             raise TimeoutError(f"the engine did not answer within {timeout} s") from exc
         for snap in snapshots:
@@ -182,7 +195,9 @@ class TaskDriver:
                 tid = snap.get("first_in_flight")
             snap["current_task_id"] = tid
             snap["current_task"] = self._tasks.get(tid) if tid is not None else None
-        return snapshots
+        for snap in departed:
+            snap["current_task_id"] = None
+        return departed + snapshots
 
     def counters(self, timeout: float = 10.0) -> dict[str, Any]:
         """Tasks queued, running, done and failed; re-dispatches; drops by reason.
@@ -204,10 +219,12 @@ class TaskDriver:
         try:
             counts = engine.counters(timeout)
         except RuntimeError:
-            # Closed between the check and the call: its counts no longer change.
             counts = {"dropped": dict(engine.dropped), **dict(engine.stats)}
         except FutureTimeout as exc:
             raise TimeoutError(f"the engine did not answer within {timeout} s") from exc
+        if "redispatched" not in counts:
+            # The engine is closed: nothing changes its scheduler any more.
+            counts["redispatched"] = engine.sched.redispatched
         out.update(counts)
         out["done"] = counts.get("delivered", 0)
         return out

@@ -39,8 +39,10 @@ _NUMERIC = {2, 5, 6, 7}
 # Rows of workers that left stay (greyed) so a departure can be seen; only
 # this many, so a long-lived controller whose daemons come and go stays small.
 MAX_GONE_ROWS = 20
+_DEPARTED = ("left", "lost")
 _Role = QtCore.Qt.ItemDataRole
-_RIGHT = int(QtCore.Qt.AlignmentFlag.AlignRight | QtCore.Qt.AlignmentFlag.AlignVCenter)
+_RIGHT_ALIGNED = QtCore.Qt.AlignmentFlag.AlignRight | QtCore.Qt.AlignmentFlag.AlignVCenter
+_RIGHT = int(_RIGHT_ALIGNED)
 
 
 def _short(value: Any, width: int = 40) -> str:
@@ -85,6 +87,9 @@ class WorkerTableModel(QtCore.QAbstractTableModel):
         if role == _Role.ToolTipRole and col == _TASK_COLUMN and not gone:
             task = row.get("current_task")
             return None if task is None else repr(task)
+        if role == _Role.ToolTipRole and gone:
+            state = str(row.get("state", ""))
+            return state if state.startswith(_DEPARTED) else "gone; its counts as last seen"
         if role == _Role.ForegroundRole and gone:
             return QtGui.QBrush(QtGui.QColor("gray"))
         if role == _Role.TextAlignmentRole and col in _NUMERIC:
@@ -100,7 +105,10 @@ class WorkerTableModel(QtCore.QAbstractTableModel):
         if col == 2:
             return str(row.get("pid", ""))
         if col == 3:
-            return "gone" if gone else str(row.get("state", ""))
+            state = str(row.get("state", ""))
+            if not gone:
+                return state
+            return state.split(":", 1)[0] if state.startswith(_DEPARTED) else "gone"
         if col == 4:
             task = row.get("current_task")
             return "" if gone or task is None else _short(task)
@@ -119,20 +127,28 @@ class WorkerTableModel(QtCore.QAbstractTableModel):
     def worker_ids(self, include_gone: bool = False) -> list[str]:
         return [r["id"] for r in self._rows if include_gone or r["id"] not in self._gone]
 
+    @QtCore.Slot(object)
     def set_workers(self, snapshots: list[dict[str, Any]]) -> None:
-        """Show these workers; rows of workers not among them turn into departed rows."""
+        """Show these workers; rows of workers not among them turn into departed rows.
+
+        Snapshots whose state is ``left`` or ``lost: ...`` (from
+        ``workers(include_departed=True)``) are departed rows with their final counts.
+        """
         current = {str(s["id"]): s for s in snapshots if "id" in s}
         known = {r["id"]: i for i, r in enumerate(self._rows)}
         for wid, snap in current.items():
             row = dict(snap, id=wid)
             if wid in known:
                 self._rows[known[wid]] = row
-                self._gone.discard(wid)
             else:
                 self.beginInsertRows(QtCore.QModelIndex(), len(self._rows), len(self._rows))
                 self._rows.append(row)
                 self.endInsertRows()
-        self._gone.update(r["id"] for r in self._rows if r["id"] not in current)
+        self._gone = {
+            r["id"]
+            for r in self._rows
+            if r["id"] not in current or str(r.get("state", "")).startswith(_DEPARTED)
+        }
         self._trim_gone()
         if self._rows:
             last = self.index(len(self._rows) - 1, len(COLUMNS) - 1)
@@ -189,6 +205,11 @@ class ClusterMonitor(QtWidgets.QWidget):
         self.progress_bar = QtWidgets.QProgressBar()
         self.progress_bar.setRange(0, 100)
         self.throughput_label = QtWidgets.QLabel()
+        # Wide enough for the longest text, so the bar does not jump as it changes.
+        metrics = self.throughput_label.fontMetrics()
+        widest = metrics.horizontalAdvance("00000.0 tasks/s on average")
+        self.throughput_label.setMinimumWidth(widest)
+        self.throughput_label.setAlignment(_RIGHT_ALIGNED)  # type: ignore[arg-type]
         self.counts_label = QtWidgets.QLabel()
         self.counts_label.setWordWrap(True)
         self.model = WorkerTableModel(self)
@@ -239,7 +260,7 @@ class ClusterMonitor(QtWidgets.QWidget):
     def refresh(self) -> None:
         """Read workers and counts now (the timer calls this)."""
         try:
-            workers = self.controller.workers(self.query_timeout)
+            workers = self.controller.workers(self.query_timeout, include_departed=True)
             counts = self.controller.counters(self.query_timeout)
         except TimeoutError:
             return  # the engine is busy: the next tick tries again
@@ -251,7 +272,7 @@ class ClusterMonitor(QtWidgets.QWidget):
             while len(self._samples) > 2 and now - self._samples[0][0] > self.rate_window:
                 self._samples.popleft()
         self.show_progress(self.controller.progress)
-        self._show_counts(len(workers))
+        self._show_counts(len(self.model.worker_ids()))
 
     @QtCore.Slot()
     def _on_started(self) -> None:

@@ -134,7 +134,10 @@ class WorkerTableModel(QtCore.QAbstractTableModel):
         Snapshots whose state is ``left`` or ``lost: ...`` (from
         ``workers(include_departed=True)``) are departed rows with their final counts.
         """
-        current = {str(s["id"]): s for s in snapshots if "id" in s}
+        departed = [s for s in snapshots if str(s.get("state", "")).startswith(_DEPARTED)]
+        # Only the latest departures: older ones would be added and trimmed again each time.
+        old = {id(s) for s in departed[: max(0, len(departed) - MAX_GONE_ROWS)]}
+        current = {str(s["id"]): s for s in snapshots if "id" in s and id(s) not in old}
         known = {r["id"]: i for i, r in enumerate(self._rows)}
         for wid, snap in current.items():
             row = dict(snap, id=wid)

@@ -61,8 +61,10 @@ class TaskDriver:
         self._held: list[tuple[Spec, list[tuple[int, Any]]]] = []  # added with no engine
         self._events: queue.SimpleQueue[tuple[str, int, Any]] = queue.SimpleQueue()
         self._engine: Engine | None = None
-        # Answers counters() after the run, when the engine is closed.
+        # The engine shutting down (readable while it does), then what
+        # counters() and workers() tell of the last run once it is closed.
         self._last_engine: Engine | None = None
+        self._last_run: tuple[dict[str, Any], list[dict[str, Any]]] = ({}, [])
         self._generation = 0  # of the current engine: late events of an old one are ignored
         self._suspended = False
         self._workers_stopped = False
@@ -172,7 +174,7 @@ class TaskDriver:
         """
         engine = self._engine or self._last_engine
         if engine is None:
-            return []
+            return [dict(d) for d in self._last_run[1]] if include_departed else []
         sched = engine.sched
 
         def read() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -215,16 +217,17 @@ class TaskDriver:
         }
         engine = self._engine or self._last_engine
         if engine is None:
-            return out
-        try:
-            counts = engine.counters(timeout)
-        except RuntimeError:
-            counts = {"dropped": dict(engine.dropped), **dict(engine.stats)}
-        except FutureTimeout as exc:
-            raise TimeoutError(f"the engine did not answer within {timeout} s") from exc
-        if "redispatched" not in counts:
-            # The engine is closed: nothing changes its scheduler any more.
-            counts["redispatched"] = engine.sched.redispatched
+            counts = dict(self._last_run[0])
+        else:
+            try:
+                counts = engine.counters(timeout)
+            except RuntimeError:
+                counts = {"dropped": dict(engine.dropped), **dict(engine.stats)}
+            except FutureTimeout as exc:
+                raise TimeoutError(f"the engine did not answer within {timeout} s") from exc
+            if "redispatched" not in counts:
+                # The engine is closed: nothing changes its scheduler any more.
+                counts["redispatched"] = engine.sched.redispatched
         out.update(counts)
         out["done"] = counts.get("delivered", 0)
         return out
@@ -277,12 +280,23 @@ class TaskDriver:
             try:
                 if engine is not None:
                     engine.shutdown()
+                    self._keep_last_run(engine)
                 self._drain()
                 if prepared:
                     self.finish()
             finally:
                 self.served.set()
                 self._emit("finished")
+
+    def _keep_last_run(self, engine: Engine) -> None:
+        # The counts and departures of a closed engine, not the engine: it
+        # may still hold every task of a stopped run.
+        if engine.running:
+            return  # did not close in time: it stays the one to ask
+        counts: dict[str, Any] = {"dropped": dict(engine.dropped), **dict(engine.stats)}
+        counts["redispatched"] = engine.sched.redispatched
+        self._last_run = (counts, [dict(d) for d in engine.sched.departed.values()])
+        self._last_engine = None
 
     def _drain(self) -> None:
         while True:

@@ -93,6 +93,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from zmqworkers.demo import run_demo, run_demo_gui
 
+        if args.screenshot and not args.gui:
+            print("zmqworkers demo: --screenshot needs --gui", file=sys.stderr)
+            return 2
+        if args.workers < 1 or args.tasks < 1 or (args.delay is not None and args.delay < 0):
+            print(
+                "zmqworkers demo: --workers and --tasks must be >= 1, --delay >= 0",
+                file=sys.stderr,
+            )
+            return 2
         if args.gui:
             delay = 0.25 if args.delay is None else args.delay
             return run_demo_gui(args.workers, args.tasks, delay, screenshot=args.screenshot)

@@ -215,3 +215,20 @@ def test_the_table_keeps_only_the_latest_departed_workers_without_churn(qtbot) -
     assert model.worker_ids() == []
     state = model.index(model.rowCount() - 1, 3)
     assert model.data(state) == "gone"
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--screenshot", "x.png"], "--screenshot needs --gui"),
+        (["--gui", "--workers", "0"], "--workers and --tasks must be >= 1"),
+    ],
+)
+def test_demo_refuses_bad_options(tmp_path: Path, argv: list[str], says: str) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), QT_QPA_PLATFORM="offscreen")
+    proc = subprocess.run(
+        [sys.executable, "-m", "zmqworkers", "demo", *argv],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2 and says in proc.stderr
+    assert not (tmp_path / "x.png").exists()

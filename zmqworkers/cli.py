@@ -33,8 +33,58 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     w = sub.add_parser("worker", help="run a worker that serves the controller at ADDRESS")
-    w.add_argument("address", help="the controller's task address, e.g. tcp://node1:5555")
+    w.add_argument(
+        "address",
+        nargs="?",
+        help="the controller's task address, e.g. tcp://node1:5555 (or --connection-file)",
+    )
     w.add_argument("--key-file", help="file holding the shared key (else $ZMQWORKERS_KEY)")
+    w.add_argument(
+        "--connection-file",
+        help="JSON file a controller wrote (address, key, versions); waits for it to appear",
+    )
+    w.add_argument(
+        "--connection-wait",
+        type=float,
+        default=300.0,
+        help="seconds to wait for --connection-file to appear (default 300)",
+    )
+    w.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="worker processes on this node, under a supervisor that replaces crashed ones",
+    )
+    w.add_argument(
+        "--lifetime",
+        type=float,
+        default=None,
+        help="leave after this many seconds, drained --drain-timeout before the end "
+        "(e.g. a Slurm walltime)",
+    )
+    w.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=None,
+        help="on SIGTERM, seconds to let running calls finish before they are killed "
+        "(default 30 under a supervisor)",
+    )
+    w.add_argument(
+        "--max-restarts",
+        type=int,
+        default=10,
+        help="supervisor: replace at most this many crashed processes a minute (default 10)",
+    )
+    w.add_argument(
+        "--status-file",
+        help="supervisor: rewrite this JSON file every second (for `zmqworkers status`)",
+    )
+    w.add_argument(
+        "--log-level",
+        dest="worker_log_level",
+        default=None,
+        help="DEBUG, INFO, WARNING (default), ERROR; daemon event lines show at INFO",
+    )
     w.add_argument("--prefetch", type=int, default=1, help="tasks held beyond the running one")
     w.add_argument("--name", help="worker id (default: host-pid-random)")
     w.add_argument(
@@ -77,6 +127,18 @@ def _parser() -> argparse.ArgumentParser:
         help="a bar on a terminal, log lines otherwise (auto)",
     )
 
+    i = sub.add_parser("info", help="show a live controller's workers as a table")
+    i.add_argument("address", nargs="?", help="the controller's task address")
+    i.add_argument("--key-file", help="file holding the shared key (else $ZMQWORKERS_KEY)")
+    i.add_argument("--connection-file", help="JSON file the controller wrote")
+    i.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    i.add_argument("--json", action="store_true", help="print the raw answer as JSON")
+
+    st = sub.add_parser("status", help="check a daemon's --status-file (container probes)")
+    st.add_argument("file")
+    st.add_argument("--max-age", type=float, default=30.0, help="seconds before it is stale")
+    st.add_argument("--ready", action="store_true", help="also require running workers")
+
     k = sub.add_parser("keygen", help="write a new random key to FILE (mode 0600)")
     k.add_argument("file")
     return p
@@ -84,12 +146,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    level = args.log_level
+    level = getattr(args, "worker_log_level", None) or args.log_level
     if args.command == "run" and level == "WARNING":
         level = "INFO"  # progress lines without a terminal are INFO
     _configure_logging(level)
     if args.command == "worker":
         return _worker(args)
+    if args.command == "info":
+        return _info(args)
+    if args.command == "status":
+        from zmqworkers.worker.daemon import check_status
+
+        ok, why = check_status(args.file, args.max_age, args.ready)
+        print(why)
+        return 0 if ok else 1
     if args.command == "demo":
         from zmqworkers.demo import run_demo, run_demo_gui
 
@@ -155,24 +225,83 @@ def _run(args: argparse.Namespace) -> int:
         return 2
 
 
-def _worker(args: argparse.Namespace) -> int:
+def _address_and_key(args: argparse.Namespace) -> tuple[str, bytes]:
+    """From ADDRESS and --key-file/$ZMQWORKERS_KEY, or from --connection-file."""
+    from zmqworkers.connection import (
+        check_address,
+        read_connection_file,
+        wait_for_connection_file,
+    )
     from zmqworkers.errors import ConfigurationError
     from zmqworkers.keys import resolve_key
+
+    address = args.address
+    key = None
+    if args.connection_file:
+        wait = getattr(args, "connection_wait", 0.0)
+        wait_for_connection_file(args.connection_file, wait)
+        info = read_connection_file(args.connection_file)
+        address = address or info.address
+        key = info.key
+    if not address:
+        raise ConfigurationError("give the controller's ADDRESS or --connection-file FILE")
+    check_address(address)
+    if args.key_file or key is None:
+        key = resolve_key(key_file=args.key_file)
+    if key is None:
+        raise ConfigurationError(
+            "no key: pass --key-file FILE or --connection-file FILE, or set ZMQWORKERS_KEY "
+            "to the controller's key"
+        )
+    return address, key
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from zmqworkers.errors import ConfigurationError
     from zmqworkers.logs import tag_worker_records
     from zmqworkers.worker.loop import Worker, WorkerOptions
 
     try:
-        key = resolve_key(key_file=args.key_file)
+        address, key = _address_and_key(args)
     except ConfigurationError as exc:
         print(f"zmqworkers worker: {exc}", file=sys.stderr)
         return 2
-    if key is None:
-        print(
-            "zmqworkers worker: no key: pass --key-file FILE or set ZMQWORKERS_KEY "
-            "to the controller's key",
-            file=sys.stderr,
-        )
+    bad = _bad_worker_numbers(args)
+    if bad:
+        print(f"zmqworkers worker: {bad}", file=sys.stderr)
         return 2
+    supervised = args.parent_pid is None and (
+        args.processes > 1
+        or args.lifetime is not None
+        or args.drain_timeout is not None
+        or args.status_file is not None
+        or args.max_restarts != 10
+    )
+    if supervised:
+        from zmqworkers.worker.daemon import DaemonOptions, child_args, run_daemon
+
+        level = getattr(args, "worker_log_level", None) or args.log_level
+        options_d = DaemonOptions(
+            processes=args.processes,
+            lifetime=args.lifetime,
+            drain_timeout=30.0 if args.drain_timeout is None else args.drain_timeout,
+            name=args.name,
+            status_file=args.status_file,
+            max_restarts=args.max_restarts,
+            child_args=child_args(
+                prefetch=args.prefetch,
+                heartbeat_interval=args.heartbeat_interval,
+                heartbeat_misses=args.heartbeat_misses,
+                death_timeout=args.death_timeout,
+                log_level=level,
+            ),
+        )
+        # The event lines are the daemon's record of what happened: they show
+        # at the default level too.
+        daemon_log = logging.getLogger("zmqworkers.worker.daemon")
+        if daemon_log.getEffectiveLevel() > logging.INFO:
+            daemon_log.setLevel(logging.INFO)
+        return run_daemon(address, key, options_d)
     options = WorkerOptions(
         prefetch=args.prefetch,
         heartbeat_interval=args.heartbeat_interval,
@@ -181,8 +310,46 @@ def _worker(args: argparse.Namespace) -> int:
         parent_pid=args.parent_pid,
         death_timeout=args.death_timeout,
         name=args.name,
+        # Only a local worker (--parent-pid) gets here with --drain-timeout;
+        # a daemon given one runs under the supervisor, which drains it.
+        drain_timeout=(
+            WorkerOptions.drain_timeout if args.drain_timeout is None else args.drain_timeout
+        ),
     )
-    worker = Worker(args.address, key, options)
+    worker = Worker(address, key, options)
     tag_worker_records(worker.id, worker.host)
     worker.install_signal_handlers()
     return worker.run()
+
+
+def _bad_worker_numbers(args: argparse.Namespace) -> str | None:
+    if args.processes < 1:
+        return f"--processes must be 1 or more, not {args.processes}"
+    if args.prefetch < 0:
+        return f"--prefetch must be 0 or more, not {args.prefetch}"
+    if args.lifetime is not None and args.lifetime <= 0:
+        return f"--lifetime must be more than 0 seconds, not {args.lifetime}"
+    if args.drain_timeout is not None and args.drain_timeout < 0:
+        return f"--drain-timeout must be 0 seconds or more, not {args.drain_timeout}"
+    if args.max_restarts < 0:
+        return f"--max-restarts must be 0 or more, not {args.max_restarts}"
+    return None
+
+
+def _info(args: argparse.Namespace) -> int:
+    import json
+
+    from zmqworkers.controller.info import format_table, query_info
+    from zmqworkers.errors import ConfigurationError
+
+    try:
+        address, key = _address_and_key(args)
+        answer = query_info(address, key, timeout=args.timeout)
+    except (ConfigurationError, TimeoutError) as exc:
+        print(f"zmqworkers info: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(answer, indent=2, default=str))
+    else:
+        print(format_table(answer))
+    return 0

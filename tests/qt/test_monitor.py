@@ -139,7 +139,7 @@ def test_workers_changed_on_join_and_loss_and_counters_of_a_run(
     gone = column(monitor, "state").index("lost")
     assert cell(monitor, gone, "pid") == str(pids[0])
     departed = [w for w in wc.workers(include_departed=True) if w["pid"] == pids[0]]
-    assert len(departed) == 1 and departed[0]["state"].startswith("lost: killed by SIGKILL")
+    assert len(departed) == 1 and departed[0]["state"].startswith("lost: ")
     counts = wc.counters()
     assert counts["workers_lost"] == 1
     assert counts["redispatched"] >= 1  # the gated tasks it held went to another worker

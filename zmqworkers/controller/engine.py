@@ -41,8 +41,11 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
+from zmqworkers._version import __version__
 from zmqworkers.controller.launcher import describe_exit, start_local_worker
+from zmqworkers.controller.liveness import Heartbeat, describe_silence
 from zmqworkers.controller.scheduler import Scheduler, WorkerState
 from zmqworkers.errors import (
     ConfigurationError,
@@ -58,7 +61,11 @@ from zmqworkers.protocol import (
     encode,
     encode_frames,
 )
-from zmqworkers.protocol.messages import DEFAULT_MAX_MESSAGE_SIZE, peek_version
+from zmqworkers.protocol.messages import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    library_compatible,
+    peek_version,
+)
 from zmqworkers.protocol.serialize import dumps
 
 log = logging.getLogger(__name__)
@@ -76,8 +83,14 @@ class EngineOptions:
     key_given: bool = False
     insecure: bool = False
     prefetch: int = 1
+    # Both sides send a heartbeat every ``heartbeat_interval``; a peer silent
+    # for ``heartbeat_interval * heartbeat_misses`` is lost. This catches hung
+    # hosts and cut links; a dead process is seen at once (process watch for
+    # local workers, connection watch for every worker).
     heartbeat_interval: float = 1.0
     heartbeat_misses: int = 3
+    # A task that was running on this many workers that died fails with
+    # WorkerLost instead of killing more.
     max_attempts: int = 3
     # Tiny tasks share messages: a worker whose tasks take less than this
     # (measured) gets batches worth about this much work per dispatch unit,
@@ -85,12 +98,18 @@ class EngineOptions:
     # than this is always sent alone, so no slow task waits behind others.
     batch_target: float = 0.002
     max_batch: int = 512
+    # Start a new local worker for each one that dies, so capacity holds.
     replace_dead_workers: bool = True
+    # How often local worker processes are checked for exits.
+    process_check_interval: float = 0.1
     # How long a stop waits for workers to finish their current call before
     # local processes are terminated.
     stop_timeout: float = 10.0
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     worker_env: dict[str, str] = field(default_factory=dict)
+    # Written (mode 0600) once the sockets are bound: address, key, versions,
+    # for daemons started with --connection-file on a shared filesystem.
+    connection_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,7 +152,9 @@ class Engine:
     def __init__(self, options: EngineOptions, handler: EngineHandler) -> None:
         if not options.key:
             raise ConfigurationError("the engine needs a key")
-        if not _is_loopback(options.bind) and not (options.key_given or options.insecure):
+        # A connection file carries even a random key to the daemons.
+        shared = options.key_given or options.insecure or bool(options.connection_file)
+        if not _is_loopback(options.bind) and not shared:
             raise ConfigurationError(
                 f"refusing to bind {options.bind} with a random key no remote worker "
                 "can know: give key=/key_file= (or $ZMQWORKERS_KEY; make one with "
@@ -168,6 +189,11 @@ class Engine:
         self._closing = False
         self._closed = threading.Event()
         self._snapshot: list[dict[str, Any]] = []
+        self.heartbeat = Heartbeat(options.heartbeat_interval, options.heartbeat_misses)
+        # Workers declared lost, and when each was last asked to say hello
+        # again (if it turns out to be alive: a cut link that healed).
+        self._lost_ids: dict[str, float] = {}
+        self._probe_at: list[float] = []
 
     # -- caller side (any thread) -----------------------------------------
 
@@ -276,6 +302,9 @@ class Engine:
         # A send to a worker that has gone raises instead of vanishing.
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # A closed connection (a worker process died, or its host reset the
+        # link) shows here at once, long before heartbeats would miss.
+        self._monitor = self._router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._pull.setsockopt(zmq.RCVHWM, 0)
         parts = urlsplit(opts.bind)
         if parts.scheme == "ipc":
@@ -308,10 +337,19 @@ class Engine:
     def _run(self) -> None:
         try:
             self._bind()
+            if self.options.connection_file:
+                from zmqworkers.connection import write_connection_file
+
+                write_connection_file(self.options.connection_file, self.address, self.options.key)
         except BaseException as exc:
             self._start_error = exc
             self._ready.set()
             self._closed.set()
+            for s in ("_monitor", "_router", "_pull", "_pub"):
+                if hasattr(self, s):
+                    getattr(self, s).close(linger=0)
+            if hasattr(self, "_ctx"):
+                self._ctx.term()
             return
         self._ready.set()
         try:
@@ -329,12 +367,14 @@ class Engine:
         poller.register(self._wake_r, zmq.POLLIN)
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._pull, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         next_beat = 0.0
         next_check = 0.0
         stop_deadline = 0.0
         while True:
             now = time.monotonic()
-            timeout = max(0.0, min(next_beat, next_check) - now)
+            wake_at = min(next_beat, next_check, *self._probe_at[:1])
+            timeout = max(0.0, wake_at - now)
             events = dict(poller.poll(int(timeout * 1000) + 1))
             if self._wake_r in events:
                 try:
@@ -346,14 +386,19 @@ class Engine:
                 self._recv_all(self._router, self._on_task_channel)
             if self._pull in events:
                 self._recv_all(self._pull, self._on_result_channel)
+            if self._monitor in events:
+                self._on_monitor_events()
             self._dispatch()
             now = time.monotonic()
+            if self._probe_at and now >= self._probe_at[0]:
+                self._probe_at = [t for t in self._probe_at if t > now]
+                self._probe_workers()
             if now >= next_beat:
                 self._publish(Kind.HEARTBEAT, {"controller": self.id})
                 next_beat = now + opts.heartbeat_interval
             if now >= next_check:
                 self._check_liveness(now)
-                next_check = now + min(0.1, opts.heartbeat_interval)
+                next_check = now + min(opts.process_check_interval, opts.heartbeat_interval)
             if self._closing:
                 if not stop_deadline:
                     stop_deadline = now + opts.stop_timeout
@@ -453,7 +498,9 @@ class Engine:
         self._seq += 1
         return self._seq
 
-    def _send(self, worker_id: str, kind: Kind, header: Any, body: Any = ()) -> bool:
+    def _send(
+        self, worker_id: str, kind: Kind, header: Any, body: Any = (), lose_on_fail: bool = True
+    ) -> bool:
         frames = encode_frames(kind, self.id, self._next_seq(), self.options.key, header, body)
         try:
             self._router.send_multipart([worker_id.encode(), *frames], copy=False)
@@ -464,7 +511,8 @@ class Engine:
             return True
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
-                self._lose(worker_id, "connection gone")
+                if lose_on_fail:
+                    self._lose(worker_id, self._how_gone(worker_id))
                 return False
             raise
 
@@ -475,12 +523,19 @@ class Engine:
 
     def _dispatch(self) -> None:
         for wid, tids in self.sched.assign():
-            w = self.sched.workers[wid]
+            # A send that finds a worker gone reads pending results first
+            # (see _lose): later workers in this round may have left, and
+            # their tasks may have been delivered by a late result.
+            w = self.sched.workers.get(wid)
+            if w is None:
+                continue
             tasks = self.sched.tasks
             # Group by spec, keeping order: usually one group.
             groups: dict[str, list[tuple[int, Any]]] = {}
             for tid in tids:
-                rec = tasks[tid]
+                rec = tasks.get(tid)
+                if rec is None:
+                    continue
                 groups.setdefault(rec.spec_id, []).append((tid, rec.arg))
             for spec_id, items in groups.items():
                 if spec_id not in w.specs:
@@ -525,8 +580,13 @@ class Engine:
                 "install the same zmqworkers release on both sides"
             )
             log.error("refused worker %r: %s", routing_id, refusal)
-            self._send_raw(routing_id, Kind.REFUSED, {"reason": refusal, "code": "version"})
+            self._send_raw(
+                routing_id, Kind.REFUSED, {"reason": refusal, "code": "version", "fatal": True}
+            )
             raise DecodeError("version", refusal) from exc
+        if msg.kind == Kind.INFO:
+            self._on_info(routing_id, msg.sender)
+            return
         if msg.kind != Kind.HELLO:
             raise DecodeError("unexpected", f"{msg.kind.name} on the task channel")
         self._on_hello(routing_id, msg.header)
@@ -542,6 +602,16 @@ class Engine:
         if not isinstance(hdr, dict) or hdr.get("id", "").encode() != routing_id:
             raise DecodeError("malformed", "hello whose id is not its routing id")
         wid = hdr["id"]
+        theirs = str(hdr.get("version", "?"))
+        if not library_compatible(__version__, theirs):
+            refusal = (
+                f"worker runs zmqworkers {theirs}, controller zmqworkers {__version__}: "
+                "install the same zmqworkers release on both sides"
+            )
+            log.error("refused worker %s: %s", wid, refusal)
+            self.dropped["version"] += 1
+            self._send_raw(routing_id, Kind.REFUSED, {"reason": refusal, "fatal": True})
+            return
         if self._closing:
             self._send_raw(
                 routing_id,
@@ -564,6 +634,8 @@ class Engine:
             joined=now,
         )
         self.sched.join(w)
+        self.heartbeat.seen(wid, now)
+        self._lost_ids.pop(wid, None)
         self._send(
             wid,
             Kind.WELCOME,
@@ -578,12 +650,40 @@ class Engine:
         log.info("worker %s joined (host %s, pid %d)", wid, w.host, pid)
         self.handler.on_event("worker_joined", w.snapshot())
 
+    def _on_info(self, routing_id: bytes, sender: str) -> None:
+        # Answered to whoever holds the key: `zmqworkers info ADDRESS`.
+        # The client reads one reply and goes, so its sequence is forgotten.
+        self._guard.forget(sender)
+        header = {
+            "controller": self.id,
+            "host": self.host,
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "queued": self.sched.queued,
+            "workers": [
+                {k: v for k, v in w.snapshot().items() if k != "last_heartbeat"}
+                for w in self.sched.workers.values()
+            ],
+        }
+        self._send_raw(routing_id, Kind.INFO, header)
+
     def _on_result_channel(self, frames: list[Any]) -> None:
         msg = self._decode(frames)
         wid = msg.sender.split("/", 1)[0]
         w = self.sched.workers.get(wid)
         if w is not None:
             w.last_seen = time.monotonic()
+            self.heartbeat.seen(wid, w.last_seen)
+        elif wid in self._lost_ids and msg.kind in (Kind.HEARTBEAT, Kind.RESULTS):
+            # Declared lost, yet alive (a cut link came back): its late
+            # results still count if not delivered yet, and it is asked to
+            # say hello again so it gets work. Asked again after a while, in
+            # case the request went into a connection that was gone.
+            now = time.monotonic()
+            if now - self._lost_ids[wid] > self.heartbeat.limit:
+                self._lost_ids[wid] = now
+                log.info("worker %s, declared lost, is back: asking it to rejoin", wid)
+                self._send(wid, Kind.STOP, {"worker": wid, "rejoin": True}, lose_on_fail=False)
         kind = msg.kind
         if kind == Kind.RESULTS:
             if w is not None and isinstance(msg.header, dict):
@@ -597,6 +697,7 @@ class Engine:
             returned = msg.header.get("returned", []) if isinstance(msg.header, dict) else []
             self.sched.hand_back(wid, returned)
             self.sched.leave(wid)
+            self.heartbeat.forget(wid)
             log.info("worker %s left, handed back %d task(s)", wid, len(returned))
             self.handler.on_event("worker_left", wid)
         elif kind == Kind.MESSAGE:
@@ -661,10 +762,46 @@ class Engine:
                 if self.options.replace_dead_workers and self._replacements < 100:
                     self._replacements += 1
                     self._start_local(1)
-        limit = self.options.heartbeat_interval * self.options.heartbeat_misses
-        for w in list(self.sched.workers.values()):
-            if now - w.last_seen > limit:
-                self._lose(w.id, f"no heartbeat for {now - w.last_seen:.1f} s")
+        for wid, silent in self.heartbeat.expired(now):
+            if wid in self.sched.workers:
+                self._lose(wid, describe_silence(silent, self.options.heartbeat_interval))
+            else:
+                self.heartbeat.forget(wid)
+
+    def _on_monitor_events(self) -> None:
+        disconnected = False
+        for _ in range(1000):
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                disconnected = True
+        if disconnected:
+            # The event names a file descriptor, not a routing id, and a new
+            # connection may reuse the descriptor before this event is read.
+            # So probe instead: a send to a peer whose connection is gone
+            # fails at once (ROUTER_MANDATORY). The ROUTER drops the pipe a
+            # moment after the event, so probe again shortly after.
+            self._probe_workers()
+            now = time.monotonic()
+            self._probe_at = sorted({*self._probe_at, now + 0.05, now + 0.25})
+
+    def _probe_workers(self) -> None:
+        for wid in list(self.sched.workers):
+            self._send(wid, Kind.HEARTBEAT, {"controller": self.id, "probe": True})
+
+    def _how_gone(self, wid: str) -> str:
+        w = self.sched.workers.get(wid)
+        proc = self._local.get(w.pid) if w is not None and w.local else None
+        if proc is not None:
+            # A local worker's connection closes as its process dies: wait a
+            # moment for the exit status, which says far more.
+            try:
+                return describe_exit(proc.wait(0.2))
+            except subprocess.TimeoutExpired:
+                pass
+        return "connection closed: process died or host reset the link"
 
     def _worker_by_pid(self, pid: int) -> str | None:
         for w in self.sched.workers.values():
@@ -675,7 +812,15 @@ class Engine:
     def _lose(self, wid: str, how: str) -> None:
         if wid not in self.sched.workers:
             return
+        # Results it sent before dying may wait unread: take them first, so
+        # the blame for the death falls on the task it was really running.
+        self._recv_all(self._pull, self._on_result_channel)
+        if wid not in self.sched.workers:
+            return  # it said goodbye after all
         log.warning("worker %s lost: %s", wid, how)
+        self.heartbeat.forget(wid)
+        if len(self._lost_ids) < 100_000:
+            self._lost_ids[wid] = float("-inf")
         failed = self.sched.lose(wid, how)
         self.stats["workers_lost"] += 1
         self.handler.on_event("worker_lost", {"id": wid, "how": how})
@@ -706,7 +851,11 @@ class Engine:
         self._local.clear()
         abandoned = list(self.sched.tasks)
         self._closed.set()
-        for s in (self._router, self._pull, self._pub):
+        try:
+            self._router.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        for s in (self._monitor, self._router, self._pull, self._pub):
             s.close(linger=0)
         self._ctx.term()
         os.close(self._wake_r)

@@ -27,7 +27,11 @@ class Cluster(Executor):
     """Run functions on local worker processes and on daemons that connect.
 
     ``n_workers=None`` starts ``os.cpu_count()`` local workers; ``0`` starts
-    none and serves only daemons that connect to ``address``.
+    none and serves only daemons that connect to ``address``; both kinds can
+    serve the same cluster. ``bind="tcp://0.0.0.0:5555"`` takes the fixed
+    ports 5555 (tasks), 5556 (results) and 5557 (control) for firewalls.
+    ``connection_file=PATH`` writes the address and key (mode 0600) for
+    ``zmqworkers worker --connection-file PATH``.
     """
 
     def __init__(
@@ -44,6 +48,7 @@ class Cluster(Executor):
         max_attempts: int = 3,
         replace_dead_workers: bool = True,
         stop_timeout: float = 10.0,
+        connection_file: str | os.PathLike[str] | None = None,
     ) -> None:
         if n_workers is None:
             n_workers = os.cpu_count() or 1
@@ -64,6 +69,7 @@ class Cluster(Executor):
             max_attempts=max_attempts,
             replace_dead_workers=replace_dead_workers,
             stop_timeout=stop_timeout,
+            connection_file=os.fspath(connection_file) if connection_file is not None else None,
         )
         self._futures: dict[int, Future[Any]] = {}
         self._streams = _StreamTable()

@@ -34,6 +34,11 @@ class TaskRecord:
     # would cost 56 bytes each, a million times over.
     deaths: list[tuple[str, str]] | None = None
 
+    @property
+    def suspect(self) -> bool:
+        """Held by a worker that died: runs alone from now on (see assign)."""
+        return self.deaths is not None
+
 
 @dataclass
 class WorkerState:
@@ -158,13 +163,22 @@ class Scheduler:
         Returns ``(worker_id, task_ids)`` pairs; the tasks are then in flight.
         Workers with the most free slots go first, so an idle worker is
         served before a busy one tops up its prefetch.
+
+        A *suspect* (a task held by a worker that died) runs alone on an
+        idle worker. When a worker dies, the controller blames the first
+        task it held; but results of tasks it finished just before dying may
+        have died with it, so the task that really killed it may be further
+        back. Every task it held runs alone from then on, where the blame is
+        exact: an innocent task is blamed at most once for another's deaths,
+        and a poison task kills at most ``max_attempts + 1`` workers.
         """
         if self.paused or not self.queued:
             return []
         out: list[tuple[str, list[int]]] = []
-        ready = [w for w in self.workers.values() if w.free > 0]
+        ready = [w for w in self.workers.values() if w.free > 0 and not self._isolated(w)]
         ready.sort(key=lambda w: -w.free)
         tasks = self.tasks
+        deferred: list[int] = []
         for w in ready:
             n = w.free if max_per_worker is None else min(w.free, max_per_worker)
             taken: list[int] = []
@@ -173,15 +187,29 @@ class Scheduler:
                 rec = tasks.get(tid)
                 if rec is None or rec.worker is not None:
                     continue  # stale: delivered or cancelled while queued
+                if rec.deaths is not None:  # a suspect (not a property: hot loop)
+                    if taken or w.in_flight:
+                        deferred.append(tid)  # keeps its place for an idle worker
+                        continue
+                    n = 1
                 rec.worker = w.id
                 w.in_flight[tid] = None
                 taken.append(tid)
             self.queued -= len(taken)
             if taken:
                 out.append((w.id, taken))
-            if not self.queued:
+            if self.queued == len(deferred):
                 break
+        if deferred:
+            self.pending.extendleft(reversed(deferred))
         return out
+
+    def _isolated(self, w: WorkerState) -> bool:
+        """Whether ``w`` runs a suspect, which must stay alone."""
+        if not w.in_flight:
+            return False
+        rec = self.tasks.get(next(iter(w.in_flight)))
+        return rec is not None and rec.worker == w.id and rec.deaths is not None
 
     def complete(self, worker_id: str, task_id: int) -> TaskRecord | None:
         """A result arrived. Returns the task's record the first time only."""
@@ -247,6 +275,8 @@ class Scheduler:
             rec = self.tasks.get(tid)
             if rec is None or rec.worker != worker_id:
                 continue
+            if rec.deaths is None:
+                rec.deaths = []  # a suspect now
             if i == 0:
                 rec.attempts += 1
                 rec.deaths = [*(rec.deaths or ()), (worker_id, how)]

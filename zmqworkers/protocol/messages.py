@@ -53,6 +53,7 @@ class Kind(enum.IntEnum):
     BYE = 8  # worker -> controller: I am leaving, these tasks go back
     MESSAGE = 9  # worker -> controller: a text for the user (sig_message_from_worker)
     REFUSED = 10  # controller -> worker: you may not join, and why
+    INFO = 11  # client -> controller (task channel) and back: the worker table
 
 
 @dataclass(slots=True)
@@ -108,6 +109,20 @@ def encode_frames(
     )
     frames = [envelope, *body]
     return [_mac(key, frames), *frames]
+
+
+def library_compatible(ours: str, theirs: str) -> bool:
+    """Whether two zmqworkers releases may work together.
+
+    Same major version (and, before 1.0, the same minor version): releases
+    that differ only below that keep the protocol and the task semantics.
+    """
+
+    def head(v: str) -> tuple[str, ...]:
+        parts = v.split(".")
+        return tuple(parts[:2]) if parts[0] == "0" else tuple(parts[:1])
+
+    return head(ours) == head(theirs)
 
 
 def peek_version(frames: Sequence[Any]) -> int | None:

@@ -34,7 +34,7 @@ from typing import Any
 import zmq
 
 from zmqworkers._version import __version__
-from zmqworkers.errors import DecodeError
+from zmqworkers.errors import DecodeError, ProtocolVersionError
 from zmqworkers.protocol import PROTOCOL_VERSION, Kind, ReplayGuard, decode, encode
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,13 @@ FUNC_CACHE_SIZE = 64
 # result is never held back.
 RESULT_BATCH_MAX = 256
 RESULT_BATCH_SECONDS = 0.005
+CONNECT_TIMEOUT_MS = 1000
+# While no controller answers, reconnect attempts back off from ZeroMQ's
+# 100 ms up to this, instead of knocking every 100 ms for ever.
+RECONNECT_IVL_MAX_MS = 1000
+# Exit status of a worker the controller refused for good (another version):
+# a supervisor does not start it again.
+EXIT_REFUSED = 3
 
 
 @dataclass
@@ -63,6 +70,10 @@ class WorkerOptions:
     death_timeout: float | None = None
     name: str | None = None
     max_message_size: int = 2 * 1024**3
+    # After SIGTERM the running call may finish for this long; then it is
+    # handed back unfinished and the worker leaves. Below Kubernetes' default
+    # 30 s grace period, so the goodbye goes out before SIGKILL comes.
+    drain_timeout: float = 25.0
 
 
 def _format_endpoint(address: str, port_or_endpoint: Any) -> str:
@@ -176,19 +187,38 @@ class Worker:
         self._stop_requested = False  # by the controller (STOP)
         self._terminate = False  # by a signal: drain and leave for good
         self._hb_stop = threading.Event()
+        # Heartbeat numbers go on across sessions: a controller that saw this
+        # worker before refuses numbers it has seen as replays.
+        self._hb_seq = 0
+        self._results_ep: str | None = None
+        self._drain_started = False
+        self._controller_id: str | None = None
+        # Set when heartbeats of another controller arrive: a new one bound
+        # the address after ours died, and the session must start over.
+        self._other_controller = False
         self._state = "idle"
         self._current: int | None = None
         self._done = 0
         self.dropped: collections.Counter[str] = collections.Counter()
         self._results_sock: zmq.Socket[Any] | None = None
         self._serving_thread: int | None = None
+        self.refused: str | None = None
+        self._waiting_since = time.monotonic()
 
     # -- signals ----------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
         def on_term(signum: int, frame: Any) -> None:
+            if self._terminate and self._drain_started:
+                log.warning("worker %s: signal %d again, leaving now", self.id, signum)
+                self._leave_now()
             log.info("worker %s: got signal %d, draining", self.id, signum)
             self._terminate = True
+            if not self._drain_started:
+                self._drain_started = True
+                threading.Thread(
+                    target=self._drain_watchdog, name="zmqworkers-drain", daemon=True
+                ).start()
 
         signal.signal(signal.SIGTERM, on_term)
         # Ctrl-C in the user's terminal reaches every process of the group;
@@ -198,19 +228,75 @@ class Worker:
         else:
             signal.signal(signal.SIGINT, on_term)
 
+    def _drain_watchdog(self) -> None:
+        deadline = time.monotonic() + self.options.drain_timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            if self._current is None and self._state == "idle" and self._hb_stop.is_set():
+                return  # the main thread left by itself
+        if self._current is not None:
+            log.warning(
+                "worker %s: task %s still running after the %.1f s drain timeout",
+                self.id,
+                self._current,
+                self.options.drain_timeout,
+            )
+            self._leave_now()
+
+    def _leave_now(self) -> None:
+        """Hand back the running call and everything queued, then exit.
+
+        Runs off the main thread (which is stuck in the call), so it uses a
+        context and socket of its own.
+        """
+        returned = [t[0] for t in list(self._queue)]
+        if self._current is not None:
+            returned.insert(0, self._current)
+        ep = self._results_ep
+        if ep is not None:
+            ctx = zmq.Context()
+            sock = ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 1000)
+            sock.connect(ep)
+            frames = encode(
+                Kind.BYE,
+                f"{self.id}/drain-{time.time_ns()}",
+                1,
+                self.key,
+                {"id": self.id, "returned": returned},
+            )
+            sock.send_multipart(frames)
+            sock.close()
+            ctx.term()  # waits (up to the linger) until the goodbye is out
+        log.info("worker %s: left mid-call, %d task(s) handed back", self.id, len(returned))
+        os._exit(0)
+
     # -- main -------------------------------------------------------------
 
     def run(self) -> int:
         backoff = 0.1
-        waited_since = time.monotonic()
+        waited_since = self._waiting_since = time.monotonic()
         try:
             while True:
-                outcome = self._session()
+                try:
+                    outcome = self._session()
+                except ProtocolVersionError as exc:
+                    # The controller's answer (a refusal, most likely) is in a
+                    # protocol this worker cannot read: say both versions.
+                    self.refused = (
+                        f"controller speaks protocol {exc.theirs}, this worker "
+                        f"{PROTOCOL_VERSION} (zmqworkers {__version__}): install the "
+                        "same zmqworkers release on both sides"
+                    )
+                    log.error("worker %s: refused: %s", self.id, self.refused)
+                    return EXIT_REFUSED
+                if self.refused is not None:
+                    return EXIT_REFUSED
                 if outcome == "exit" or self._terminate or not self.options.daemon:
                     return 0
                 if outcome == "served":
                     backoff = 0.1
-                    waited_since = time.monotonic()
+                    waited_since = self._waiting_since = time.monotonic()
                 dt = self.options.death_timeout
                 if dt is not None and time.monotonic() - waited_since > dt:
                     log.info("worker %s: no controller for %.0f s, exiting", self.id, dt)
@@ -249,6 +335,10 @@ class Worker:
         tasks.setsockopt(zmq.IMMEDIATE, 1)  # never queue a hello for nobody
         tasks.setsockopt(zmq.ROUTING_ID, self.id.encode())
         tasks.setsockopt(zmq.MAXMSGSIZE, opts.max_message_size)
+        # A connect whose SYNs went into a cut link would otherwise wait for
+        # the kernel's SYN backoff (seconds, growing); retry it afresh.
+        tasks.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+        tasks.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
         tasks.connect(self.address)
         results: zmq.Socket[Any] | None = None
         control: zmq.Socket[Any] | None = None
@@ -260,20 +350,31 @@ class Worker:
                 return "exit" if self._should_exit() else "lost"
             if welcome.kind == Kind.REFUSED:
                 hdr = welcome.header if isinstance(welcome.header, dict) else {}
-                if hdr.get("code") == "closing":
-                    log.info("worker %s: controller is shutting down", self.id)
-                    return "lost"
-                log.error("worker %s: refused by controller: %s", self.id, hdr.get("reason"))
-                return "exit"
+                reason = str(hdr.get("reason", welcome.header))
+                if hdr.get("fatal"):
+                    log.error("worker %s: refused by controller: %s", self.id, reason)
+                    self.refused = reason
+                    return "exit"
+                # Not for good (the controller is shutting down): a daemon
+                # waits for the next one.
+                log.info("worker %s: not accepted now: %s", self.id, reason)
+                return "lost" if self.options.daemon else "exit"
             hdr = welcome.header
             results = self._ctx.socket(zmq.PUSH)
             results.setsockopt(zmq.LINGER, 2000)
+            results.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+            results.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
             results.connect(_format_endpoint(self.address, hdr["results"]))
             control = self._ctx.socket(zmq.SUB)
             control.setsockopt(zmq.LINGER, 0)
             control.setsockopt(zmq.SUBSCRIBE, b"")
             control.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
+            control.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+            control.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
             control.connect(_format_endpoint(self.address, hdr["control"]))
+            self._results_ep = _format_endpoint(self.address, hdr["results"])
+            self._controller_id = hdr.get("controller")
+            self._other_controller = False
             interval = float(hdr.get("heartbeat_interval", opts.heartbeat_interval))
             misses = int(hdr.get("heartbeat_misses", opts.heartbeat_misses))
             self._hb_stop.clear()
@@ -288,6 +389,7 @@ class Worker:
             return self._serve(tasks, results, control, guard, interval * misses)
         finally:
             self._hb_stop.set()
+            self._results_ep = None
             if hb_thread is not None:
                 hb_thread.join(timeout=5)
             for s in (tasks, results, control):
@@ -313,7 +415,12 @@ class Worker:
         poller.register(tasks, zmq.POLLIN)
         sent = False
         deadline = time.monotonic() + 2.0
+        dt = self.options.death_timeout
         while not self._should_exit():
+            # No controller at all (nobody listening) must end a daemon
+            # after its death timeout too, not only between controllers.
+            if dt is not None and time.monotonic() - self._waiting_since > dt:
+                return None
             if not sent:
                 try:
                     frames = encode(Kind.HELLO, self.id, self._next_seq(), self.key, hello)
@@ -339,12 +446,14 @@ class Worker:
         sock = self._ctx.socket(zmq.PUSH)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 4)
+        sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
         sock.connect(endpoint)
         sender = f"{self.id}/hb"
-        seq = 0
         try:
             while not self._hb_stop.is_set():
-                seq += 1
+                self._hb_seq += 1
+                seq = self._hb_seq
                 header = {
                     "id": self.id,
                     "state": self._state,
@@ -423,6 +532,8 @@ class Worker:
                     msg = self._decode(frames, guard)
                     if msg is None:
                         continue
+                    if msg.kind == Kind.HEARTBEAT and not self._from_our_controller(msg):
+                        continue
                     last_heard = time.monotonic()
                     self._handle(msg)
 
@@ -433,6 +544,9 @@ class Worker:
             if self._should_exit():
                 self._terminate = True
                 break
+            if self._other_controller:
+                log.warning("worker %s: another controller now holds the address", self.id)
+                return "lost"
             if not self._queue:
                 if batch:
                     self._flush(results, batch, busy)
@@ -474,6 +588,16 @@ class Worker:
             return "exit"
         self._stop_requested = False
         return "served" if served else "lost"
+
+    def _from_our_controller(self, msg: Any) -> bool:
+        hdr = msg.header
+        theirs = hdr.get("controller") if isinstance(hdr, dict) else None
+        if theirs is not None and self._controller_id is not None and theirs != self._controller_id:
+            # Whatever it holds of ours died with the old controller; it
+            # does not know us: start over with a hello.
+            self._other_controller = True
+            return False
+        return True
 
     def _handle(self, msg: Any) -> None:
         kind = msg.kind

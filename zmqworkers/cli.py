@@ -24,7 +24,12 @@ def _configure_logging(level: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zmqworkers", description=__doc__)
     p.add_argument("--version", action="version", version=f"zmqworkers {__version__}")
-    p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING, ERROR")
+    p.add_argument(
+        "--log-level",
+        # From the environment too: local workers inherit their controller's.
+        default=os.environ.get("ZMQWORKERS_LOG_LEVEL", "WARNING"),
+        help="DEBUG, INFO, WARNING, ERROR (default: $ZMQWORKERS_LOG_LEVEL or WARNING)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     w = sub.add_parser("worker", help="run a worker that serves the controller at ADDRESS")
@@ -116,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run a small job on local workers and show it")
     d.add_argument("--workers", type=int, default=2)
     d.add_argument("--tasks", type=int, default=20)
+    d.add_argument("--delay", type=float, help="seconds per task (default 0.05, 0.25 with --gui)")
+    d.add_argument("--gui", action="store_true", help="show the job in a monitor window")
+    d.add_argument("--screenshot", metavar="PNG", help="with --gui: save the window at 50 %%")
 
     r = sub.add_parser("run", help="run MODULE:FUNC over tasks, with a progress bar")
     r.add_argument("function", metavar="MODULE:FUNC")
@@ -180,9 +188,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(why)
         return 0 if ok else 1
     if args.command == "demo":
-        from zmqworkers.demo import run_demo
+        from zmqworkers.demo import run_demo, run_demo_gui
 
-        return run_demo(n_workers=args.workers, n_tasks=args.tasks)
+        if args.screenshot and not args.gui:
+            print("zmqworkers demo: --screenshot needs --gui", file=sys.stderr)
+            return 2
+        if args.workers < 1 or args.tasks < 1 or (args.delay is not None and args.delay < 0):
+            print(
+                "zmqworkers demo: --workers and --tasks must be >= 1, --delay >= 0",
+                file=sys.stderr,
+            )
+            return 2
+        if args.gui:
+            delay = 0.25 if args.delay is None else args.delay
+            return run_demo_gui(args.workers, args.tasks, delay, screenshot=args.screenshot)
+        return run_demo(args.workers, args.tasks, 0.05 if args.delay is None else args.delay)
     if args.command == "keygen" and args.curve:
         return _curve_keygen(args.file, args.name)
     if args.command == "run":
@@ -291,6 +311,7 @@ def _address_and_key(args: argparse.Namespace) -> tuple[str, bytes]:
 
 def _worker(args: argparse.Namespace) -> int:
     from zmqworkers.errors import ConfigurationError
+    from zmqworkers.logs import tag_worker_records
     from zmqworkers.worker.loop import Worker, WorkerOptions
 
     try:
@@ -359,6 +380,7 @@ def _worker(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         print(f"zmqworkers worker: {exc}", file=sys.stderr)
         return 2
+    tag_worker_records(worker.id, worker.host)
     worker.install_signal_handlers()
     return worker.run()
 

@@ -182,7 +182,7 @@ class AuthorizedKeys:
 
 def start_authenticator(ctx: zmq.Context[Any], keys: ServerKeys) -> ThreadAuthenticator:
     """Start the ZAP thread on ``ctx``: it must run before the sockets bind."""
-    auth = ThreadAuthenticator(ctx, log=logging.getLogger("zmqworkers.curve.zap"))
+    auth = ThreadAuthenticator(ctx, log=log.getChild("zap"))
     auth.start()
     checker = AuthorizedKeys(keys.authorized)
     auth.configure_curve_callback(domain="*", credentials_provider=checker)

@@ -308,13 +308,13 @@ class Engine:
         self._command("call", (fn, fut))
         return fut.result(timeout)
 
-    def workers(self) -> list[dict[str, Any]]:
+    def workers(self, timeout: float = 10.0) -> list[dict[str, Any]]:
         """A snapshot of the connected workers."""
         if self._closed.is_set():
             return []
-        return self.call(lambda: [w.snapshot() for w in self.sched.workers.values()])  # type: ignore[no-any-return]
+        return self.call(lambda: [w.snapshot() for w in self.sched.workers.values()], timeout)  # type: ignore[no-any-return]
 
-    def counters(self) -> dict[str, Any]:
+    def counters(self, timeout: float = 10.0) -> dict[str, Any]:
         if self._closed.is_set():
             return {"dropped": dict(self.dropped), **dict(self.stats)}
 
@@ -327,7 +327,7 @@ class Engine:
                 **dict(self.stats),
             }
 
-        return self.call(read)  # type: ignore[no-any-return]
+        return self.call(read, timeout)  # type: ignore[no-any-return]
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop workers (each finishes its current call) and close everything."""

@@ -21,6 +21,8 @@ from typing import Any
 
 from zmqworkers.errors import WorkerLost
 
+MAX_DEPARTED = 100
+
 
 @dataclass(slots=True)
 class TaskRecord:
@@ -74,6 +76,8 @@ class WorkerState:
             "local": self.local,
             "state": "draining" if self.draining else self.state,
             "current_task": self.current,
+            # What it runs once the heartbeat's task is done: the first it holds.
+            "first_in_flight": next(iter(self.in_flight), None),
             "in_flight": len(self.in_flight),
             "tasks_done": self.done,
             "last_heartbeat": self.last_seen,
@@ -97,6 +101,9 @@ class Scheduler:
         self.spec_refs: collections.Counter[str] = collections.Counter()
         self.redispatched = 0
         self.paused = False
+        # Last snapshots of workers that left or were lost, newest last;
+        # bounded, as daemons may come and go for as long as a controller runs.
+        self.departed: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
 
     # -- tasks -------------------------------------------------------------
 
@@ -238,7 +245,17 @@ class Scheduler:
         if w is not None and w.in_flight:
             # Not handed back and no result: queue again without blame.
             self.hand_back(worker_id, list(w.in_flight))
+        if w is not None:
+            self._remember(w, "left")
         self.workers.pop(worker_id, None)
+
+    def _remember(self, w: WorkerState, state: str) -> None:
+        snap = w.snapshot()
+        snap.update(state=state, current_task=None, first_in_flight=None, in_flight=0)
+        self.departed.pop(w.id, None)
+        self.departed[w.id] = snap
+        while len(self.departed) > MAX_DEPARTED:
+            self.departed.popitem(last=False)
 
     def lose(self, worker_id: str, how: str) -> list[tuple[int, WorkerLost]]:
         """A worker died or went silent.
@@ -251,6 +268,7 @@ class Scheduler:
         w = self.workers.pop(worker_id, None)
         if w is None:
             return []
+        self._remember(w, f"lost: {how}")
         failed: list[tuple[int, WorkerLost]] = []
         back: list[int] = []
         for i, tid in enumerate(w.in_flight):

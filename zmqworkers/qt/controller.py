@@ -29,7 +29,9 @@ class WorkerController(QtCore.QThread):
     core; ``0`` serves only daemons that connect to ``bind``). Signals:
     ``sig_progress(float)``, ``sig_results(task, result)``,
     ``sig_error(task, error)`` (a raising task still counts toward progress),
-    ``sig_message_from_worker(str)`` and ``sig_finished()``.
+    ``sig_message_from_worker(str)`` and ``sig_finished()``; new:
+    ``sig_workers_changed(list)`` with :meth:`workers` snapshots whenever a
+    worker joins, leaves or is lost.
     """
 
     sig_progress = QtCore.Signal(float)
@@ -37,6 +39,7 @@ class WorkerController(QtCore.QThread):
     sig_error = QtCore.Signal(object, object)
     sig_message_from_worker = QtCore.Signal(str)
     sig_finished = QtCore.Signal()
+    sig_workers_changed = QtCore.Signal(object)
 
     def __init__(
         self,
@@ -140,9 +143,31 @@ class WorkerController(QtCore.QThread):
     def is_alive(self) -> bool:
         return bool(self.isRunning())
 
-    def workers(self) -> list[dict[str, Any]]:
-        """Snapshot of the connected workers (empty when not running)."""
-        return self._driver.workers()
+    def workers(
+        self, timeout: float = 10.0, include_departed: bool = False
+    ) -> list[dict[str, Any]]:
+        """One dict per connected worker (none when not running).
+
+        Keys: ``id``, ``host``, ``pid``, ``local``, ``state`` (``idle``,
+        ``busy``, ``draining``), ``current_task`` (the task object it runs),
+        ``current_task_id``, ``in_flight``, ``tasks_done`` and
+        ``last_heartbeat`` (``time.monotonic()`` when it was last heard).
+        ``include_departed`` puts first the last dicts of the workers of this
+        run (or the last one) that left or were lost, whose ``state`` is
+        ``"left"`` or ``"lost: <how>"``. Raises ``TimeoutError`` if the
+        engine thread does not answer within ``timeout`` seconds.
+        """
+        return self._driver.workers(timeout, include_departed)
+
+    def counters(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Counts of this run (kept after it ends).
+
+        ``queued``, ``running``, ``done`` (results and errors), ``failed``,
+        ``redispatched`` (tasks sent again after their worker was lost),
+        ``workers_lost`` and ``dropped`` (messages dropped, by reason), with
+        the engine's other counts (``submitted``, ``dispatched``, ...).
+        """
+        return self._driver.counters(timeout)
 
     # -- QThread ------------------------------------------------------------
 

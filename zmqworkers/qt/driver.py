@@ -25,6 +25,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from zmqworkers.apps import BaseApp
@@ -60,6 +61,10 @@ class TaskDriver:
         self._held: list[tuple[Spec, list[tuple[int, Any]]]] = []  # added with no engine
         self._events: queue.SimpleQueue[tuple[str, int, Any]] = queue.SimpleQueue()
         self._engine: Engine | None = None
+        # The engine shutting down (readable while it does), then what
+        # counters() and workers() tell of the last run once it is closed.
+        self._last_engine: Engine | None = None
+        self._last_run: tuple[dict[str, Any], list[dict[str, Any]]] = ({}, [])
         self._generation = 0  # of the current engine: late events of an old one are ignored
         self._suspended = False
         self._workers_stopped = False
@@ -157,9 +162,75 @@ class TaskDriver:
         self._stop = True
         self._wake()
 
-    def workers(self) -> list[dict[str, Any]]:
-        engine = self._engine
-        return engine.workers() if engine is not None else []
+    def workers(
+        self, timeout: float = 10.0, include_departed: bool = False
+    ) -> list[dict[str, Any]]:
+        """Snapshots of the connected workers; ``current_task`` is the caller's task object.
+
+        ``include_departed`` adds the last snapshots of the workers of this
+        run (or the last) that left or were lost, first, with ``state``
+        ``"left"`` or ``"lost: <how>"``. Raises ``TimeoutError`` if the engine
+        does not answer within ``timeout`` s.
+        """
+        engine = self._engine or self._last_engine
+        if engine is None:
+            return [dict(d) for d in self._last_run[1]] if include_departed else []
+        sched = engine.sched
+
+        def read() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            departed = [dict(d) for d in sched.departed.values()] if include_departed else []
+            return [w.snapshot() for w in sched.workers.values()], departed
+
+        try:
+            snapshots, departed = engine.call(read, timeout)
+        except RuntimeError:
+            # The engine is closed: no worker is connected, and its scheduler
+            # no longer changes, so it can be read from here.
+            snapshots, departed = [], read()[1]
+        except FutureTimeout as exc:
+            raise TimeoutError(f"the engine did not answer within {timeout} s") from exc
+        for snap in snapshots:
+            tid = snap.get("current_task")
+            if tid is not None and tid not in self._tasks:
+                # The heartbeat is up to an interval old and its task is done:
+                # a busy worker has gone on to the first task it holds.
+                tid = snap.get("first_in_flight")
+            snap["current_task_id"] = tid
+            snap["current_task"] = self._tasks.get(tid) if tid is not None else None
+        for snap in departed:
+            snap["current_task_id"] = None
+        return departed + snapshots
+
+    def counters(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Tasks queued, running, done and failed; re-dispatches; drops by reason.
+
+        Raises ``TimeoutError`` if the engine does not answer within ``timeout`` s.
+        """
+        out: dict[str, Any] = {
+            "queued": 0,
+            "running": 0,
+            "done": 0,
+            "failed": 0,
+            "redispatched": 0,
+            "workers_lost": 0,
+            "dropped": {},
+        }
+        engine = self._engine or self._last_engine
+        if engine is None:
+            counts = dict(self._last_run[0])
+        else:
+            try:
+                counts = engine.counters(timeout)
+            except RuntimeError:
+                counts = {"dropped": dict(engine.dropped), **dict(engine.stats)}
+            except FutureTimeout as exc:
+                raise TimeoutError(f"the engine did not answer within {timeout} s") from exc
+            if "redispatched" not in counts:
+                # The engine is closed: nothing changes its scheduler any more.
+                counts["redispatched"] = engine.sched.redispatched
+        out.update(counts)
+        out["done"] = counts.get("delivered", 0)
+        return out
 
     def _wake(self) -> None:
         self._events.put(("wake", self._generation, None))
@@ -175,7 +246,7 @@ class TaskDriver:
             self._generation += 1
             engine = Engine(options, _EngineRelay(self._events, self._generation))
             self.address = engine.start()
-            self._engine = engine
+            self._engine = self._last_engine = engine
             self._stop = False
             self._engine_gone = False
             self._workers_stopped = False
@@ -209,12 +280,23 @@ class TaskDriver:
             try:
                 if engine is not None:
                     engine.shutdown()
+                    self._keep_last_run(engine)
                 self._drain()
                 if prepared:
                     self.finish()
             finally:
                 self.served.set()
                 self._emit("finished")
+
+    def _keep_last_run(self, engine: Engine) -> None:
+        # The counts and departures of a closed engine, not the engine: it
+        # may still hold every task of a stopped run.
+        if engine.running:
+            return  # did not close in time: it stays the one to ask
+        counts: dict[str, Any] = {"dropped": dict(engine.dropped), **dict(engine.stats)}
+        counts["redispatched"] = engine.sched.redispatched
+        self._last_run = (counts, [dict(d) for d in engine.sched.departed.values()])
+        self._last_engine = None
 
     def _drain(self) -> None:
         while True:
@@ -280,6 +362,13 @@ class TaskDriver:
     def on_worker_event(self, name: str, info: Any) -> None:
         if name == "worker_lost":
             log.warning("worker %s lost: %s", info.get("id"), info.get("how"))
+        if name in ("worker_joined", "worker_left", "worker_lost"):
+            try:
+                workers = self.workers()
+            except TimeoutError:
+                log.warning("no worker snapshot after %s: the engine did not answer", name)
+                return
+            self._emit("workers_changed", workers)
 
 
 _MISSING: Any = object()

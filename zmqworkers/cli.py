@@ -369,11 +369,9 @@ def _worker(args: argparse.Namespace) -> int:
         name=args.name,
         curve_dir=args.curve,
         curve_name=args.curve_name,
-        # Only a local worker (--parent-pid) gets here with --drain-timeout;
-        # a daemon given one runs under the supervisor, which drains it.
-        drain_timeout=(
-            WorkerOptions.drain_timeout if args.drain_timeout is None else args.drain_timeout
-        ),
+        # A daemon given --drain-timeout runs under the supervisor, which
+        # hands its children theirs through the environment.
+        drain_timeout=_drain_timeout(args.drain_timeout),
     )
     try:
         worker = Worker(address, key, options)
@@ -383,6 +381,18 @@ def _worker(args: argparse.Namespace) -> int:
     tag_worker_records(worker.id, worker.host)
     worker.install_signal_handlers()
     return worker.run()
+
+
+def _drain_timeout(given: float | None) -> float:
+    from zmqworkers.worker.daemon import DRAIN_ENV
+    from zmqworkers.worker.loop import WorkerOptions
+
+    if given is not None:
+        return given
+    try:
+        return float(os.environ[DRAIN_ENV])
+    except (KeyError, ValueError):
+        return WorkerOptions.drain_timeout
 
 
 def _bad_worker_numbers(args: argparse.Namespace) -> str | None:

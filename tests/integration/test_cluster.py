@@ -222,3 +222,42 @@ def test_map_raises_the_first_failure_in_order(cluster2) -> None:
     assert [next(it) for _ in range(5)] == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="bad value 5"):
         next(it)
+
+
+def test_many_distinct_functions_on_one_worker_all_run() -> None:
+    # More specs than the controller lets a worker keep idle: the controller
+    # tells the worker what to forget, never a spec a queued task needs.
+    with Cluster(1) as c:
+        futs = [c.submit(lambda i=i: i) for i in range(300)]
+        assert [f.result(60) for f in futs] == list(range(300))
+
+
+def test_an_unpicklable_argument_fails_only_its_own_task(cluster2) -> None:
+    import threading
+
+    outcomes = list(cluster2.imap_outcomes(echo, [1, 2, threading.Lock(), 4, 5]))
+    failed = [o for o in outcomes if o.error is not None]
+    assert sorted(o.result for o in outcomes if o.error is None) == [1, 2, 4, 5]
+    assert len(failed) == 1 and "cannot be pickled" in str(failed[0].error)
+
+
+def exits(x):
+    import sys
+
+    sys.exit(f"task {x} gives up")
+
+
+def test_sys_exit_in_a_task_fails_that_task_and_the_worker_goes_on(cluster2) -> None:
+    with pytest.raises(SystemExit):
+        cluster2.submit(exits, 1).result(30)
+    assert list(cluster2.map(double, range(4))) == [0, 2, 4, 6]
+    assert cluster2.counters().get("workers_lost", 0) == 0
+
+
+def test_a_done_callback_may_ask_the_cluster(cluster2) -> None:
+    seen: list[dict] = []
+    fut = cluster2.submit(double, 2)
+    fut.add_done_callback(lambda f: seen.append(cluster2.counters()))
+    assert fut.result(30) == 4
+    wait_for(lambda: seen, timeout=5)
+    assert seen[0]["delivered"] >= 1

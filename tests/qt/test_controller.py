@@ -244,8 +244,13 @@ def test_a_finished_controller_can_be_started_again(controllers) -> None:
     wc.finalize_tasks()
     wc.start()
     assert wc.wait(30_000)
-    wc.add_tasks(range(2, 4))
+    # A new run is not finalized by the last one's finalize_tasks(): tasks
+    # added after start() are still done, then this run's finalize ends it.
     wc.start()
+    wc.add_tasks(range(2, 4))
+    wait_for(lambda: len(spy) == 4, timeout=30)
+    assert wc.isRunning()
+    wc.finalize_tasks()
     assert wc.wait(30_000)
     assert spy_pairs(spy) == [(i, i) for i in range(4)]
     assert len(finished) == 2 and wc.progress == 1

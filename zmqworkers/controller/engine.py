@@ -304,6 +304,10 @@ class Engine:
 
     def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
         """Run ``fn`` on the engine thread and return what it returns."""
+        if threading.current_thread() is self._thread:
+            # From a callback (a future's done-callback runs here): waiting
+            # for ourselves would stall every heartbeat until the timeout.
+            return fn()
         fut: Future[Any] = Future()
         self._command("call", (fn, fut))
         return fut.result(timeout)
@@ -540,6 +544,12 @@ class Engine:
 
     def _cmd_submit(self, arg: tuple[Spec, list[tuple[int, Any]]]) -> None:
         spec, items = arg
+        if len(self._specs) > 64:
+            # Specs no undelivered task needs are dropped (a face that sends
+            # more tasks of one later hands its spec in again with them).
+            refs = self.sched.spec_refs
+            for sid in [s for s in self._specs if refs.get(s, 0) == 0]:
+                del self._specs[sid]
         self._specs[spec.id] = spec
         add = self.sched.add
         for tid, task_arg in items:
@@ -652,22 +662,35 @@ class Engine:
                     w.specs.add(spec_id)
                 try:
                     body = dumps(items, by_value=True)
-                except Exception as exc:
-                    self._fail_unsendable(wid, items, exc)
-                    continue
+                except Exception:
+                    # Find the culprits: only they fail, the rest go out.
+                    items = self._drop_unsendable(wid, items)
+                    if not items:
+                        continue
+                    body = dumps(items, by_value=True)
                 if not self._send(wid, Kind.TASKS, {"spec": spec_id}, body):
                     break
                 self.stats["dispatched"] += len(items)
 
-    def _fail_unsendable(self, wid: str, items: list[tuple[int, Any]], exc: Exception) -> None:
-        out = []
-        for tid, _ in items:
-            if self.sched.complete(wid, tid) is not None:
-                err = make_remote_error(
-                    type(exc).__name__, f"the task cannot be pickled: {exc}", "", "", "", exc
-                )
-                out.append((tid, False, err))
+    def _drop_unsendable(self, wid: str, items: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+        good, out = [], []
+        for item in items:
+            try:
+                dumps(item, by_value=True)
+                good.append(item)
+            except Exception as exc:
+                if self.sched.complete(wid, item[0]) is not None:
+                    err = make_remote_error(
+                        type(exc).__name__,
+                        f"the task's argument cannot be pickled: {exc}",
+                        "",
+                        "(not sent)",
+                        self.host,
+                        exc,
+                    )
+                    out.append((item[0], False, err))
         self._deliver(out)
+        return good
 
     # -- receiving ----------------------------------------------------------
 

@@ -9,7 +9,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, InvalidStateError
 from typing import Any, NamedTuple
 
 from zmqworkers.controller.engine import Engine, EngineOptions, Spec, make_spec
@@ -96,11 +96,14 @@ class Cluster(Executor):
             fut = futures.pop(item[0], None)
             if fut is None:
                 rest.append(item)
-            elif not fut.cancelled():
-                if item[1]:
-                    fut.set_result(item[2])
-                else:
-                    fut.set_exception(item[2])
+            else:
+                try:
+                    if item[1]:
+                        fut.set_result(item[2])
+                    else:
+                        fut.set_exception(item[2])
+                except InvalidStateError:
+                    pass  # cancelled by its owner meanwhile: the rest still get theirs
         if rest:
             self._streams.deliver(rest)
 

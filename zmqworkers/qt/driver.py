@@ -271,6 +271,9 @@ class TaskDriver:
                 self._handle(*self._events.get())
             if self._engine_gone and not self._stop:
                 self._fail_outstanding()
+            if self._finalized and not self._tasks:
+                # This run is over: a later start() is a new run, not finalized.
+                self._finalized = False
         except Exception as exc:
             log.exception("the controller failed")
             self._emit("error", None, exc)

@@ -40,6 +40,9 @@ from zmqworkers.worker.loop import EXIT_REFUSED
 
 log = logging.getLogger(__name__)
 
+# The drain timeout a supervisor gives its children (seconds).
+DRAIN_ENV = "ZMQWORKERS_DRAIN_TIMEOUT"
+
 POLL_SECONDS = 0.1
 
 
@@ -126,8 +129,18 @@ class Supervisor:
         env.update(self.options.env)
         # In the environment, never in argv, where the process list shows it.
         env[KEY_ENV] = self.key.decode()
+        # A child hands its running call back a moment before the supervisor
+        # would kill it, so the goodbye goes out in time.
+        env[DRAIN_ENV] = str(max(0.5, self.options.drain_timeout - 1.0))
         proc = subprocess.Popen(
-            self._command(slot), env=env, stdin=subprocess.DEVNULL, close_fds=True
+            self._command(slot),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            close_fds=True,
+            # Its own session: Ctrl-C in the terminal reaches the supervisor
+            # only, which passes one SIGTERM on. A second signal would make a
+            # child leave mid-call instead of finishing.
+            start_new_session=True,
         )
         self.children[proc.pid] = (slot, proc)
         event("child_start", pid=proc.pid, slot=slot)

@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 
 _AUTH_FAILURES = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 
-FUNC_CACHE_SIZE = 64
 # A result batch is sent once it holds this many results, is this old, or
 # the worker has nothing queued: tiny tasks share messages, a slow task's
 # result is never held back.
@@ -93,26 +92,33 @@ def _format_endpoint(address: str, port_or_endpoint: Any) -> str:
 
 
 class FunctionCache:
-    """Function specs by id, the most recent ``size`` of them."""
+    """Function specs by id.
 
-    def __init__(self, size: int = FUNC_CACHE_SIZE) -> None:
-        self._specs: collections.OrderedDict[str, Callable[[Any], Any]] = collections.OrderedDict()
-        self._size = size
+    The controller decides what a worker holds: it tracks the specs it sent
+    and names in a later FUNC's ``forget`` those no queued task needs. The
+    cache never drops a spec by itself, since it cannot know whether a task
+    already queued here still needs it.
+    """
+
+    def __init__(self) -> None:
+        self._specs: dict[str, Callable[[Any], Any]] = {}
 
     def __contains__(self, spec_id: str) -> bool:
         return spec_id in self._specs
 
+    def __len__(self) -> int:
+        return len(self._specs)
+
     def add(self, spec_id: str, spec: Any) -> None:
         self._specs[spec_id] = make_call(spec)
-        self._specs.move_to_end(spec_id)
-        while len(self._specs) > self._size:
-            self._specs.popitem(last=False)
+
+    def forget(self, spec_ids: Any) -> None:
+        for spec_id in spec_ids if isinstance(spec_ids, list) else ():
+            if isinstance(spec_id, str):
+                self._specs.pop(spec_id, None)
 
     def get(self, spec_id: str) -> Callable[[Any], Any] | None:
-        call = self._specs.get(spec_id)
-        if call is not None:
-            self._specs.move_to_end(spec_id)
-        return call
+        return self._specs.get(spec_id)
 
 
 def make_call(spec: Any) -> Callable[[Any], Any]:
@@ -206,6 +212,7 @@ class Worker:
         self._funcs = FunctionCache()
         self._queue: collections.deque[tuple[int, str, Any]] = collections.deque()
         self._stop_requested = False  # by the controller (STOP)
+        self._rejoin = False  # ... asking for a new hello
         self._terminate = False  # by a signal: drain and leave for good
         self._hb_stop = threading.Event()
         # Heartbeat numbers go on across sessions: a controller that saw this
@@ -332,6 +339,9 @@ class Worker:
                     return EXIT_REFUSED
                 if self.refused is not None:
                     return EXIT_REFUSED
+                if self._rejoin and not self._terminate and not self._should_exit():
+                    self._rejoin = False
+                    continue
                 if outcome == "exit" or self._terminate or not self.options.daemon:
                     return 0
                 if outcome == "served":
@@ -740,6 +750,7 @@ class Worker:
             spec, spec_id = msg.payload, hdr.get("spec")
             if not isinstance(spec_id, str) or not (isinstance(spec, tuple) and len(spec) == 4):
                 return False
+            self._funcs.forget(hdr.get("forget"))
             try:
                 self._funcs.add(spec_id, spec)
             except ValueError:
@@ -747,6 +758,9 @@ class Worker:
         elif kind == Kind.STOP:
             if hdr.get("worker") in (None, self.id):
                 self._stop_requested = True
+                # Declared lost while it was alive (a cut link): leave the
+                # session and say hello again, local worker or daemon.
+                self._rejoin = hdr.get("rejoin") is True
         elif kind != Kind.HEARTBEAT:  # a heartbeat only updates last_heard
             self.dropped["unexpected"] += 1
         return True
@@ -760,7 +774,8 @@ class Worker:
         self._current = task_id
         try:
             return (task_id, True, call(arg))
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
+            # sys.exit() in a task fails that task; it does not end the worker.
             return (task_id, False, describe_exception(exc))
         finally:
             self._done += 1

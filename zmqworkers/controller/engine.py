@@ -113,6 +113,7 @@ class EngineOptions:
     # than this is always sent alone, so no slow task waits behind others.
     batch_target: float = 0.002
     max_batch: int = 512
+    batch_bytes: int = 1 << 20  # ... and at most about this many payload bytes
     # Start a new local worker for each one that dies, so capacity holds.
     replace_dead_workers: bool = True
     # How often local worker processes are checked for exits.
@@ -670,6 +671,7 @@ class Engine:
                     body = dumps(items, by_value=True)
                 if not self._send(wid, Kind.TASKS, {"spec": spec_id}, body):
                     break
+                w.task_bytes = sum(memoryview(f).nbytes for f in body) / len(items)
                 self.stats["dispatched"] += len(items)
 
     def _drop_unsendable(self, wid: str, items: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
@@ -900,7 +902,7 @@ class Engine:
         self.heartbeat.seen(wid, w.last_seen)
         if kind == Kind.RESULTS:
             if w is not None and isinstance(msg.header, dict):
-                self._tune_batch(w, msg.header)
+                self._tune_batch(w, msg.header, msg.nbytes)
             self._on_results(wid, msg.payload)
         elif kind == Kind.HEARTBEAT:
             if not isinstance(msg.header, dict):
@@ -923,7 +925,7 @@ class Engine:
         else:
             raise DecodeError("unexpected", f"{kind.name} on the result channel")
 
-    def _tune_batch(self, w: WorkerState, header: dict[str, Any]) -> None:
+    def _tune_batch(self, w: WorkerState, header: dict[str, Any], nbytes: int) -> None:
         busy, n = header.get("busy"), header.get("n")
         target = self.options.batch_target
         if not (isinstance(busy, float) and isinstance(n, int) and n > 0 and target > 0):
@@ -934,7 +936,17 @@ class Engine:
         t = w.task_seconds
         t = per_task if t is None or per_task > t else 0.7 * t + 0.3 * per_task
         w.task_seconds = t
-        w.batch = max(1, min(self.options.max_batch, int(target / max(t, 1e-7))))
+        # Large payloads are not batched either: one message of many arrays
+        # would keep the other workers waiting while it crosses the wire.
+        size = max(nbytes, w.task_bytes * n) / n
+        w.batch = max(
+            1,
+            min(
+                self.options.max_batch,
+                int(target / max(t, 1e-7)),
+                int(self.options.batch_bytes / max(size, 1.0)),
+            ),
+        )
 
     def _on_results(self, wid: str, items: Any) -> None:
         if not isinstance(items, list):

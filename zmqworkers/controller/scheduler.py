@@ -52,6 +52,7 @@ class WorkerState:
     # several share a unit (see Engine._tune_batch).
     batch: int = 1
     task_seconds: float | None = None
+    task_bytes: float = 0.0  # payload bytes per task in the last dispatch
     local: bool = False
     in_flight: dict[int, None] = field(default_factory=dict)  # ordered: first runs
     specs: set[str] = field(default_factory=set)

@@ -81,12 +81,33 @@ class Message:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# Frames at least this large enter the HMAC as a keyed BLAKE3 digest of
+# themselves instead of byte by byte: HMAC-SHA256 runs at about 1 GB/s here,
+# keyed BLAKE3 at about 5 GB/s on one core, and the HMAC still covers every
+# byte through the digest. Below it, SHA-256 alone is as fast.
+LARGE_FRAME = 256 * 1024
+
+
+def _frame_key(key: bytes) -> bytes:
+    return hmac.new(key, b"zmqworkers/frame-digest", hashlib.sha256).digest()
+
+
 def _mac(key: bytes, frames: Sequence[Any]) -> bytes:
     mac = hmac.new(key, digestmod=hashlib.sha256)
+    frame_key = None
     for frame in frames:
         view = memoryview(frame)
-        mac.update(view.nbytes.to_bytes(8, "little"))
-        mac.update(view)
+        n = view.nbytes
+        mac.update(n.to_bytes(8, "little"))
+        if n >= LARGE_FRAME:
+            import blake3  # only where large frames travel
+
+            if frame_key is None:
+                frame_key = _frame_key(key)
+            # Releases the GIL while it hashes, so other threads go on.
+            mac.update(b"blake3:" + blake3.blake3(view, key=frame_key).digest())
+        else:
+            mac.update(view)
     return mac.digest()
 
 

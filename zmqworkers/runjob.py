@@ -150,12 +150,27 @@ class ResultWriter:
         elif self.path is not None:
             import numpy as np
 
-            self._npz.sort(key=lambda tr: repr(tr[0]))
+            try:
+                self._npz.sort(key=lambda tr: tr[0])
+            except TypeError:
+                pass  # tasks without an order stay in arrival order
             np.savez(
                 self.path,
-                tasks=np.asarray([t for t, _ in self._npz]),
-                results=np.asarray([r for _, r in self._npz]),
+                tasks=_stack([t for t, _ in self._npz]),
+                results=_stack([r for _, r in self._npz]),
             )
+
+
+def _stack(values: list[Any]) -> Any:
+    """One array of the values; of dtype object when their shapes differ."""
+    import numpy as np
+
+    try:
+        return np.asarray(values)
+    except ValueError:
+        out = np.empty(len(values), dtype=object)
+        out[:] = values
+        return out
 
 
 def describe_error(err: BaseException) -> str:

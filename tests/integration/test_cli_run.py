@@ -30,6 +30,11 @@ def job_dir(tmp_path: Path) -> Path:
 
             def square(x):
                 return x * x
+
+            def ramp(n):
+                import numpy as np
+
+                return np.arange(n)
             """
         )
     )
@@ -125,3 +130,16 @@ def test_bad_input_is_named(job_dir: Path, argv: list[str], message: str) -> Non
     )  # fmt: skip
     assert proc.returncode == 2
     assert message in proc.stderr
+
+
+def test_npz_output_keeps_results_of_different_shapes(job_dir: Path) -> None:
+    out = job_dir / "ramps.npz"
+    proc = subprocess.run(
+        [*_cli(), "run", "jobmod:ramp", "--range", "1:12", "--workers", "1",
+         "--output", str(out)],
+        cwd=job_dir, env=_env(), capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = np.load(out, allow_pickle=True)
+    assert list(data["tasks"]) == list(range(1, 12))  # in task order, 10 after 9
+    assert [list(r) for r in data["results"]] == [list(range(n)) for n in range(1, 12)]

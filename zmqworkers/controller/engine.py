@@ -203,6 +203,8 @@ class Engine:
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
         self._specs: dict[str, Spec] = {}
+        # Per function spec: (seconds per task or None, payload bytes per task).
+        self._spec_cost: dict[str, tuple[float | None, float]] = {}
         self._seq = 0
         self._pub_seq = 0
         self._guard = ReplayGuard()
@@ -281,9 +283,6 @@ class Engine:
 
     def submit(self, spec: Spec, items: list[tuple[int, Any]]) -> None:
         self._command("submit", (spec, items))
-
-    def cancel(self, task_id: int, done: Future[bool]) -> None:
-        self._command("cancel", (task_id, done))
 
     def cancel_many(self, task_ids: list[int]) -> None:
         """Drop these tasks if still queued (no answer; running ones finish)."""
@@ -551,15 +550,12 @@ class Engine:
             refs = self.sched.spec_refs
             for sid in [s for s in self._specs if refs.get(s, 0) == 0]:
                 del self._specs[sid]
+                self._spec_cost.pop(sid, None)
         self._specs[spec.id] = spec
         add = self.sched.add
         for tid, task_arg in items:
             add(tid, spec.id, task_arg)
         self.stats["submitted"] += len(items)
-
-    def _cmd_cancel(self, arg: tuple[int, Future[bool]]) -> None:
-        tid, fut = arg
-        fut.set_result(self.sched.cancel(tid))
 
     def _cmd_cancel_many(self, task_ids: list[int]) -> None:
         for tid in task_ids:
@@ -636,6 +632,11 @@ class Engine:
         self._pub.send_multipart(frames)
 
     def _dispatch(self) -> None:
+        head = self.sched.head_spec()
+        if head is not None:
+            batch = self._batch_for(head)
+            for state in self.sched.workers.values():
+                state.batch = batch
         for wid, tids in self.sched.assign():
             # A send that finds a worker gone reads pending results first
             # (see _lose): later workers in this round may have left, and
@@ -669,9 +670,19 @@ class Engine:
                     if not items:
                         continue
                     body = dumps(items, by_value=True)
+                size = sum(memoryview(f).nbytes for f in body) / len(items)
+                t, known = self._spec_cost.get(spec_id, (None, 0.0))
+                if size > known:
+                    self._spec_cost[spec_id] = (t, size)
+                    fit = max(1, int(self.options.batch_bytes / size))
+                    if fit < len(items):
+                        # Larger payloads than this function had so far: send
+                        # what fits one message, the rest go to whoever asks next.
+                        self.sched.unassign(wid, [tid for tid, _ in items[fit:]])
+                        items = items[:fit]
+                        body = dumps(items, by_value=True)
                 if not self._send(wid, Kind.TASKS, {"spec": spec_id}, body):
                     break
-                w.task_bytes = sum(memoryview(f).nbytes for f in body) / len(items)
                 self.stats["dispatched"] += len(items)
 
     def _drop_unsendable(self, wid: str, items: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
@@ -901,9 +912,9 @@ class Engine:
         w.last_seen = time.monotonic()
         self.heartbeat.seen(wid, w.last_seen)
         if kind == Kind.RESULTS:
-            if w is not None and isinstance(msg.header, dict):
-                self._tune_batch(w, msg.header, msg.nbytes)
-            self._on_results(wid, msg.payload)
+            spec_id = self._on_results(wid, msg.payload)
+            if spec_id is not None and isinstance(msg.header, dict):
+                self._tune_batch(spec_id, msg.header, msg.nbytes)
         elif kind == Kind.HEARTBEAT:
             if not isinstance(msg.header, dict):
                 raise DecodeError("malformed", f"heartbeat from {wid} without a header map")
@@ -925,30 +936,40 @@ class Engine:
         else:
             raise DecodeError("unexpected", f"{kind.name} on the result channel")
 
-    def _tune_batch(self, w: WorkerState, header: dict[str, Any], nbytes: int) -> None:
+    def _tune_batch(self, spec_id: str, header: dict[str, Any], nbytes: int) -> None:
+        """Learn a function's time and payload per task from a result batch."""
         busy, n = header.get("busy"), header.get("n")
-        target = self.options.batch_target
-        if not (isinstance(busy, float) and isinstance(n, int) and n > 0 and target > 0):
+        if not (isinstance(busy, float) and isinstance(n, int) and n > 0):
             return
         per_task = busy / n
-        # Smoothed, but one slow batch shrinks the batch at once: holding a
-        # slow task behind others costs more than sending tiny ones alone.
-        t = w.task_seconds
-        t = per_task if t is None or per_task > t else 0.7 * t + 0.3 * per_task
-        w.task_seconds = t
+        old_t, old_bytes = self._spec_cost.get(spec_id, (None, 0.0))
+        # Smoothed, but one slow batch counts at once: holding a slow task
+        # behind others costs more than sending tiny ones alone.
+        t = per_task if old_t is None or per_task > old_t else 0.7 * old_t + 0.3 * per_task
+        self._spec_cost[spec_id] = (t, max(old_bytes, nbytes / n))
+
+    def _batch_for(self, spec_id: str) -> int:
+        """Tasks per dispatch unit for this function: 1 until it is measured.
+
+        Measured per function, not per worker: a slow function that follows
+        a fast one must not be sent in the fast one's batches.
+        """
+        t, size = self._spec_cost.get(spec_id, (None, 0.0))
+        opts = self.options
+        if t is None or opts.batch_target <= 0:
+            return 1
         # Large payloads are not batched either: one message of many arrays
         # would keep the other workers waiting while it crosses the wire.
-        size = max(nbytes, w.task_bytes * n) / n
-        w.batch = max(
+        return max(
             1,
             min(
-                self.options.max_batch,
-                int(target / max(t, 1e-7)),
-                int(self.options.batch_bytes / max(size, 1.0)),
+                opts.max_batch,
+                int(opts.batch_target / max(t, 1e-7)),
+                int(opts.batch_bytes / max(size, 1.0)),
             ),
         )
 
-    def _on_results(self, wid: str, items: Any) -> None:
+    def _on_results(self, wid: str, items: Any) -> str | None:
         if not isinstance(items, list):
             raise DecodeError("malformed", "results payload is not a list")
         # Checked whole before any is taken: a bad entry late in a batch must
@@ -965,15 +986,19 @@ class Engine:
         host = w.host if w is not None else ""
         out: list[tuple[int, bool, Any]] = []
         complete = self.sched.complete
+        spec_id = None
         for tid, ok, value in items:
-            if complete(wid, tid) is None:
+            rec = complete(wid, tid)
+            if rec is None:
                 self.stats["duplicates"] += 1
                 continue
+            spec_id = rec.spec_id
             if not ok:
                 value = _remote_error(value, wid, host)
                 self.stats["failed"] += 1
             out.append((tid, ok, value))
         self._deliver(out)
+        return spec_id
 
     def _deliver(self, out: list[tuple[int, bool, Any]]) -> None:
         if not out:
@@ -1110,7 +1135,7 @@ class Engine:
                 break
             if name == "submit":
                 abandoned.extend(tid for tid, _ in arg[1])
-            elif name in ("call", "cancel"):
+            elif name == "call":
                 arg[1].set_exception(RuntimeError("the controller engine is closed"))
         self.handler.on_event("closed", abandoned)
 

@@ -51,8 +51,6 @@ class WorkerState:
     # Tasks per dispatch unit: 1 unless tasks are measured to be tiny, when
     # several share a unit (see Engine._tune_batch).
     batch: int = 1
-    task_seconds: float | None = None
-    task_bytes: float = 0.0  # payload bytes per task in the last dispatch
     local: bool = False
     in_flight: dict[int, None] = field(default_factory=dict)  # ordered: first runs
     specs: set[str] = field(default_factory=set)
@@ -141,12 +139,13 @@ class Scheduler:
         if self.spec_refs[rec.spec_id] <= 0:
             del self.spec_refs[rec.spec_id]
 
-    def _requeue_front(self, task_ids: list[int]) -> None:
+    def _requeue_front(self, task_ids: list[int], count: bool = True) -> None:
         for tid in task_ids:
             self.tasks[tid].worker = None
         self.pending.extendleft(reversed(task_ids))
         self.queued += len(task_ids)
-        self.redispatched += len(task_ids)
+        if count:
+            self.redispatched += len(task_ids)
 
     @property
     def outstanding(self) -> int:
@@ -240,6 +239,13 @@ class Scheduler:
         self._requeue_front(back)
         return len(back)
 
+    def unassign(self, worker_id: str, task_ids: list[int]) -> None:
+        """Take back tasks just assigned but never sent: first in the queue again."""
+        w = self.workers[worker_id]
+        for tid in task_ids:
+            del w.in_flight[tid]
+        self._requeue_front(task_ids, count=False)
+
     def leave(self, worker_id: str) -> None:
         """A worker said goodbye after handing back its queue."""
         w = self.workers.get(worker_id)
@@ -290,6 +296,15 @@ class Scheduler:
             back.append(tid)
         self._requeue_front(back)
         return failed
+
+    def head_spec(self) -> str | None:
+        """The function of the next task to go out, if any."""
+        tasks = self.tasks
+        for tid in self.pending:
+            rec = tasks.get(tid)
+            if rec is not None and rec.worker is None:
+                return rec.spec_id
+        return None
 
     def idle_specs(self, worker: WorkerState) -> list[str]:
         """Specs the worker holds that no undelivered task needs."""

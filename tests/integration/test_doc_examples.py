@@ -14,26 +14,14 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-# An example that cannot run here (it needs other hosts) says so, with the
-# reason, in a comment right above it; everything else runs.
-NOT_RUN = re.compile(r"<!-- example not run: (.+?) -->\n$")
-
-
-def examples(include_not_run: bool = False) -> list[tuple[str, int, str]]:
+def examples() -> list[tuple[str, int, str]]:
     found = []
     for doc in DOCS:
         text = doc.read_text()
         for m in re.finditer(r"```python\n(.*?)```", text, re.S):
             line = text.count("\n", 0, m.start()) + 1
-            if NOT_RUN.search(text[: m.start()]) and not include_not_run:
-                continue
             found.append((doc.name, line, m.group(1)))
     return found
-
-
-def test_few_examples_are_exempt_and_each_says_why() -> None:
-    exempt = len(examples(include_not_run=True)) - len(examples())
-    assert exempt <= 2, f"{exempt} examples are marked not run"
 
 
 def test_there_are_examples() -> None:

@@ -52,7 +52,8 @@ def _cli() -> list[str]:
 
 
 def test_progress_bar_on_a_terminal_reaches_100_percent(job_dir: Path) -> None:
-    pexpect = pytest.importorskip("pexpect")
+    import pexpect  # installed with the test extras: a missing one must fail
+
     child = pexpect.spawn(
         sys.executable,
         ["-m", "zmqworkers", "run", "jobmod:square", "--range", "0:200", "--workers", "2"],

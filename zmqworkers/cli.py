@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -380,6 +381,13 @@ def _worker(args: argparse.Namespace) -> int:
         return 2
     tag_worker_records(worker.id, worker.host)
     worker.install_signal_handlers()
+    from zmqworkers.worker.daemon import DRAIN_ENV
+
+    if DRAIN_ENV in os.environ:
+        # A supervisor's child: Ctrl-C reaches the whole process group and
+        # the supervisor passes one SIGTERM on; a second signal would make
+        # this worker leave mid-call instead of finishing it.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     return worker.run()
 
 

@@ -137,10 +137,6 @@ class Supervisor:
             env=env,
             stdin=subprocess.DEVNULL,
             close_fds=True,
-            # Its own session: Ctrl-C in the terminal reaches the supervisor
-            # only, which passes one SIGTERM on. A second signal would make a
-            # child leave mid-call instead of finishing.
-            start_new_session=True,
         )
         self.children[proc.pid] = (slot, proc)
         event("child_start", pid=proc.pid, slot=slot)

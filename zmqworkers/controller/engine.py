@@ -55,7 +55,7 @@ from zmqworkers.errors import (
     ProtocolVersionError,
     make_remote_error,
 )
-from zmqworkers.keys import INSECURE_KEY
+from zmqworkers.keys import INSECURE_KEY, resolve_key
 from zmqworkers.protocol import (
     PROTOCOL_VERSION,
     Kind,
@@ -146,6 +146,37 @@ class _Session:
     worker_nonce: bytes = b""
     joined: bool = False
     retired: bool = False
+
+
+def build_options(
+    *,
+    key: str | bytes | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+    prefetch: int = 1,
+    curve_dir: str | os.PathLike[str] | None = None,
+    connection_file: str | os.PathLike[str] | None = None,
+    max_message_size: int | None = None,
+    **rest: Any,
+) -> EngineOptions:
+    """Engine options from a face's keywords: one place for key and checks.
+
+    The key is ``key``, else ``key_file``, else ``$ZMQWORKERS_KEY``, else a
+    random one (``key_given`` then stays false, for the bind policy).
+    """
+    if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
+        raise ConfigurationError(f"prefetch must be a whole number >= 0, not {prefetch!r}")
+    explicit = resolve_key(key, key_file)
+    options = EngineOptions(
+        key=explicit or resolve_key(generate=True) or b"",
+        key_given=explicit is not None,
+        prefetch=prefetch,
+        curve_dir=os.fspath(curve_dir) if curve_dir is not None else None,
+        connection_file=os.fspath(connection_file) if connection_file is not None else None,
+        **rest,
+    )
+    if max_message_size is not None:
+        options.max_message_size = max_message_size
+    return options
 
 
 @dataclass(frozen=True)

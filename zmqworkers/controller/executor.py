@@ -12,9 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, InvalidStateError
 from typing import Any, NamedTuple
 
-from zmqworkers.controller.engine import Engine, EngineOptions, Spec, make_spec
+from zmqworkers.controller.engine import Engine, Spec, build_options, make_spec
 from zmqworkers.errors import ClusterShutdown, ConfigurationError
-from zmqworkers.keys import resolve_key
 
 # imap_unordered keeps at most this many tasks submitted ahead of the
 # results the caller has taken, so an endless iterator streams in bounded
@@ -60,26 +59,22 @@ class Cluster(Executor):
             n_workers = os.cpu_count() or 1
         if not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 0:
             raise ConfigurationError(f"n_workers must be a whole number >= 0, not {n_workers!r}")
-        if not isinstance(prefetch, int) or prefetch < 0:
-            raise ConfigurationError(f"prefetch must be a whole number >= 0, not {prefetch!r}")
-        explicit = resolve_key(key, key_file)
-        options = EngineOptions(
+        options = build_options(
+            key=key,
+            key_file=key_file,
+            prefetch=prefetch,
+            curve_dir=curve_dir,
+            connection_file=connection_file,
+            max_message_size=max_message_size,
             n_workers=n_workers,
             bind=bind,
-            key=explicit or resolve_key(generate=True) or b"",
-            key_given=explicit is not None,
             insecure=insecure,
-            prefetch=prefetch,
             heartbeat_interval=heartbeat_interval,
             heartbeat_misses=heartbeat_misses,
             max_attempts=max_attempts,
             replace_dead_workers=replace_dead_workers,
             stop_timeout=stop_timeout,
-            curve_dir=os.fspath(curve_dir) if curve_dir is not None else None,
-            connection_file=os.fspath(connection_file) if connection_file is not None else None,
         )
-        if max_message_size is not None:
-            options.max_message_size = max_message_size
         self._futures: dict[int, Future[Any]] = {}
         self._streams = _StreamTable()
         self._lock = threading.Lock()

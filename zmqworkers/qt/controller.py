@@ -17,8 +17,7 @@ from typing import Any
 
 from qtpy import QtCore
 
-from zmqworkers.controller.engine import EngineOptions
-from zmqworkers.keys import resolve_key
+from zmqworkers.controller.engine import build_options
 from zmqworkers.qt.driver import TaskDriver
 
 
@@ -57,15 +56,12 @@ class WorkerController(QtCore.QThread):
         stop_timeout: float = 10.0,
     ) -> None:
         super().__init__()
-        if not isinstance(prefetch, int) or prefetch < 0:
-            raise ValueError(f"prefetch must be a whole number >= 0, not {prefetch!r}")
-        explicit = resolve_key(key, key_file)
-        options = EngineOptions(
-            bind=bind,
-            key=explicit or resolve_key(generate=True) or b"",
-            key_given=explicit is not None,
-            insecure=insecure,
+        options = build_options(
+            key=key,
+            key_file=key_file,
             prefetch=prefetch,
+            bind=bind,
+            insecure=insecure,
             heartbeat_interval=heartbeat_interval,
             stop_timeout=stop_timeout,
         )

@@ -133,7 +133,6 @@ def test_sigkill_one_of_two_local_workers_loses_nothing() -> None:
         os.kill(victim, signal.SIGKILL)
         assert [f.result(60) for f in futs] == [0.1] * 40
         elapsed = time.monotonic() - t0
-        assert sorted(c.deliveries) == sorted(f_id for f_id in c.deliveries)
         assert len(c.deliveries) == 40 and set(c.deliveries.values()) == {1}
         lost = [d for _, n, d in c.events if n == "worker_lost"]
         assert len(lost) == 1 and "SIGKILL" in lost[0]["how"]

@@ -32,6 +32,20 @@ from zmqworkers.protocol import PROTOCOL_VERSION
 log = logging.getLogger(__name__)
 
 WILDCARD_HOSTS = {"0.0.0.0", "*", "::", "[::]"}
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def is_local_link(address: str) -> bool:
+    """Whether ``address`` is carried by this host's kernel alone.
+
+    True for ipc (and inproc) and for loopback TCP: no other host is on the
+    path, and no unprivileged process can change bytes on it in transit.
+    """
+    parts = urlsplit(address)
+    if parts.scheme in ("ipc", "inproc"):
+        return True
+    host = (parts.hostname or "").lower()
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
 @dataclass(frozen=True)

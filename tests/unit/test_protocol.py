@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from zmqworkers.errors import DecodeError, ProtocolVersionError
-from zmqworkers.protocol import Kind, ReplayGuard, decode, encode
-from zmqworkers.protocol.messages import PROTOCOL_VERSION
+from zmqworkers.protocol import Kind, ReplayGuard, SessionKey, decode, encode
+from zmqworkers.protocol.messages import LARGE_FRAME, PROTOCOL_VERSION
 
 KEY = b"k" * 32
 
@@ -186,3 +186,49 @@ def test_key_files_are_private_and_never_overwritten(tmp_path) -> None:
     with pytest.raises(FileExistsError):
         write_key_file(path)
     assert len(INSECURE_KEY) >= MIN_KEY_LENGTH
+
+
+def _flip(frames: list, index: int) -> list:
+    out = [bytes(f) for f in frames]
+    changed = bytearray(out[index])
+    changed[len(changed) // 2] ^= 0xFF
+    out[index] = bytes(changed)
+    return out
+
+
+def test_buffers_on_a_protected_link_are_signed_by_length_only() -> None:
+    arr = np.arange(LARGE_FRAME // 8 * 2, dtype=np.float64)
+    light = SessionKey(KEY, sign_buffers=False)
+    full = SessionKey(KEY)
+    frames = encode(Kind.TASKS, "ctl", 1, light, None, [(1, arr)], has_payload=True)
+    assert len(frames) == 4  # [signature, envelope, pickle, buffer]
+    # Agreed in the handshake for links nothing can change in transit: a
+    # changed buffer passes here, and only here.
+    assert decode(_flip(frames, 3), light).payload[0][1][len(arr) // 2] != arr[len(arr) // 2]
+    full_frames = encode(Kind.TASKS, "ctl", 1, full, None, [(1, arr)], has_payload=True)
+    with pytest.raises(DecodeError) as info:
+        decode(_flip(full_frames, 3), full)
+    assert info.value.reason == "signature"
+    # Its length is still signed, and so is everything else.
+    shorter = [*frames[:3], bytes(frames[3])[:-8]]
+    with pytest.raises(DecodeError):
+        decode(shorter, light)
+    for index in (1, 2):
+        with pytest.raises(DecodeError):
+            decode(_flip(frames, index), light)
+    # The two modes never verify each other's messages.
+    with pytest.raises(DecodeError):
+        decode(frames, full)
+    with pytest.raises(DecodeError):
+        decode(full_frames, light)
+
+
+def test_a_large_pickle_stream_is_signed_in_full_even_on_a_protected_link() -> None:
+    light = SessionKey(KEY, sign_buffers=False)
+    payload = [str(i) for i in range(LARGE_FRAME // 4)]  # in-band, over LARGE_FRAME
+    frames = encode(Kind.TASKS, "ctl", 1, light, None, payload, has_payload=True)
+    assert len(frames) == 3 and len(frames[2]) >= LARGE_FRAME
+    assert decode(frames, light).payload == payload
+    with pytest.raises(DecodeError) as info:
+        decode(_flip(frames, 2), light)
+    assert info.value.reason == "signature"

@@ -46,6 +46,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from zmqworkers import curve
 from zmqworkers._version import __version__
+from zmqworkers.connection import is_local_link
 from zmqworkers.controller.launcher import describe_exit, start_local_worker
 from zmqworkers.controller.liveness import Heartbeat, describe_silence
 from zmqworkers.controller.scheduler import Scheduler, WorkerState
@@ -60,6 +61,7 @@ from zmqworkers.protocol import (
     PROTOCOL_VERSION,
     Kind,
     ReplayGuard,
+    SessionKey,
     decode,
     derive_key,
     encode,
@@ -76,7 +78,6 @@ from zmqworkers.protocol.serialize import dumps
 
 log = logging.getLogger(__name__)
 
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 # Hellos waiting for their worker's first signed message: bounded, so replayed
 # hellos cannot grow the controller's memory.
 MAX_PENDING_SESSIONS = 4096
@@ -128,6 +129,11 @@ class EngineOptions:
     connection_file: str | None = None
     # CURVE directory (see zmqworkers.curve): encrypt, admit only known workers.
     curve_dir: str | None = None
+    # Large array buffers enter the signature by length only on links that
+    # rule out changes in transit (loopback, ipc, CURVE) when the worker
+    # agrees; True signs them byte by byte everywhere (for a plain TCP relay
+    # that carries a loopback port across a network).
+    sign_buffers: bool = False
 
 
 @dataclass
@@ -140,7 +146,7 @@ class _Session:
 
     tag: str
     route: bytes
-    key: bytes
+    key: SessionKey
     state: WorkerState
     expires: float
     worker_nonce: bytes = b""
@@ -205,14 +211,6 @@ class EngineHandler(Protocol):
     def on_event(self, name: str, data: Any) -> None: ...
 
 
-def _is_loopback(bind: str) -> bool:
-    parts = urlsplit(bind)
-    if parts.scheme in ("ipc", "inproc"):
-        return True
-    host = (parts.hostname or "").lower()
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
-
-
 class Engine:
     """Runs the controller's event loop on a thread of its own."""
 
@@ -245,6 +243,11 @@ class Engine:
         self._retired: OrderedDict[str, _Session] = OrderedDict()  # by tag
         self._pub_nonce = secrets.token_bytes(NONCE_SIZE)
         self._pub_key = derive_key(options.key, b"pub", self._pub_nonce)
+        # Whether every link to this controller is one nothing can change in
+        # transit: all its sockets on loopback or ipc, or all under CURVE.
+        self._link_protected = not options.sign_buffers and bool(
+            options.curve_dir or is_local_link(options.bind)
+        )
         self._auth: Any = None
         self._local: dict[int, subprocess.Popen[bytes]] = {}
         self._local_target = options.n_workers
@@ -274,7 +277,7 @@ class Engine:
             raise ConfigurationError("the engine needs a key")
         # A connection file carries even a random key to the daemons.
         shared = options.key_given or options.curve_dir or options.connection_file
-        if _is_loopback(options.bind) or shared:
+        if is_local_link(options.bind) or shared:
             return
         if not options.insecure:
             raise ConfigurationError(
@@ -554,7 +557,7 @@ class Engine:
         self._guard.check(msg.sender, msg.seq)
         return msg
 
-    def _session_key(self, sender: str) -> bytes:
+    def _session_key(self, sender: str) -> SessionKey:
         # Worker senders on the result channel are "<id>@<tag>/<channel>".
         tag = sender.partition("/")[0].rpartition("@")[2]
         s = self._sessions.get(tag)
@@ -821,10 +824,15 @@ class Engine:
             joined=now,
         )
         ours = secrets.token_bytes(NONCE_SIZE)
+        # Both ends must vouch for the link before buffers go unhashed.
+        protected = self._link_protected and hdr.get("link_protected") is True
+        w.buffers_signed = not protected
         session = _Session(
             tag=ours.hex(),
             route=routing_id,
-            key=derive_key(self.options.key, b"session", nonce, ours),
+            key=SessionKey(
+                derive_key(self.options.key, b"session", nonce, ours), sign_buffers=not protected
+            ),
             state=w,
             expires=now + self.options.heartbeat_interval * self.options.heartbeat_misses + 2,
             worker_nonce=nonce,
@@ -855,6 +863,7 @@ class Engine:
                 "control": self._control_ep,
                 "heartbeat_interval": self.options.heartbeat_interval,
                 "heartbeat_misses": self.options.heartbeat_misses,
+                "sign_buffers": session.key.sign_buffers,
             },
         )
 

@@ -34,7 +34,10 @@ class Cluster(Executor):
     Security (docs/security.md): ``key``/``key_file`` sign every message;
     ``curve_dir`` (``zmqworkers keygen --curve DIR``) also encrypts and admits
     only workers whose public key is in ``DIR/authorized_workers``; binding a
-    non-loopback address needs one of them, or ``insecure=True``.
+    non-loopback address needs one of them, or ``insecure=True``. Arrays of
+    256 KiB or more are signed by length only on loopback, ipc and CURVE links,
+    which nothing can change in transit; ``sign_buffers=True`` hashes them
+    too, for a plain relay that carries a loopback port across a network.
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class Cluster(Executor):
         curve_dir: str | os.PathLike[str] | None = None,
         max_message_size: int | None = None,
         connection_file: str | os.PathLike[str] | None = None,
+        sign_buffers: bool = False,
     ) -> None:
         if n_workers is None:
             n_workers = os.cpu_count() or 1
@@ -74,6 +78,7 @@ class Cluster(Executor):
             max_attempts=max_attempts,
             replace_dead_workers=replace_dead_workers,
             stop_timeout=stop_timeout,
+            sign_buffers=sign_buffers,
         )
         self._futures: dict[int, Future[Any]] = {}
         self._streams = _StreamTable()

@@ -60,6 +60,8 @@ class WorkerState:
     last_seen: float = 0.0
     joined: float = 0.0
     draining: bool = False
+    # False when large buffers go unhashed on this worker's protected link.
+    buffers_signed: bool = True
 
     @property
     def free(self) -> int:
@@ -79,6 +81,7 @@ class WorkerState:
             "first_in_flight": next(iter(self.in_flight), None),
             "in_flight": len(self.in_flight),
             "tasks_done": self.done,
+            "buffers_signed": self.buffers_signed,
             "last_heartbeat": self.last_seen,
         }
 

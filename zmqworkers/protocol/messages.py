@@ -17,6 +17,13 @@ A message is a list of ZeroMQ frames::
 ``decode`` raises :class:`~zmqworkers.errors.DecodeError` (or its subclass
 ``ProtocolVersionError``) for anything it refuses, and nothing else.
 
+Buffers on protected links: where nothing on the path can change bytes in
+transit (loopback and ipc, which only the kernel carries, or CURVE, whose
+boxes are authenticated), the two sides may agree in HELLO and WELCOME that
+out-of-band buffers of :data:`LARGE_FRAME` bytes or more enter the signature
+by their length only. The envelope and the pickle stream (the only frames
+that can name code) are always signed in full; see :class:`SessionKey`.
+
 Sessions: only HELLO and its answer (WELCOME or REFUSED) are signed with the
 shared key itself. Everything after is signed with a key derived from the
 shared key and two fresh nonces, one from each side (:func:`derive_key`), so
@@ -88,22 +95,50 @@ class Message:
 LARGE_FRAME = 256 * 1024
 
 
+# Frames from this index on (of those the signature covers: envelope, pickle
+# stream, buffers) are out-of-band buffers: plain data, never code.
+FIRST_BUFFER = 2
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKey:
+    """The key of one session, and whether it signs large buffers byte by byte.
+
+    ``sign_buffers=False`` is for links that already rule out changes in
+    transit (loopback, ipc, CURVE), agreed by both sides in the handshake:
+    buffers of ``LARGE_FRAME`` bytes or more then enter the signature by
+    their length only, which saves a pass over every array on each side.
+    """
+
+    secret: bytes
+    sign_buffers: bool = True
+
+
+Key = bytes | SessionKey
+
+
 def _frame_key(key: bytes) -> bytes:
     return hmac.new(key, b"zmqworkers/frame-digest", hashlib.sha256).digest()
 
 
-def _mac(key: bytes, frames: Sequence[Any]) -> bytes:
-    mac = hmac.new(key, digestmod=hashlib.sha256)
+def _mac(key: Key, frames: Sequence[Any]) -> bytes:
+    if isinstance(key, SessionKey):
+        secret, sign_buffers = key.secret, key.sign_buffers
+    else:
+        secret, sign_buffers = key, True
+    mac = hmac.new(secret, digestmod=hashlib.sha256)
     frame_key = None
-    for frame in frames:
+    for i, frame in enumerate(frames):
         view = memoryview(frame)
         n = view.nbytes
         mac.update(n.to_bytes(8, "little"))
-        if n >= LARGE_FRAME:
+        if n >= LARGE_FRAME and not sign_buffers and i >= FIRST_BUFFER:
+            mac.update(b"unsigned buffer")  # the link protects these bytes
+        elif n >= LARGE_FRAME:
             import blake3  # only where large frames travel
 
             if frame_key is None:
-                frame_key = _frame_key(key)
+                frame_key = _frame_key(secret)
             # Releases the GIL while it hashes, so other threads go on.
             mac.update(b"blake3:" + blake3.blake3(view, key=frame_key).digest())
         else:
@@ -124,14 +159,14 @@ def derive_key(key: bytes, label: bytes, *parts: bytes) -> bytes:
     return mac.digest()
 
 
-KeyLookup = Callable[[str], bytes]
+KeyLookup = Callable[[str], Key]
 
 
 def encode(
     kind: Kind,
     sender: str,
     seq: int,
-    key: bytes,
+    key: Key,
     header: Any = None,
     payload: Any = None,
     *,
@@ -148,7 +183,7 @@ def encode(
 
 
 def encode_frames(
-    kind: Kind, sender: str, seq: int, key: bytes, header: Any, body: Sequence[Any]
+    kind: Kind, sender: str, seq: int, key: Key, header: Any, body: Sequence[Any]
 ) -> list[Any]:
     """Like :func:`encode` with the payload already serialized (``dumps``)."""
     envelope = msgpack.packb(
@@ -184,7 +219,7 @@ def peek_version(frames: Sequence[Any]) -> int | None:
 
 def decode(
     frames: Sequence[Any],
-    key: bytes | KeyLookup,
+    key: Key | KeyLookup,
     *,
     max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     unpickle: bool = True,

@@ -53,17 +53,29 @@ class WorkerController(QtCore.QThread):
         prefetch: int = 1,
         insecure: bool = False,
         heartbeat_interval: float = 1.0,
+        heartbeat_misses: int = 3,
+        max_attempts: int = 3,
         stop_timeout: float = 10.0,
+        curve_dir: str | os.PathLike[str] | None = None,
+        connection_file: str | os.PathLike[str] | None = None,
+        max_message_size: int | None = None,
+        sign_buffers: bool = False,
     ) -> None:
         super().__init__()
         options = build_options(
             key=key,
             key_file=key_file,
             prefetch=prefetch,
+            curve_dir=curve_dir,
+            connection_file=connection_file,
+            max_message_size=max_message_size,
             bind=bind,
             insecure=insecure,
             heartbeat_interval=heartbeat_interval,
+            heartbeat_misses=heartbeat_misses,
+            max_attempts=max_attempts,
             stop_timeout=stop_timeout,
+            sign_buffers=sign_buffers,
         )
         self._driver = TaskDriver(self._emit, options)
         self.n_workers = (os.cpu_count() or 1) if n_workers is None else n_workers
@@ -146,8 +158,10 @@ class WorkerController(QtCore.QThread):
 
         Keys: ``id``, ``host``, ``pid``, ``local``, ``state`` (``idle``,
         ``busy``, ``draining``), ``current_task`` (the task object it runs),
-        ``current_task_id``, ``in_flight``, ``tasks_done`` and
-        ``last_heartbeat`` (``time.monotonic()`` when it was last heard).
+        ``current_task_id``, ``in_flight``, ``tasks_done``,
+        ``buffers_signed`` (False where large arrays are signed by length
+        only, on a loopback, ipc or CURVE link) and ``last_heartbeat``
+        (``time.monotonic()`` when it was last heard).
         ``include_departed`` puts first the last dicts of the workers of this
         run (or the last one) that left or were lost, whose ``state`` is
         ``"left"`` or ``"lost: <how>"``. Raises ``TimeoutError`` if the

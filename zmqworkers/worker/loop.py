@@ -37,8 +37,17 @@ from zmq.utils.monitor import recv_monitor_message
 
 from zmqworkers import curve
 from zmqworkers._version import __version__
+from zmqworkers.connection import is_local_link
 from zmqworkers.errors import DecodeError, ProtocolVersionError
-from zmqworkers.protocol import PROTOCOL_VERSION, Kind, ReplayGuard, decode, derive_key, encode
+from zmqworkers.protocol import (
+    PROTOCOL_VERSION,
+    Kind,
+    ReplayGuard,
+    SessionKey,
+    decode,
+    derive_key,
+    encode,
+)
 from zmqworkers.protocol.messages import NONCE_SIZE
 
 log = logging.getLogger(__name__)
@@ -207,7 +216,7 @@ class Worker:
         self._hb_sender = f"{self.id}/hb"
         # Set per session from the controller's welcome: the key that signs
         # everything after the hello, and the one of the broadcast channel.
-        self._skey = key
+        self._skey: bytes | SessionKey = key
         self._pub_key = key
         self._funcs = FunctionCache()
         self._queue: collections.deque[tuple[int, str, Any]] = collections.deque()
@@ -364,7 +373,7 @@ class Worker:
         self._result_seq += 1
         return self._result_seq
 
-    def _decode(self, frames: list[Any], guard: ReplayGuard, key: bytes) -> Any:
+    def _decode(self, frames: list[Any], guard: ReplayGuard, key: bytes | SessionKey) -> Any:
         try:
             msg = decode(frames, key, max_size=self.options.max_message_size)
             guard.check(msg.sender, msg.seq)
@@ -478,6 +487,10 @@ class Worker:
             "version": __version__,
             "capacity": 1 + max(0, self.options.prefetch),
             "nonce": nonce,
+            # Nothing on this link can change bytes in transit (loopback,
+            # ipc, CURVE): large buffers may skip hashing if the controller
+            # says the same of its side.
+            "link_protected": self._curve is not None or is_local_link(self.address),
         }
         poller = zmq.Poller()
         poller.register(tasks, zmq.POLLIN)
@@ -567,13 +580,21 @@ class Worker:
         )
         if not fields_ok:
             return False
-        self._skey = derive_key(self.key, b"session", nonce, ours)
+        # Buffers go unhashed only if this side asked for it in its hello.
+        unhashed = hdr.get("sign_buffers") is False and (
+            self._curve is not None or is_local_link(self.address)
+        )
+        self._skey = SessionKey(
+            derive_key(self.key, b"session", nonce, ours), sign_buffers=not unhashed
+        )
         self._pub_key = derive_key(self.key, b"pub", pub_nonce)
         self._result_sender = f"{self.id}@{ours.hex()}/r"
         self._hb_sender = f"{self.id}@{ours.hex()}/hb"
         return True
 
-    def _heartbeat_loop(self, endpoint: str, interval: float, key: bytes, sender: str) -> None:
+    def _heartbeat_loop(
+        self, endpoint: str, interval: float, key: bytes | SessionKey, sender: str
+    ) -> None:
         sock = self._socket(zmq.PUSH)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 4)

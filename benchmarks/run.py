@@ -155,6 +155,15 @@ def a_tiny(system: str, n: int) -> float:
     return n / t
 
 
+def _warm_list(items: Any) -> list[Any]:
+    """The warm-up items, repeated so that every worker gets some.
+
+    A few items alone may all go to one worker (one batch), and the other
+    would then be timed importing numpy on its first array.
+    """
+    return list(items) * 50
+
+
 def _with_pool(system: str, body: Any, warm: bool = True, warm_items: Any = ()) -> float:
     """Time ``body(run)`` on a 2-worker pool of ``system``; workers up first.
 
@@ -178,7 +187,7 @@ def _with_pool(system: str, body: Any, warm: bool = True, warm_items: Any = ()) 
                         pass
 
             if warm_items:
-                run(noop, list(warm_items), unordered=True)
+                run(noop, _warm_list(warm_items), unordered=True)
             t0 = time.perf_counter()
             body(run)
             return time.perf_counter() - t0
@@ -195,7 +204,7 @@ def _with_pool(system: str, body: Any, warm: bool = True, warm_items: Any = ()) 
                     pass
 
             if warm_items:
-                run(noop, list(warm_items), unordered=True)
+                run(noop, _warm_list(warm_items), unordered=True)
             t0 = time.perf_counter()
             body(run)
             return time.perf_counter() - t0
@@ -211,7 +220,7 @@ def _with_pool(system: str, body: Any, warm: bool = True, warm_items: Any = ()) 
                     pass
 
             if warm_items:
-                run(noop, list(warm_items), unordered=True)
+                run(noop, _warm_list(warm_items), unordered=True)
             t0 = time.perf_counter()
             body(run)
             return time.perf_counter() - t0
@@ -231,7 +240,7 @@ def _with_pool(system: str, body: Any, warm: bool = True, warm_items: Any = ()) 
                     pass
 
             if warm_items:
-                run(noop, list(warm_items), unordered=True)
+                run(noop, _warm_list(warm_items), unordered=True)
             t0 = time.perf_counter()
             body(run)
             return time.perf_counter() - t0

@@ -35,7 +35,7 @@ class Cluster(Executor):
     ``curve_dir`` (``zmqworkers keygen --curve DIR``) also encrypts and admits
     only workers whose public key is in ``DIR/authorized_workers``; binding a
     non-loopback address needs one of them, or ``insecure=True``. Arrays of
-    256 KiB or more are signed by length only on loopback, ipc and CURVE links,
+    64 KiB or more are signed by length only on loopback, ipc and CURVE links,
     which nothing can change in transit; ``sign_buffers=True`` hashes them
     too, for a plain relay that carries a loopback port across a network.
     """

@@ -22,6 +22,8 @@ Scenarios:
   c  heterogeneous durations: makespan against the ideal list schedule
   d  time to first result, from constructing the pool with 2 fresh workers
   e  controller memory: 1,000,000 queued tasks, and a soak streamed through
+     (RSS growth over its second half, lowest sample to lowest sample;
+     per-sample detail and the Python heap's block count on stderr)
   f  throughput against the number of worker processes (1 to 64)
   g  throughput against task payload size (the PNG plot)
 """
@@ -29,6 +31,7 @@ Scenarios:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -351,15 +354,48 @@ def e_memory(system: str, n: int) -> float:
             c.shutdown(wait=False, cancel_futures=True)
             del it
         return used / 1e6
-    # soak: stream n tasks through, report RSS growth from 10 % to the end
+    # soak: n tasks of an endless stream (so that no sample falls in the
+    # final drain), RSS and the Python heap's block count sampled 200 times.
+    # The number is RSS growth over the second half, floor to floor: the
+    # lowest sample of the last quarter minus the lowest of the second.
+    # glibc's mmap threshold is pinned at its default starting value: left
+    # adaptive, it moves large freed blocks (dict tables) between mmap and
+    # its heap, and RSS steps by ~10 MB either way with nothing kept.
+    pinned = _pin_mmap_threshold()
     with Cluster(2) as c:
         c.wait_for_workers(2)
-        marks = []
-        for i, _ in enumerate(c.imap_unordered(noop, range(n))):
-            if i in (n // 10, n - 1):
-                marks.append(proc.memory_info().rss)
-        print(json.dumps({"soak_rss_mb": [m / 1e6 for m in marks]}), file=sys.stderr)
-        return (marks[-1] - marks[0]) / 1e6
+        every = max(1, n // 200)
+        rss: list[float] = []
+        blocks: list[int] = []
+        for i, _ in enumerate(c.imap_unordered(noop, itertools.count()), 1):
+            if i % every == 0:
+                rss.append(proc.memory_info().rss / 1e6)
+                blocks.append(sys.getallocatedblocks())
+            if i >= n:
+                break
+        q = len(rss) // 4
+        growth = min(rss[3 * q :]) - min(rss[q : 2 * q])
+        tenth = max(1, len(rss) // 10)
+        detail = {
+            "mmap_threshold_pinned": pinned,
+            "soak_rss_mb": [round(r, 2) for r in rss[tenth - 1 :: tenth]],
+            "rss_floor_mb": [round(min(rss[q : 2 * q]), 2), round(min(rss[3 * q :]), 2)],
+            "rss_10pct_to_end_mb": round(rss[-1] - rss[tenth - 1], 2),
+            "heap_blocks": blocks[tenth - 1 :: tenth],
+            "heap_blocks_growth_second_half": min(blocks[3 * q :]) - min(blocks[q : 2 * q]),
+        }
+        print(json.dumps(detail), file=sys.stderr)
+        return growth
+
+
+def _pin_mmap_threshold() -> bool:
+    """Fix glibc's M_MMAP_THRESHOLD at 128 KiB; False where there is no mallopt."""
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL(None).mallopt(-3, 128 * 1024))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
 
 
 def f_scaling(n_workers: int, n: int) -> float:
@@ -394,7 +430,9 @@ def sizes(quick: bool) -> dict[str, Any]:
             "b": 16,
             "c": 100,
             "e_queued": 200_000,
-            "e_soak": 200_000,
+            # Past the first 100,000 (the imap window filling): the second
+            # quarter, the soak's baseline, must be steady already.
+            "e_soak": 1_000_000,
             "f": [1, 2, 8],
             "f_n": 20_000,
             "g": [1024, 65536, 1 << 20],

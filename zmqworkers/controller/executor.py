@@ -308,11 +308,12 @@ class Outcome(NamedTuple):
 class _Stream:
     """Results for one map or imap call, handed over a batch at a time."""
 
-    __slots__ = ("_q", "ranges", "outstanding")
+    __slots__ = ("_q", "blocks", "outstanding")
 
     def __init__(self) -> None:
         self._q: queue.SimpleQueue[list[tuple[int, bool, Any]]] = queue.SimpleQueue()
-        self.ranges: list[range] = []
+        # Its blocks with results still to come, by first id.
+        self.blocks: dict[int, _Block] = {}
         self.outstanding = 0
 
     def put(self, items: list[tuple[int, bool, Any]]) -> None:
@@ -327,27 +328,44 @@ class _Stream:
             raise TimeoutError("map results did not arrive in time") from None
 
 
+class _Block:
+    """Task ids reserved together for one stream, and how many results are due."""
+
+    __slots__ = ("ids", "stream", "left")
+
+    def __init__(self, ids: range, stream: _Stream) -> None:
+        self.ids = ids
+        self.stream = stream
+        self.left = len(ids)
+
+
 class _StreamTable:
     """Which stream owns a task id, kept as id ranges, not one entry per task.
 
     Task ids are handed out in contiguous blocks, so a million queued tasks
     of a ``map`` cost a few ranges here instead of a million dict entries.
+    A block is forgotten as soon as its last result is in, so a stream that
+    runs for ever (``imap_unordered`` over an endless iterator) holds only
+    the blocks of its window, not one per block it ever submitted.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._starts: list[int] = []
-        self._by_start: dict[int, tuple[range, _Stream]] = {}
+        self._by_start: dict[int, _Block] = {}
 
     def new(self) -> _Stream:
         return _Stream()
 
     def add(self, ids: range, stream: _Stream) -> None:
+        if not ids:
+            return
+        block = _Block(ids, stream)
         with self._lock:
             bisect.insort(self._starts, ids.start)
-            self._by_start[ids.start] = (ids, stream)
-            stream.ranges.append(ids)
+            self._by_start[ids.start] = block
+            stream.blocks[ids.start] = block
             stream.outstanding += len(ids)
 
     def deliver(self, items: list[tuple[int, bool, Any]]) -> None:
@@ -356,18 +374,22 @@ class _StreamTable:
             return
         groups: dict[_Stream, list[tuple[int, bool, Any]]] = {}
         with self._lock:
-            hit: tuple[range, _Stream] | None = None
+            hit: _Block | None = None
             for item in items:
                 tid = item[0]
-                if hit is None or tid not in hit[0]:
+                if hit is None or tid not in hit.ids:
                     i = bisect.bisect_right(self._starts, tid) - 1
                     if i < 0:
                         continue
                     hit = self._by_start[self._starts[i]]
-                    if tid not in hit[0]:
+                    if tid not in hit.ids:
                         hit = None
                         continue  # its stream was abandoned
-                groups.setdefault(hit[1], []).append(item)
+                groups.setdefault(hit.stream, []).append(item)
+                hit.left -= 1
+                if hit.left <= 0:
+                    self._forget(hit)
+                    hit = None
             for stream, got in groups.items():
                 stream.outstanding -= len(got)
                 if stream.outstanding <= 0:
@@ -382,17 +404,22 @@ class _StreamTable:
         with self._lock:
             if stream.outstanding <= 0:
                 return []
-            left = [tid for r in stream.ranges for tid in r]
+            left = [tid for b in stream.blocks.values() for tid in b.ids]
             self._drop(stream)
             if not self._starts:
                 self._idle.notify_all()
             return left
 
+    def _forget(self, block: _Block) -> None:
+        start = block.ids.start
+        if self._by_start.get(start) is block:
+            del self._by_start[start]
+            del self._starts[bisect.bisect_left(self._starts, start)]
+        block.stream.blocks.pop(start, None)
+
     def _drop(self, stream: _Stream) -> None:
-        for r in stream.ranges:
-            if self._by_start.pop(r.start, None) is not None:
-                del self._starts[bisect.bisect_left(self._starts, r.start)]
-        stream.ranges = []
+        for block in list(stream.blocks.values()):
+            self._forget(block)
         stream.outstanding = 0
 
     def wait_idle(self) -> None:

@@ -129,9 +129,9 @@ class EngineOptions:
     connection_file: str | None = None
     # CURVE directory (see zmqworkers.curve): encrypt, admit only known workers.
     curve_dir: str | None = None
-    # Large array buffers enter the signature by length only on links that
-    # rule out changes in transit (loopback, ipc, CURVE) when the worker
-    # agrees; True signs them byte by byte everywhere (for a plain TCP relay
+    # Out-of-band array buffers enter the signature by length only on links
+    # that rule out changes in transit (loopback, ipc, CURVE) when the worker
+    # agrees; True hashes them everywhere (for a plain TCP relay
     # that carries a loopback port across a network).
     sign_buffers: bool = False
 

@@ -104,7 +104,7 @@ FIRST_BUFFER = 2
 
 @dataclass(frozen=True, slots=True)
 class SessionKey:
-    """The key of one session, and whether it signs large buffers byte by byte.
+    """The key of one session, and whether it hashes out-of-band buffers.
 
     ``sign_buffers=False`` is for links that already rule out changes in
     transit (loopback, ipc, CURVE), agreed by both sides in the handshake:

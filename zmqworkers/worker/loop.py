@@ -488,7 +488,7 @@ class Worker:
             "capacity": 1 + max(0, self.options.prefetch),
             "nonce": nonce,
             # Nothing on this link can change bytes in transit (loopback,
-            # ipc, CURVE): large buffers may skip hashing if the controller
+            # ipc, CURVE): array buffers may skip hashing if the controller
             # says the same of its side.
             "link_protected": self._curve is not None or is_local_link(self.address),
         }

@@ -31,6 +31,7 @@ Scenarios:
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
 import os
@@ -159,12 +160,17 @@ def a_tiny(system: str, n: int) -> float:
 
 
 def _warm_list(items: Any) -> list[Any]:
-    """The warm-up items, repeated so that every worker gets some.
+    """Copies of the warm-up items, at least 8 MiB of them, so every worker gets some.
 
     A few items alone may all go to one worker (one batch), and the other
-    would then be timed importing numpy on its first array.
+    would then be timed importing numpy on its first array. Copies, not the
+    same objects again: pickle sends a repeated object once per message, so
+    repeats would teach the batcher a payload size far below the real one.
     """
-    return list(items) * 50
+    items = list(items)
+    nbytes = sum(getattr(x, "nbytes", 8) for x in items) or 1
+    repeats = max(2, -(-(8 << 20) // nbytes))
+    return [copy.copy(x) for _ in range(repeats) for x in items]
 
 
 def _with_pool(system: str, body: Any, warm: bool = True, warm_items: Any = ()) -> float:

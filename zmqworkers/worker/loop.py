@@ -219,7 +219,8 @@ class Worker:
         self._skey: bytes | SessionKey = key
         self._pub_key = key
         self._funcs = FunctionCache()
-        self._queue: collections.deque[tuple[int, str, Any]] = collections.deque()
+        # (task id, spec id, argument, last of its message)
+        self._queue: collections.deque[tuple[int, str, Any, bool]] = collections.deque()
         self._stop_requested = False  # by the controller (STOP)
         self._rejoin = False  # ... asking for a new hello
         self._terminate = False  # by a signal: drain and leave for good
@@ -711,7 +712,7 @@ class Worker:
                     log.warning("worker %s: controller silent for %.1f s", self.id, lost_after)
                     return "lost"
                 continue
-            task_id, spec_id, arg = self._queue.popleft()
+            task_id, spec_id, arg, last = self._queue.popleft()
             served = True
             if not batch:
                 batch_started = time.monotonic()
@@ -719,8 +720,12 @@ class Worker:
             t0 = time.perf_counter()
             batch.append(self._run_one(task_id, spec_id, arg))
             busy += time.perf_counter() - t0
+            # Results go back as their message's tasks are done (the
+            # controller sized that message), so its slot frees at once and a
+            # large result is not held while the next task runs.
             if (
-                not self._queue
+                last
+                or not self._queue
                 or len(batch) >= RESULT_BATCH_MAX
                 or time.monotonic() - batch_started > RESULT_BATCH_SECONDS
             ):
@@ -766,7 +771,10 @@ class Worker:
             # Checked whole first: a batch is taken entirely or not at all.
             if not all(isinstance(t, tuple) and len(t) == 2 and type(t[0]) is int for t in items):
                 return False
-            self._queue.extend((task_id, spec_id, arg) for task_id, arg in items)
+            end = len(items) - 1
+            self._queue.extend(
+                (task_id, spec_id, arg, i == end) for i, (task_id, arg) in enumerate(items)
+            )
         elif kind == Kind.FUNC:
             spec, spec_id = msg.payload, hdr.get("spec")
             if not isinstance(spec_id, str) or not (isinstance(spec, tuple) and len(spec) == 4):

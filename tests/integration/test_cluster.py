@@ -261,3 +261,20 @@ def test_a_done_callback_may_ask_the_cluster(cluster2) -> None:
     assert fut.result(30) == 4
     wait_for(lambda: seen, timeout=5)
     assert seen[0]["delivered"] >= 1
+
+
+def test_local_workers_dial_a_private_ipc_folder_that_goes_with_the_cluster() -> None:
+    with Cluster(2) as c:
+        c.wait_for_workers(2, timeout=30)
+        local = c._engine.local_address
+        assert c.address.startswith("tcp://127.0.0.1:")
+        assert local.startswith("ipc://"), local
+        folder = os.path.dirname(local[len("ipc://") :])
+        assert os.stat(folder).st_mode & 0o777 == 0o700
+        # The workers' command lines name the ipc address, not the TCP one.
+        pids = {w["pid"] for w in c.workers()}
+        for pid in pids:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                assert local.encode() in f.read().split(b"\0")
+        assert list(c.map(double, range(100))) == [2 * x for x in range(100)]
+    assert not os.path.exists(folder)

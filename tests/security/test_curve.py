@@ -112,12 +112,18 @@ def test_curve_daemons_known_joins_unknown_refused_nothing_in_clear(tmp_path, ca
 @pytest.mark.skipif(not can_sniff(), reason="needs a raw socket on lo (root or CAP_NET_RAW)")
 def test_sniffer_sees_the_marker_without_curve() -> None:
     # The control experiment: the same capture does see a plain payload, so
-    # its silence under CURVE means something.
+    # its silence under CURVE means something. A daemon, like the CURVE
+    # test's: local workers would talk over ipc, which no capture on lo sees.
     marker = f"MARKER-{secrets.token_hex(12)}"
-    with Cluster(1) as cluster:
-        cluster.wait_for_workers(1, timeout=30)
-        with sniff_loopback(max_seconds=60) as captured:
-            assert cluster.submit(tag, "t", marker).result(timeout=30) == f"t:{marker}"
+    key = secrets.token_hex(32)
+    with Cluster(0, key=key) as cluster:
+        proc = start_daemon(cluster.address, env={"ZMQWORKERS_KEY": key})
+        try:
+            cluster.wait_for_workers(1, timeout=30)
+            with sniff_loopback(max_seconds=60) as captured:
+                assert cluster.submit(tag, "t", marker).result(timeout=30) == f"t:{marker}"
+        finally:
+            stop_process(proc)
     assert marker.encode() in captured
 
 

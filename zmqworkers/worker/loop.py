@@ -93,6 +93,21 @@ class WorkerOptions:
     drain_timeout: float = 25.0
 
 
+def _side_endpoint(address: str, hdr: dict[str, Any], name: str) -> str:
+    """Where the welcome says the ``results`` or ``control`` channel is.
+
+    A worker that dialled the controller's ipc address for local workers
+    takes that channel's ipc address too; others take the port (or address)
+    named for everyone.
+    """
+    local = hdr.get("ipc")
+    if address.startswith("ipc://") and isinstance(local, dict):
+        endpoint = local.get(name)
+        if isinstance(endpoint, str) and endpoint.startswith("ipc://"):
+            return endpoint
+    return _format_endpoint(address, hdr[name])
+
+
 def _format_endpoint(address: str, port_or_endpoint: Any) -> str:
     if isinstance(port_or_endpoint, str):
         return port_or_endpoint
@@ -422,22 +437,23 @@ class Worker:
                 log.info("worker %s: not accepted now: %s", self.id, reason)
                 return "lost" if self.options.daemon else "exit"
             hdr = welcome.header
+            results_ep = _side_endpoint(self.address, hdr, "results")
             results = self._socket(zmq.PUSH)
             results.setsockopt(zmq.LINGER, 2000)
             results.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
             results.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
-            results.connect(_format_endpoint(self.address, hdr["results"]))
+            results.connect(results_ep)
             control = self._socket(zmq.SUB)
             control.setsockopt(zmq.LINGER, 0)
             control.setsockopt(zmq.SUBSCRIBE, b"")
             control.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
             control.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
             control.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
-            control.connect(_format_endpoint(self.address, hdr["control"]))
+            control.connect(_side_endpoint(self.address, hdr, "control"))
             # Broadcasts published before this welcome are not for us: a
             # replayed old STOP is refused like any other replay.
             guard.check(f"{hdr['controller']}/pub", hdr["pub_seq"])
-            self._results_ep = _format_endpoint(self.address, hdr["results"])
+            self._results_ep = results_ep
             self._controller_id = hdr.get("controller")
             self._other_controller = False
             interval = float(hdr.get("heartbeat_interval", opts.heartbeat_interval))
@@ -446,7 +462,7 @@ class Worker:
             hb_thread = threading.Thread(
                 target=self._heartbeat_loop,
                 args=(
-                    _format_endpoint(self.address, hdr["results"]),
+                    results_ep,
                     interval,
                     self._skey,
                     self._hb_sender,

@@ -10,14 +10,15 @@ repeats each, prints medians and ratios as a table, writes
 ``benchmarks/results/results.json`` and draws ``throughput_vs_payload.png``.
 
 Peers: multiprocessing.Pool, ProcessPoolExecutor, Dask distributed
-(LocalCluster) and a raw pyzmq ceiling. Missing peers are installed into
-``benchmarks/.venv`` (which also sees the packages already installed) and the
-run continues there.
+(LocalCluster) and a raw pyzmq ceiling, over loopback TCP (``raw``) and over
+Unix sockets (``raw_ipc``, the transport of zmqworkers' local workers).
+Missing peers are installed into ``benchmarks/.venv`` (which also sees the
+packages already installed) and the run continues there.
 
 Scenarios:
   a  tiny no-op tasks per second (Cluster.imap_unordered, Cluster.map,
      WorkerController; Pool.imap_unordered(chunksize=1), ProcessPoolExecutor,
-     Dask, raw PUSH/PULL)
+     Dask, raw PUSH/PULL over TCP and ipc)
   b  round trips of 8 MiB float64 arrays, GB/s moved (both directions)
   c  heterogeneous durations: makespan against the ideal list schedule
   d  time to first result, from constructing the pool with 2 fresh workers
@@ -35,6 +36,7 @@ import copy
 import itertools
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -49,13 +51,13 @@ RESULTS = HERE / "results"
 PEER_PACKAGES = ["dask[distributed]", "matplotlib", "psutil"]
 
 SYSTEMS: dict[str, list[str]] = {
-    "a": ["zmq_imap", "zmq_map", "zmq_qt", "pool", "ppe", "dask", "raw"],
-    "b": ["zmq", "pool", "ppe", "dask", "raw", "memcpy"],
+    "a": ["zmq_imap", "zmq_map", "zmq_qt", "pool", "ppe", "dask", "raw", "raw_ipc"],
+    "b": ["zmq", "pool", "ppe", "dask", "raw", "raw_ipc", "memcpy"],
     "c": ["zmq", "pool", "dask"],
     "d": ["zmq", "pool_spawn", "pool_fork", "dask"],
     "e": ["zmq_queued", "zmq_soak"],
     "f": ["zmq"],
-    "g": ["zmq", "pool", "raw"],
+    "g": ["zmq", "pool", "raw", "raw_ipc"],
 }
 UNITS = {
     "a": "tasks/s",
@@ -99,8 +101,14 @@ while True:
 """
 
 
-def raw_round_trips(payloads: list[Any], n_workers: int = 2) -> float:
-    """Seconds to send every payload through a worker and back (zero-copy)."""
+def raw_round_trips(payloads: list[Any], n_workers: int = 2, system: str = "raw") -> float:
+    """Seconds to send every payload through a worker and back (zero-copy).
+
+    ``system`` "raw" uses loopback TCP (what daemons on this host use),
+    "raw_ipc" Unix sockets (what zmqworkers' local workers use).
+    """
+    import tempfile
+
     import zmq
 
     ctx = zmq.Context()
@@ -108,8 +116,13 @@ def raw_round_trips(payloads: list[Any], n_workers: int = 2) -> float:
     pull = ctx.socket(zmq.PULL)
     push.setsockopt(zmq.LINGER, 0)
     pull.setsockopt(zmq.LINGER, 0)
-    push.bind("tcp://127.0.0.1:*")
-    pull.bind("tcp://127.0.0.1:*")
+    folder = tempfile.mkdtemp(prefix="raw-zmq-")
+    if system == "raw_ipc":
+        push.bind(f"ipc://{folder}/tasks")
+        pull.bind(f"ipc://{folder}/results")
+    else:
+        push.bind("tcp://127.0.0.1:*")
+        pull.bind("tcp://127.0.0.1:*")
     out_ep = push.getsockopt_string(zmq.LAST_ENDPOINT)
     in_ep = pull.getsockopt_string(zmq.LAST_ENDPOINT)
     procs = [
@@ -144,6 +157,7 @@ def raw_round_trips(payloads: list[Any], n_workers: int = 2) -> float:
         push.close()
         pull.close()
         ctx.term()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------
@@ -152,9 +166,9 @@ def raw_round_trips(payloads: list[Any], n_workers: int = 2) -> float:
 
 def a_tiny(system: str, n: int) -> float:
     tasks = range(n)
-    if system == "raw":
+    if system in ("raw", "raw_ipc"):
         payload = [b"x" * 8] * n
-        return n / raw_round_trips(payload)
+        return n / raw_round_trips(payload, system=system)
     t = _with_pool(system, lambda run: run(noop, tasks, unordered=True), warm=True)
     return n / t
 
@@ -298,8 +312,8 @@ def b_arrays(system: str, n: int, mib: int = 8) -> float:
             np.copyto(dst, a)
             np.copyto(a, dst)
         return moved / (time.perf_counter() - t0)
-    if system == "raw":
-        return moved / raw_round_trips(arrays)
+    if system in ("raw", "raw_ipc"):
+        return moved / raw_round_trips(arrays, system=system)
     return moved / _with_pool(
         system, lambda run: run(noop, arrays, unordered=True), warm_items=arrays[:4]
     )
@@ -420,8 +434,8 @@ def g_payload(system: str, size: int, n: int) -> float:
     import numpy as np
 
     xs = [np.ones(max(1, size // 8)) for _ in range(n)]
-    if system == "raw":
-        return n / raw_round_trips(xs)
+    if system in ("raw", "raw_ipc"):
+        return n / raw_round_trips(xs, system=system)
     return n / _with_pool(system, lambda run: run(noop, xs, unordered=True), warm_items=xs[:4])
 
 

@@ -103,7 +103,7 @@ def main() -> None:
                 row.update(sizes(c))
                 print(json.dumps(row), flush=True)
         stream_table = {"starts": len(c._streams._starts)}
-    print(json.dumps({"after_close": stream_table}), flush=True)
+    print(json.dumps({"after_the_stream": stream_table}), flush=True)
     if a.trace and len(snaps) >= 2:
         (i0, s0), (i1, s1) = snaps[0], snaps[-1]
         filt = [

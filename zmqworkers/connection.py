@@ -14,6 +14,7 @@ never reads half a file.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -44,8 +45,15 @@ def is_local_link(address: str) -> bool:
     parts = urlsplit(address)
     if parts.scheme in ("ipc", "inproc"):
         return True
+    if ";" in parts.netloc:
+        return False  # ZeroMQ's "source;destination" form: judge neither
     host = (parts.hostname or "").lower()
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import wait_for
 from tests.deploy.helpers import Daemon, subprocess_env
 from zmqworkers import Cluster, ConfigurationError
-from zmqworkers.connection import advertised_address, read_connection_file
+from zmqworkers.connection import advertised_address, is_local_link, read_connection_file
 from zmqworkers.protocol import PROTOCOL_VERSION
 
 
@@ -203,3 +203,22 @@ def test_connection_file_that_never_comes_is_a_clear_error(tmp_path: Path) -> No
     )
     assert done.returncode == 2
     assert "never.json did not appear within 0.3 s" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("address", "local"),
+    [
+        ("tcp://127.0.0.1:5555", True),
+        ("tcp://127.8.9.10:5555", True),
+        ("tcp://[::1]:5555", True),
+        ("tcp://localhost:5555", True),
+        ("ipc:///tmp/x/tasks", True),
+        ("tcp://0.0.0.0:5555", False),
+        ("tcp://10.1.2.3:5555", False),
+        ("tcp://node1:5555", False),
+        ("tcp://127.evil.example:5555", False),  # a name, not an address
+        ("tcp://127.0.0.1:0;10.1.2.3:5555", False),  # source;destination
+    ],
+)
+def test_only_addresses_this_kernel_alone_carries_are_local_links(address, local) -> None:
+    assert is_local_link(address) is local

@@ -6,6 +6,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -278,3 +279,15 @@ def test_local_workers_dial_a_private_ipc_folder_that_goes_with_the_cluster() ->
                 assert local.encode() in f.read().split(b"\0")
         assert list(c.map(double, range(100))) == [2 * x for x in range(100)]
     assert not os.path.exists(folder)
+
+
+def test_local_workers_fall_back_to_tcp_without_a_usable_ipc_folder(monkeypatch, tmp_path) -> None:
+    too_long = tmp_path / ("d" * 110)  # past the 107 bytes of a Unix socket path
+    too_long.mkdir()
+    for folder in (str(tmp_path / "missing"), str(too_long)):
+        monkeypatch.setattr(tempfile, "tempdir", folder)
+        with Cluster(1) as c:
+            c.wait_for_workers(1, timeout=30)
+            assert c._engine.local_address == c.address
+            assert list(c.map(double, range(10))) == [2 * x for x in range(10)]
+        assert os.listdir(too_long) == []

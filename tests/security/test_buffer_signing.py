@@ -35,7 +35,7 @@ def round_trip(cluster: Cluster) -> list[bool]:
     return [w["buffers_signed"] for w in cluster.workers()]
 
 
-def test_local_workers_on_loopback_sign_buffers_by_length() -> None:
+def test_local_workers_over_ipc_sign_buffers_by_length() -> None:
     with Cluster(2) as cluster:
         cluster.wait_for_workers(2, timeout=30)
         assert round_trip(cluster) == [False, False]
@@ -45,6 +45,16 @@ def test_sign_buffers_true_hashes_them_on_loopback_too() -> None:
     with Cluster(1, sign_buffers=True) as cluster:
         cluster.wait_for_workers(1, timeout=30)
         assert round_trip(cluster) == [True]
+
+
+def test_a_daemon_on_loopback_tcp_signs_buffers_by_length() -> None:
+    with Cluster(0, key=KEY) as cluster:
+        proc = start_daemon(cluster.address, env={"ZMQWORKERS_KEY": KEY})
+        try:
+            cluster.wait_for_workers(1, timeout=30)
+            assert round_trip(cluster) == [False]
+        finally:
+            stop_process(proc)
 
 
 def test_a_controller_on_every_interface_has_buffers_hashed() -> None:

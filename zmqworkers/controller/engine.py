@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -254,7 +255,10 @@ class Engine:
             options.curve_dir or is_local_link(options.bind)
         )
         self._auth: Any = None
-        self._ipc_dir: str | None = None
+        # The ipc folder of local workers (see _bind_local_ipc), if any.
+        self.local_address = options.bind
+        self._local_eps: dict[str, str] = {}
+        self._ipc_cleanup: weakref.finalize[Any, Any] | None = None
         self._local: dict[int, subprocess.Popen[bytes]] = {}
         self._local_target = options.n_workers
         self._expected_exits: set[int] = set()
@@ -414,9 +418,9 @@ class Engine:
         ctx = getattr(self, "_ctx", None)
         if ctx is not None:
             ctx.term()
-        if self._ipc_dir is not None:
-            shutil.rmtree(self._ipc_dir, ignore_errors=True)
-            self._ipc_dir = None
+        if self._ipc_cleanup is not None:
+            self._ipc_cleanup()
+            self._ipc_cleanup = None
 
     def _bind(self) -> None:
         ctx = self._ctx = zmq.Context()
@@ -481,26 +485,35 @@ class Engine:
         user (and root) can connect at all.
         """
         self.local_address = self.address
-        self._local_eps: dict[str, str] = {}
         opts = self.options
         if not (opts.local_ipc and opts.n_workers > 0 and self.address.startswith("tcp://")):
             return
         if os.name != "posix" or not zmq.has("ipc"):
             return
-        folder = tempfile.mkdtemp(prefix="zmqworkers-")
-        eps = {name: f"ipc://{folder}/{name}" for name in ("tasks", "results", "control")}
+        socks = {"tasks": self._router, "results": self._pull, "control": self._pub}
+        bound: list[tuple[zmq.Socket[Any], str]] = []
+        folder = None
         try:
-            self._router.bind(eps["tasks"])
-            self._pull.bind(eps["results"])
-            self._pub.bind(eps["control"])
-        except zmq.ZMQError as exc:
-            # A path too long for a Unix socket, say: TCP serves them too.
+            folder = tempfile.mkdtemp(prefix="zmqworkers-")
+            for name, sock in socks.items():
+                sock.bind(f"ipc://{folder}/{name}")
+                bound.append((sock, f"ipc://{folder}/{name}"))
+        except (OSError, zmq.ZMQError) as exc:
+            # No writable temporary folder, or a path too long for a Unix
+            # socket: TCP serves the local workers too.
             log.debug("no ipc for local workers (%s): they use %s", exc, self.address)
-            shutil.rmtree(folder, ignore_errors=True)
+            for sock, endpoint in bound:
+                sock.unbind(endpoint)
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
             return
-        self._ipc_dir = folder
-        self.local_address = eps["tasks"]
-        self._local_eps = {"results": eps["results"], "control": eps["control"]}
+        # Gone with the engine, or at exit if the engine never closed.
+        self._ipc_cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
+        self.local_address = f"ipc://{folder}/tasks"
+        self._local_eps = {
+            "results": f"ipc://{folder}/results",
+            "control": f"ipc://{folder}/control",
+        }
 
     def _run(self) -> None:
         try:

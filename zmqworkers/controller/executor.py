@@ -400,7 +400,11 @@ class _StreamTable:
             stream.put(got)
 
     def remove(self, stream: _Stream) -> list[int]:
-        """Forget the stream; return the ids it still waited for."""
+        """Forget the stream; return the ids of its blocks still open.
+
+        A block still open may hold ids already delivered: cancelling those
+        does nothing.
+        """
         with self._lock:
             if stream.outstanding <= 0:
                 return []

@@ -60,7 +60,7 @@ class WorkerState:
     last_seen: float = 0.0
     joined: float = 0.0
     draining: bool = False
-    # False when large buffers go unhashed on this worker's protected link.
+    # False when array buffers are signed by length only (a protected link).
     buffers_signed: bool = True
 
     @property

@@ -135,7 +135,7 @@ def _mac(key: Key, frames: Sequence[Any]) -> bytes:
         n = view.nbytes
         mac.update(n.to_bytes(8, "little"))
         if i >= FIRST_BUFFER and not sign_buffers:
-            mac.update(b"unsigned buffer")  # the link protects these bytes
+            mac.update(b"length only")  # the link protects these bytes
         elif n >= LARGE_FRAME:
             import blake3  # only where large frames travel
 

@@ -159,7 +159,7 @@ class WorkerController(QtCore.QThread):
         Keys: ``id``, ``host``, ``pid``, ``local``, ``state`` (``idle``,
         ``busy``, ``draining``), ``current_task`` (the task object it runs),
         ``current_task_id``, ``in_flight``, ``tasks_done``,
-        ``buffers_signed`` (False where large arrays are signed by length
+        ``buffers_signed`` (False where array buffers are signed by length
         only, on a loopback, ipc or CURVE link) and ``last_heartbeat``
         (``time.monotonic()`` when it was last heard).
         ``include_departed`` puts first the last dicts of the workers of this

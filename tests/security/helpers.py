@@ -134,6 +134,18 @@ def sniff_loopback(max_seconds: float = 60.0) -> Iterator[bytearray]:
         sock.close()
 
 
+def keygen(directory: Any, *args: str) -> None:
+    """``zmqworkers keygen --curve DIRECTORY ARGS``, which must succeed."""
+    out = subprocess.run(
+        [sys.executable, "-m", "zmqworkers", "keygen", "--curve", str(directory), *args],
+        env={"PYTHONPATH": ROOT, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+
+
 def start_daemon(
     address: str, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:

@@ -8,8 +8,6 @@ intact and the envelope and pickle stream are signed in full.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -17,7 +15,7 @@ import numpy as np
 import pytest
 import zmq
 
-from tests.security.helpers import ROOT, start_daemon, stop_process
+from tests.security.helpers import keygen, start_daemon, stop_process
 from zmqworkers import Cluster
 
 KEY = "b" * 64
@@ -72,14 +70,7 @@ def test_a_controller_on_every_interface_has_buffers_hashed() -> None:
 
 @pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE")
 def test_curve_links_sign_buffers_by_length_on_any_interface(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "zmqworkers", "keygen", "--curve", str(tmp_path)],
-        env={"PYTHONPATH": ROOT, "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
+    keygen(tmp_path)
     with Cluster(0, bind="tcp://0.0.0.0:0", curve_dir=tmp_path) as cluster:
         port = urlsplit(cluster.address).port
         proc = start_daemon(f"tcp://127.0.0.1:{port}", "--curve", str(tmp_path))

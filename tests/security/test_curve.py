@@ -7,13 +7,19 @@ import secrets
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import zmq
 
 from tests.conftest import wait_for
-from tests.security.helpers import ROOT, can_sniff, sniff_loopback, start_daemon, stop_process
+from tests.security.helpers import (
+    ROOT,
+    can_sniff,
+    keygen,
+    sniff_loopback,
+    start_daemon,
+    stop_process,
+)
 from zmqworkers import Cluster
 from zmqworkers.errors import ConfigurationError
 
@@ -22,17 +28,6 @@ pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built witho
 
 def tag(text: str, marker: str) -> str:
     return f"{text}:{marker}"
-
-
-def keygen(directory: Path, *args: str) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "zmqworkers", "keygen", "--curve", str(directory), *args],
-        env={"PYTHONPATH": ROOT, "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
 
 
 def test_keygen_curve_layout_and_modes(tmp_path) -> None:

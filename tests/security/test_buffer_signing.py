@@ -55,15 +55,18 @@ def test_a_daemon_on_loopback_tcp_signs_buffers_by_length() -> None:
             stop_process(proc)
 
 
-def test_a_controller_on_every_interface_has_buffers_hashed() -> None:
+def test_a_controller_on_every_interface_hashes_buffers_but_for_its_ipc_workers() -> None:
     # The daemon dials loopback and vouches for its side, but the controller
-    # also listens where the network reaches: it does not agree.
-    with Cluster(0, bind="tcp://0.0.0.0:0", key=KEY) as cluster:
+    # also listens where the network reaches: it does not agree. Its own
+    # local worker dialled the private ipc folder, which no network reaches.
+    with Cluster(1, bind="tcp://0.0.0.0:0", key=KEY) as cluster:
         port = urlsplit(cluster.address).port
         proc = start_daemon(f"tcp://127.0.0.1:{port}", env={"ZMQWORKERS_KEY": KEY})
         try:
-            cluster.wait_for_workers(1, timeout=30)
-            assert round_trip(cluster) == [True]
+            cluster.wait_for_workers(2, timeout=30)
+            round_trip(cluster)
+            signed = {w["local"]: w["buffers_signed"] for w in cluster.workers()}
+            assert signed == {True: False, False: True}
         finally:
             stop_process(proc)
 

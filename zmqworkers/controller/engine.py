@@ -156,6 +156,7 @@ class _Session:
     state: WorkerState
     expires: float
     worker_nonce: bytes = b""
+    via_ipc: bool = False  # dialled the ipc folder of local workers
     joined: bool = False
     retired: bool = False
 
@@ -877,8 +878,15 @@ class Engine:
             joined=now,
         )
         ours = secrets.token_bytes(NONCE_SIZE)
-        # Both ends must vouch for the link before buffers go unhashed.
-        protected = self._link_protected and hdr.get("link_protected") is True
+        # A worker that dialled the private ipc folder of local workers runs
+        # on this host (the hello is signed, so the claim is a key holder's).
+        via_ipc = (
+            self.local_address.startswith("ipc://") and hdr.get("dialled") == self.local_address
+        )
+        # Both ends must vouch for the link before buffers go unhashed: ours
+        # is protected if all our sockets are, or if it is that ipc folder.
+        ours_ok = self._link_protected or (via_ipc and not self.options.sign_buffers)
+        protected = ours_ok and hdr.get("link_protected") is True
         w.buffers_signed = not protected
         session = _Session(
             tag=ours.hex(),
@@ -889,6 +897,7 @@ class Engine:
             state=w,
             expires=now + self.options.heartbeat_interval * self.options.heartbeat_misses + 2,
             worker_nonce=nonce,
+            via_ipc=via_ipc,
         )
         # The worker joins on its first message signed with the session key:
         # a replayed hello cannot produce one, so it never gets a task.
@@ -917,8 +926,8 @@ class Engine:
                 "heartbeat_interval": self.options.heartbeat_interval,
                 "heartbeat_misses": self.options.heartbeat_misses,
                 "sign_buffers": session.key.sign_buffers,
-                # For a worker that dialled the ipc address of local workers.
-                "ipc": self._local_eps,
+                # The side channels' ipc addresses, for a local worker only.
+                "ipc": self._local_eps if session.via_ipc else {},
             },
         )
 

@@ -508,6 +508,7 @@ class Worker:
             # ipc, CURVE): array buffers may skip hashing if the controller
             # says the same of its side.
             "link_protected": self._curve is not None or is_local_link(self.address),
+            "dialled": self.address,
         }
         poller = zmq.Poller()
         poller.register(tasks, zmq.POLLIN)

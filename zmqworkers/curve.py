@@ -30,12 +30,18 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 
 from zmqworkers.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
+
+
+def _zmq_auth() -> Any:
+    """``zmq.auth``, imported on first use: a worker without CURVE never needs it."""
+    import zmq.auth
+
+    return zmq.auth
+
 
 CURVE_ENV = "ZMQWORKERS_CURVE"
 CONTROLLER = "controller"
@@ -70,10 +76,10 @@ def create(directory: str | os.PathLike[str], worker: str = DEFAULT_WORKER) -> l
     (root / AUTHORIZED).mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     if not (root / f"{CONTROLLER}.key_secret").exists():
-        written += [Path(p) for p in zmq.auth.create_certificates(root, CONTROLLER)]
+        written += [Path(p) for p in _zmq_auth().create_certificates(root, CONTROLLER)]
     if (root / f"{worker}.key_secret").exists():
         raise ConfigurationError(f"{root / worker}.key_secret exists; not overwriting it")
-    public, secret = (Path(p) for p in zmq.auth.create_certificates(root, worker))
+    public, secret = (Path(p) for p in _zmq_auth().create_certificates(root, worker))
     written += [public, secret]
     shutil.copyfile(public, root / AUTHORIZED / public.name)
     written.append(root / AUTHORIZED / public.name)
@@ -85,7 +91,7 @@ def create(directory: str | os.PathLike[str], worker: str = DEFAULT_WORKER) -> l
 
 def _load(path: Path, want_secret: bool) -> tuple[bytes, bytes | None]:
     try:
-        public, secret = zmq.auth.load_certificate(path)
+        public, secret = _zmq_auth().load_certificate(path)
     except (OSError, ValueError) as exc:
         raise ConfigurationError(
             f"cannot read CURVE certificate {path}: {exc} "
@@ -158,7 +164,7 @@ class AuthorizedKeys:
         except OSError:
             return {}
         if stamp != self._stamp:
-            self._keys = zmq.auth.load_certificates(self.folder)
+            self._keys = _zmq_auth().load_certificates(self.folder)
             self._stamp = stamp
         return self._keys
 
@@ -180,8 +186,10 @@ class AuthorizedKeys:
             return False
 
 
-def start_authenticator(ctx: zmq.Context[Any], keys: ServerKeys) -> ThreadAuthenticator:
+def start_authenticator(ctx: zmq.Context[Any], keys: ServerKeys) -> Any:
     """Start the ZAP thread on ``ctx``: it must run before the sockets bind."""
+    from zmq.auth.thread import ThreadAuthenticator  # the controller's only
+
     auth = ThreadAuthenticator(ctx, log=log.getChild("zap"))
     auth.start()
     checker = AuthorizedKeys(keys.authorized)

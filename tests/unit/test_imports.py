@@ -1,4 +1,9 @@
-"""Importing the package or the worker never loads Qt; ``__all__`` is complete."""
+"""Importing the package or the worker never loads Qt; ``__all__`` is complete.
+
+A worker's imports are on the path to the first result, so what only some
+workers need (CURVE's zmq.auth, asyncio through zmq.utils.monitor, cloudpickle,
+numpy) is loaded on first use.
+"""
 
 from __future__ import annotations
 
@@ -27,3 +32,14 @@ def test_public_names_are_exported() -> None:
     assert public <= set(zmqworkers.__all__), public - set(zmqworkers.__all__)
     for name in zmqworkers.__all__:
         assert getattr(zmqworkers, name) is not None
+
+
+def test_worker_loads_nothing_it_may_not_need() -> None:
+    code = (
+        "import sys, zmqworkers.worker.loop, zmqworkers.controller.engine\n"
+        "lazy = ('asyncio', 'zmq.auth', 'zmq.utils.monitor', 'cloudpickle', 'numpy', 'blake3')\n"
+        "print(sorted(m for m in lazy if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", f"loaded at import: {proc.stdout}"

@@ -31,6 +31,7 @@ import queue
 import secrets
 import shutil
 import socket as pysocket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -45,7 +46,6 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from zmqworkers import curve
 from zmqworkers._version import __version__
@@ -1148,10 +1148,10 @@ class Engine:
         disconnected = False
         for _ in range(1000):
             try:
-                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+                frames = self._monitor.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            if event["event"] == zmq.EVENT_DISCONNECTED:
+            if monitor_event(frames) == zmq.EVENT_DISCONNECTED:
                 disconnected = True
         if disconnected:
             # The event names a file descriptor, not a routing id, and a new
@@ -1246,6 +1246,15 @@ class Engine:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def monitor_event(frames: list[bytes]) -> int:
+    """The event number of one socket-monitor message.
+
+    Read here rather than with ``zmq.utils.monitor``, which imports asyncio:
+    about 15 ms on the path to the first result.
+    """
+    return int(struct.unpack_from("=H", frames[0])[0])
 
 
 def _port(sock: zmq.Socket[Any]) -> int:

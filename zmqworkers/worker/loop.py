@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from zmqworkers import curve
 from zmqworkers._version import __version__
@@ -556,7 +555,7 @@ class Worker:
             poller.modify(tasks, zmq.POLLIN if sent else zmq.POLLIN | zmq.POLLOUT)
             events = dict(poller.poll(100))
             if monitor is not None and events.get(monitor):
-                recv_monitor_message(monitor)
+                monitor.recv_multipart()  # a failed CURVE handshake: what it says is known
                 refusals += 1
                 if refusals & (refusals - 1) == 0:
                     log.error(

@@ -1226,6 +1226,11 @@ class Engine:
                 proc.kill()
                 proc.wait()
         self._local.clear()
+        # Results sent just before the workers left still count.
+        try:
+            self._recv_all(self._pull, self._on_result_channel)
+        except zmq.ZMQError:
+            pass  # the engine failed with its sockets: nothing to read
         abandoned = list(self.sched.tasks)
         self._closed.set()
         self._close_sockets()

@@ -41,6 +41,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +195,19 @@ def _with_pool(system: str, body: Any, warm: bool = True, warm_items: Any = ()) 
     ``warm_items`` go through ``noop`` before the clock starts, so that no
     system is timed importing what the payload needs (numpy).
     """
+    if system == "zmq_qt":
+        return _qt_run(body)
+    with _runner(system, warm) as run:
+        if warm_items:
+            run(noop, _warm_list(warm_items), unordered=True)
+        t0 = time.perf_counter()
+        body(run)
+        return time.perf_counter() - t0
+
+
+@contextmanager
+def _runner(system: str, warm: bool) -> Iterator[Any]:
+    """A started 2-worker pool of ``system``, as ``run(fn, xs, unordered)``."""
     if system in ("zmq_imap", "zmq_map", "zmq"):
         from zmqworkers import Cluster
 
@@ -201,54 +216,39 @@ def _with_pool(system: str, body: Any, warm: bool = True, warm_items: Any = ()) 
             if warm:
                 list(c.map(noop, range(100)))
 
-            def run(fn: Any, xs: Any, unordered: bool = False) -> None:
-                if system == "zmq_map" or not unordered:
-                    for _ in c.map(fn, xs):
-                        pass
-                else:
-                    for _ in c.imap_unordered(fn, xs):
-                        pass
+            def run_zmq(fn: Any, xs: Any, unordered: bool = False) -> None:
+                ordered = system == "zmq_map" or not unordered
+                for _ in c.map(fn, xs) if ordered else c.imap_unordered(fn, xs):
+                    pass
 
-            if warm_items:
-                run(noop, _warm_list(warm_items), unordered=True)
-            t0 = time.perf_counter()
-            body(run)
-            return time.perf_counter() - t0
-    if system == "zmq_qt":
-        return _qt_run(body)
-    if system in ("pool", "pool_spawn"):
+            yield run_zmq
+    elif system in ("pool", "pool_spawn"):
         import multiprocessing
 
         with multiprocessing.get_context("spawn").Pool(2) as pool:
             pool.map(noop, range(4))
 
-            def run(fn: Any, xs: Any, unordered: bool = False) -> None:
+            def run_pool(fn: Any, xs: Any, unordered: bool = False) -> None:
                 for _ in pool.imap_unordered(fn, xs, chunksize=1):
                     pass
 
-            if warm_items:
-                run(noop, _warm_list(warm_items), unordered=True)
-            t0 = time.perf_counter()
-            body(run)
-            return time.perf_counter() - t0
-    if system == "ppe":
+            yield run_pool
+    elif system == "ppe":
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import as_completed as ppe_completed
 
         with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as ex:
             list(ex.map(noop, range(4)))
 
-            def run(fn: Any, xs: Any, unordered: bool = False) -> None:
-                for _ in as_completed([ex.submit(fn, x) for x in xs]):
+            def run_ppe(fn: Any, xs: Any, unordered: bool = False) -> None:
+                for _ in ppe_completed([ex.submit(fn, x) for x in xs]):
                     pass
 
-            if warm_items:
-                run(noop, _warm_list(warm_items), unordered=True)
-            t0 = time.perf_counter()
-            body(run)
-            return time.perf_counter() - t0
-    if system == "dask":
-        from dask.distributed import Client, LocalCluster, as_completed
+            yield run_ppe
+    elif system == "dask":
+        from dask.distributed import Client, LocalCluster
+        from dask.distributed import as_completed as dask_completed
 
         with (
             LocalCluster(
@@ -258,16 +258,13 @@ def _with_pool(system: str, body: Any, warm: bool = True, warm_items: Any = ()) 
         ):
             client.gather(client.map(noop, range(4), pure=False))
 
-            def run(fn: Any, xs: Any, unordered: bool = False) -> None:
-                for _ in as_completed(client.map(fn, list(xs), pure=False)):
+            def run_dask(fn: Any, xs: Any, unordered: bool = False) -> None:
+                for _ in dask_completed(client.map(fn, list(xs), pure=False)):
                     pass
 
-            if warm_items:
-                run(noop, _warm_list(warm_items), unordered=True)
-            t0 = time.perf_counter()
-            body(run)
-            return time.perf_counter() - t0
-    raise ValueError(f"unknown system {system}")
+            yield run_dask
+    else:
+        raise ValueError(f"unknown system {system}")
 
 
 def _qt_run(body: Any) -> float:

@@ -23,7 +23,7 @@ from zmqworkers.errors import (
 _QT_NAMES = {"WorkerController", "AppRunner"}
 
 if _TYPE_CHECKING:
-    from zmqworkers.controller.executor import Cluster
+    from zmqworkers.client.cluster import Cluster
 
 __all__ = [
     "AppRunner",
@@ -45,11 +45,11 @@ def __getattr__(name: str) -> _Any:
     # Loaded on first use, so that a worker, which imports this package,
     # starts without loading the controller (or Qt).
     if name == "Cluster":
-        from zmqworkers.controller.executor import Cluster
+        from zmqworkers.client.cluster import Cluster
 
         return Cluster
     if name == "BaseApp":
-        from zmqworkers.apps import BaseApp
+        from zmqworkers.client.apps import BaseApp
 
         return BaseApp
     if name in _QT_NAMES:

@@ -15,8 +15,8 @@ import pytest
 from tests.conftest import wait_for
 from tests.deploy.helpers import Daemon, subprocess_env
 from zmqworkers import Cluster, ConfigurationError
-from zmqworkers.connection import advertised_address, is_local_link, read_connection_file
 from zmqworkers.protocol import PROTOCOL_VERSION
+from zmqworkers.security.connection import advertised_address, is_local_link, read_connection_file
 
 
 def test_connection_file_is_private_and_complete(tmp_path: Path) -> None:

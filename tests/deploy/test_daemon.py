@@ -202,7 +202,7 @@ def test_restarts_are_bounded(tmp_path: Path, daemons: list[Daemon]) -> None:
 def test_death_timeout_ends_a_daemon_without_controller(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:
-    from zmqworkers.keys import write_key_file
+    from zmqworkers.security.keys import write_key_file
 
     key = write_key_file(tmp_path / "key")
     with socket.socket() as s:  # a port nobody listens on

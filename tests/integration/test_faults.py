@@ -23,7 +23,7 @@ import pytest
 from tests.conftest import wait_for
 from zmqworkers import Cluster
 from zmqworkers.errors import WorkerLost
-from zmqworkers.keys import KEY_ENV
+from zmqworkers.security.keys import KEY_ENV
 
 KEY = "f" * 64
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from zmqworkers.apps import BaseApp, send_message
+from zmqworkers.client.apps import BaseApp, send_message
 
 
 def linear(task: Any, slope: Any, offset: Any = 0) -> Any:

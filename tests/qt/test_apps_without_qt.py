@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tests.qt import jobs
-from zmqworkers.apps import AppProcessor, BaseApp, run_app_task, send_message
+from zmqworkers.client.apps import AppProcessor, BaseApp, run_app_task, send_message
 from zmqworkers.worker.loop import make_call
 
 
@@ -16,7 +16,7 @@ def test_base_app_and_the_app_convention_do_not_load_qt() -> None:
     code = (
         "import sys, zmqworkers\n"
         "from zmqworkers import BaseApp\n"
-        "import zmqworkers.apps, zmqworkers.worker.loop\n"
+        "import zmqworkers.client.apps, zmqworkers.worker.loop\n"
         "from tests.qt import jobs\n"
         "call = zmqworkers.worker.loop.make_call(('app', jobs.CompositeApp, "
         "({'n_frames': 2, 'frame_shape': (2, 2), 'columns': 2, 'gain': 1.0}, "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from zmqworkers.controller.liveness import Heartbeat, describe_silence
+from zmqworkers.protocol.liveness import Heartbeat, describe_silence
 
 
 def test_peer_is_lost_only_after_interval_times_misses() -> None:

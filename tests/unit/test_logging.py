@@ -22,7 +22,7 @@ from zmqworkers.logs import WorkerRecordFactory, tag_worker_records
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "zmqworkers"
 # The command's own output: what it prints is what the user asked to see.
-COMMAND_MODULES = {"cli.py", "demo.py", "runjob.py"}
+COMMAND_MODULES = {"cli/main.py", "cli/demo.py", "cli/runjob.py"}
 ROOT_LOGGER_CALLS = {"debug", "info", "warning", "warn", "error", "exception", "critical", "log"}
 
 
@@ -38,7 +38,7 @@ def calls(tree: ast.AST) -> Iterator[ast.Call]:
 
 def test_the_package_is_parsed() -> None:
     names = {rel for rel, _ in modules()}
-    assert {"cli.py", "logs.py", "worker/loop.py", "qt/monitor.py"} <= names
+    assert {"cli/main.py", "logs.py", "worker/loop.py", "qt/monitor.py"} <= names
 
 
 def test_no_print_outside_the_command_modules() -> None:
@@ -78,13 +78,13 @@ def test_one_logger_per_module_named_after_it() -> None:
                 spelled = isinstance(arg, ast.Constant) and arg.value == dotted
                 # logs.py reaches the root logger's handlers to set their format;
                 # cli.py configures logging, levels of the library's loggers too.
-                configures = rel == "cli.py" and isinstance(arg, ast.Constant)
+                configures = rel == "cli/main.py" and isinstance(arg, ast.Constant)
                 configures = configures and str(arg.value).startswith("zmqworkers.")  # type: ignore[union-attr]
                 if not (by_name or spelled or configures or (rel == "logs.py" and arg is None)):
                     problems.append(f"{rel}:{call.lineno} getLogger({ast.unparse(call.args)})")
             elif f.attr in ROOT_LOGGER_CALLS:
                 problems.append(f"{rel}:{call.lineno} logging.{f.attr}() logs to the root")
-            elif f.attr == "basicConfig" and rel != "cli.py":
+            elif f.attr == "basicConfig" and rel != "cli/main.py":
                 problems.append(f"{rel}:{call.lineno} configures logging: only cli.py may")
     assert not problems, "\n".join(problems)
 
@@ -145,7 +145,7 @@ def test_a_worker_daemons_log_lines_carry_its_id_and_host(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("level", ["INFO", "DEBUG"])
 def test_the_log_level_comes_from_the_environment(level: str) -> None:
-    from zmqworkers.cli import _parser
+    from zmqworkers.cli.main import _parser
 
     old = os.environ.get("ZMQWORKERS_LOG_LEVEL")
     os.environ["ZMQWORKERS_LOG_LEVEL"] = level

@@ -178,7 +178,7 @@ def test_replay_guard_is_bounded_and_forgets_the_oldest_sender() -> None:
 
 
 def test_key_files_are_private_and_never_overwritten(tmp_path) -> None:
-    from zmqworkers.keys import INSECURE_KEY, MIN_KEY_LENGTH, read_key_file, write_key_file
+    from zmqworkers.security.keys import INSECURE_KEY, MIN_KEY_LENGTH, read_key_file, write_key_file
 
     path = write_key_file(tmp_path / "k")
     assert path.stat().st_mode & 0o777 == 0o600

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zmqworkers.controller.liveness import Heartbeat
 from zmqworkers.controller.scheduler import Scheduler, WorkerState
 from zmqworkers.errors import WorkerLost
+from zmqworkers.protocol.liveness import Heartbeat
 
 MAX_ATTEMPTS = 3
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from zmqworkers.controller.executor import _StreamTable
+from zmqworkers.client.cluster import _StreamTable
 
 
 def _results(ids: range) -> list[tuple[int, bool, int]]:

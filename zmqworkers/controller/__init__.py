@@ -1,10 +1,8 @@
-"""The controller: engine thread, scheduling, local workers and the faces.
+"""The controller: the engine thread, scheduling and local worker processes.
 
-The Qt face lives in :mod:`zmqworkers.qt` and is the only module that imports
-qtpy.
+The faces that drive it live in :mod:`zmqworkers.client` and :mod:`zmqworkers.qt`.
 """
 
 from zmqworkers.controller.engine import Engine, EngineOptions
-from zmqworkers.controller.executor import Cluster
 
-__all__ = ["Cluster", "Engine", "EngineOptions"]
+__all__ = ["Engine", "EngineOptions"]

@@ -47,11 +47,8 @@ from urllib.parse import urlsplit
 
 import zmq
 
-from zmqworkers import curve
 from zmqworkers._version import __version__
-from zmqworkers.connection import is_local_link
 from zmqworkers.controller.launcher import describe_exit, start_local_worker
-from zmqworkers.controller.liveness import Heartbeat, describe_silence
 from zmqworkers.controller.scheduler import Scheduler, WorkerState
 from zmqworkers.errors import (
     ConfigurationError,
@@ -59,7 +56,6 @@ from zmqworkers.errors import (
     ProtocolVersionError,
     make_remote_error,
 )
-from zmqworkers.keys import INSECURE_KEY, resolve_key
 from zmqworkers.protocol import (
     PROTOCOL_VERSION,
     Kind,
@@ -70,6 +66,7 @@ from zmqworkers.protocol import (
     encode,
     encode_frames,
 )
+from zmqworkers.protocol.liveness import Heartbeat, describe_silence
 from zmqworkers.protocol.messages import (
     DEFAULT_MAX_MESSAGE_SIZE,
     MAX_SENDER_LENGTH,
@@ -78,6 +75,9 @@ from zmqworkers.protocol.messages import (
     peek_version,
 )
 from zmqworkers.protocol.serialize import dumps
+from zmqworkers.security import curve
+from zmqworkers.security.connection import is_local_link
+from zmqworkers.security.keys import INSECURE_KEY, resolve_key
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class EngineOptions:
     # Written (mode 0600) once the sockets are bound: address, key, versions,
     # for daemons started with --connection-file on a shared filesystem.
     connection_file: str | None = None
-    # CURVE directory (see zmqworkers.curve): encrypt, admit only known workers.
+    # CURVE directory (see zmqworkers.security.curve): encrypt, admit only known workers.
     curve_dir: str | None = None
     # Local workers dial ipc in a private folder (POSIX) rather than the TCP
     # address: measured faster for large arrays.
@@ -520,7 +520,7 @@ class Engine:
         try:
             self._bind()
             if self.options.connection_file:
-                from zmqworkers.connection import write_connection_file
+                from zmqworkers.security.connection import write_connection_file
 
                 write_connection_file(self.options.connection_file, self.address, self.options.key)
         except BaseException as exc:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-from zmqworkers.keys import KEY_ENV
+from zmqworkers.security.keys import KEY_ENV
 
 log = logging.getLogger(__name__)
 

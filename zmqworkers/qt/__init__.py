@@ -8,7 +8,7 @@ is loaded on first use: controllers need QtCore only, never QtWidgets.
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
-from zmqworkers.apps import BaseApp
+from zmqworkers.client.apps import BaseApp
 from zmqworkers.qt.app_runner import AppRunner
 from zmqworkers.qt.controller import WorkerController
 

@@ -1,4 +1,4 @@
-"""``AppRunner``: a ``WorkerController`` that runs a :class:`~zmqworkers.apps.BaseApp`."""
+"""``AppRunner``: a ``WorkerController`` that runs a :class:`~zmqworkers.client.apps.BaseApp`."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any
 
 from qtpy import QtCore
 
-from zmqworkers.apps import BaseApp
+from zmqworkers.client.apps import BaseApp
+from zmqworkers.client.driver import AppDriver
 from zmqworkers.qt.controller import WorkerController
-from zmqworkers.qt.driver import AppDriver
 
 
 class AppRunner(WorkerController):

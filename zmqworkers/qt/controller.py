@@ -1,6 +1,6 @@
 """``WorkerController``: the seed's QThread API over the ZeroMQ engine.
 
-The QThread drives a Qt-free :class:`~zmqworkers.qt.driver.TaskDriver`
+The QThread drives a Qt-free :class:`~zmqworkers.client.driver.TaskDriver`
 and turns its ``emit(name, *args)`` hook into ``sig_<name>`` signals. The
 signals are emitted on the controller's thread: slots in other threads get
 them queued (an event loop must run there), and a ``QSignalSpy`` records them
@@ -17,8 +17,8 @@ from typing import Any
 
 from qtpy import QtCore
 
+from zmqworkers.client.driver import TaskDriver
 from zmqworkers.controller.engine import build_options
-from zmqworkers.qt.driver import TaskDriver
 
 
 class WorkerController(QtCore.QThread):

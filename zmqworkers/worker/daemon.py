@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zmqworkers.keys import KEY_ENV
+from zmqworkers.security.keys import KEY_ENV
 from zmqworkers.worker.loop import EXIT_REFUSED
 
 log = logging.getLogger(__name__)

@@ -34,9 +34,7 @@ from typing import Any
 
 import zmq
 
-from zmqworkers import curve
 from zmqworkers._version import __version__
-from zmqworkers.connection import is_local_link
 from zmqworkers.errors import DecodeError, ProtocolVersionError
 from zmqworkers.protocol import (
     PROTOCOL_VERSION,
@@ -48,6 +46,8 @@ from zmqworkers.protocol import (
     encode,
 )
 from zmqworkers.protocol.messages import NONCE_SIZE
+from zmqworkers.security import curve
+from zmqworkers.security.connection import is_local_link
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def make_call(spec: Any) -> Callable[[Any], Any]:
     if convention == "call":
         return lambda task: func(*task[0], **task[1])
     if convention == "app":
-        from zmqworkers.apps import app_call
+        from zmqworkers.client.apps import app_call
 
         return app_call(func, *args, **kwargs)
     raise ValueError(f"unknown calling convention {convention!r}")

@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(why)
         return 0 if ok else 1
     if args.command == "demo":
-        from zmqworkers.demo import run_demo, run_demo_gui
+        from zmqworkers.cli.demo import run_demo, run_demo_gui
 
         if args.screenshot and not args.gui:
             print("zmqworkers demo: --screenshot needs --gui", file=sys.stderr)
@@ -209,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _run(args)
     if args.command == "keygen":
-        from zmqworkers.keys import write_key_file
+        from zmqworkers.security.keys import write_key_file
 
         try:
             path = write_key_file(args.file)
@@ -222,8 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _curve_keygen(directory: str, name: str) -> int:
-    from zmqworkers.curve import create
     from zmqworkers.errors import ConfigurationError
+    from zmqworkers.security.curve import create
 
     try:
         written = create(directory, name)
@@ -238,8 +238,8 @@ def _curve_keygen(directory: str, name: str) -> int:
 def _run(args: argparse.Namespace) -> int:
     import json
 
+    from zmqworkers.cli.runjob import parse_range, read_tasks, run
     from zmqworkers.errors import ConfigurationError
-    from zmqworkers.runjob import parse_range, read_tasks, run
 
     try:
         extra = json.loads(args.args)
@@ -271,13 +271,13 @@ def _run(args: argparse.Namespace) -> int:
 
 def _address_and_key(args: argparse.Namespace) -> tuple[str, bytes]:
     """From ADDRESS and --key-file/$ZMQWORKERS_KEY, or from --connection-file."""
-    from zmqworkers.connection import (
+    from zmqworkers.errors import ConfigurationError
+    from zmqworkers.security.connection import (
         check_address,
         read_connection_file,
         wait_for_connection_file,
     )
-    from zmqworkers.errors import ConfigurationError
-    from zmqworkers.keys import resolve_key
+    from zmqworkers.security.keys import resolve_key
 
     address = args.address
     key = None
@@ -294,11 +294,11 @@ def _address_and_key(args: argparse.Namespace) -> tuple[str, bytes]:
         key = resolve_key(key_file=args.key_file)
     curve_dir = getattr(args, "curve", None)
     if key is None and curve_dir:
-        from zmqworkers import curve
+        from zmqworkers.security import curve
 
         key = curve.hmac_key(curve_dir)
     if key is None and getattr(args, "insecure", False):
-        from zmqworkers.keys import INSECURE_KEY
+        from zmqworkers.security.keys import INSECURE_KEY
 
         log.warning("INSECURE: using the well-known insecure key; anyone can impersonate")
         key = INSECURE_KEY
@@ -420,7 +420,7 @@ def _bad_worker_numbers(args: argparse.Namespace) -> str | None:
 def _info(args: argparse.Namespace) -> int:
     import json
 
-    from zmqworkers.controller.info import format_table, query_info
+    from zmqworkers.client.info import format_table, query_info
     from zmqworkers.errors import ConfigurationError
 
     try:

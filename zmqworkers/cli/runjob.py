@@ -203,7 +203,7 @@ def run(
     progress: bool,
 ) -> int:
     """Run the job; return the exit status (1 when any task failed)."""
-    from zmqworkers.controller.executor import Cluster
+    from zmqworkers.client.cluster import Cluster
 
     func = load_function(func_ref)
     writer = ResultWriter(output)

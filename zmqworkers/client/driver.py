@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from zmqworkers.apps import BaseApp
+from zmqworkers.client.apps import BaseApp
 from zmqworkers.controller.engine import Engine, EngineOptions, Spec, make_spec
 from zmqworkers.errors import ClusterShutdown, ConfigurationError
 

@@ -1,0 +1,1 @@
+"""Keys, CURVE certificates and connection files."""

@@ -10,7 +10,8 @@
     │                           (a dynamic subclass also inherits the original
     │                           exception class, so ``except ValueError`` works)
     ├── WorkerLost              a task was running on workers that died, too often
-    └── ClusterShutdown         work was submitted to, or cut short by, a closed cluster
+    ├── ClusterShutdown         work was submitted to, or cut short by, a closed cluster
+    └── EngineClosed            a command reached a controller engine that has closed
 
 ``DecodeError`` is the only exception the protocol layer raises for bad input:
 whatever arrives on a socket either decodes into a message or raises it.
@@ -57,6 +58,13 @@ class ProtocolVersionError(DecodeError):
 
 class ClusterShutdown(ZmqWorkersError, RuntimeError):
     """The cluster was shut down before, or while, the work was done."""
+
+
+class EngineClosed(ZmqWorkersError, RuntimeError):
+    """A command reached a controller engine that has closed.
+
+    Also a ``RuntimeError``, as the engine raised before it had a type.
+    """
 
 
 class RemoteTraceback(ZmqWorkersError):

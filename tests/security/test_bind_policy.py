@@ -31,7 +31,8 @@ def test_loopback_needs_nothing_and_a_key_allows_any_address(monkeypatch, tmp_pa
         assert c.address.startswith("tcp://127.0.0.1:")
     # Checked before anything binds: a key lifts the refusal. (Binding is
     # done on loopback here; the policy, not the interface, is under test.)
-    from zmqworkers.controller.engine import Engine, EngineOptions
+    from zmqworkers.controller.engine import Engine
+    from zmqworkers.controller.options import EngineOptions
 
     opts = EngineOptions(bind="tcp://0.0.0.0:0", key=b"k" * 32, key_given=True)
     Engine._check_security(opts)  # raises if refused

@@ -90,8 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--max-restarts",
         type=int,
-        default=10,
         help="supervisor: replace at most this many crashed processes a minute (default 10)",
+    )
+    w.add_argument(
+        "--supervise",
+        action="store_true",
+        help="run under a supervisor even with one process (implied by --processes, "
+        "--lifetime, --drain-timeout, --status-file and --max-restarts)",
     )
     w.add_argument(
         "--status-file",
@@ -110,8 +115,8 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="exit when this process is gone and after one controller (local workers)",
     )
-    w.add_argument("--heartbeat-interval", type=float, default=1.0)
-    w.add_argument("--heartbeat-misses", type=int, default=3)
+    w.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats (1)")
+    w.add_argument("--heartbeat-misses", type=int, help="silent intervals before a loss (3)")
     w.add_argument(
         "--death-timeout",
         type=float,
@@ -324,12 +329,18 @@ def _worker(args: argparse.Namespace) -> int:
     if bad:
         print(f"zmqworkers worker: {bad}", file=sys.stderr)
         return 2
+    if args.heartbeat_interval is None:
+        args.heartbeat_interval = WorkerOptions.heartbeat_interval
+    if args.heartbeat_misses is None:
+        args.heartbeat_misses = WorkerOptions.heartbeat_misses
+    # Asked for by name, or implied by an option only the supervisor has.
     supervised = args.parent_pid is None and (
-        args.processes > 1
+        args.supervise
+        or args.processes > 1
         or args.lifetime is not None
         or args.drain_timeout is not None
         or args.status_file is not None
-        or args.max_restarts != 10
+        or args.max_restarts is not None
     )
     if supervised:
         from zmqworkers.worker.daemon import DaemonOptions, child_args, run_daemon
@@ -338,10 +349,14 @@ def _worker(args: argparse.Namespace) -> int:
         options_d = DaemonOptions(
             processes=args.processes,
             lifetime=args.lifetime,
-            drain_timeout=30.0 if args.drain_timeout is None else args.drain_timeout,
+            drain_timeout=(
+                DaemonOptions.drain_timeout if args.drain_timeout is None else args.drain_timeout
+            ),
             name=args.name,
             status_file=args.status_file,
-            max_restarts=args.max_restarts,
+            max_restarts=(
+                DaemonOptions.max_restarts if args.max_restarts is None else args.max_restarts
+            ),
             child_args=child_args(
                 prefetch=args.prefetch,
                 heartbeat_interval=args.heartbeat_interval,
@@ -412,7 +427,7 @@ def _bad_worker_numbers(args: argparse.Namespace) -> str | None:
         return f"--lifetime must be more than 0 seconds, not {args.lifetime}"
     if args.drain_timeout is not None and args.drain_timeout < 0:
         return f"--drain-timeout must be 0 seconds or more, not {args.drain_timeout}"
-    if args.max_restarts < 0:
+    if args.max_restarts is not None and args.max_restarts < 0:
         return f"--max-restarts must be 0 or more, not {args.max_restarts}"
     return None
 

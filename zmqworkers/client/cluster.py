@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, InvalidStateError
 from typing import Any, NamedTuple
 
-from zmqworkers.controller.engine import Engine, Spec, build_options, make_spec
-from zmqworkers.errors import ClusterShutdown, ConfigurationError
+from zmqworkers.controller.engine import Engine, Spec, make_spec
+from zmqworkers.controller.options import EngineOptions, build_options
+from zmqworkers.errors import ClusterShutdown, ConfigurationError, EngineClosed
 
 # imap_unordered keeps at most this many tasks submitted ahead of the
 # results the caller has taken, so an endless iterator streams in bounded
@@ -44,20 +45,20 @@ class Cluster(Executor):
         self,
         n_workers: int | None = None,
         *,
-        bind: str = "tcp://127.0.0.1:0",
+        bind: str = EngineOptions.bind,
         key: str | bytes | None = None,
         key_file: str | os.PathLike[str] | None = None,
-        prefetch: int = 1,
-        insecure: bool = False,
-        heartbeat_interval: float = 1.0,
-        heartbeat_misses: int = 3,
-        max_attempts: int = 3,
-        replace_dead_workers: bool = True,
-        stop_timeout: float = 10.0,
+        prefetch: int = EngineOptions.prefetch,
+        insecure: bool = EngineOptions.insecure,
+        heartbeat_interval: float = EngineOptions.heartbeat_interval,
+        heartbeat_misses: int = EngineOptions.heartbeat_misses,
+        max_attempts: int = EngineOptions.max_attempts,
+        replace_dead_workers: bool = EngineOptions.replace_dead_workers,
+        stop_timeout: float = EngineOptions.stop_timeout,
         curve_dir: str | os.PathLike[str] | None = None,
-        max_message_size: int | None = None,
+        max_message_size: int | None = EngineOptions.max_message_size,
         connection_file: str | os.PathLike[str] | None = None,
-        sign_buffers: bool = False,
+        sign_buffers: bool = EngineOptions.sign_buffers,
     ) -> None:
         if n_workers is None:
             n_workers = os.cpu_count() or 1
@@ -281,7 +282,7 @@ class Cluster(Executor):
         if left and not self._shutdown:
             try:
                 self._engine.cancel_many(left)
-            except RuntimeError:
+            except EngineClosed:
                 pass  # closed meanwhile
 
     def _submit_many(self, spec: Spec, args: list[Any]) -> list[Future[Any]]:

@@ -29,8 +29,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from zmqworkers.client.apps import BaseApp
-from zmqworkers.controller.engine import Engine, EngineOptions, Spec, make_spec
-from zmqworkers.errors import ClusterShutdown, ConfigurationError
+from zmqworkers.controller.engine import Engine, Spec, make_spec
+from zmqworkers.controller.options import EngineOptions
+from zmqworkers.errors import ClusterShutdown, ConfigurationError, EngineClosed
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ class TaskDriver:
             if engine is not None:
                 try:
                     dropped += engine.call(engine.sched.drop_pending)
-                except RuntimeError:
+                except EngineClosed:
                     pass  # the engine is closing: what it held is dropped anyway
             for tid in dropped:
                 if self._tasks.pop(tid, _MISSING) is not _MISSING:
@@ -183,7 +184,7 @@ class TaskDriver:
 
         try:
             snapshots, departed = engine.call(read, timeout)
-        except RuntimeError:
+        except EngineClosed:
             # The engine is closed: no worker is connected, and its scheduler
             # no longer changes, so it can be read from here.
             snapshots, departed = [], read()[1]
@@ -221,7 +222,7 @@ class TaskDriver:
         else:
             try:
                 counts = engine.counters(timeout)
-            except RuntimeError:
+            except EngineClosed:
                 counts = {"dropped": dict(engine.dropped), **dict(engine.stats)}
             except FutureTimeout as exc:
                 raise TimeoutError(f"the engine did not answer within {timeout} s") from exc

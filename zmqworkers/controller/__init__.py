@@ -3,6 +3,7 @@
 The faces that drive it live in :mod:`zmqworkers.client` and :mod:`zmqworkers.qt`.
 """
 
-from zmqworkers.controller.engine import Engine, EngineOptions
+from zmqworkers.controller.engine import Engine
+from zmqworkers.controller.options import EngineOptions
 
 __all__ = ["Engine", "EngineOptions"]

@@ -41,7 +41,7 @@ import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -49,10 +49,12 @@ import zmq
 
 from zmqworkers._version import __version__
 from zmqworkers.controller.launcher import describe_exit, start_local_worker
+from zmqworkers.controller.options import EngineOptions
 from zmqworkers.controller.scheduler import Scheduler, WorkerState
 from zmqworkers.errors import (
     ConfigurationError,
     DecodeError,
+    EngineClosed,
     ProtocolVersionError,
     make_remote_error,
 )
@@ -68,7 +70,6 @@ from zmqworkers.protocol import (
 )
 from zmqworkers.protocol.liveness import Heartbeat, describe_silence
 from zmqworkers.protocol.messages import (
-    DEFAULT_MAX_MESSAGE_SIZE,
     MAX_SENDER_LENGTH,
     NONCE_SIZE,
     library_compatible,
@@ -77,7 +78,7 @@ from zmqworkers.protocol.messages import (
 from zmqworkers.protocol.serialize import dumps
 from zmqworkers.security import curve
 from zmqworkers.security.connection import is_local_link
-from zmqworkers.security.keys import INSECURE_KEY, resolve_key
+from zmqworkers.security.keys import INSECURE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -90,56 +91,6 @@ MAX_RETIRED_SESSIONS = 1024
 # Messages queued per connection on the controller's receiving sockets: with
 # max_message_size, bounds the memory one connection can make it hold.
 RECEIVE_HWM = 1000
-
-
-@dataclass
-class EngineOptions:
-    """Controller settings. Intervals and timeouts are in seconds."""
-
-    n_workers: int = 0
-    bind: str = "tcp://127.0.0.1:0"
-    key: bytes = b""
-    key_given: bool = False
-    insecure: bool = False
-    prefetch: int = 1
-    # Both sides send a heartbeat every ``heartbeat_interval``; a peer silent
-    # for ``heartbeat_interval * heartbeat_misses`` is lost. This catches hung
-    # hosts and cut links; a dead process is seen at once (process watch for
-    # local workers, connection watch for every worker).
-    heartbeat_interval: float = 1.0
-    heartbeat_misses: int = 3
-    # A task that was running on this many workers that died fails with
-    # WorkerLost instead of killing more.
-    max_attempts: int = 3
-    # Tiny tasks share messages: a worker whose tasks take less than this
-    # (measured) gets batches worth about this much work per dispatch unit,
-    # up to max_batch tasks. 0 turns batching off. A task measured slower
-    # than this is always sent alone, so no slow task waits behind others.
-    batch_target: float = 0.002
-    max_batch: int = 512
-    batch_bytes: int = 1 << 20  # ... and at most about this many payload bytes
-    # Start a new local worker for each one that dies, so capacity holds.
-    replace_dead_workers: bool = True
-    # How often local worker processes are checked for exits.
-    process_check_interval: float = 0.1
-    # How long a stop waits for workers to finish their current call before
-    # local processes are terminated.
-    stop_timeout: float = 10.0
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    worker_env: dict[str, str] = field(default_factory=dict)
-    # Written (mode 0600) once the sockets are bound: address, key, versions,
-    # for daemons started with --connection-file on a shared filesystem.
-    connection_file: str | None = None
-    # CURVE directory (see zmqworkers.security.curve): encrypt, admit only known workers.
-    curve_dir: str | None = None
-    # Local workers dial ipc in a private folder (POSIX) rather than the TCP
-    # address: measured faster for large arrays.
-    local_ipc: bool = True
-    # Out-of-band array buffers enter the signature by length only on links
-    # that rule out changes in transit (loopback, ipc, CURVE) when the worker
-    # agrees; True hashes them everywhere (for a plain TCP relay
-    # that carries a loopback port across a network).
-    sign_buffers: bool = False
 
 
 @dataclass
@@ -159,37 +110,6 @@ class _Session:
     via_ipc: bool = False  # dialled the ipc folder of local workers
     joined: bool = False
     retired: bool = False
-
-
-def build_options(
-    *,
-    key: str | bytes | None = None,
-    key_file: str | os.PathLike[str] | None = None,
-    prefetch: int = 1,
-    curve_dir: str | os.PathLike[str] | None = None,
-    connection_file: str | os.PathLike[str] | None = None,
-    max_message_size: int | None = None,
-    **rest: Any,
-) -> EngineOptions:
-    """Engine options from a face's keywords: one place for key and checks.
-
-    The key is ``key``, else ``key_file``, else ``$ZMQWORKERS_KEY``, else a
-    random one (``key_given`` then stays false, for the bind policy).
-    """
-    if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
-        raise ConfigurationError(f"prefetch must be a whole number >= 0, not {prefetch!r}")
-    explicit = resolve_key(key, key_file)
-    options = EngineOptions(
-        key=explicit or resolve_key(generate=True) or b"",
-        key_given=explicit is not None,
-        prefetch=prefetch,
-        curve_dir=os.fspath(curve_dir) if curve_dir is not None else None,
-        connection_file=os.fspath(connection_file) if connection_file is not None else None,
-        **rest,
-    )
-    if max_message_size is not None:
-        options.max_message_size = max_message_size
-    return options
 
 
 @dataclass(frozen=True)
@@ -222,8 +142,7 @@ class Engine:
     """Runs the controller's event loop on a thread of its own."""
 
     def __init__(self, options: EngineOptions, handler: EngineHandler) -> None:
-        self._check_security(options)
-        self.options = options
+        options = self.options = self._check_security(options)
         self.handler = handler
         self.id = f"ctl-{uuid.uuid4().hex[:8]}"
         self.host = pysocket.gethostname()
@@ -277,35 +196,37 @@ class Engine:
         self._probe_at: list[float] = []
 
     @staticmethod
-    def _check_security(options: EngineOptions) -> None:
-        """Apply the bind policy; fill in the key CURVE or insecure mode use."""
+    def _check_security(options: EngineOptions) -> EngineOptions:
+        """Apply the bind policy; the options with the key CURVE or insecure mode use."""
+        key = options.key
+        env = dict(options.worker_env)
         if options.curve_dir:
             curve.server_keys(options.curve_dir)  # fail now, naming the file
             if not options.key_given:
-                options.key = curve.hmac_key(options.curve_dir)
-            options.worker_env.setdefault(curve.CURVE_ENV, str(options.curve_dir))
-        if not options.key:
+                key = curve.hmac_key(options.curve_dir)
+            env.setdefault(curve.CURVE_ENV, str(options.curve_dir))
+        if not key:
             raise ConfigurationError("the engine needs a key")
         # A connection file carries even a random key to the daemons.
         shared = options.key_given or options.curve_dir or options.connection_file
-        if is_local_link(options.bind) or shared:
-            return
-        if not options.insecure:
-            raise ConfigurationError(
-                f"refusing to bind {options.bind} without a key: anyone who can reach "
-                "that address could run code on your workers and in this process. "
-                "Fix: give key= or key_file= (or set $ZMQWORKERS_KEY; make a key file "
-                "with `zmqworkers keygen FILE` and give it to the workers with "
-                "--key-file), or encrypt with curve_dir= (`zmqworkers keygen --curve "
-                "DIR`), or bind 127.0.0.1; insecure=True (--insecure) skips this check "
-                "on a network you trust completely"
+        if not (is_local_link(options.bind) or shared):
+            if not options.insecure:
+                raise ConfigurationError(
+                    f"refusing to bind {options.bind} without a key: anyone who can reach "
+                    "that address could run code on your workers and in this process. "
+                    "Fix: give key= or key_file= (or set $ZMQWORKERS_KEY; make a key file "
+                    "with `zmqworkers keygen FILE` and give it to the workers with "
+                    "--key-file), or encrypt with curve_dir= (`zmqworkers keygen --curve "
+                    "DIR`), or bind 127.0.0.1; insecure=True (--insecure) skips this check "
+                    "on a network you trust completely"
+                )
+            key = INSECURE_KEY
+            log.warning(
+                "INSECURE: binding %s with the well-known insecure key; anyone who can "
+                "reach it can run code on the workers and in this process",
+                options.bind,
             )
-        options.key = INSECURE_KEY
-        log.warning(
-            "INSECURE: binding %s with the well-known insecure key; anyone who can "
-            "reach it can run code on the workers and in this process",
-            options.bind,
-        )
+        return options.replace(key=key, worker_env=env)
 
     # -- caller side (any thread) -----------------------------------------
 
@@ -391,7 +312,7 @@ class Engine:
 
     def _command(self, name: str, arg: Any) -> None:
         if self._closed.is_set():
-            raise RuntimeError("the controller engine is closed")
+            raise EngineClosed("the controller engine is closed")
         self._commands.put((name, arg))
         try:
             os.write(self._wake_w, b"\0")
@@ -1245,7 +1166,7 @@ class Engine:
             if name == "submit":
                 abandoned.extend(tid for tid, _ in arg[1])
             elif name == "call":
-                arg[1].set_exception(RuntimeError("the controller engine is closed"))
+                arg[1].set_exception(EngineClosed("the controller engine is closed"))
         self.handler.on_event("closed", abandoned)
 
 

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 
 from zmqworkers.security.keys import KEY_ENV
 
@@ -14,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 def start_local_worker(
-    address: str, key: bytes, *, prefetch: int = 1, extra_env: dict[str, str] | None = None
+    address: str, key: bytes, *, prefetch: int = 1, extra_env: Mapping[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """Start one worker process connected to ``address``.
 

@@ -14,13 +14,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# The defaults of both sides: every option that names them starts here.
+HEARTBEAT_INTERVAL = 1.0
+HEARTBEAT_MISSES = 3
+
 
 @dataclass
 class Heartbeat:
     """Last sign of life per peer; which peers have been silent too long."""
 
-    interval: float = 1.0
-    misses: int = 3
+    interval: float = HEARTBEAT_INTERVAL
+    misses: int = HEARTBEAT_MISSES
     last_seen: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

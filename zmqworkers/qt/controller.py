@@ -18,7 +18,7 @@ from typing import Any
 from qtpy import QtCore
 
 from zmqworkers.client.driver import TaskDriver
-from zmqworkers.controller.engine import build_options
+from zmqworkers.controller.options import EngineOptions, build_options
 
 
 class WorkerController(QtCore.QThread):
@@ -47,19 +47,20 @@ class WorkerController(QtCore.QThread):
         func_args: tuple[Any, ...] = (),
         func_kwargs: dict[str, Any] | None = None,
         *,
-        bind: str = "tcp://127.0.0.1:0",
+        bind: str = EngineOptions.bind,
         key: str | bytes | None = None,
         key_file: str | os.PathLike[str] | None = None,
-        prefetch: int = 1,
-        insecure: bool = False,
-        heartbeat_interval: float = 1.0,
-        heartbeat_misses: int = 3,
-        max_attempts: int = 3,
-        stop_timeout: float = 10.0,
+        prefetch: int = EngineOptions.prefetch,
+        insecure: bool = EngineOptions.insecure,
+        heartbeat_interval: float = EngineOptions.heartbeat_interval,
+        heartbeat_misses: int = EngineOptions.heartbeat_misses,
+        max_attempts: int = EngineOptions.max_attempts,
+        replace_dead_workers: bool = EngineOptions.replace_dead_workers,
+        stop_timeout: float = EngineOptions.stop_timeout,
         curve_dir: str | os.PathLike[str] | None = None,
         connection_file: str | os.PathLike[str] | None = None,
-        max_message_size: int | None = None,
-        sign_buffers: bool = False,
+        max_message_size: int | None = EngineOptions.max_message_size,
+        sign_buffers: bool = EngineOptions.sign_buffers,
     ) -> None:
         super().__init__()
         options = build_options(
@@ -74,6 +75,7 @@ class WorkerController(QtCore.QThread):
             heartbeat_interval=heartbeat_interval,
             heartbeat_misses=heartbeat_misses,
             max_attempts=max_attempts,
+            replace_dead_workers=replace_dead_workers,
             stop_timeout=stop_timeout,
             sign_buffers=sign_buffers,
         )
@@ -96,7 +98,7 @@ class WorkerController(QtCore.QThread):
     def n_workers(self, number: int) -> None:
         if not isinstance(number, Integral) or isinstance(number, bool) or number < 0:
             raise ValueError(f"the number of workers must be an integer >= 0, not {number!r}")
-        self._driver.options.n_workers = int(number)
+        self._driver.options = self._driver.options.replace(n_workers=int(number))
 
     @property
     def progress(self) -> float:

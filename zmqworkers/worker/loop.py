@@ -45,7 +45,8 @@ from zmqworkers.protocol import (
     derive_key,
     encode,
 )
-from zmqworkers.protocol.messages import NONCE_SIZE
+from zmqworkers.protocol.liveness import HEARTBEAT_INTERVAL, HEARTBEAT_MISSES
+from zmqworkers.protocol.messages import DEFAULT_MAX_MESSAGE_SIZE, NONCE_SIZE
 from zmqworkers.security import curve
 from zmqworkers.security.connection import is_local_link
 
@@ -72,8 +73,8 @@ class WorkerOptions:
     """How a worker behaves. Every interval is in seconds."""
 
     prefetch: int = 1
-    heartbeat_interval: float = 1.0
-    heartbeat_misses: int = 3
+    heartbeat_interval: float = HEARTBEAT_INTERVAL
+    heartbeat_misses: int = HEARTBEAT_MISSES
     # A daemon goes back to waiting for a controller after a stop or a lost
     # controller; a local worker exits.
     daemon: bool = False
@@ -82,7 +83,7 @@ class WorkerOptions:
     # Daemon: exit after this long without a controller (None: never).
     death_timeout: float | None = None
     name: str | None = None
-    max_message_size: int = 2 * 1024**3
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     # CURVE directory and the name of this worker's certificate in it.
     curve_dir: str | None = None
     curve_name: str = curve.DEFAULT_WORKER

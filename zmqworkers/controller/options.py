@@ -1,0 +1,119 @@
+"""The controller's settings: one frozen value, every default written here once.
+
+Each face (``Cluster``, ``WorkerController``) takes a subset of these as
+keywords and builds the value with :func:`build_options`; a test compares
+the faces' signatures with :class:`EngineOptions`. The engine never edits
+the value it is given: what it works out (the key under CURVE or insecure
+mode, the workers' environment) goes into a copy of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from zmqworkers.errors import ConfigurationError
+from zmqworkers.protocol.liveness import HEARTBEAT_INTERVAL, HEARTBEAT_MISSES
+from zmqworkers.protocol.messages import DEFAULT_MAX_MESSAGE_SIZE
+from zmqworkers.security.keys import resolve_key
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Controller settings. Intervals and timeouts are in seconds."""
+
+    n_workers: int = 0
+    bind: str = "tcp://127.0.0.1:0"
+    key: bytes = b""
+    key_given: bool = False
+    insecure: bool = False
+    prefetch: int = 1
+    # Both sides send a heartbeat every ``heartbeat_interval``; a peer silent
+    # for ``heartbeat_interval * heartbeat_misses`` is lost. This catches hung
+    # hosts and cut links; a dead process is seen at once (process watch for
+    # local workers, connection watch for every worker).
+    heartbeat_interval: float = HEARTBEAT_INTERVAL
+    heartbeat_misses: int = HEARTBEAT_MISSES
+    # A task that was running on this many workers that died fails with
+    # WorkerLost instead of killing more.
+    max_attempts: int = 3
+    # Tiny tasks share messages: a worker whose tasks take less than this
+    # (measured) gets batches worth about this much work per dispatch unit,
+    # up to max_batch tasks. 0 turns batching off. A task measured slower
+    # than this is always sent alone, so no slow task waits behind others.
+    batch_target: float = 0.002
+    max_batch: int = 512
+    batch_bytes: int = 1 << 20  # ... and at most about this many payload bytes
+    # Start a new local worker for each one that dies, so capacity holds.
+    replace_dead_workers: bool = True
+    # How often local worker processes are checked for exits.
+    process_check_interval: float = 0.1
+    # How long a stop waits for workers to finish their current call before
+    # local processes are terminated.
+    stop_timeout: float = 10.0
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    # Read-only: each run hands its workers a fresh copy.
+    worker_env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # Written (mode 0600) once the sockets are bound: address, key, versions,
+    # for daemons started with --connection-file on a shared filesystem.
+    connection_file: str | None = None
+    # CURVE directory (see zmqworkers.security.curve): encrypt, admit only known workers.
+    curve_dir: str | None = None
+    # Local workers dial ipc in a private folder (POSIX) rather than the TCP
+    # address: measured faster for large arrays.
+    local_ipc: bool = True
+    # Out-of-band array buffers enter the signature by length only on links
+    # that rule out changes in transit (loopback, ipc, CURVE) when the worker
+    # agrees; True hashes them everywhere (for a plain TCP relay
+    # that carries a loopback port across a network).
+    sign_buffers: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.worker_env, MappingProxyType):
+            object.__setattr__(self, "worker_env", MappingProxyType(dict(self.worker_env)))
+
+    def replace(self, **changes: Any) -> EngineOptions:
+        """A copy with ``changes``; the value itself never changes."""
+        return dataclasses.replace(self, **changes)
+
+
+# What a face takes that is not an option itself, or that it spells
+# differently; the signature test lists these explicitly.
+FACE_ONLY = frozenset({"key_file"})
+
+
+def build_options(
+    *,
+    key: str | bytes | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+    prefetch: int = EngineOptions.prefetch,
+    curve_dir: str | os.PathLike[str] | None = None,
+    connection_file: str | os.PathLike[str] | None = None,
+    max_message_size: int | None = None,
+    **rest: Any,
+) -> EngineOptions:
+    """Engine options from a face's keywords: one place for key and checks.
+
+    The key is ``key``, else ``key_file``, else ``$ZMQWORKERS_KEY``, else a
+    random one (``key_given`` then stays false, for the bind policy).
+    """
+    if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
+        raise ConfigurationError(f"prefetch must be a whole number >= 0, not {prefetch!r}")
+    unknown = sorted(set(rest) - {f.name for f in dataclasses.fields(EngineOptions)})
+    if unknown:
+        raise ConfigurationError(f"unknown option(s): {', '.join(unknown)}")
+    explicit = resolve_key(key, key_file)
+    if max_message_size is not None:
+        rest["max_message_size"] = max_message_size
+    return EngineOptions(
+        key=explicit or resolve_key(generate=True) or b"",
+        key_given=explicit is not None,
+        prefetch=prefetch,
+        curve_dir=os.fspath(curve_dir) if curve_dir is not None else None,
+        connection_file=os.fspath(connection_file) if connection_file is not None else None,
+        **rest,
+    )

@@ -31,14 +31,13 @@ def test_loopback_needs_nothing_and_a_key_allows_any_address(monkeypatch, tmp_pa
         assert c.address.startswith("tcp://127.0.0.1:")
     # Checked before anything binds: a key lifts the refusal. (Binding is
     # done on loopback here; the policy, not the interface, is under test.)
-    from zmqworkers.controller.engine import Engine
-    from zmqworkers.controller.options import EngineOptions
+    from zmqworkers.controller.options import EngineOptions, apply_bind_policy
 
     opts = EngineOptions(bind="tcp://0.0.0.0:0", key=b"k" * 32, key_given=True)
-    Engine._check_security(opts)  # raises if refused
+    apply_bind_policy(opts)  # raises if refused
     opts = EngineOptions(bind="tcp://0.0.0.0:0", key=b"k" * 32)
     with pytest.raises(ConfigurationError):
-        Engine._check_security(opts)
+        apply_bind_policy(opts)
 
 
 def test_worker_without_any_key_says_how_to_fix_it() -> None:

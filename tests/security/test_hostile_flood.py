@@ -36,7 +36,7 @@ def test_flood_during_a_job() -> None:
         env = {**os.environ, "PYTHONPATH": ROOT, "ZMQWORKERS_KEY": KEY}
         hostile = subprocess.Popen(
             [sys.executable, "-m", "tests.security.hostile_client", cluster.address]
-            + [str(cluster._engine._results_ep), str(N_MESSAGES), str(MAX_SIZE)],
+            + [str(cluster._engine.results_channel), str(N_MESSAGES), str(MAX_SIZE)],
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -80,7 +80,7 @@ def test_captured_hello_replayed_to_a_restarted_controller_gets_no_worker_in() -
             head = second.address.rsplit(":", 1)[0]
             push = ctx.socket(zmq.PUSH)
             push.setsockopt(zmq.LINGER, 0)
-            push.connect(f"{head}:{second._engine._results_ep}")
+            push.connect(f"{head}:{second._engine.endpoints['results'].rsplit(':', 1)[1]}")
             push.send_multipart(beat)
             wait_for(lambda: second.counters()["dropped"].get("signature", 0) >= 1, timeout=10)
             wait_for(lambda: second.counters().get("hellos_expired", 0) >= 1, timeout=15)

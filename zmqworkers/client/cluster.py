@@ -222,7 +222,7 @@ class Cluster(Executor):
         if cancel_futures:
             # Queued tasks are dropped first, so none of them starts after
             # its future was cancelled.
-            dropped = self._engine.call(self._engine.sched.drop_pending)
+            dropped = self._engine.drop_pending()
             for tid in dropped:
                 fut = self._futures.pop(tid, None)
                 if fut is not None:

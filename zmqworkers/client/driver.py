@@ -122,7 +122,7 @@ class TaskDriver:
             engine = self._engine
             if engine is not None:
                 try:
-                    dropped += engine.call(engine.sched.drop_pending)
+                    dropped += engine.drop_pending()
                 except EngineClosed:
                     pass  # the engine is closing: what it held is dropped anyway
             for tid in dropped:
@@ -176,18 +176,8 @@ class TaskDriver:
         engine = self._engine or self._last_engine
         if engine is None:
             return [dict(d) for d in self._last_run[1]] if include_departed else []
-        sched = engine.sched
-
-        def read() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-            departed = [dict(d) for d in sched.departed.values()] if include_departed else []
-            return [w.snapshot() for w in sched.workers.values()], departed
-
         try:
-            snapshots, departed = engine.call(read, timeout)
-        except EngineClosed:
-            # The engine is closed: no worker is connected, and its scheduler
-            # no longer changes, so it can be read from here.
-            snapshots, departed = [], read()[1]
+            snapshots, departed = engine.worker_snapshots(timeout, include_departed)
         except FutureTimeout as exc:
             raise TimeoutError(f"the engine did not answer within {timeout} s") from exc
         for snap in snapshots:
@@ -222,13 +212,8 @@ class TaskDriver:
         else:
             try:
                 counts = engine.counters(timeout)
-            except EngineClosed:
-                counts = {"dropped": dict(engine.dropped), **dict(engine.stats)}
             except FutureTimeout as exc:
                 raise TimeoutError(f"the engine did not answer within {timeout} s") from exc
-            if "redispatched" not in counts:
-                # The engine is closed: nothing changes its scheduler any more.
-                counts["redispatched"] = engine.sched.redispatched
         out.update(counts)
         out["done"] = counts.get("delivered", 0)
         return out
@@ -297,9 +282,7 @@ class TaskDriver:
         # may still hold every task of a stopped run.
         if engine.running:
             return  # did not close in time: it stays the one to ask
-        counts: dict[str, Any] = {"dropped": dict(engine.dropped), **dict(engine.stats)}
-        counts["redispatched"] = engine.sched.redispatched
-        self._last_run = (counts, [dict(d) for d in engine.sched.departed.values()])
+        self._last_run = (engine.counters(), engine.worker_snapshots(include_departed=True)[1])
         self._last_engine = None
 
     def _drain(self) -> None:

@@ -1,4 +1,9 @@
-"""Local workers: the worker program as subprocesses on loopback."""
+"""Local workers: the worker program as subprocesses of the controller.
+
+:class:`LocalWorkers` starts them, notices their exits (and replaces the
+ones that die, if asked) and ends those still running at shutdown. Only
+the engine thread uses it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from zmqworkers.security.keys import KEY_ENV
 
@@ -57,3 +64,97 @@ def describe_exit(returncode: int) -> str:
     if returncode == 0:
         return "exited with code 0 before it was asked to"
     return f"exited with code {returncode}"
+
+
+@dataclass(frozen=True)
+class Exit:
+    """A local worker process that ended, and whether it was asked to."""
+
+    pid: int
+    how: str
+    expected: bool
+
+
+# A crash loop ends here: past this many replacements a dead worker stays dead.
+MAX_REPLACEMENTS = 100
+
+
+class LocalWorkers:
+    """The local worker processes of one engine, by pid."""
+
+    def __init__(self, key: bytes, prefetch: int, env: Mapping[str, str], target: int) -> None:
+        self._key = key
+        self._prefetch = prefetch
+        self._env = dict(env)
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.target = target  # how many should run
+        self._expected: set[int] = set()
+        self._replacements = 0
+
+    def __len__(self) -> int:
+        return len(self.procs)
+
+    def start(self, address: str, n: int) -> None:
+        for _ in range(n):
+            proc = start_local_worker(
+                address, self._key, prefetch=self._prefetch, extra_env=self._env
+            )
+            self.procs[proc.pid] = proc
+
+    def stopping(self) -> None:
+        """Every running process was asked to leave: its exit is no failure."""
+        self.target = 0
+        self._expected.update(self.procs)
+
+    def start_up_to(self, address: str, want: int) -> None:
+        self.target = want
+        # Workers still draining after a stop are on their way out: not counted.
+        alive = len(
+            [p for pid, p in self.procs.items() if p.poll() is None and pid not in self._expected]
+        )
+        self.start(address, max(0, want - alive))
+
+    def reap(self) -> list[Exit]:
+        """The processes that ended since the last call."""
+        out = []
+        for pid, proc in list(self.procs.items()):
+            rc = proc.poll()
+            if rc is None:
+                continue
+            del self.procs[pid]
+            expected = pid in self._expected
+            self._expected.discard(pid)
+            out.append(Exit(pid, describe_exit(rc), expected))
+        return out
+
+    def may_replace(self) -> bool:
+        if self._replacements >= MAX_REPLACEMENTS:
+            return False
+        self._replacements += 1
+        return True
+
+    def how_gone(self, pid: int) -> str | None:
+        """How a local worker ended, if it did within a moment."""
+        proc = self.procs.get(pid)
+        if proc is None:
+            return None
+        # A local worker's connection closes as its process dies: wait a
+        # moment for the exit status, which says far more.
+        try:
+            return describe_exit(proc.wait(0.2))
+        except subprocess.TimeoutExpired:
+            return None
+
+    def end_all(self) -> None:
+        """End the processes that did not leave in time: first politely."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 3
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()

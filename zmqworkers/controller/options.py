@@ -10,6 +10,7 @@ mode, the workers' environment) goes into a copy of its own.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +20,11 @@ from typing import Any
 from zmqworkers.errors import ConfigurationError
 from zmqworkers.protocol.liveness import HEARTBEAT_INTERVAL, HEARTBEAT_MISSES
 from zmqworkers.protocol.messages import DEFAULT_MAX_MESSAGE_SIZE
-from zmqworkers.security.keys import resolve_key
+from zmqworkers.security import curve
+from zmqworkers.security.connection import is_local_link
+from zmqworkers.security.keys import INSECURE_KEY, resolve_key
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -117,3 +122,36 @@ def build_options(
         connection_file=os.fspath(connection_file) if connection_file is not None else None,
         **rest,
     )
+
+
+def apply_bind_policy(options: EngineOptions) -> EngineOptions:
+    """Apply the bind policy; the options with the key CURVE or insecure mode use."""
+    key = options.key
+    env = dict(options.worker_env)
+    if options.curve_dir:
+        curve.server_keys(options.curve_dir)  # fail now, naming the file
+        if not options.key_given:
+            key = curve.hmac_key(options.curve_dir)
+        env.setdefault(curve.CURVE_ENV, str(options.curve_dir))
+    if not key:
+        raise ConfigurationError("the engine needs a key")
+    # A connection file carries even a random key to the daemons.
+    shared = options.key_given or options.curve_dir or options.connection_file
+    if not (is_local_link(options.bind) or shared):
+        if not options.insecure:
+            raise ConfigurationError(
+                f"refusing to bind {options.bind} without a key: anyone who can reach "
+                "that address could run code on your workers and in this process. "
+                "Fix: give key= or key_file= (or set $ZMQWORKERS_KEY; make a key file "
+                "with `zmqworkers keygen FILE` and give it to the workers with "
+                "--key-file), or encrypt with curve_dir= (`zmqworkers keygen --curve "
+                "DIR`), or bind 127.0.0.1; insecure=True (--insecure) skips this check "
+                "on a network you trust completely"
+            )
+        key = INSECURE_KEY
+        log.warning(
+            "INSECURE: binding %s with the well-known insecure key; anyone who can "
+            "reach it can run code on the workers and in this process",
+            options.bind,
+        )
+    return options.replace(key=key, worker_env=env)

@@ -1,0 +1,119 @@
+"""Random hellos, joins, leavings and expiries on the pure session table.
+
+Whatever the order, the table stays bounded, every tag names exactly the
+session the table holds under it, a repeated hello gets the same session,
+and the key the controller derives is the one the worker derives from the
+welcome.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zmqworkers._version import __version__
+from zmqworkers.controller.sessions import Link, Session, SessionTable
+from zmqworkers.protocol.records import Hello, Refused
+from zmqworkers.protocol.session import sender_name, session_key, session_tag
+
+KEY = b"k" * 32
+LINK = Link(
+    key=KEY,
+    host="here",
+    protected=False,
+    sign_buffers=False,
+    local_address="ipc:///tmp/x/tasks",
+    hello_ttl=5.0,
+)
+
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["hello", "hello", "join", "end", "expire", "tick"]),
+        st.integers(0, 5),  # worker
+        st.integers(0, 2),  # nonce
+        st.integers(0, 1),  # route
+    ),
+    max_size=120,
+)
+
+
+def _nonce(i: int) -> bytes:
+    return bytes([i]) * 16
+
+
+def _check(table: SessionTable) -> None:
+    assert len(table.pending) <= table.max_pending
+    assert len(table.retired) <= table.max_retired
+    held = [*table.pending.values(), *table.live.values(), *table.retired.values()]
+    assert {s.tag for s in held} == set(table.by_tag)
+    for s in held:
+        assert table.get(s.tag) is s
+    for wid, s in table.live.items():
+        assert s.joined and not s.retired and s.state.id == wid
+    for wid, s in table.pending.items():
+        assert table.live.get(wid) is not s and not s.joined
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops)
+def test_table_stays_consistent(steps: list[tuple[str, int, int, int]]) -> None:
+    table = SessionTable(LINK, max_pending=3, max_retired=2)
+    now = 0.0
+    counter = 0
+    for op, w, n, r in steps:
+        wid = f"w{w}"
+        if op == "hello":
+            counter += 1
+            ours = counter.to_bytes(16, "big")
+            hello = Hello(id=wid, nonce=_nonce(n), version=__version__, pid=w)
+            before = table.pending.get(wid)
+            answer = table.hello(bytes([r]), hello, now, ours)
+            assert isinstance(answer, Session)
+            if (
+                before is not None
+                and before.worker_nonce == hello.nonce
+                and before.route == bytes([r])
+            ):
+                assert answer is before  # the same hello, the same session
+            else:
+                assert answer.tag == ours.hex()
+                # What the worker derives from the welcome signs the same.
+                mine = session_key(KEY, hello.nonce, ours, sign_buffers=True)
+                assert mine.secret == answer.key.secret
+            assert session_tag(sender_name(wid, answer.tag, "r")) == answer.tag
+        elif op == "join" and wid in table.pending:
+            s = table.pending[wid]
+            table.leave_pending(s)
+            if wid in table.live:
+                table.end(wid)
+            table.go_live(s, now)
+        elif op == "end":
+            forgotten = table.end(wid)
+            assert all(session_tag(name) not in table.by_tag for name in forgotten)
+        elif op == "expire":
+            table.expire(now)
+            assert all(s.expires >= now for s in table.pending.values())
+        else:
+            now += 2.0
+        _check(table)
+
+
+@given(st.sampled_from(["0.0.1", "99.0.0", "garbage", "?"]), st.booleans())
+def test_other_releases_are_refused_for_good(version: str, closing: bool) -> None:
+    table = SessionTable(LINK)
+    answer = table.hello(b"r", Hello(id="w", nonce=_nonce(1), version=version), 0.0, _nonce(2))
+    assert isinstance(answer, Refused) and answer.fatal and answer.code == "version"
+    assert answer.nonce == _nonce(1)
+    assert not table.by_tag
+
+
+def test_closing_refuses_for_now_and_ipc_marks_local_workers() -> None:
+    table = SessionTable(LINK)
+    hello = Hello(
+        id="w", nonce=_nonce(1), host="here", version=__version__, dialled=LINK.local_address
+    )
+    refused = table.hello(b"r", hello, 0.0, _nonce(2), closing=True)
+    assert isinstance(refused, Refused) and not refused.fatal and refused.code == "closing"
+    s = table.hello(b"r", hello, 0.0, _nonce(2), local_pids={0})
+    assert isinstance(s, Session) and s.via_ipc and s.state.local
+    assert s.state.buffers_signed  # the worker did not vouch for its link

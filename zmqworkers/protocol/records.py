@@ -1,0 +1,189 @@
+"""The session messages as typed records: each built and checked here only.
+
+A record's ``header()`` is what goes on the wire (a msgpack map); its
+``parse()`` checks a received map and raises :class:`DecodeError` naming
+what is wrong, so neither side reads loose dict keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from zmqworkers.errors import DecodeError
+from zmqworkers.protocol.messages import MAX_SENDER_LENGTH, NONCE_SIZE
+
+
+def is_int(value: Any) -> bool:
+    """An integer that is not a bool (msgpack keeps the two apart; Python does not)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _map(header: Any, what: str) -> dict[str, Any]:
+    if not isinstance(header, dict):
+        raise DecodeError("malformed", f"{what} header is not a map")
+    return header
+
+
+@dataclass(frozen=True)
+class Hello:
+    """A worker asks to join (task channel, signed with the shared key)."""
+
+    id: str
+    nonce: bytes
+    host: str = ""
+    pid: int = 0
+    capacity: int = 2
+    protocol: int = 0
+    version: str = "?"
+    # The worker vouches that nothing on its link can change bytes in transit.
+    link_protected: bool = False
+    # The address it dialled: the controller's ipc folder marks a local worker.
+    dialled: str = ""
+
+    def header(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, header: Any) -> Hello:
+        hdr = _map(header, "hello")
+        wid, nonce = hdr.get("id"), hdr.get("nonce")
+        if not isinstance(wid, str) or not 0 < len(wid) < MAX_SENDER_LENGTH - 40 or "@" in wid:
+            raise DecodeError("malformed", "hello without a valid worker id")
+        if not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
+            raise DecodeError("malformed", f"hello from {wid} without a {NONCE_SIZE}-byte nonce")
+        pid, capacity, host = hdr.get("pid", 0), hdr.get("capacity", 2), hdr.get("host", "")
+        if not (is_int(pid) and is_int(capacity) and isinstance(host, str)):
+            raise DecodeError("malformed", f"hello from {wid} with fields of the wrong type")
+        protocol = hdr.get("protocol", 0)
+        dialled = hdr.get("dialled", "")
+        return cls(
+            id=wid,
+            nonce=nonce,
+            host=host,
+            pid=pid,
+            capacity=capacity,
+            protocol=protocol if is_int(protocol) else 0,
+            version=str(hdr.get("version", "?")),
+            link_protected=hdr.get("link_protected") is True,
+            dialled=dialled if isinstance(dialled, str) else "",
+        )
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """The controller's answer to a hello: the session and where to send."""
+
+    controller: str
+    nonce: bytes  # the worker's, echoed: which hello this answers
+    session: bytes  # the controller's nonce
+    pub_nonce: bytes
+    pub_seq: int
+    results: int | str  # a port on the task address's host, or an endpoint
+    control: int | str
+    heartbeat_interval: float
+    heartbeat_misses: int
+    sign_buffers: bool
+    # The side channels' ipc addresses, for a local worker only.
+    ipc: dict[str, str] = field(default_factory=dict)
+
+    def header(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, header: Any) -> Welcome:
+        hdr = _map(header, "welcome")
+        checks = {
+            "controller": isinstance(hdr.get("controller"), str),
+            "nonce": isinstance(hdr.get("nonce"), bytes),
+            "session": isinstance(hdr.get("session"), bytes),
+            "pub_nonce": isinstance(hdr.get("pub_nonce"), bytes),
+            "pub_seq": is_int(hdr.get("pub_seq")),
+            "results": isinstance(hdr.get("results"), int | str),
+            "control": isinstance(hdr.get("control"), int | str),
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise DecodeError("malformed", f"welcome with bad {', '.join(bad)}")
+        ipc = hdr.get("ipc")
+        return cls(
+            controller=hdr["controller"],
+            nonce=hdr["nonce"],
+            session=hdr["session"],
+            pub_nonce=hdr["pub_nonce"],
+            pub_seq=hdr["pub_seq"],
+            results=hdr["results"],
+            control=hdr["control"],
+            heartbeat_interval=float(hdr.get("heartbeat_interval", 0.0)),
+            heartbeat_misses=int(hdr.get("heartbeat_misses", 0)),
+            sign_buffers=hdr.get("sign_buffers") is not False,
+            ipc=ipc if isinstance(ipc, dict) else {},
+        )
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The controller will not take this worker: now (``fatal`` false) or ever."""
+
+    reason: str
+    code: str  # "version", "closing"
+    fatal: bool = False
+    nonce: bytes | None = None  # the hello's, when there was a readable one
+    # Set when the envelope's protocol differs, so an old worker reads it too.
+    version: bool = False
+
+    def header(self) -> dict[str, Any]:
+        hdr: dict[str, Any] = {"reason": self.reason, "code": self.code, "fatal": self.fatal}
+        if self.nonce is not None:
+            hdr["nonce"] = self.nonce
+        if self.version:
+            hdr["version"] = True
+        return hdr
+
+    @classmethod
+    def parse(cls, header: Any) -> Refused:
+        hdr = header if isinstance(header, dict) else {"reason": header}
+        nonce = hdr.get("nonce")
+        return cls(
+            reason=str(hdr.get("reason", header)),
+            code=str(hdr.get("code", "")),
+            fatal=bool(hdr.get("fatal")),
+            nonce=nonce if isinstance(nonce, bytes) else None,
+            version=hdr.get("version") is True,
+        )
+
+
+@dataclass(frozen=True)
+class Bye:
+    """A worker leaves and hands back the tasks it held."""
+
+    id: str
+    returned: list[int]
+
+    def header(self) -> dict[str, Any]:
+        return {"id": self.id, "returned": self.returned}
+
+    @classmethod
+    def parse(cls, header: Any, wid: str) -> Bye:
+        returned = header.get("returned", []) if isinstance(header, dict) else []
+        if not isinstance(returned, list) or not all(is_int(t) for t in returned):
+            raise DecodeError("malformed", f"bye from {wid} with a bad task list")
+        return cls(wid, returned)
+
+
+@dataclass(frozen=True)
+class Status:
+    """A worker's heartbeat: what it does now."""
+
+    state: str | None
+    task: int | None
+
+    def header(self) -> dict[str, Any]:
+        return {"state": self.state, "task": self.task}
+
+    @classmethod
+    def parse(cls, header: Any, wid: str) -> Status:
+        if not isinstance(header, dict):
+            raise DecodeError("malformed", f"heartbeat from {wid} without a header map")
+        state, task = header.get("state"), header.get("task")
+        return cls(None if state is None else str(state), task if is_int(task) else None)

@@ -23,154 +23,73 @@ signals (queued across threads by Qt).
 
 from __future__ import annotations
 
-import logging
 import os
-import pickle
 import queue
-import secrets
-import socket as pysocket
 import threading
-import time
-import uuid
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Protocol
+from typing import Any
 
-import zmq
-
-from zmqworkers._version import __version__
-from zmqworkers.controller.batching import Batcher, Spec, make_spec
-from zmqworkers.controller.launcher import LocalWorkers
+from zmqworkers.controller.batching import Spec, make_spec
+from zmqworkers.controller.loop import EngineHandler, EngineLoop
 from zmqworkers.controller.options import EngineOptions, apply_bind_policy
-from zmqworkers.controller.scheduler import Scheduler
-from zmqworkers.controller.sessions import Link, Session, SessionTable
-from zmqworkers.controller.sockets import ControllerSockets
-from zmqworkers.errors import (
-    DecodeError,
-    EngineClosed,
-    ProtocolVersionError,
-    make_remote_error,
-)
-from zmqworkers.protocol import (
-    PROTOCOL_VERSION,
-    Kind,
-    Message,
-    ReplayGuard,
-    decode,
-    encode,
-    encode_frames,
-)
-from zmqworkers.protocol.liveness import Heartbeat, describe_silence
-from zmqworkers.protocol.messages import NONCE_SIZE, peek_version
-from zmqworkers.protocol.records import Bye, Hello, Refused, Status, Welcome, is_int
-from zmqworkers.protocol.serialize import dumps
-from zmqworkers.protocol.session import broadcast_key, session_tag
-from zmqworkers.security.connection import is_local_link
+from zmqworkers.errors import EngineClosed
 
 __all__ = ["Engine", "EngineHandler", "EngineOptions", "Spec", "make_spec"]
 
-log = logging.getLogger(__name__)
-
-# A worker that keeps more specs than this is told to forget idle ones.
-MAX_WORKER_SPECS = 64
-
-
-class EngineHandler(Protocol):
-    """What the engine reports, called on the engine thread."""
-
-    def on_results(self, results: list[tuple[int, bool, Any]]) -> None: ...
-
-    def on_event(self, name: str, data: Any) -> None: ...
-
 
 class Engine:
-    """Runs the controller's event loop on a thread of its own.
+    """The controller: commands from any thread to the loop on a thread of its own.
 
-    Callers use the public methods (commands, safe from any thread); every
-    ``_`` method runs on the engine thread.
+    Every public method is a command, safe from any thread; the ones that
+    read return snapshots. The loop (:class:`~.loop.EngineLoop`) owns the
+    state and every socket.
     """
 
     def __init__(self, options: EngineOptions, handler: EngineHandler) -> None:
         options = self.options = apply_bind_policy(options)
         self.handler = handler
-        self.id = f"ctl-{uuid.uuid4().hex[:8]}"
-        self.host = pysocket.gethostname()
         self.address = ""
-        self._sched = Scheduler(max_attempts=options.max_attempts)
-        self._dropped: Counter[str] = Counter()
-        self._stats: Counter[str] = Counter()
         self._id_lock = threading.Lock()
         self._next_id = 1
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
-        self._batcher = Batcher(options)
-        self._seq = 0
-        self._pub_seq = 0
-        self._guard = ReplayGuard()
-        self._pub_nonce = secrets.token_bytes(NONCE_SIZE)
-        self._pub_key = broadcast_key(options.key, self._pub_nonce)
-        self._sockets = ControllerSockets(options)
-        self._sessions: SessionTable | None = None  # once the sockets are bound
-        self._local = LocalWorkers(
-            options.key, options.prefetch, options.worker_env, options.n_workers
-        )
+        self._loop = EngineLoop(options, handler, self._commands, (self._wake_r, self._wake_w))
+        self.id = self._loop.id
+        self.host = self._loop.host
         self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._start_error: BaseException | None = None
-        self._closing = False
-        self._closed = threading.Event()
-        self._heartbeat = Heartbeat(options.heartbeat_interval, options.heartbeat_misses)
-        # Workers declared lost, and when each was last asked to say hello
-        # again (if it turns out to be alive: a cut link that healed).
-        self._lost_ids: dict[str, float] = {}
-        self._probe_at: list[float] = []
-        self._on_command: dict[str, Callable[[Any], None]] = {
-            "submit": self._cmd_submit,
-            "cancel_many": self._cmd_cancel_many,
-            "pause": self._cmd_pause,
-            "resume": self._cmd_resume,
-            "call": self._cmd_call,
-            "stop_workers": self._cmd_stop_workers,
-            "start_workers": self._cmd_start_workers,
-            "shutdown": self._cmd_shutdown,
-        }
-        # Per message kind on the result channel, from a live session.
-        self._on_result_kind: dict[Kind, Callable[[Session, Message], None]] = {
-            Kind.RESULTS: self._on_results_msg,
-            Kind.HEARTBEAT: self._on_heartbeat,
-            Kind.BYE: self._on_bye,
-            Kind.MESSAGE: self._on_message,
-        }
 
     # -- commands (any thread) ----------------------------------------------
 
     def start(self, timeout: float = 30.0) -> str:
         """Bind the sockets, start local workers; return the task address."""
-        self._thread = threading.Thread(target=self._run, name="zmqworkers-engine", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run, name="zmqworkers-engine", daemon=True
+        )
         self._thread.start()
-        if not self._ready.wait(timeout):
+        if not self._loop.ready.wait(timeout):
             raise TimeoutError("the controller engine did not start")
-        if self._start_error is not None:
-            raise self._start_error
+        if self._loop.start_error is not None:
+            raise self._loop.start_error
+        self.address = self._loop.address
         return self.address
 
     @property
     def local_address(self) -> str:
         """The address local workers dial: an ipc folder, or the task address."""
-        return self._sockets.local_address
+        return self._loop.sockets.local_address
 
     @property
     def endpoints(self) -> dict[str, str]:
         """The bound endpoint of each channel (tasks, results, control)."""
-        return dict(self._sockets.endpoints)
+        return dict(self._loop.sockets.endpoints)
 
     @property
     def results_channel(self) -> int | str:
         """The result channel as welcomes name it: a port on the task address's host."""
-        return self._sockets.results_ep
+        return self._loop.sockets.results_ep
 
     def new_task_ids(self, n: int) -> range:
         """Reserve ``n`` consecutive task ids (callers keep ranges, not lists)."""
@@ -202,7 +121,7 @@ class Engine:
 
     def drop_pending(self, timeout: float = 10.0) -> list[int]:
         """Drop every task not yet handed to a worker; return their ids."""
-        return self.call(self._sched.drop_pending, timeout)  # type: ignore[no-any-return]
+        return self.call(self._loop.sched.drop_pending, timeout)  # type: ignore[no-any-return]
 
     def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
         """Run ``fn`` on the engine thread and return what it returns."""
@@ -222,13 +141,13 @@ class Engine:
         self, timeout: float = 10.0, include_departed: bool = False
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Snapshots of the connected workers, and of those that left or were lost."""
-        sched = self._sched
+        sched = self._loop.sched
 
         def read() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             departed = [dict(d) for d in sched.departed.values()] if include_departed else []
             return [w.snapshot() for w in sched.workers.values()], departed
 
-        if not self._closed.is_set():
+        if not self._loop.closed.is_set():
             try:
                 return self.call(read, timeout)  # type: ignore[no-any-return]
             except EngineClosed:
@@ -242,27 +161,27 @@ class Engine:
 
         def read() -> dict[str, Any]:
             return {
-                "queued": self._sched.queued,
-                "running": sum(len(w.in_flight) for w in self._sched.workers.values()),
-                "redispatched": self._sched.redispatched,
-                "dropped": dict(self._dropped),
-                **dict(self._stats),
+                "queued": self._loop.sched.queued,
+                "running": sum(len(w.in_flight) for w in self._loop.sched.workers.values()),
+                "redispatched": self._loop.sched.redispatched,
+                "dropped": dict(self._loop.dropped),
+                **dict(self._loop.stats),
             }
 
-        if not self._closed.is_set():
+        if not self._loop.closed.is_set():
             try:
                 return self.call(read, timeout)  # type: ignore[no-any-return]
             except EngineClosed:
                 pass
         return {
-            "dropped": dict(self._dropped),
-            **dict(self._stats),
-            "redispatched": self._sched.redispatched,
+            "dropped": dict(self._loop.dropped),
+            **dict(self._loop.stats),
+            "redispatched": self._loop.sched.redispatched,
         }
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop workers (each finishes its current call) and close everything."""
-        if self._thread is None or self._closed.is_set():
+        if self._thread is None or self._loop.closed.is_set():
             return
         self._command("shutdown", None)
         self._thread.join(timeout if timeout is not None else self.options.stop_timeout + 10)
@@ -272,7 +191,7 @@ class Engine:
         return self._thread is not None and self._thread.is_alive()
 
     def _command(self, name: str, arg: Any) -> None:
-        if self._closed.is_set():
+        if self._loop.closed.is_set():
             raise EngineClosed("the controller engine is closed")
         self._commands.put((name, arg))
         try:
@@ -281,601 +200,3 @@ class Engine:
             pass  # the pipe is full: the engine is awake already
         except OSError:
             pass  # closed under us by a shutdown in progress
-
-    # -- the loop (engine thread) -------------------------------------------
-
-    def _run(self) -> None:
-        try:
-            self._bind()
-        except BaseException as exc:
-            self._sockets.close()
-            self._start_error = exc
-            self._ready.set()
-            self._closed.set()
-            return
-        self._ready.set()
-        try:
-            self._local.start(self.local_address, self._local.target)
-            self._loop()
-        except BaseException:
-            log.exception("controller engine failed")
-            raise
-        finally:
-            self._teardown()
-
-    def _bind(self) -> None:
-        socks, opts = self._sockets, self.options
-        socks.bind()
-        self.address = socks.address
-        self._sessions = SessionTable(
-            Link(
-                key=opts.key,
-                host=self.host,
-                # Whether every link to this controller is one nothing can
-                # change in transit: all its sockets on loopback or ipc, or
-                # all under CURVE.
-                protected=not opts.sign_buffers
-                and bool(opts.curve_dir or is_local_link(opts.bind)),
-                sign_buffers=opts.sign_buffers,
-                local_address=socks.local_address,
-                hello_ttl=opts.heartbeat_interval * opts.heartbeat_misses + 2,
-            )
-        )
-        if opts.connection_file:
-            from zmqworkers.security.connection import write_connection_file
-
-            write_connection_file(opts.connection_file, self.address, opts.key)
-
-    def _loop(self) -> None:
-        opts, socks = self.options, self._sockets
-        poller = zmq.Poller()
-        poller.register(self._wake_r, zmq.POLLIN)
-        poller.register(socks.router, zmq.POLLIN)
-        poller.register(socks.pull, zmq.POLLIN)
-        poller.register(socks.monitor, zmq.POLLIN)
-        next_beat = 0.0
-        next_check = 0.0
-        stop_deadline = 0.0
-        while True:
-            now = time.monotonic()
-            wake_at = min(next_beat, next_check, *self._probe_at[:1])
-            timeout = max(0.0, wake_at - now)
-            events = dict(poller.poll(int(timeout * 1000) + 1))
-            if self._wake_r in events:
-                try:
-                    os.read(self._wake_r, 65536)
-                except BlockingIOError:
-                    pass
-                self._drain_commands()
-            if socks.router in events:
-                self._recv_all(socks.router, self._on_task_channel)
-            if socks.pull in events:
-                self._recv_all(socks.pull, self._on_result_channel)
-            if socks.monitor in events and socks.read_monitor():
-                self._on_disconnect()
-            self._dispatch()
-            now = time.monotonic()
-            if self._probe_at and now >= self._probe_at[0]:
-                self._probe_at = [t for t in self._probe_at if t > now]
-                self._probe_workers()
-            if now >= next_beat:
-                self._publish(Kind.HEARTBEAT, {"controller": self.id})
-                next_beat = now + opts.heartbeat_interval
-            if now >= next_check:
-                self._check_liveness(now)
-                next_check = now + min(opts.process_check_interval, opts.heartbeat_interval)
-            if self._closing:
-                if not stop_deadline:
-                    stop_deadline = now + opts.stop_timeout
-                if not len(self._local) or now > stop_deadline:
-                    return
-
-    def _recv_all(self, sock: zmq.Socket[Any], handle: Callable[[list[Any]], None]) -> None:
-        # Bounded, so one flooding peer cannot starve the other sockets.
-        for _ in range(1000):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            try:
-                handle(frames)
-            except DecodeError as exc:
-                self._count_drop(exc)
-            except Exception as exc:
-                # A signed message this code cannot handle (a bug, or a peer
-                # of another release): dropped like any other, never fatal.
-                log.debug("message handler raised", exc_info=True)
-                self._count_drop(DecodeError("invalid", repr(exc)))
-
-    def _count_drop(self, exc: DecodeError) -> None:
-        self._dropped[exc.reason] += 1
-        n = self._dropped[exc.reason]
-        if n & (n - 1) == 0:  # 1, 2, 4, 8, ...: rate-limited
-            log.warning("dropped message (%s); %d dropped for this reason", exc, n)
-
-    def _decode(self, frames: list[Any], key: Any) -> Any:
-        msg = decode(frames, key, max_size=self.options.max_message_size)
-        self._guard.check(msg.sender, msg.seq)
-        return msg
-
-    def _session_of(self, sender: str) -> Session:
-        assert self._sessions is not None
-        s = self._sessions.get(session_tag(sender))
-        if s is None:
-            # No key to check it with: as good as a bad signature.
-            raise DecodeError("signature", f"{sender[:80]!r} is in no session")
-        return s
-
-    # -- command handlers ---------------------------------------------------
-
-    def _drain_commands(self) -> None:
-        while True:
-            try:
-                name, arg = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            self._on_command[name](arg)
-
-    def _cmd_submit(self, arg: tuple[Spec, list[tuple[int, Any]]]) -> None:
-        spec, items = arg
-        self._batcher.add(spec, self._sched.spec_refs)
-        add = self._sched.add
-        for tid, task_arg in items:
-            add(tid, spec.id, task_arg)
-        self._stats["submitted"] += len(items)
-
-    def _cmd_cancel_many(self, task_ids: list[int]) -> None:
-        for tid in task_ids:
-            self._sched.cancel(tid)
-
-    def _cmd_pause(self, _: Any) -> None:
-        self._sched.paused = True
-
-    def _cmd_resume(self, _: Any) -> None:
-        self._sched.paused = False
-
-    def _cmd_call(self, arg: tuple[Callable[[], Any], Future[Any]]) -> None:
-        fn, fut = arg
-        try:
-            fut.set_result(fn())
-        except BaseException as exc:
-            fut.set_exception(exc)
-
-    def _cmd_stop_workers(self, _: Any) -> None:
-        self._local.stopping()
-        for w in list(self._sched.workers.values()):
-            w.draining = True
-            self._send(w.id, Kind.STOP, {"worker": w.id})
-
-    def _cmd_start_workers(self, n: int | None) -> None:
-        self._local.start_up_to(self.local_address, self.options.n_workers if n is None else n)
-
-    def _cmd_shutdown(self, _: Any) -> None:
-        self._cmd_stop_workers(None)
-        self._publish(Kind.STOP, {"worker": None})
-        self._closing = True
-
-    # -- sending ------------------------------------------------------------
-
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
-
-    def _send(
-        self, worker_id: str, kind: Kind, header: Any, body: Any = (), lose_on_fail: bool = True
-    ) -> bool:
-        assert self._sessions is not None
-        s = self._sessions.live.get(worker_id)
-        if s is None:
-            return False
-        frames = encode_frames(kind, self.id, self._next_seq(), s.key, header, body)
-        try:
-            self._sockets.router.send_multipart([s.route, *frames], copy=False)
-            self._stats["messages_sent"] += 1
-            self._stats["bytes_sent"] += sum(memoryview(f).nbytes for f in frames)
-            if kind == Kind.FUNC:
-                self._stats["functions_sent"] += 1
-            return True
-        except zmq.ZMQError as exc:
-            if exc.errno == zmq.EHOSTUNREACH:
-                if lose_on_fail:
-                    self._lose(worker_id, self._how_gone(worker_id))
-                return False
-            raise
-
-    def _send_raw(self, routing_id: bytes, kind: Kind, header: Any) -> None:
-        # To a peer not (yet) in a session: signed with the shared key, and
-        # never blocking, as the peer may be a flood that does not read.
-        frames = encode(kind, self.id, self._next_seq(), self.options.key, header)
-        try:
-            self._sockets.router.send_multipart([routing_id, *frames], flags=zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
-
-    def _publish(self, kind: Kind, header: Any) -> None:
-        self._pub_seq += 1
-        frames = encode(kind, f"{self.id}/pub", self._pub_seq, self._pub_key, header)
-        self._sockets.pub.send_multipart(frames)
-
-    def _dispatch(self) -> None:
-        sched = self._sched
-        head = sched.head_spec()
-        if head is not None:
-            batch = self._batcher.batch_for(head)
-            for state in sched.workers.values():
-                state.batch = batch
-        for wid, tids in sched.assign():
-            # A send that finds a worker gone reads pending results first
-            # (see _lose): later workers in this round may have left, and
-            # their tasks may have been delivered by a late result.
-            w = sched.workers.get(wid)
-            if w is None:
-                continue
-            tasks = sched.tasks
-            # Group by spec, keeping order: usually one group.
-            groups: dict[str, list[tuple[int, Any]]] = {}
-            for tid in tids:
-                rec = tasks.get(tid)
-                if rec is None:
-                    continue
-                groups.setdefault(rec.spec_id, []).append((tid, rec.arg))
-            for spec_id, items in groups.items():
-                if spec_id not in w.specs:
-                    header: dict[str, Any] = {"spec": spec_id}
-                    idle = sched.idle_specs(w) if len(w.specs) >= MAX_WORKER_SPECS else []
-                    if idle:
-                        header["forget"] = idle
-                        w.specs.difference_update(idle)
-                    frames = self._batcher.specs[spec_id].frames
-                    if not self._send(wid, Kind.FUNC, header, frames):
-                        break
-                    w.specs.add(spec_id)
-                try:
-                    body = dumps(items, by_value=True)
-                except Exception:
-                    # Find the culprits: only they fail, the rest go out.
-                    items = self._drop_unsendable(wid, items)
-                    if not items:
-                        continue
-                    body = dumps(items, by_value=True)
-                size = sum(memoryview(f).nbytes for f in body) / len(items)
-                fit = self._batcher.fit(spec_id, size, len(items))
-                if fit < len(items):
-                    sched.unassign(wid, [tid for tid, _ in items[fit:]])
-                    items = items[:fit]
-                    body = dumps(items, by_value=True)
-                if not self._send(wid, Kind.TASKS, {"spec": spec_id}, body):
-                    break
-                self._stats["dispatched"] += len(items)
-
-    def _drop_unsendable(self, wid: str, items: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
-        good, out = [], []
-        for item in items:
-            try:
-                dumps(item, by_value=True)
-                good.append(item)
-            except Exception as exc:
-                if self._sched.complete(wid, item[0]) is not None:
-                    err = make_remote_error(
-                        type(exc).__name__,
-                        f"the task's argument cannot be pickled: {exc}",
-                        "",
-                        "(not sent)",
-                        self.host,
-                        exc,
-                    )
-                    out.append((item[0], False, err))
-        self._deliver(out)
-        return good
-
-    # -- the task channel: hellos and info requests -------------------------
-
-    def _on_task_channel(self, frames: list[Any]) -> None:
-        routing_id = frames[0].bytes
-        body = frames[1:]
-        try:
-            msg = self._decode(body, self.options.key)
-        except ProtocolVersionError as exc:
-            theirs = peek_version(body)
-            refusal = (
-                f"worker speaks protocol {theirs}, controller {PROTOCOL_VERSION}: "
-                "install the same zmqworkers release on both sides"
-            )
-            log.error("refused worker %r: %s", routing_id, refusal)
-            answer = Refused(refusal, "version", fatal=True, version=True)
-            self._send_raw(routing_id, Kind.REFUSED, answer.header())
-            raise DecodeError("version", refusal) from exc
-        if msg.kind == Kind.INFO:
-            self._on_info(routing_id, msg.sender)
-        elif msg.kind == Kind.HELLO:
-            self._on_hello(routing_id, Hello.parse(msg.header))
-        else:
-            raise DecodeError("unexpected", f"{msg.kind.name} on the task channel")
-
-    def _on_hello(self, routing_id: bytes, hello: Hello) -> None:
-        assert self._sessions is not None
-        answer = self._sessions.hello(
-            routing_id,
-            hello,
-            time.monotonic(),
-            secrets.token_bytes(NONCE_SIZE),
-            closing=self._closing,
-            local_pids=self._local.procs,
-        )
-        if isinstance(answer, Refused):
-            if answer.fatal:
-                log.error("refused worker %s: %s", hello.id, answer.reason)
-                self._dropped[answer.code] += 1
-            self._send_raw(routing_id, Kind.REFUSED, answer.header())
-            return
-        welcome = Welcome(
-            controller=self.id,
-            nonce=hello.nonce,
-            session=bytes.fromhex(answer.tag),
-            pub_nonce=self._pub_nonce,
-            pub_seq=self._pub_seq,
-            results=self._sockets.results_ep,
-            control=self._sockets.control_ep,
-            heartbeat_interval=self.options.heartbeat_interval,
-            heartbeat_misses=self.options.heartbeat_misses,
-            sign_buffers=answer.key.sign_buffers,
-            ipc=self._sockets.local_eps if answer.via_ipc else {},
-        )
-        self._send_raw(answer.route, Kind.WELCOME, welcome.header())
-
-    def _on_info(self, routing_id: bytes, sender: str) -> None:
-        # Answered to whoever holds the key: `zmqworkers info ADDRESS`.
-        # The client reads one reply and goes, so its sequence is forgotten.
-        self._guard.forget(sender)
-        header = {
-            "controller": self.id,
-            "host": self.host,
-            "version": __version__,
-            "protocol": PROTOCOL_VERSION,
-            "queued": self._sched.queued,
-            "workers": [
-                {k: v for k, v in w.snapshot().items() if k != "last_heartbeat"}
-                for w in self._sched.workers.values()
-            ],
-        }
-        self._send_raw(routing_id, Kind.INFO, header)
-
-    # -- the result channel: results, heartbeats, goodbyes, messages --------
-
-    def _on_result_channel(self, frames: list[Any]) -> None:
-        msg = self._decode(frames, lambda sender: self._session_of(sender).key)
-        s = self._session_of(msg.sender)
-        wid = s.state.id
-        kind = msg.kind
-        if s.retired:
-            # Left or lost: a late result is still taken, nothing else.
-            if kind == Kind.RESULTS:
-                self._on_results(wid, msg.payload)
-            if kind in (Kind.HEARTBEAT, Kind.RESULTS) and wid in self._lost_ids:
-                self._ask_to_rejoin(s)
-            return
-        if not s.joined:
-            self._join(s)
-        w = s.state
-        w.last_seen = time.monotonic()
-        self._heartbeat.seen(wid, w.last_seen)
-        handle = self._on_result_kind.get(kind)
-        if handle is None:
-            raise DecodeError("unexpected", f"{kind.name} on the result channel")
-        handle(s, msg)
-
-    def _on_results_msg(self, s: Session, msg: Message) -> None:
-        spec_id = self._on_results(s.state.id, msg.payload)
-        if spec_id is not None and isinstance(msg.header, dict):
-            self._batcher.tune(spec_id, msg.header, msg.nbytes)
-
-    def _on_heartbeat(self, s: Session, msg: Message) -> None:
-        status = Status.parse(msg.header, s.state.id)
-        w = s.state
-        if status.state is not None:
-            w.state = status.state
-        w.current = status.task
-
-    def _on_bye(self, s: Session, msg: Message) -> None:
-        wid = s.state.id
-        bye = Bye.parse(msg.header, wid)
-        self._sched.hand_back(wid, bye.returned)
-        self._sched.leave(wid)
-        self._end_session(wid)
-        self._heartbeat.forget(wid)
-        log.info("worker %s left, handed back %d task(s)", wid, len(bye.returned))
-        self.handler.on_event("worker_left", wid)
-
-    def _on_message(self, s: Session, msg: Message) -> None:
-        self.handler.on_event("message", msg.header)
-
-    def _on_results(self, wid: str, items: Any) -> str | None:
-        if not isinstance(items, list):
-            raise DecodeError("malformed", "results payload is not a list")
-        # Checked whole before any is taken: a bad entry late in a batch must
-        # not leave earlier ones completed but never delivered.
-        for item in items:
-            if not (
-                isinstance(item, tuple | list)
-                and len(item) == 3
-                and is_int(item[0])
-                and isinstance(item[1], bool)
-            ):
-                raise DecodeError("malformed", f"result entry from {wid} is not (id, ok, value)")
-        w = self._sched.workers.get(wid)
-        host = w.host if w is not None else ""
-        out: list[tuple[int, bool, Any]] = []
-        complete = self._sched.complete
-        spec_id = None
-        for tid, ok, value in items:
-            rec = complete(wid, tid)
-            if rec is None:
-                self._stats["duplicates"] += 1
-                continue
-            spec_id = rec.spec_id
-            if not ok:
-                value = _remote_error(value, wid, host)
-                self._stats["failed"] += 1
-            out.append((tid, ok, value))
-        self._deliver(out)
-        return spec_id
-
-    def _deliver(self, out: list[tuple[int, bool, Any]]) -> None:
-        if not out:
-            return
-        self._stats["delivered"] += len(out)
-        try:
-            self.handler.on_results(out)
-        except Exception:
-            log.exception("result handler raised; results were delivered to it once")
-
-    # -- sessions -----------------------------------------------------------
-
-    def _join(self, s: Session) -> None:
-        assert self._sessions is not None
-        wid = s.state.id
-        self._sessions.leave_pending(s)
-        if wid in self._sessions.live:
-            # Said hello again (reconnected): what it held is not coming back.
-            self._lose(wid, "reconnected")
-        now = time.monotonic()
-        self._sessions.go_live(s, now)
-        self._sched.join(s.state)
-        self._heartbeat.seen(wid, now)
-        self._lost_ids.pop(wid, None)
-        log.info("worker %s joined (host %s, pid %d)", wid, s.state.host, s.state.pid)
-        self.handler.on_event("worker_joined", s.state.snapshot())
-
-    def _ask_to_rejoin(self, s: Session) -> None:
-        """A worker declared lost is alive after all (a cut link came back).
-
-        Its late results still count if not delivered yet; it is asked to say
-        hello again so it gets work, and asked again after a while, in case
-        the request went into a connection that was gone.
-        """
-        assert self._sessions is not None
-        wid = s.state.id
-        now = time.monotonic()
-        if wid in self._sessions.live or now - self._lost_ids[wid] <= self._heartbeat.limit:
-            return
-        self._lost_ids[wid] = now
-        log.info("worker %s, declared lost, is back: asking it to rejoin", wid)
-        frames = encode_frames(
-            Kind.STOP, self.id, self._next_seq(), s.key, {"worker": wid, "rejoin": True}, ()
-        )
-        try:
-            self._sockets.router.send_multipart([s.route, *frames], flags=zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass  # gone again: the next heartbeat asks again
-
-    def _end_session(self, wid: str) -> None:
-        assert self._sessions is not None
-        for sender in self._sessions.end(wid):
-            self._guard.forget(sender)
-
-    # -- liveness -----------------------------------------------------------
-
-    def _check_liveness(self, now: float) -> None:
-        assert self._sessions is not None
-        for gone in self._local.reap():
-            wid = self._worker_by_pid(gone.pid)
-            if wid is not None:
-                self._lose(wid, gone.how)
-            if not gone.expected and not self._closing:
-                log.warning("local worker pid %d %s", gone.pid, gone.how)
-                if self.options.replace_dead_workers and self._local.may_replace():
-                    self._local.start(self.local_address, 1)
-        expired = self._sessions.expire(now)
-        if expired:
-            self._stats["hellos_expired"] += expired
-        for wid, silent in self._heartbeat.expired(now):
-            if wid in self._sched.workers:
-                self._lose(wid, describe_silence(silent, self.options.heartbeat_interval))
-            else:
-                self._heartbeat.forget(wid)
-
-    def _on_disconnect(self) -> None:
-        # The event names a file descriptor, not a routing id, and a new
-        # connection may reuse the descriptor before this event is read.
-        # So probe instead: a send to a peer whose connection is gone
-        # fails at once (ROUTER_MANDATORY). The ROUTER drops the pipe a
-        # moment after the event, so probe again shortly after.
-        self._probe_workers()
-        now = time.monotonic()
-        self._probe_at = sorted({*self._probe_at, now + 0.05, now + 0.25})
-
-    def _probe_workers(self) -> None:
-        for wid in list(self._sched.workers):
-            self._send(wid, Kind.HEARTBEAT, {"controller": self.id, "probe": True})
-
-    def _how_gone(self, wid: str) -> str:
-        w = self._sched.workers.get(wid)
-        how = self._local.how_gone(w.pid) if w is not None and w.local else None
-        return how or "connection closed: process died or host reset the link"
-
-    def _worker_by_pid(self, pid: int) -> str | None:
-        for w in self._sched.workers.values():
-            if w.local and w.pid == pid:
-                return w.id
-        return None
-
-    def _lose(self, wid: str, how: str) -> None:
-        if wid not in self._sched.workers:
-            return
-        # Results it sent before dying may wait unread: take them first, so
-        # the blame for the death falls on the task it was really running.
-        self._recv_all(self._sockets.pull, self._on_result_channel)
-        if wid not in self._sched.workers:
-            return  # it said goodbye after all
-        log.warning("worker %s lost: %s", wid, how)
-        self._heartbeat.forget(wid)
-        if len(self._lost_ids) < 100_000:
-            self._lost_ids[wid] = float("-inf")
-        failed = self._sched.lose(wid, how)
-        self._end_session(wid)
-        self._stats["workers_lost"] += 1
-        self.handler.on_event("worker_lost", {"id": wid, "how": how})
-        self._deliver([(tid, False, err) for tid, err in failed])
-
-    def _teardown(self) -> None:
-        self._local.end_all()
-        # Results sent just before the workers left still count.
-        try:
-            self._recv_all(self._sockets.pull, self._on_result_channel)
-        except zmq.ZMQError:
-            pass  # the engine failed with its sockets: nothing to read
-        abandoned = list(self._sched.tasks)
-        self._closed.set()
-        self._sockets.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-        # Whatever commands came in after the last drain are answered too.
-        while True:
-            try:
-                name, arg = self._commands.get_nowait()
-            except queue.Empty:
-                break
-            if name == "submit":
-                abandoned.extend(tid for tid, _ in arg[1])
-            elif name == "call":
-                arg[1].set_exception(EngineClosed("the controller engine is closed"))
-        self.handler.on_event("closed", abandoned)
-
-
-def _remote_error(info: Any, wid: str, host: str) -> BaseException:
-    if not isinstance(info, dict):
-        return make_remote_error("Error", repr(info), "", wid, host)
-    original = None
-    if info.get("exc"):
-        try:
-            original = pickle.loads(info["exc"])
-        except Exception:
-            original = None
-    return make_remote_error(
-        str(info.get("type", "Exception")),
-        str(info.get("message", "")),
-        str(info.get("traceback", "")),
-        wid,
-        host,
-        original if isinstance(original, BaseException) else None,
-    )

@@ -9,12 +9,16 @@
 
 Only the engine thread touches them. Local workers may dial the same three
 sockets over ipc in a private folder (see :meth:`ControllerSockets.bind_local_ipc`).
+Every message the controller sends leaves through :meth:`ControllerSockets.send`,
+:meth:`~ControllerSockets.send_unsolicited` or :meth:`~ControllerSockets.publish`,
+which number and sign it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import struct
 import tempfile
@@ -25,6 +29,9 @@ from urllib.parse import urlsplit
 import zmq
 
 from zmqworkers.controller.options import EngineOptions
+from zmqworkers.protocol import Kind, encode_frames
+from zmqworkers.protocol.messages import NONCE_SIZE, Key
+from zmqworkers.protocol.session import broadcast_key
 from zmqworkers.security import curve
 
 log = logging.getLogger(__name__)
@@ -37,8 +44,13 @@ RECEIVE_HWM = 1000
 class ControllerSockets:
     """The context, the three sockets, the monitor and the CURVE authenticator."""
 
-    def __init__(self, options: EngineOptions) -> None:
+    def __init__(self, options: EngineOptions, controller_id: str) -> None:
         self.options = options
+        self.controller_id = controller_id
+        self._seq = 0
+        self.pub_seq = 0
+        self.pub_nonce = secrets.token_bytes(NONCE_SIZE)
+        self._pub_key = broadcast_key(options.key, self.pub_nonce)
         self.ctx: zmq.Context[Any] | None = None
         self.router: Any = None
         self.pull: Any = None
@@ -147,6 +159,36 @@ class ControllerSockets:
             "results": f"ipc://{folder}/results",
             "control": f"ipc://{folder}/control",
         }
+
+    def send(self, route: bytes, key: Key, kind: Kind, header: Any, body: Any = ()) -> int:
+        """Send to one worker; the bytes sent. Raises ``zmq.ZMQError`` (EHOSTUNREACH: gone)."""
+        self._seq += 1
+        frames = encode_frames(kind, self.controller_id, self._seq, key, header, body)
+        self.router.send_multipart([route, *frames], copy=False)
+        return sum(memoryview(f).nbytes for f in frames)
+
+    def send_unsolicited(self, route: bytes, kind: Kind, header: Any, key: Key = b"") -> None:
+        """Send to a peer that may not read: never blocks, never raises.
+
+        Signed with the shared key unless ``key`` is given (a peer not yet,
+        or no longer, in a session may be a flood that does not read).
+        """
+        self._seq += 1
+        frames = encode_frames(
+            kind, self.controller_id, self._seq, key or self.options.key, header, ()
+        )
+        try:
+            self.router.send_multipart([route, *frames], flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    def publish(self, kind: Kind, header: Any) -> None:
+        """Broadcast to every worker on the control channel."""
+        self.pub_seq += 1
+        frames = encode_frames(
+            kind, f"{self.controller_id}/pub", self.pub_seq, self._pub_key, header, ()
+        )
+        self.pub.send_multipart(frames)
 
     def read_monitor(self) -> bool:
         """Read the monitor's events; True if a connection closed."""

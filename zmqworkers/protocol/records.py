@@ -7,10 +7,11 @@ what is wrong, so neither side reads loose dict keys.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from zmqworkers.errors import DecodeError
+from zmqworkers.errors import DecodeError, make_remote_error
 from zmqworkers.protocol.messages import MAX_SENDER_LENGTH, NONCE_SIZE
 
 
@@ -187,3 +188,37 @@ class Status:
             raise DecodeError("malformed", f"heartbeat from {wid} without a header map")
         state, task = header.get("state"), header.get("task")
         return cls(None if state is None else str(state), task if is_int(task) else None)
+
+
+def check_results(items: Any, wid: str) -> None:
+    """A RESULTS payload is a list of ``(task id, ok, value)``; raise if not."""
+    if not isinstance(items, list):
+        raise DecodeError("malformed", "results payload is not a list")
+    for item in items:
+        if not (
+            isinstance(item, tuple | list)
+            and len(item) == 3
+            and is_int(item[0])
+            and isinstance(item[1], bool)
+        ):
+            raise DecodeError("malformed", f"result entry from {wid} is not (id, ok, value)")
+
+
+def remote_error(info: Any, wid: str, host: str) -> BaseException:
+    """The exception a failed result stands for (see ``describe_exception``)."""
+    if not isinstance(info, dict):
+        return make_remote_error("Error", repr(info), "", wid, host)
+    original = None
+    if info.get("exc"):
+        try:
+            original = pickle.loads(info["exc"])
+        except Exception:
+            original = None
+    return make_remote_error(
+        str(info.get("type", "Exception")),
+        str(info.get("message", "")),
+        str(info.get("traceback", "")),
+        wid,
+        host,
+        original if isinstance(original, BaseException) else None,
+    )

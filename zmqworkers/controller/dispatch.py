@@ -1,0 +1,116 @@
+"""Dispatch: what the scheduler assigns goes out as FUNC and TASKS messages.
+
+Each worker gets a function's spec once (and is told which idle specs to
+forget); tasks go in batches the :class:`~.batching.Batcher` sizes, split
+again when their payloads turn out larger than the function's so far.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from zmqworkers.controller.batching import Batcher
+from zmqworkers.controller.scheduler import Scheduler
+from zmqworkers.errors import make_remote_error
+from zmqworkers.protocol import Kind
+from zmqworkers.protocol.serialize import dumps
+
+# A worker that keeps more specs than this is told to forget idle ones.
+MAX_WORKER_SPECS = 64
+
+Send = Callable[[str, Kind, Any, Any], bool]
+Deliver = Callable[[list[tuple[int, bool, Any]]], None]
+
+
+class Dispatcher:
+    """Turns the scheduler's assignments into messages, on the engine thread."""
+
+    def __init__(
+        self,
+        sched: Scheduler,
+        batcher: Batcher,
+        send: Send,
+        deliver: Deliver,
+        host: str,
+        stats: Counter[str],
+    ) -> None:
+        self._sched = sched
+        self._batcher = batcher
+        self._send = send
+        self._deliver = deliver
+        self._host = host
+        self._stats = stats
+
+    def run(self) -> None:
+        """Send what the scheduler assigns: each function once per worker, tasks in batches."""
+        sched = self._sched
+        head = sched.head_spec()
+        if head is not None:
+            batch = self._batcher.batch_for(head)
+            for state in sched.workers.values():
+                state.batch = batch
+        for wid, tids in sched.assign():
+            # A send that finds a worker gone reads pending results first
+            # (see _lose): later workers in this round may have left, and
+            # their tasks may have been delivered by a late result.
+            w = sched.workers.get(wid)
+            if w is None:
+                continue
+            tasks = sched.tasks
+            # Group by spec, keeping order: usually one group.
+            groups: dict[str, list[tuple[int, Any]]] = {}
+            for tid in tids:
+                rec = tasks.get(tid)
+                if rec is None:
+                    continue
+                groups.setdefault(rec.spec_id, []).append((tid, rec.arg))
+            for spec_id, items in groups.items():
+                if spec_id not in w.specs:
+                    header: dict[str, Any] = {"spec": spec_id}
+                    idle = sched.idle_specs(w) if len(w.specs) >= MAX_WORKER_SPECS else []
+                    if idle:
+                        header["forget"] = idle
+                        w.specs.difference_update(idle)
+                    frames = self._batcher.specs[spec_id].frames
+                    if not self._send(wid, Kind.FUNC, header, frames):
+                        break
+                    w.specs.add(spec_id)
+                try:
+                    body = dumps(items, by_value=True)
+                except Exception:
+                    # Find the culprits: only they fail, the rest go out.
+                    items = self._drop_unsendable(wid, items)
+                    if not items:
+                        continue
+                    body = dumps(items, by_value=True)
+                size = sum(memoryview(f).nbytes for f in body) / len(items)
+                fit = self._batcher.fit(spec_id, size, len(items))
+                if fit < len(items):
+                    sched.unassign(wid, [tid for tid, _ in items[fit:]])
+                    items = items[:fit]
+                    body = dumps(items, by_value=True)
+                if not self._send(wid, Kind.TASKS, {"spec": spec_id}, body):
+                    break
+                self._stats["dispatched"] += len(items)
+
+    def _drop_unsendable(self, wid: str, items: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+        good, out = [], []
+        for item in items:
+            try:
+                dumps(item, by_value=True)
+                good.append(item)
+            except Exception as exc:
+                if self._sched.complete(wid, item[0]) is not None:
+                    err = make_remote_error(
+                        type(exc).__name__,
+                        f"the task's argument cannot be pickled: {exc}",
+                        "",
+                        "(not sent)",
+                        self._host,
+                        exc,
+                    )
+                    out.append((item[0], False, err))
+        self._deliver(out)
+        return good

@@ -76,7 +76,7 @@ from zmqworkers.protocol.messages import (
 )
 from zmqworkers.protocol.serialize import dumps
 from zmqworkers.security import curve
-from zmqworkers.security.connection import is_local_link
+from zmqworkers.security.connection import check_bind_address, is_local_link
 from zmqworkers.security.keys import INSECURE_KEY, resolve_key
 
 log = logging.getLogger(__name__)
@@ -178,6 +178,7 @@ def build_options(
     """
     if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
         raise ConfigurationError(f"prefetch must be a whole number >= 0, not {prefetch!r}")
+    check_bind_address(rest.get("bind", EngineOptions.bind))
     explicit = resolve_key(key, key_file)
     options = EngineOptions(
         key=explicit or resolve_key(generate=True) or b"",

@@ -141,7 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run a small job on local workers and show it")
     d.add_argument("--workers", type=int, default=2)
     d.add_argument("--tasks", type=int, default=20)
-    d.add_argument("--delay", type=_seconds, help="seconds per task (default 0.05, 0.25 with --gui)")
+    d.add_argument(
+        "--delay", type=_seconds, help="seconds per task (default 0.05, 0.25 with --gui)"
+    )
     d.add_argument("--gui", action="store_true", help="show the job in a monitor window")
     d.add_argument("--screenshot", metavar="PNG", help="with --gui: save the window at 50 %%")
 
@@ -168,7 +170,9 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("address", nargs="?", help="the controller's task address")
     i.add_argument("--key-file", help="file holding the shared key (else $ZMQWORKERS_KEY)")
     i.add_argument("--connection-file", help="JSON file the controller wrote")
-    i.add_argument("--timeout", type=_positive_seconds, default=5.0, help="seconds to wait for an answer")
+    i.add_argument(
+        "--timeout", type=_positive_seconds, default=5.0, help="seconds to wait for an answer"
+    )
     i.add_argument("--json", action="store_true", help="print the raw answer as JSON")
 
     st = sub.add_parser("status", help="check a daemon's --status-file (container probes)")

@@ -23,6 +23,7 @@ signals (queued across threads by Qt).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -71,6 +72,7 @@ from zmqworkers.protocol.messages import (
     DEFAULT_MAX_MESSAGE_SIZE,
     MAX_SENDER_LENGTH,
     NONCE_SIZE,
+    encode_unsigned,
     library_compatible,
     peek_version,
 )
@@ -807,12 +809,12 @@ class Engine:
                 f"worker speaks protocol {theirs}, controller {PROTOCOL_VERSION}: "
                 "install the same zmqworkers release on both sides"
             )
-            log.error("refused worker %r: %s", routing_id, refusal)
-            self._send_raw(
-                routing_id,
-                Kind.REFUSED,
-                {"reason": refusal, "version": True, "code": "version", "fatal": True},
-            )
+            # Nothing in it is authenticated: the answer goes unsigned and
+            # the log line is rate-limited (_count_drop), as for any drop.
+            hdr = {"reason": refusal, "version": True, "code": "version", "fatal": True}
+            with contextlib.suppress(zmq.ZMQError):
+                frames = encode_unsigned(Kind.REFUSED, self.id, 0, hdr)
+                self._router.send_multipart([routing_id, *frames], flags=zmq.NOBLOCK)
             raise DecodeError("version", refusal) from exc
         if msg.kind == Kind.INFO:
             self._on_info(routing_id, msg.sender)

@@ -38,7 +38,6 @@ import tempfile
 import threading
 import time
 import uuid
-import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -78,6 +77,7 @@ from zmqworkers.protocol.messages import (
 )
 from zmqworkers.protocol.serialize import dumps
 from zmqworkers.security import curve
+from zmqworkers.security.cleanup import Leftovers
 from zmqworkers.security.connection import check_bind_address, is_local_link
 from zmqworkers.security.keys import INSECURE_KEY, resolve_key
 
@@ -262,7 +262,7 @@ class Engine:
         # The ipc folder of local workers (see _bind_local_ipc), if any.
         self.local_address = options.bind
         self._local_eps: dict[str, str] = {}
-        self._ipc_cleanup: weakref.finalize[Any, Any] | None = None
+        self._leftovers = Leftovers()  # the ipc folder and connection file
         self._local: dict[int, subprocess.Popen[bytes]] = {}
         self._local_target = options.n_workers
         self._expected_exits: set[int] = set()
@@ -422,9 +422,7 @@ class Engine:
         ctx = getattr(self, "_ctx", None)
         if ctx is not None:
             ctx.term()
-        if self._ipc_cleanup is not None:
-            self._ipc_cleanup()
-            self._ipc_cleanup = None
+        self._leftovers.remove_all()
 
     def _bind(self) -> None:
         ctx = self._ctx = zmq.Context()
@@ -512,7 +510,7 @@ class Engine:
                 shutil.rmtree(folder, ignore_errors=True)
             return
         # Gone with the engine, or at exit if the engine never closed.
-        self._ipc_cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
+        self._leftovers.add(folder)
         self.local_address = f"ipc://{folder}/tasks"
         self._local_eps = {
             "results": f"ipc://{folder}/results",
@@ -525,7 +523,10 @@ class Engine:
             if self.options.connection_file:
                 from zmqworkers.security.connection import write_connection_file
 
-                write_connection_file(self.options.connection_file, self.address, self.options.key)
+                written = write_connection_file(
+                    self.options.connection_file, self.address, self.options.key
+                )
+                self._leftovers.add(written)
         except BaseException as exc:
             self._close_sockets()
             self._start_error = exc

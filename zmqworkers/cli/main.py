@@ -239,6 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except FileExistsError:
             print(f"zmqworkers: {args.file} exists; not overwriting a key", file=sys.stderr)
             return 2
+        except OSError as exc:
+            print(f"zmqworkers keygen: cannot write {args.file}: {exc.strerror}", file=sys.stderr)
+            return 2
         print(f"wrote a new key to {path} (mode 0600)")
         return 0
     return 2
@@ -440,10 +443,6 @@ def _bad_worker_numbers(args: argparse.Namespace) -> str | None:
         return f"--processes must be 1 or more, not {args.processes}"
     if args.prefetch < 0:
         return f"--prefetch must be 0 or more, not {args.prefetch}"
-    if args.lifetime is not None and args.lifetime <= 0:
-        return f"--lifetime must be more than 0 seconds, not {args.lifetime}"
-    if args.drain_timeout is not None and args.drain_timeout < 0:
-        return f"--drain-timeout must be 0 seconds or more, not {args.drain_timeout}"
     if args.max_restarts < 0:
         return f"--max-restarts must be 0 or more, not {args.max_restarts}"
     if args.heartbeat_misses < 1:

@@ -59,9 +59,8 @@ def test_connection_file_in_a_folder_anyone_can_write_is_refused(
     tmp_path: Path, controller
 ) -> None:
     folder = tmp_path / "shared"
-    folder.mkdir()
-    folder.chmod(0o777)  # mkdir's mode is cut by the umask
     path = _connection_file(folder, controller.address, 0o600)
+    folder.chmod(0o777)  # opened to everyone after it was written
     out = _worker("--connection-file", str(path))
     assert out.returncode == 2, out.stderr
     assert f"in folder {folder}" in out.stderr and f"chmod go-w {folder}" in out.stderr
@@ -103,3 +102,14 @@ def test_files_as_written_pass_and_a_sticky_folder_is_fine(tmp_path: Path) -> No
     path = write_connection_file(sticky / "conn.json", "tcp://127.0.0.1:5555", KEY.encode())
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert read_connection_file(path).key == KEY.encode()
+
+
+def test_controller_refuses_to_write_its_connection_file_where_others_could_swap_it(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    folder.chmod(0o777)
+    with pytest.raises(ConfigurationError, match=f"chmod go-w {folder}"):
+        Cluster(0, key=KEY, connection_file=folder / "conn.json")
+    assert list(folder.iterdir()) == []

@@ -155,6 +155,13 @@ def write_connection_file(
         except FileNotFoundError:
             pass
         raise
+    try:
+        # Daemons would refuse it (a folder others can write): say so now,
+        # where the fix is made, and leave no key there.
+        read_trusted_text(target, "connection file", secret=True)
+    except ConfigurationError:
+        target.unlink(missing_ok=True)
+        raise
     return target
 
 

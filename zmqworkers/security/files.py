@@ -52,7 +52,9 @@ def read_trusted_text(path: str | os.PathLike[str], what: str, *, secret: bool =
         with open(p, encoding="utf-8") as f:
             if os.name == "posix":  # elsewhere no owners and modes to judge by
                 _check_file(os.fstat(f.fileno()), what, p, secret)
-                _check_folders(p.absolute().parent, what, p)
+                # The folders of a symbolic link and of what it points to.
+                for folder in dict.fromkeys((p.absolute().parent, p.resolve().parent)):
+                    _check_folders(folder, what, p)
             return f.read()
     except OSError as exc:
         raise ConfigurationError(f"cannot read {what} {p}: {exc.strerror}") from exc

@@ -38,6 +38,7 @@ def test_connection_file_is_private_and_complete(tmp_path: Path) -> None:
 def test_bad_connection_files_are_named(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
+    bad.chmod(0o600)
     with pytest.raises(ConfigurationError, match="is not JSON"):
         read_connection_file(bad)
     bad.write_text(json.dumps({"address": "tcp://h:1", "key": "x" * 32, "protocol": 99}))
@@ -99,7 +100,8 @@ def test_info_lists_daemon_and_local_workers(tmp_path: Path) -> None:
     finally:
         d.stop()
         c.shutdown(wait=False, cancel_futures=True)
-    assert os.path.exists(conn)
+    # It holds the key: gone with the controller.
+    assert not os.path.exists(conn)
 
 
 def _three_free_ports() -> int:
@@ -171,8 +173,11 @@ def test_worker_refuses_an_address_it_cannot_dial(bad: str) -> None:
     ("option", "value", "message"),
     [
         ("--processes", "0", "--processes must be 1 or more, not 0"),
-        ("--lifetime", "-5", "--lifetime must be more than 0 seconds, not -5.0"),
-        ("--drain-timeout", "-1", "--drain-timeout must be 0 seconds or more, not -1.0"),
+        ("--lifetime", "-5", "--lifetime: '-5' is not a finite number of seconds > 0"),
+        ("--lifetime", "inf", "--lifetime: 'inf' is not a finite number of seconds > 0"),
+        ("--drain-timeout", "-1", "--drain-timeout: '-1' is not a finite number of seconds >= 0"),
+        ("--death-timeout", "nan", "--death-timeout: 'nan' is not a finite number of seconds"),
+        ("--heartbeat-misses", "0", "--heartbeat-misses must be 1 or more, not 0"),
     ],
 )
 def test_worker_refuses_bad_numbers(option: str, value: str, message: str) -> None:

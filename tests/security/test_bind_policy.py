@@ -93,3 +93,13 @@ def test_insecure_works_end_to_end_with_the_well_known_key_and_warns() -> None:
     # Both sides say loudly what they are doing.
     assert "INSECURE: binding tcp://0.0.0.0:0" in out.stderr
     assert "INSECURE: using the well-known insecure key" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "bad", ["udp://127.0.0.1:5999", "garbage", "tcp://127.0.0.1:*", "tcp://:5555", "ipc://"]
+)
+def test_an_address_nobody_can_bind_is_refused_by_name(bad: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Cluster(0, bind=bad, key="k" * 32)
+    assert f"cannot bind {bad!r}" in str(info.value)
+    assert "tcp://HOST:PORT" in str(info.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -20,6 +21,24 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(process)d: %(message)s",
         stream=sys.stderr,
     )
+
+
+def _seconds(text: str, *, allow_zero: bool = True) -> float:
+    """A finite number of seconds, 0 or more (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    # NaN and infinity would pass every comparison a deadline makes, or none.
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds {bound}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    """A finite number of seconds, more than 0 (argparse type)."""
+    return _seconds(text, allow_zero=False)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     w.add_argument(
         "--connection-wait",
-        type=float,
+        type=_seconds,
         default=300.0,
         help="seconds to wait for --connection-file to appear (default 300)",
     )
@@ -75,14 +94,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     w.add_argument(
         "--lifetime",
-        type=float,
+        type=_positive_seconds,
         default=None,
         help="leave after this many seconds, drained --drain-timeout before the end "
         "(e.g. a Slurm walltime)",
     )
     w.add_argument(
         "--drain-timeout",
-        type=float,
+        type=_seconds,
         default=None,
         help="on SIGTERM, seconds to let running calls finish before they are killed "
         "(default 30 under a supervisor)",
@@ -115,11 +134,13 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="exit when this process is gone and after one controller (local workers)",
     )
-    w.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats (1)")
+    w.add_argument(
+        "--heartbeat-interval", type=_positive_seconds, help="seconds between heartbeats (1)"
+    )
     w.add_argument("--heartbeat-misses", type=int, help="silent intervals before a loss (3)")
     w.add_argument(
         "--death-timeout",
-        type=float,
+        type=_positive_seconds,
         default=None,
         help="exit after this many seconds without a controller (default: wait forever)",
     )
@@ -127,7 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run a small job on local workers and show it")
     d.add_argument("--workers", type=int, default=2)
     d.add_argument("--tasks", type=int, default=20)
-    d.add_argument("--delay", type=float, help="seconds per task (default 0.05, 0.25 with --gui)")
+    d.add_argument(
+        "--delay", type=_seconds, help="seconds per task (default 0.05, 0.25 with --gui)"
+    )
     d.add_argument("--gui", action="store_true", help="show the job in a monitor window")
     d.add_argument("--screenshot", metavar="PNG", help="with --gui: save the window at 50 %%")
 
@@ -154,12 +177,14 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("address", nargs="?", help="the controller's task address")
     i.add_argument("--key-file", help="file holding the shared key (else $ZMQWORKERS_KEY)")
     i.add_argument("--connection-file", help="JSON file the controller wrote")
-    i.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    i.add_argument(
+        "--timeout", type=_positive_seconds, default=5.0, help="seconds to wait for an answer"
+    )
     i.add_argument("--json", action="store_true", help="print the raw answer as JSON")
 
     st = sub.add_parser("status", help="check a daemon's --status-file (container probes)")
     st.add_argument("file")
-    st.add_argument("--max-age", type=float, default=30.0, help="seconds before it is stale")
+    st.add_argument("--max-age", type=_seconds, default=30.0, help="seconds before it is stale")
     st.add_argument("--ready", action="store_true", help="also require running workers")
 
     k = sub.add_parser(
@@ -221,6 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except FileExistsError:
             print(f"zmqworkers: {args.file} exists; not overwriting a key", file=sys.stderr)
             return 2
+        except OSError as exc:
+            print(f"zmqworkers keygen: cannot write {args.file}: {exc.strerror}", file=sys.stderr)
+            return 2
         print(f"wrote a new key to {path} (mode 0600)")
         return 0
     return 2
@@ -251,7 +279,16 @@ def _run(args: argparse.Namespace) -> int:
         kwargs = json.loads(args.kwargs)
         if not isinstance(extra, list) or not isinstance(kwargs, dict):
             raise ConfigurationError("--args takes a JSON list and --kwargs a JSON object")
+        if args.workers is not None and args.workers < 1:
+            # Without --bind nobody else can join: zero workers would wait for ever.
+            raise ConfigurationError(
+                f"--workers must be 1 or more, not {args.workers} "
+                "(or --bind ADDRESS to serve worker daemons)"
+            )
         tasks = parse_range(args.range) if args.range else read_tasks(args.tasks)
+        if not tasks:
+            source = f"--range {args.range}" if args.range else f"--tasks {args.tasks}"
+            raise ConfigurationError(f"{source} holds no tasks: nothing to run")
         progress = args.progress == "bar" or (args.progress == "auto" and sys.stderr.isatty())
         n_workers = 0 if args.bind else args.workers
         return run(
@@ -429,6 +466,8 @@ def _bad_worker_numbers(args: argparse.Namespace) -> str | None:
         return f"--drain-timeout must be 0 seconds or more, not {args.drain_timeout}"
     if args.max_restarts is not None and args.max_restarts < 0:
         return f"--max-restarts must be 0 or more, not {args.max_restarts}"
+    if args.heartbeat_misses is not None and args.heartbeat_misses < 1:
+        return f"--heartbeat-misses must be 1 or more, not {args.heartbeat_misses}"
     return None
 
 
@@ -440,8 +479,12 @@ def _info(args: argparse.Namespace) -> int:
 
     try:
         address, key = _address_and_key(args)
+    except ConfigurationError as exc:
+        print(f"zmqworkers info: {exc}", file=sys.stderr)
+        return 2
+    try:
         answer = query_info(address, key, timeout=args.timeout)
-    except (ConfigurationError, TimeoutError) as exc:
+    except TimeoutError as exc:
         print(f"zmqworkers info: {exc}", file=sys.stderr)
         return 1
     if args.json:

@@ -125,12 +125,20 @@ class ResultWriter:
     def __init__(self, path: str | None) -> None:
         self.path = Path(path) if path else None
         self._out: IO[str] | None = None
+        self._npz_file: IO[bytes] | None = None
         self._npz: list[tuple[Any, Any]] = []
         if self.path is not None:
             if self.path.suffix not in (".jsonl", ".npz"):
                 raise ConfigurationError(f"--output must end in .jsonl or .npz, got {path}")
-            if self.path.suffix == ".jsonl":
-                self._out = self.path.open("w", encoding="utf-8")
+            # Opened now, .npz too: a folder that is missing or not writable
+            # must stop the job before it runs, not lose its results after.
+            try:
+                if self.path.suffix == ".jsonl":
+                    self._out = self.path.open("w", encoding="utf-8")
+                else:
+                    self._npz_file = self.path.open("wb")
+            except OSError as exc:
+                raise ConfigurationError(f"cannot write --output {path}: {exc.strerror}") from None
 
     def write(self, task: Any, result: Any, error: BaseException | None) -> None:
         if self._out is not None:
@@ -147,18 +155,19 @@ class ResultWriter:
     def close(self) -> None:
         if self._out is not None:
             self._out.close()
-        elif self.path is not None:
+        elif self._npz_file is not None:
             import numpy as np
 
             try:
                 self._npz.sort(key=lambda tr: tr[0])
             except TypeError:
                 pass  # tasks without an order stay in arrival order
-            np.savez(
-                self.path,
-                tasks=_stack([t for t, _ in self._npz]),
-                results=_stack([r for _, r in self._npz]),
-            )
+            with self._npz_file:
+                np.savez(
+                    self._npz_file,
+                    tasks=_stack([t for t, _ in self._npz]),
+                    results=_stack([r for _, r in self._npz]),
+                )
 
 
 def _stack(values: list[Any]) -> Any:

@@ -6,6 +6,7 @@ holds the key like any worker, so nobody else can list the workers.
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import Any
 
@@ -26,6 +27,9 @@ COLUMNS = (
 
 def query_info(address: str, key: bytes, timeout: float = 5.0) -> dict[str, Any]:
     """The controller's answer: its id, version and a list of worker rows."""
+    if not (isinstance(timeout, int | float) and 0 < timeout < math.inf):
+        # zmq reads a negative poll timeout as "wait for ever".
+        raise ValueError(f"timeout must be a finite number of seconds > 0, not {timeout!r}")
     sender = f"info-{uuid.uuid4().hex[:12]}"
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)

@@ -168,7 +168,8 @@ class EngineLoop:
         if opts.connection_file:
             from zmqworkers.security.connection import write_connection_file
 
-            write_connection_file(opts.connection_file, self.address, opts.key)
+            written = write_connection_file(opts.connection_file, self.address, opts.key)
+            socks.leftovers.add(written)
 
     def _loop(self) -> None:
         opts, socks = self.options, self._sockets
@@ -337,9 +338,10 @@ class EngineLoop:
                 f"worker speaks protocol {theirs}, controller {PROTOCOL_VERSION}: "
                 "install the same zmqworkers release on both sides"
             )
-            log.error("refused worker %r: %s", routing_id, refusal)
+            # Nothing in it is authenticated: the answer goes unsigned and the
+            # log line is rate-limited (as every drop is) by the caller.
             answer = Refused(refusal, "version", fatal=True, version=True)
-            self._sockets.send_unsolicited(routing_id, Kind.REFUSED, answer.header())
+            self._sockets.send_unsigned(routing_id, Kind.REFUSED, answer.header())
             raise DecodeError("version", refusal) from exc
         if msg.kind == Kind.INFO:
             self._on_info(routing_id, msg.sender)

@@ -21,7 +21,7 @@ from zmqworkers.errors import ConfigurationError
 from zmqworkers.protocol.liveness import HEARTBEAT_INTERVAL, HEARTBEAT_MISSES
 from zmqworkers.protocol.messages import DEFAULT_MAX_MESSAGE_SIZE
 from zmqworkers.security import curve
-from zmqworkers.security.connection import is_local_link
+from zmqworkers.security.connection import check_bind_address, is_local_link
 from zmqworkers.security.keys import INSECURE_KEY, resolve_key
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,7 @@ def build_options(
     unknown = sorted(set(rest) - {f.name for f in dataclasses.fields(EngineOptions)})
     if unknown:
         raise ConfigurationError(f"unknown option(s): {', '.join(unknown)}")
+    check_bind_address(rest.get("bind", EngineOptions.bind))
     explicit = resolve_key(key, key_file)
     if max_message_size is not None:
         rest["max_message_size"] = max_message_size

@@ -22,7 +22,6 @@ import secrets
 import shutil
 import struct
 import tempfile
-import weakref
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,9 +29,10 @@ import zmq
 
 from zmqworkers.controller.options import EngineOptions
 from zmqworkers.protocol import Kind, encode_frames
-from zmqworkers.protocol.messages import NONCE_SIZE, Key
+from zmqworkers.protocol.messages import NONCE_SIZE, Key, encode_unsigned
 from zmqworkers.protocol.session import broadcast_key
 from zmqworkers.security import curve
+from zmqworkers.security.cleanup import Leftovers
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ class ControllerSockets:
         self.results_ep: int | str = 0
         self.control_ep: int | str = 0
         self.endpoints: dict[str, str] = {}
-        self._ipc_cleanup: weakref.finalize[Any, Any] | None = None
+        # The ipc folder and the connection file, removed at close, exit or SIGTERM.
+        self.leftovers = Leftovers()
 
     def bind(self) -> None:
         ctx = self.ctx = zmq.Context()
@@ -152,8 +153,8 @@ class ControllerSockets:
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
             return
-        # Gone with the sockets, or at exit if they never closed.
-        self._ipc_cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
+        # Gone with the sockets, or at exit or SIGTERM if they never closed.
+        self.leftovers.add(folder)
         self.local_address = f"ipc://{folder}/tasks"
         self.local_eps = {
             "results": f"ipc://{folder}/results",
@@ -177,6 +178,19 @@ class ControllerSockets:
         frames = encode_frames(
             kind, self.controller_id, self._seq, key or self.options.key, header, ()
         )
+        try:
+            self.router.send_multipart([route, *frames], flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    def send_unsigned(self, route: bytes, kind: Kind, header: Any) -> None:
+        """Answer input nobody authenticated: unsigned, never blocks, never raises.
+
+        Signing such an answer with the shared key would hand whoever sent
+        the input a message signed by the controller to replay.
+        """
+        self._seq += 1
+        frames = encode_unsigned(kind, self.controller_id, self._seq, header)
         try:
             self.router.send_multipart([route, *frames], flags=zmq.NOBLOCK)
         except zmq.ZMQError:
@@ -216,9 +230,7 @@ class ControllerSockets:
             self._auth = None
         if self.ctx is not None:
             self.ctx.term()
-        if self._ipc_cleanup is not None:
-            self._ipc_cleanup()
-            self._ipc_cleanup = None
+        self.leftovers.remove_all()
 
 
 def monitor_event(frames: list[bytes]) -> int:

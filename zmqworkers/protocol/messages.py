@@ -196,6 +196,22 @@ def encode_frames(
     return [_mac(key, frames), *frames]
 
 
+def encode_unsigned(kind: Kind, sender: str, seq: int, header: Any = None) -> list[Any]:
+    """The frames of a message that carries no valid signature (all zeros).
+
+    For answers to input nobody authenticated, such as a hello in another
+    protocol version: a peer of another version reads only the envelope's
+    version, which :func:`decode` checks before the signature, and a peer of
+    this version drops it as unsigned. Signing such an answer with the
+    shared key would hand whoever sent the input a message signed by the
+    controller to replay.
+    """
+    envelope = msgpack.packb(
+        [PROTOCOL_VERSION, int(kind), sender, seq, header, 0], use_bin_type=True
+    )
+    return [bytes(SIGNATURE_SIZE), envelope]
+
+
 def library_compatible(ours: str, theirs: str) -> bool:
     """Whether two zmqworkers releases may work together.
 

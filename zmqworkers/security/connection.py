@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from zmqworkers._version import __version__
 from zmqworkers.errors import ConfigurationError
 from zmqworkers.protocol import PROTOCOL_VERSION
+from zmqworkers.security.files import read_trusted_text
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,31 @@ def check_address(address: str) -> str:
     return address
 
 
+def check_bind_address(address: object) -> str:
+    """Refuse an address a controller cannot listen on, saying what a good one is.
+
+    A controller binds three sockets: at PORT, PORT+1 and PORT+2 for a
+    fixed port, or at random ports for port 0 or none.
+    """
+    ok = False
+    if isinstance(address, str):
+        parts = urlsplit(address)
+        if parts.scheme == "ipc":
+            ok = bool(parts.path or parts.netloc)
+        elif parts.scheme == "tcp" and not (parts.path or parts.query or parts.fragment):
+            try:
+                port = parts.port
+                ok = bool(parts.hostname) and (port is None or 0 <= port <= 65535 - 2)
+            except ValueError:
+                ok = False
+    if not ok:
+        raise ConfigurationError(
+            f"cannot bind {address!r}: give tcp://HOST:PORT (PORT 0 for random ports, "
+            "e.g. tcp://127.0.0.1:0 or tcp://0.0.0.0:5555) or ipc:///path"
+        )
+    return address  # type: ignore[return-value]
+
+
 def advertised_address(bound: str) -> str:
     """The address a remote worker dials for a socket bound at ``bound``.
 
@@ -129,16 +155,21 @@ def write_connection_file(
         except FileNotFoundError:
             pass
         raise
+    try:
+        # Daemons would refuse it (a folder others can write): say so now,
+        # where the fix is made, and leave no key there.
+        read_trusted_text(target, "connection file", secret=True)
+    except ConfigurationError:
+        target.unlink(missing_ok=True)
+        raise
     return target
 
 
 def read_connection_file(path: str | os.PathLike[str]) -> ConnectionInfo:
     """Read and check a connection file; every problem is a ConfigurationError."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read connection file {p}: {exc.strerror}") from exc
+    # It holds the key as well as the address: as secret as a key file.
+    text = read_trusted_text(p, "connection file", secret=True)
     try:
         data = json.loads(text)
     except ValueError as exc:

@@ -32,6 +32,7 @@ from typing import Any
 import zmq
 
 from zmqworkers.errors import ConfigurationError
+from zmqworkers.security.files import read_trusted_text
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,9 @@ def create(directory: str | os.PathLike[str], worker: str = DEFAULT_WORKER) -> l
 
 
 def _load(path: Path, want_secret: bool) -> tuple[bytes, bytes | None]:
+    if want_secret and path.exists():
+        # Held to the rule of key files: whoever could write it could be us.
+        read_trusted_text(path, "CURVE secret certificate", secret=True)
     try:
         public, secret = _zmq_auth().load_certificate(path)
     except (OSError, ValueError) as exc:

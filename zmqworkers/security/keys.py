@@ -7,6 +7,7 @@ import secrets
 from pathlib import Path
 
 from zmqworkers.errors import ConfigurationError
+from zmqworkers.security.files import read_trusted_text
 
 KEY_ENV = "ZMQWORKERS_KEY"
 MIN_KEY_LENGTH = 16
@@ -24,10 +25,7 @@ def new_key() -> bytes:
 
 
 def read_key_file(path: str | os.PathLike[str]) -> bytes:
-    try:
-        text = Path(path).expanduser().read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read key file {path}: {exc.strerror}") from exc
+    text = read_trusted_text(path, "key file", secret=True).strip()
     if len(text) < MIN_KEY_LENGTH:
         raise ConfigurationError(
             f"key file {path} holds {len(text)} characters; a key needs at least "

@@ -37,6 +37,7 @@ from typing import Any
 
 from zmqworkers.security.keys import KEY_ENV
 from zmqworkers.worker.loop import EXIT_REFUSED
+from zmqworkers.worker.silence import EXIT_NO_CONTROLLER
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,12 @@ class Supervisor:
                 event("child_refused", pid=pid, slot=slot)
                 continue
             if code == 0:
-                continue  # it chose to leave (death timeout): not a crash
+                continue  # it chose to leave: not a crash
+            if code == EXIT_NO_CONTROLLER:
+                # Its death timeout ran out: not a crash, but the daemon
+                # says so in its own status once every process has left.
+                self._exit_code = self._exit_code or EXIT_NO_CONTROLLER
+                continue
             if not self._may_restart(now):
                 event(
                     "restart_limit",

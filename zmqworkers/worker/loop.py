@@ -49,6 +49,7 @@ from zmqworkers.protocol.liveness import HEARTBEAT_INTERVAL, HEARTBEAT_MISSES
 from zmqworkers.protocol.messages import DEFAULT_MAX_MESSAGE_SIZE, NONCE_SIZE
 from zmqworkers.security import curve
 from zmqworkers.security.connection import is_local_link
+from zmqworkers.worker.silence import EXIT_NO_CONTROLLER, SilenceReport
 
 log = logging.getLogger(__name__)
 
@@ -374,8 +375,8 @@ class Worker:
                     waited_since = self._waiting_since = time.monotonic()
                 dt = self.options.death_timeout
                 if dt is not None and time.monotonic() - waited_since > dt:
-                    log.info("worker %s: no controller for %.0f s, exiting", self.id, dt)
-                    return 0
+                    log.warning("worker %s: no controller for %.0f s, exiting", self.id, dt)
+                    return EXIT_NO_CONTROLLER
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
         finally:
@@ -537,7 +538,14 @@ class Worker:
         deadline = time.monotonic() + 2.0
         refusals = 0
         dt = self.options.death_timeout
+        opts = self.options
+        silence = SilenceReport(
+            self.address, time.monotonic(), opts.heartbeat_interval * opts.heartbeat_misses
+        )
         while not self._should_exit():
+            why = silence.due(time.monotonic())
+            if why is not None:
+                log.warning("worker %s: %s", self.id, why)
             # No controller at all (nobody listening) must end a daemon
             # after its death timeout too, not only between controllers.
             if dt is not None and time.monotonic() - self._waiting_since > dt:
@@ -546,7 +554,7 @@ class Worker:
                 try:
                     frames = encode(Kind.HELLO, self.id, self._next_seq(), self.key, hello)
                     tasks.send_multipart(frames, flags=zmq.NOBLOCK)
-                    sent = True
+                    sent = silence.connected = True
                     deadline = time.monotonic() + 2.0
                 except zmq.Again:
                     pass

@@ -488,15 +488,23 @@ def one(scenario: str, system: str, quick: bool, param: int | None) -> float:
     raise ValueError(scenario)
 
 
-def run_child(scenario: str, system: str, quick: bool, param: int | None) -> float | None:
-    cmd = [sys.executable, __file__, "--one", scenario, system]
+def run_child(
+    scenario: str, system: str, quick: bool, param: int | None, python: str | None = None
+) -> float | None:
+    """One measurement in a fresh process.
+
+    With ``python``, that interpreter runs it with the zmqworkers installed
+    in its own environment (benchmarks/compare_revisions.py); else this
+    checkout's, through PYTHONPATH.
+    """
+    cmd = [python or sys.executable, __file__, "--one", scenario, system]
     if quick:
         cmd.append("--quick")
     if param is not None:
         cmd += ["--param", str(param)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ) if python else dict(os.environ, PYTHONPATH=str(ROOT))
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=HERE)
     except subprocess.TimeoutExpired:
         print(f"  {scenario}/{system}: timed out", file=sys.stderr)
         return None

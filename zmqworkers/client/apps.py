@@ -168,9 +168,9 @@ def send_message(text: str) -> bool:
 
     Returns False (and sends nothing) when not running on a worker.
     """
-    from zmqworkers.worker import loop
+    from zmqworkers.worker import current
 
-    return loop.send_message(text)
+    return current.send_message(text)
 
 
 class AppProcessor:
@@ -233,5 +233,5 @@ class AppProcessor:
 def app_call(
     app_class: type[BaseApp], params: Mapping[str, Any], config: Mapping[str, Any], **options: Any
 ) -> Callable[[Any], Any]:
-    """The worker's ``"app"`` calling convention (see ``worker.loop.make_call``)."""
+    """The worker's ``"app"`` calling convention (see ``worker.calls.make_call``)."""
     return AppProcessor(app_class, params, config, **options)

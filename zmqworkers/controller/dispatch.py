@@ -1,4 +1,4 @@
-"""Dispatch: what the scheduler assigns goes out as FUNC and TASKS messages.
+"""Dispatch: tasks out as FUNC and TASKS messages, results in.
 
 Each worker gets a function's spec once (and is told which idle specs to
 forget); tasks go in batches the :class:`~.batching.Batcher` sizes, split
@@ -15,6 +15,7 @@ from zmqworkers.controller.batching import Batcher
 from zmqworkers.controller.scheduler import Scheduler
 from zmqworkers.errors import make_remote_error
 from zmqworkers.protocol import Kind
+from zmqworkers.protocol.records import check_results, remote_error
 from zmqworkers.protocol.serialize import dumps
 
 # A worker that keeps more specs than this is told to forget idle ones.
@@ -25,7 +26,7 @@ Deliver = Callable[[list[tuple[int, bool, Any]]], None]
 
 
 class Dispatcher:
-    """Turns the scheduler's assignments into messages, on the engine thread."""
+    """Turns the scheduler's assignments into messages and results into deliveries."""
 
     def __init__(
         self,
@@ -114,3 +115,26 @@ class Dispatcher:
                     out.append((item[0], False, err))
         self._deliver(out)
         return good
+
+    def take_results(self, wid: str, items: Any) -> str | None:
+        """Complete and deliver a RESULTS payload; the spec id of its tasks."""
+        # Checked whole before any is taken: a bad entry late in a batch must
+        # not leave earlier ones completed but never delivered.
+        check_results(items, wid)
+        w = self._sched.workers.get(wid)
+        host = w.host if w is not None else ""
+        out: list[tuple[int, bool, Any]] = []
+        complete = self._sched.complete
+        spec_id = None
+        for tid, ok, value in items:
+            rec = complete(wid, tid)
+            if rec is None:
+                self._stats["duplicates"] += 1
+                continue
+            spec_id = rec.spec_id
+            if not ok:
+                value = remote_error(value, wid, host)
+                self._stats["failed"] += 1
+            out.append((tid, ok, value))
+        self._deliver(out)
+        return spec_id

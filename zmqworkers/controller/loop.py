@@ -44,8 +44,6 @@ from zmqworkers.protocol.records import (
     Refused,
     Status,
     Welcome,
-    check_results,
-    remote_error,
 )
 from zmqworkers.protocol.session import session_tag
 from zmqworkers.security.connection import is_local_link
@@ -408,7 +406,7 @@ class EngineLoop:
         if s.retired:
             # Left or lost: a late result is still taken, nothing else.
             if kind == Kind.RESULTS:
-                self._on_results(wid, msg.payload)
+                self._dispatcher.take_results(wid, msg.payload)
             if kind in (Kind.HEARTBEAT, Kind.RESULTS) and wid in self._lost_ids:
                 self._ask_to_rejoin(s)
             return
@@ -423,7 +421,7 @@ class EngineLoop:
         handle(s, msg)
 
     def _on_results_msg(self, s: Session, msg: Message) -> None:
-        spec_id = self._on_results(s.state.id, msg.payload)
+        spec_id = self._dispatcher.take_results(s.state.id, msg.payload)
         if spec_id is not None and isinstance(msg.header, dict):
             self._batcher.tune(spec_id, msg.header, msg.nbytes)
 
@@ -446,28 +444,6 @@ class EngineLoop:
 
     def _on_message(self, s: Session, msg: Message) -> None:
         self.handler.on_event("message", msg.header)
-
-    def _on_results(self, wid: str, items: Any) -> str | None:
-        # Checked whole before any is taken: a bad entry late in a batch must
-        # not leave earlier ones completed but never delivered.
-        check_results(items, wid)
-        w = self.sched.workers.get(wid)
-        host = w.host if w is not None else ""
-        out: list[tuple[int, bool, Any]] = []
-        complete = self.sched.complete
-        spec_id = None
-        for tid, ok, value in items:
-            rec = complete(wid, tid)
-            if rec is None:
-                self.stats["duplicates"] += 1
-                continue
-            spec_id = rec.spec_id
-            if not ok:
-                value = remote_error(value, wid, host)
-                self.stats["failed"] += 1
-            out.append((tid, ok, value))
-        self._deliver(out)
-        return spec_id
 
     def _deliver(self, out: list[tuple[int, bool, Any]]) -> None:
         if not out:

@@ -20,16 +20,12 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import pickle
 import secrets
 import signal
 import socket as pysocket
 import threading
 import time
-import traceback
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -37,174 +33,43 @@ import zmq
 from zmqworkers._version import __version__
 from zmqworkers.errors import DecodeError, ProtocolVersionError
 from zmqworkers.protocol import (
-    PROTOCOL_VERSION,
     Kind,
     ReplayGuard,
     SessionKey,
     decode,
-    derive_key,
     encode,
 )
-from zmqworkers.protocol.liveness import HEARTBEAT_INTERVAL, HEARTBEAT_MISSES
-from zmqworkers.protocol.messages import DEFAULT_MAX_MESSAGE_SIZE, NONCE_SIZE
+from zmqworkers.protocol.messages import NONCE_SIZE
+from zmqworkers.protocol.records import Bye, Refused
+from zmqworkers.protocol.session import (
+    DRAIN_CHANNEL,
+    HEARTBEAT_CHANNEL,
+    RESULTS_CHANNEL,
+    sender_name,
+)
 from zmqworkers.security import curve
 from zmqworkers.security.connection import is_local_link
-from zmqworkers.worker.silence import EXIT_NO_CONTROLLER, SilenceReport
+from zmqworkers.worker import current
+from zmqworkers.worker.calls import FunctionCache, describe_exception, picklable
+from zmqworkers.worker.calls import make_call as make_call
+from zmqworkers.worker.current import send_message as send_message
+from zmqworkers.worker.handshake import Dialling, Joined, greet, make_hello, side_endpoint
+from zmqworkers.worker.links import beat, pid_alive, redial_quickly, send_goodbye
+from zmqworkers.worker.options import EXIT_REFUSED as EXIT_REFUSED
+from zmqworkers.worker.options import WorkerOptions as WorkerOptions
+from zmqworkers.worker.silence import EXIT_NO_CONTROLLER
 
 log = logging.getLogger(__name__)
-
-_AUTH_FAILURES = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 
 # A result batch is sent once it holds this many results, is this old, or
 # the worker has nothing queued: tiny tasks share messages, a slow task's
 # result is never held back.
 RESULT_BATCH_MAX = 256
 RESULT_BATCH_SECONDS = 0.005
-CONNECT_TIMEOUT_MS = 1000
-# While no controller answers, reconnect attempts back off from ZeroMQ's
-# 100 ms up to this, instead of knocking every 100 ms for ever.
-RECONNECT_IVL_MAX_MS = 1000
-# Exit status of a worker the controller refused for good (another version):
-# a supervisor does not start it again.
-EXIT_REFUSED = 3
-
-
-@dataclass
-class WorkerOptions:
-    """How a worker behaves. Every interval is in seconds."""
-
-    prefetch: int = 1
-    heartbeat_interval: float = HEARTBEAT_INTERVAL
-    heartbeat_misses: int = HEARTBEAT_MISSES
-    # A daemon goes back to waiting for a controller after a stop or a lost
-    # controller; a local worker exits.
-    daemon: bool = False
-    # Exit when this process id is gone (local workers watch their controller).
-    parent_pid: int | None = None
-    # Daemon: exit after this long without a controller (None: never).
-    death_timeout: float | None = None
-    name: str | None = None
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    # CURVE directory and the name of this worker's certificate in it.
-    curve_dir: str | None = None
-    curve_name: str = curve.DEFAULT_WORKER
-    # After SIGTERM the running call may finish for this long; then it is
-    # handed back unfinished and the worker leaves. Below Kubernetes' default
-    # 30 s grace period, so the goodbye goes out before SIGKILL comes.
-    drain_timeout: float = 25.0
-
-
-def _side_endpoint(address: str, hdr: dict[str, Any], name: str) -> str:
-    """Where the welcome says the ``results`` or ``control`` channel is.
-
-    A worker that dialled the controller's ipc address for local workers
-    takes that channel's ipc address too; others take the port (or address)
-    named for everyone.
-    """
-    local = hdr.get("ipc")
-    if address.startswith("ipc://") and isinstance(local, dict):
-        endpoint = local.get(name)
-        if isinstance(endpoint, str) and endpoint.startswith("ipc://"):
-            return endpoint
-    return _format_endpoint(address, hdr[name])
-
-
-def _format_endpoint(address: str, port_or_endpoint: Any) -> str:
-    if isinstance(port_or_endpoint, str):
-        return port_or_endpoint
-    head, _, _ = address.rpartition(":")
-    return f"{head}:{int(port_or_endpoint)}"
-
-
-class FunctionCache:
-    """Function specs by id.
-
-    The controller decides what a worker holds: it tracks the specs it sent
-    and names in a later FUNC's ``forget`` those no queued task needs. The
-    cache never drops a spec by itself, since it cannot know whether a task
-    already queued here still needs it.
-    """
-
-    def __init__(self) -> None:
-        self._specs: dict[str, Callable[[Any], Any]] = {}
-
-    def __contains__(self, spec_id: str) -> bool:
-        return spec_id in self._specs
-
-    def __len__(self) -> int:
-        return len(self._specs)
-
-    def add(self, spec_id: str, spec: Any) -> None:
-        self._specs[spec_id] = make_call(spec)
-
-    def forget(self, spec_ids: Any) -> None:
-        for spec_id in spec_ids if isinstance(spec_ids, list) else ():
-            if isinstance(spec_id, str):
-                self._specs.pop(spec_id, None)
-
-    def get(self, spec_id: str) -> Callable[[Any], Any] | None:
-        return self._specs.get(spec_id)
-
-
-def make_call(spec: Any) -> Callable[[Any], Any]:
-    """Turn a decoded function spec into ``call(task) -> result``.
-
-    Conventions: ``"task"`` calls ``func(task, *args, **kwargs)`` (the seed's
-    convention); ``"call"`` takes the task as ``(args, kwargs)`` (``submit``);
-    ``"app"`` builds the app once and calls ``app.multiprocessing_func(task)``.
-    """
-    convention, func, args, kwargs = spec
-    if convention == "task":
-        if not args and not kwargs:
-            return func  # type: ignore[no-any-return]
-        return lambda task: func(task, *args, **kwargs)
-    if convention == "call":
-        return lambda task: func(*task[0], **task[1])
-    if convention == "app":
-        from zmqworkers.client.apps import app_call
-
-        return app_call(func, *args, **kwargs)
-    raise ValueError(f"unknown calling convention {convention!r}")
-
-
-def describe_exception(exc: BaseException) -> dict[str, Any]:
-    """A structured, always-picklable description of a raised exception."""
-    exc_bytes: bytes | None
-    try:
-        data = pickle.dumps(exc, protocol=5)
-        pickle.loads(data)  # an exception that cannot come back is left out
-        exc_bytes = data
-    except Exception:
-        exc_bytes = None
-    return {
-        "type": type(exc).__name__,
-        "module": type(exc).__module__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
-        "exc": exc_bytes,
-    }
 
 
 class _ControllerLost(Exception):
     pass
-
-
-# The worker serving in this process, so code running inside a task can reach
-# its controller (send_message); None outside a worker.
-_serving: Worker | None = None
-
-
-def send_message(text: str) -> bool:
-    """Send ``text`` to the controller from inside a running task.
-
-    The controller reports it as the event ``"message"`` (the Qt face emits
-    ``sig_message_from_worker``). Returns False when not called from a task
-    running on a worker, so code can run serially too.
-    """
-    worker = _serving
-    if worker is None:
-        return False
-    return worker.send_message(text)
 
 
 class Worker:
@@ -228,8 +93,8 @@ class Worker:
         # restarts under the same name is not taken for a replay of itself.
         self._seq = time.time_ns() // 1_000_000
         self._result_seq = 0
-        self._result_sender = f"{self.id}/r"
-        self._hb_sender = f"{self.id}/hb"
+        self._result_sender = sender_name(self.id, None, RESULTS_CHANNEL)
+        self._hb_sender = sender_name(self.id, None, HEARTBEAT_CHANNEL)
         # Set per session from the controller's welcome: the key that signs
         # everything after the hello, and the one of the broadcast channel.
         self._skey: bytes | SessionKey = key
@@ -308,25 +173,10 @@ class Worker:
             returned.insert(0, self._current)
         ep = self._results_ep
         if ep is not None:
-            # A context of its own: its term() below waits until the goodbye
-            # is out, without touching the sockets other threads use. Signed
-            # with the session key, under a sender name of this session.
-            ctx = zmq.Context()
-            sock = ctx.socket(zmq.PUSH)
-            if self._curve is not None:
-                curve.setup_client(sock, self._curve)
-            sock.setsockopt(zmq.LINGER, 1000)
-            sock.connect(ep)
-            frames = encode(
-                Kind.BYE,
-                f"{self._result_sender.rpartition('/')[0]}/drain",
-                1,
-                self._skey,
-                {"id": self.id, "returned": returned},
-            )
-            sock.send_multipart(frames)
-            sock.close()
-            ctx.term()  # waits (up to the linger) until the goodbye is out
+            # Under a sender name of this session, signed with its key.
+            sender = self._result_sender.rpartition("/")[0] + "/" + DRAIN_CHANNEL
+            bye = Bye(self.id, returned)
+            send_goodbye(ep, self._curve, sender, self._skey, bye.header())
         log.info("worker %s: left mid-call, %d task(s) handed back", self.id, len(returned))
         os._exit(0)
 
@@ -413,23 +263,19 @@ class Worker:
         # this worker's place at the controller.
         tasks.setsockopt(zmq.ROUTING_ID, f"{self.id}/{secrets.token_hex(8)}".encode())
         tasks.setsockopt(zmq.MAXMSGSIZE, opts.max_message_size)
-        # A connect whose SYNs went into a cut link would otherwise wait for
-        # the kernel's SYN backoff (seconds, growing); retry it afresh.
-        tasks.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
-        tasks.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+        redial_quickly(tasks)
         tasks.connect(self.address)
         results: zmq.Socket[Any] | None = None
         control: zmq.Socket[Any] | None = None
         hb_thread: threading.Thread | None = None
         guard = ReplayGuard()
         try:
-            welcome = self._handshake(tasks, guard)
-            if welcome is None:
+            answer = self._handshake(tasks, guard)
+            if answer is None:
                 return "exit" if self._should_exit() else "lost"
-            if welcome.kind == Kind.REFUSED:
-                hdr = welcome.header if isinstance(welcome.header, dict) else {}
-                reason = str(hdr.get("reason", welcome.header))
-                if hdr.get("fatal"):
+            if isinstance(answer, Refused):
+                reason = answer.reason
+                if answer.fatal:
                     log.error("worker %s: refused by controller: %s", self.id, reason)
                     self.refused = reason
                     return "exit"
@@ -437,28 +283,26 @@ class Worker:
                 # waits for the next one.
                 log.info("worker %s: not accepted now: %s", self.id, reason)
                 return "lost" if self.options.daemon else "exit"
-            hdr = welcome.header
-            results_ep = _side_endpoint(self.address, hdr, "results")
+            welcome = answer.welcome
+            results_ep = side_endpoint(self.address, welcome, "results")
             results = self._socket(zmq.PUSH)
             results.setsockopt(zmq.LINGER, 2000)
-            results.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
-            results.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+            redial_quickly(results)
             results.connect(results_ep)
             control = self._socket(zmq.SUB)
             control.setsockopt(zmq.LINGER, 0)
             control.setsockopt(zmq.SUBSCRIBE, b"")
             control.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
-            control.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
-            control.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
-            control.connect(_side_endpoint(self.address, hdr, "control"))
+            redial_quickly(control)
+            control.connect(side_endpoint(self.address, welcome, "control"))
             # Broadcasts published before this welcome are not for us: a
             # replayed old STOP is refused like any other replay.
-            guard.check(f"{hdr['controller']}/pub", hdr["pub_seq"])
+            guard.check(f"{welcome.controller}/pub", welcome.pub_seq)
             self._results_ep = results_ep
-            self._controller_id = hdr.get("controller")
+            self._controller_id = welcome.controller
             self._other_controller = False
-            interval = float(hdr.get("heartbeat_interval", opts.heartbeat_interval))
-            misses = int(hdr.get("heartbeat_misses", opts.heartbeat_misses))
+            interval = welcome.heartbeat_interval or opts.heartbeat_interval
+            misses = welcome.heartbeat_misses or opts.heartbeat_misses
             self._hb_stop.clear()
             hb_thread = threading.Thread(
                 target=self._heartbeat_loop,
@@ -472,7 +316,7 @@ class Worker:
                 daemon=True,
             )
             hb_thread.start()
-            log.info("worker %s: joined controller %s", self.id, hdr.get("controller"))
+            log.info("worker %s: joined controller %s", self.id, welcome.controller)
             return self._serve(tasks, results, control, guard, interval * misses)
         finally:
             self._hb_stop.set()
@@ -487,7 +331,7 @@ class Worker:
         if self._terminate:
             return True
         ppid = self.options.parent_pid
-        return ppid is not None and not _pid_alive(ppid)
+        return ppid is not None and not pid_alive(ppid)
 
     def _socket(self, kind: int) -> zmq.Socket[Any]:
         sock = self._ctx.socket(kind)
@@ -495,156 +339,58 @@ class Worker:
             curve.setup_client(sock, self._curve)
         return sock
 
-    def _handshake(self, tasks: zmq.Socket[Any], guard: ReplayGuard) -> Any:
-        nonce = secrets.token_bytes(NONCE_SIZE)
-        hello = {
-            "id": self.id,
-            "host": self.host,
-            "pid": os.getpid(),
-            "protocol": PROTOCOL_VERSION,
-            "version": __version__,
-            "capacity": 1 + max(0, self.options.prefetch),
-            "nonce": nonce,
-            # Nothing on this link can change bytes in transit (loopback,
-            # ipc, CURVE): array buffers may skip hashing if the controller
-            # says the same of its side.
-            "link_protected": self._curve is not None or is_local_link(self.address),
-            "dialled": self.address,
-        }
-        poller = zmq.Poller()
-        poller.register(tasks, zmq.POLLIN)
-        # Under CURVE a refused key shows only as failed handshakes: watch
-        # for them, so the operator learns why this worker never joins.
-        monitor = tasks.get_monitor_socket(_AUTH_FAILURES) if self._curve else None
-        if monitor is not None:
-            poller.register(monitor, zmq.POLLIN)
-        try:
-            return self._say_hello(tasks, guard, hello, nonce, poller, monitor)
-        finally:
-            if monitor is not None:
-                tasks.disable_monitor()
-                monitor.close(linger=0)
-
-    def _say_hello(
-        self,
-        tasks: zmq.Socket[Any],
-        guard: ReplayGuard,
-        hello: dict[str, Any],
-        nonce: bytes,
-        poller: zmq.Poller,
-        monitor: zmq.Socket[Any] | None,
-    ) -> Any:
-        sent = False
-        deadline = time.monotonic() + 2.0
-        refusals = 0
-        dt = self.options.death_timeout
-        opts = self.options
-        silence = SilenceReport(
-            self.address, time.monotonic(), opts.heartbeat_interval * opts.heartbeat_misses
+    def _handshake(self, tasks: zmq.Socket[Any], guard: ReplayGuard) -> Joined | Refused | None:
+        hello = make_hello(
+            self.id,
+            self.host,
+            os.getpid(),
+            __version__,
+            self.options.prefetch,
+            nonce=secrets.token_bytes(NONCE_SIZE),
+            link_protected=self._curve is not None or is_local_link(self.address),
+            dialled=self.address,
         )
-        while not self._should_exit():
-            why = silence.due(time.monotonic())
-            if why is not None:
-                log.warning("worker %s: %s", self.id, why)
-            # No controller at all (nobody listening) must end a daemon
-            # after its death timeout too, not only between controllers.
-            if dt is not None and time.monotonic() - self._waiting_since > dt:
-                return None
-            if not sent:
-                try:
-                    frames = encode(Kind.HELLO, self.id, self._next_seq(), self.key, hello)
-                    tasks.send_multipart(frames, flags=zmq.NOBLOCK)
-                    sent = silence.connected = True
-                    deadline = time.monotonic() + 2.0
-                except zmq.Again:
-                    pass
-            # Until the hello is out, wake as soon as the connection is up
-            # (POLLOUT), not after a fixed pause: this is on the path to the
-            # first result.
-            poller.modify(tasks, zmq.POLLIN if sent else zmq.POLLIN | zmq.POLLOUT)
-            events = dict(poller.poll(100))
-            if monitor is not None and events.get(monitor):
-                monitor.recv_multipart()  # a failed CURVE handshake: what it says is known
-                refusals += 1
-                if refusals & (refusals - 1) == 0:
-                    log.error(
-                        "worker %s: the controller at %s refuses this worker's CURVE key "
-                        "(%d handshake(s)); copy %s.key into its authorized_workers folder",
-                        self.id,
-                        self.address,
-                        refusals,
-                        self.options.curve_name,
-                    )
-            if events.get(tasks, 0) & zmq.POLLIN:
-                msg = self._decode(tasks.recv_multipart(copy=False), guard, self.key)
-                if msg is None or msg.kind not in (Kind.WELCOME, Kind.REFUSED):
-                    continue
-                if not self._start_session(msg, nonce):
-                    self.dropped["stale"] += 1  # an answer to another hello
-                    continue
-                return msg
-            if sent and time.monotonic() > deadline:
-                # The hello went to a connection that has since gone: say it again.
-                sent = False
-        return None
-
-    def _start_session(self, msg: Any, nonce: bytes) -> bool:
-        """Check an answer to our hello; on a welcome, set up the session keys."""
-        hdr = msg.header
-        if not isinstance(hdr, dict) or hdr.get("nonce") != nonce:
-            return False
-        if msg.kind == Kind.REFUSED:
-            return True
-        ours, pub_nonce = hdr.get("session"), hdr.get("pub_nonce")
-        if not isinstance(ours, bytes) or not isinstance(pub_nonce, bytes):
-            return False
-        fields_ok = (
-            isinstance(hdr.get("controller"), str)
-            and isinstance(hdr.get("pub_seq"), int)
-            and isinstance(hdr.get("results"), int | str)
-            and isinstance(hdr.get("control"), int | str)
+        dialling = Dialling(
+            worker_id=self.id,
+            address=self.address,
+            key=self.key,
+            curve_name=self.options.curve_name if self._curve is not None else None,
+            give_up_at=(
+                None
+                if self.options.death_timeout is None
+                else self._waiting_since + self.options.death_timeout
+            ),
+            silence_after=self.options.heartbeat_interval * self.options.heartbeat_misses,
+            should_exit=self._should_exit,
+            next_seq=self._next_seq,
+            decode=lambda frames: self._decode(frames, guard, self.key),
+            dropped=self.dropped,
         )
-        if not fields_ok:
-            return False
-        # Buffers go unhashed only if this side asked for it in its hello.
-        unhashed = hdr.get("sign_buffers") is False and (
-            self._curve is not None or is_local_link(self.address)
-        )
-        self._skey = SessionKey(
-            derive_key(self.key, b"session", nonce, ours), sign_buffers=not unhashed
-        )
-        self._pub_key = derive_key(self.key, b"pub", pub_nonce)
-        self._result_sender = f"{self.id}@{ours.hex()}/r"
-        self._hb_sender = f"{self.id}@{ours.hex()}/hb"
-        return True
+        answer = greet(tasks, hello, dialling)
+        if isinstance(answer, Joined):
+            self._skey, self._pub_key = answer.key, answer.pub_key
+            self._result_sender = answer.sender(self.id, RESULTS_CHANNEL)
+            self._hb_sender = answer.sender(self.id, HEARTBEAT_CHANNEL)
+        return answer
 
     def _heartbeat_loop(
         self, endpoint: str, interval: float, key: bytes | SessionKey, sender: str
     ) -> None:
         sock = self._socket(zmq.PUSH)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 4)
-        sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
-        sock.connect(endpoint)
         try:
-            while not self._hb_stop.is_set():
-                self._hb_seq += 1
-                seq = self._hb_seq
-                header = {
-                    "id": self.id,
-                    "state": self._state,
-                    "task": self._current,
-                    "done": self._done,
-                }
-                frames = encode(Kind.HEARTBEAT, sender, seq, key, header)
-                try:
-                    sock.send_multipart(frames, flags=zmq.NOBLOCK)
-                except zmq.Again:
-                    pass
-                self._hb_stop.wait(interval)
+            beat(sock, endpoint, self._hb_stop, interval, key, sender, self._status)
         finally:
             sock.close()
+
+    def _status(self) -> tuple[int, dict[str, Any]]:
+        # Heartbeat numbers go on across sessions (see __init__).
+        self._hb_seq += 1
+        return self._hb_seq, {
+            "id": self.id,
+            "state": self._state,
+            "task": self._current,
+            "done": self._done,
+        }
 
     def _serve(
         self,
@@ -654,16 +400,15 @@ class Worker:
         guard: ReplayGuard,
         lost_after: float,
     ) -> str:
-        global _serving
         # Tasks run on this thread: send_message uses the results socket here
         # and nowhere else.
         self._results_sock = results
         self._serving_thread = threading.get_ident()
-        _serving = self
+        current.serving = self
         try:
             return self._serve_loop(tasks, results, control, guard, lost_after)
         finally:
-            _serving = None
+            current.serving = None
             self._results_sock = None
 
     def send_message(self, text: str) -> bool:
@@ -859,30 +604,7 @@ class Worker:
                 self._next_result_seq(),
                 self._skey,
                 header,
-                [_picklable(item) for item in batch],
+                [picklable(item) for item in batch],
                 has_payload=True,
             )
         results.send_multipart(frames, copy=False)
-
-
-def _picklable(item: tuple[int, bool, Any]) -> tuple[int, bool, Any]:
-    from zmqworkers.protocol import dumps
-
-    try:
-        dumps(item[2])
-        return item
-    except Exception as exc:
-        err = TypeError(f"the result of task {item[0]} cannot be pickled: {exc}")
-        return (item[0], False, describe_exception(err))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie parent (exited, not yet reaped) still answers kill(0);
-    # being re-parented is the surer sign.
-    return os.getppid() == pid

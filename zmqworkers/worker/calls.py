@@ -1,0 +1,92 @@
+"""What a worker runs: function specs turned into calls, and failures into records.
+
+Kept apart from the loop, so what a task's function sees (its calling
+convention, how its exception travels) reads in one place.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from zmqworkers.protocol import dumps
+
+
+class FunctionCache:
+    """Function specs by id.
+
+    The controller decides what a worker holds: it tracks the specs it sent
+    and names in a later FUNC's ``forget`` those no queued task needs. The
+    cache never drops a spec by itself, since it cannot know whether a task
+    already queued here still needs it.
+    """
+
+    def __init__(self) -> None:
+        self._specs: dict[str, Callable[[Any], Any]] = {}
+
+    def __contains__(self, spec_id: str) -> bool:
+        return spec_id in self._specs
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def add(self, spec_id: str, spec: Any) -> None:
+        self._specs[spec_id] = make_call(spec)
+
+    def forget(self, spec_ids: Any) -> None:
+        for spec_id in spec_ids if isinstance(spec_ids, list) else ():
+            if isinstance(spec_id, str):
+                self._specs.pop(spec_id, None)
+
+    def get(self, spec_id: str) -> Callable[[Any], Any] | None:
+        return self._specs.get(spec_id)
+
+
+def make_call(spec: Any) -> Callable[[Any], Any]:
+    """Turn a decoded function spec into ``call(task) -> result``.
+
+    Conventions: ``"task"`` calls ``func(task, *args, **kwargs)`` (the seed's
+    convention); ``"call"`` takes the task as ``(args, kwargs)`` (``submit``);
+    ``"app"`` builds the app once and calls ``app.multiprocessing_func(task)``.
+    """
+    convention, func, args, kwargs = spec
+    if convention == "task":
+        if not args and not kwargs:
+            return func  # type: ignore[no-any-return]
+        return lambda task: func(task, *args, **kwargs)
+    if convention == "call":
+        return lambda task: func(*task[0], **task[1])
+    if convention == "app":
+        from zmqworkers.client.apps import app_call
+
+        return app_call(func, *args, **kwargs)
+    raise ValueError(f"unknown calling convention {convention!r}")
+
+
+def describe_exception(exc: BaseException) -> dict[str, Any]:
+    """A structured, always-picklable description of a raised exception."""
+    exc_bytes: bytes | None
+    try:
+        data = pickle.dumps(exc, protocol=5)
+        pickle.loads(data)  # an exception that cannot come back is left out
+        exc_bytes = data
+    except Exception:
+        exc_bytes = None
+    return {
+        "type": type(exc).__name__,
+        "module": type(exc).__module__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+        "exc": exc_bytes,
+    }
+
+
+def picklable(item: tuple[int, bool, Any]) -> tuple[int, bool, Any]:
+    try:
+        dumps(item[2])
+        return item
+    except Exception as exc:
+        err = TypeError(f"the result of task {item[0]} cannot be pickled: {exc}")
+        return (item[0], False, describe_exception(err))

@@ -1,0 +1,198 @@
+"""The worker's side of the session rules: its hello, and what a welcome sets up.
+
+The records are those of :mod:`zmqworkers.protocol.records`; the keys and
+sender names follow :mod:`zmqworkers.protocol.session`, as the controller's do.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from zmqworkers.errors import DecodeError
+from zmqworkers.protocol import PROTOCOL_VERSION, Kind, encode
+from zmqworkers.protocol.messages import SessionKey
+from zmqworkers.protocol.records import Hello, Refused, Welcome
+from zmqworkers.protocol.session import broadcast_key, sender_name, session_key
+from zmqworkers.worker.silence import SilenceReport
+
+log = logging.getLogger(__name__)
+
+_AUTH_FAILURES = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+
+
+@dataclass(frozen=True)
+class Joined:
+    """A session the controller opened for this worker."""
+
+    welcome: Welcome
+    key: SessionKey  # signs everything after the hello, both ways
+    pub_key: bytes  # checks the controller's broadcasts
+    tag: str
+
+    def sender(self, worker_id: str, channel: str) -> str:
+        return sender_name(worker_id, self.tag, channel)
+
+
+def make_hello(
+    worker_id: str,
+    host: str,
+    pid: int,
+    version: str,
+    prefetch: int,
+    *,
+    nonce: bytes,
+    link_protected: bool,
+    dialled: str,
+) -> Hello:
+    return Hello(
+        id=worker_id,
+        nonce=nonce,
+        host=host,
+        pid=pid,
+        capacity=1 + max(0, prefetch),
+        protocol=PROTOCOL_VERSION,
+        version=version,
+        # Nothing on this link can change bytes in transit (loopback, ipc,
+        # CURVE): array buffers may skip hashing if the controller says the
+        # same of its side.
+        link_protected=link_protected,
+        dialled=dialled,
+    )
+
+
+def answer_to(msg: Any, hello: Hello, key: bytes) -> Joined | Refused | None:
+    """What an answer to ``hello`` means; None if it answers another hello (or is bad)."""
+    hdr = msg.header
+    if not isinstance(hdr, dict) or hdr.get("nonce") != hello.nonce:
+        return None
+    if msg.kind == Kind.REFUSED:
+        return Refused.parse(hdr)
+    try:
+        welcome = Welcome.parse(hdr)
+    except DecodeError:
+        return None
+    # Buffers go unhashed only if this side asked for it in its hello.
+    unhashed = not welcome.sign_buffers and hello.link_protected
+    return Joined(
+        welcome,
+        session_key(key, hello.nonce, welcome.session, sign_buffers=not unhashed),
+        broadcast_key(key, welcome.pub_nonce),
+        welcome.session.hex(),
+    )
+
+
+def side_endpoint(address: str, welcome: Welcome, name: str) -> str:
+    """Where the welcome says the ``results`` or ``control`` channel is.
+
+    A worker that dialled the controller's ipc address for local workers
+    takes that channel's ipc address too; others take the port (or address)
+    named for everyone.
+    """
+    if address.startswith("ipc://"):
+        endpoint = welcome.ipc.get(name)
+        if isinstance(endpoint, str) and endpoint.startswith("ipc://"):
+            return endpoint
+    port_or_endpoint = welcome.results if name == "results" else welcome.control
+    if isinstance(port_or_endpoint, str):
+        return port_or_endpoint
+    head, _, _ = address.rpartition(":")
+    return f"{head}:{int(port_or_endpoint)}"
+
+
+@dataclass
+class Dialling:
+    """What saying hello needs of the worker."""
+
+    worker_id: str
+    address: str
+    key: bytes
+    curve_name: str | None  # this worker's CURVE certificate; None without CURVE
+    give_up_at: float | None  # monotonic time: the death timeout, if any
+    silence_after: float  # seconds without an answer before the first warning
+    should_exit: Callable[[], bool]
+    next_seq: Callable[[], int]
+    decode: Callable[[list[Any]], Any]  # a checked message, or None
+    dropped: Counter[str]
+
+
+def greet(tasks: zmq.Socket[Any], hello: Hello, d: Dialling) -> Joined | Refused | None:
+    """Say hello until the controller answers; None if the worker should stop trying."""
+    poller = zmq.Poller()
+    poller.register(tasks, zmq.POLLIN)
+    # Under CURVE a refused key shows only as failed handshakes: watch
+    # for them, so the operator learns why this worker never joins.
+    monitor = tasks.get_monitor_socket(_AUTH_FAILURES) if d.curve_name is not None else None
+    if monitor is not None:
+        poller.register(monitor, zmq.POLLIN)
+    try:
+        return _say_hello(tasks, hello, d, poller, monitor)
+    finally:
+        if monitor is not None:
+            tasks.disable_monitor()
+            monitor.close(linger=0)
+
+
+def _say_hello(
+    tasks: zmq.Socket[Any],
+    hello: Hello,
+    d: Dialling,
+    poller: zmq.Poller,
+    monitor: zmq.Socket[Any] | None,
+) -> Joined | Refused | None:
+    sent = False
+    deadline = time.monotonic() + 2.0
+    refusals = 0
+    silence = SilenceReport(d.address, time.monotonic(), d.silence_after)
+    while not d.should_exit():
+        why = silence.due(time.monotonic())
+        if why is not None:
+            log.warning("worker %s: %s", d.worker_id, why)
+        # No controller at all (nobody listening) must end a daemon
+        # after its death timeout too, not only between controllers.
+        if d.give_up_at is not None and time.monotonic() > d.give_up_at:
+            return None
+        if not sent:
+            try:
+                frames = encode(Kind.HELLO, d.worker_id, d.next_seq(), d.key, hello.header())
+                tasks.send_multipart(frames, flags=zmq.NOBLOCK)
+                sent = silence.connected = True
+                deadline = time.monotonic() + 2.0
+            except zmq.Again:
+                pass
+        # Until the hello is out, wake as soon as the connection is up
+        # (POLLOUT), not after a fixed pause: this is on the path to the
+        # first result.
+        poller.modify(tasks, zmq.POLLIN if sent else zmq.POLLIN | zmq.POLLOUT)
+        events = dict(poller.poll(100))
+        if monitor is not None and events.get(monitor):
+            monitor.recv_multipart()  # a failed CURVE handshake: what it says is known
+            refusals += 1
+            if refusals & (refusals - 1) == 0:
+                log.error(
+                    "worker %s: the controller at %s refuses this worker's CURVE key "
+                    "(%d handshake(s)); copy %s.key into its authorized_workers folder",
+                    d.worker_id,
+                    d.address,
+                    refusals,
+                    d.curve_name,
+                )
+        if events.get(tasks, 0) & zmq.POLLIN:
+            msg = d.decode(tasks.recv_multipart(copy=False))
+            if msg is None or msg.kind not in (Kind.WELCOME, Kind.REFUSED):
+                continue
+            answer = answer_to(msg, hello, d.key)
+            if answer is None:
+                d.dropped["stale"] += 1  # an answer to another hello
+                continue
+            return answer
+        if sent and time.monotonic() > deadline:
+            # The hello went to a connection that has since gone: say it again.
+            sent = False
+    return None

@@ -1,0 +1,85 @@
+"""The worker's links: dialling, the heartbeat thread's loop, the last goodbye, its parent."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from zmqworkers.protocol import Kind, encode
+from zmqworkers.protocol.messages import Key
+from zmqworkers.security import curve
+
+CONNECT_TIMEOUT_MS = 1000
+# While no controller answers, reconnect attempts back off from ZeroMQ's
+# 100 ms up to this, instead of knocking every 100 ms for ever.
+RECONNECT_IVL_MAX_MS = 1000
+
+
+def redial_quickly(sock: zmq.Socket[Any]) -> None:
+    """Dial settings for every worker socket.
+
+    A connect whose SYNs went into a cut link would otherwise wait for the
+    kernel's SYN backoff (seconds, growing); it is retried afresh instead.
+    """
+    sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+
+
+def beat(
+    sock: zmq.Socket[Any],
+    endpoint: str,
+    stop: threading.Event,
+    interval: float,
+    key: Key,
+    sender: str,
+    status: Callable[[], tuple[int, dict[str, Any]]],
+) -> None:
+    """Send ``status()`` as a heartbeat every ``interval`` until ``stop`` is set."""
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 4)
+    redial_quickly(sock)
+    sock.connect(endpoint)
+    while not stop.is_set():
+        seq, header = status()
+        frames = encode(Kind.HEARTBEAT, sender, seq, key, header)
+        try:
+            sock.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        stop.wait(interval)
+
+
+def send_goodbye(
+    endpoint: str, curve_keys: Any, sender: str, key: Key, header: dict[str, Any]
+) -> None:
+    """Send a BYE from a thread that owns no socket (the main one is stuck in a call).
+
+    A context of its own: its term() waits until the goodbye is out,
+    without touching the sockets other threads use.
+    """
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    if curve_keys is not None:
+        curve.setup_client(sock, curve_keys)
+    sock.setsockopt(zmq.LINGER, 1000)
+    sock.connect(endpoint)
+    sock.send_multipart(encode(Kind.BYE, sender, 1, key, header))
+    sock.close()
+    ctx.term()  # waits (up to the linger) until the goodbye is out
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether the process ``pid`` (a local worker's controller) still runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie parent (exited, not yet reaped) still answers kill(0);
+    # being re-parented is the surer sign.
+    return os.getppid() == pid

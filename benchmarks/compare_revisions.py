@@ -102,6 +102,9 @@ def main() -> None:
             f"{scenario + '/' + system:<14} {UNITS[scenario]:<8} {mine:>12.4g} {base:>12.4g} "
             f"{ratio:>6.2f}x"
         )
+        # Every run, so the spread under load can be judged.
+        for name in ("this", rev):
+            print(f"{'':<14} {name:<8} " + " ".join(f"{v:.4g}" for v in runs[name]))
 
 
 if __name__ == "__main__":

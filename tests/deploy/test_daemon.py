@@ -228,3 +228,15 @@ def test_death_timeout_ends_a_daemon_without_controller(
     log = d.log()
     assert len(re.findall(r"event=child_exit pid=\d+ slot=\d code=4$", log, re.M)) == 2, log
     assert "event=child_replaced" not in log and "event=exit code=4" in log
+
+
+def test_supervise_asks_for_the_supervisor_by_name(
+    cluster: Cluster, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    # One process and no supervisor-only option: only the flag asks for it.
+    d = start(daemons, tmp_path, "s", "--supervise")
+    wait_for(lambda: len(cluster.workers()) == 1, timeout=30)
+    assert cluster.submit(pow, 3, 2).result(timeout=30) == 9
+    wait_for(lambda: "zmqworkers-daemon event=" in d.log(), timeout=10)
+    # The worker is the supervisor's child, named after its slot.
+    assert cluster.workers()[0]["id"] != "s"

@@ -20,9 +20,10 @@ export QT_QPA_PLATFORM=offscreen
 main_rc=0
 python3 -m pytest -p no:cacheprovider --ignore=tests/interop "$@" || main_rc=$?
 interop_rc=0
-# Without this, a PyQt5 choice made for the main run would reach qtpy here,
-# where pydidas needs the PySide6 it installed.
-env -u QT_API "$PYDIDAS_PYTHON" -m pytest -p no:cacheprovider tests/interop || interop_rc=$?
+# pydidas runs on the PySide6 it installs; that environment holds PyQt5 as
+# well, which qtpy and pytest-qt would otherwise pick first.
+QT_API=pyside6 PYTEST_QT_API=pyside6 "$PYDIDAS_PYTHON" -m pytest -p no:cacheprovider tests/interop \
+    || interop_rc=$?
 if [ "$main_rc" != 0 ] || [ "$interop_rc" != 0 ]; then
     echo "test.sh: main suite exit $main_rc, pydidas interop suite exit $interop_rc" >&2
     exit $(( main_rc != 0 ? main_rc : interop_rc ))

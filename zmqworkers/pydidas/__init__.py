@@ -32,6 +32,7 @@ _RUNNER_MODULES = (
     "pydidas.gui.frames.directory_spy_frame",
 )
 
+_RUNNER_NAME = "AppRunner"
 _saved: dict[str, Any] = {}
 
 
@@ -62,8 +63,8 @@ def install(
         if module is None or not hasattr(module, "AppRunner"):
             continue
         if name not in _saved:
-            _saved[name] = module.AppRunner
-        module.AppRunner = factory
+            _saved[name] = getattr(module, _RUNNER_NAME)
+        setattr(module, _RUNNER_NAME, factory)
 
 
 def uninstall() -> None:
@@ -71,7 +72,7 @@ def uninstall() -> None:
     for name, original in list(_saved.items()):
         module = sys.modules.get(name)
         if module is not None:
-            module.AppRunner = original
+            setattr(module, _RUNNER_NAME, original)
         del _saved[name]
 
 

@@ -120,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
         n_workers = args.workers if args.workers is not None else _pydidas_workers()
     state = frames.capture_state(run=os.urandom(6).hex())
     bar = _progress(args.progress, n_points)
-    stored = {}
+    stored: dict[str, Any] = {}
     unreadable = 0
     started = time.monotonic()
     try:

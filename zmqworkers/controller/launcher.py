@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 
 from zmqworkers.security.keys import KEY_ENV
+from zmqworkers.worker.mp_authkey import MP_AUTHKEY_ENV
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,7 @@ def start_local_worker(
     """
     env = dict(os.environ)
     env[KEY_ENV] = key.decode()
+    env[MP_AUTHKEY_ENV] = bytes(multiprocessing.current_process().authkey).hex()
     if extra_env:
         env.update(extra_env)
     cmd = [

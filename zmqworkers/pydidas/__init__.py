@@ -37,14 +37,19 @@ _saved: dict[str, Any] = {}
 
 
 def install(
-    bind: str | None = None, *, key: str | bytes | None = None, key_file: str | None = None
+    bind: str | None = None,
+    *,
+    key: str | bytes | None = None,
+    key_file: str | None = None,
+    n_workers: int | None = None,
 ) -> None:
     """Make pydidas use zmqworkers' runners: local workers, or daemons at ``bind``.
 
     Without arguments, ``$ZMQWORKERS_PYDIDAS_BIND`` and
     ``$ZMQWORKERS_PYDIDAS_KEY_FILE`` choose daemons; unset, local workers
     (as many as pydidas's ``mp_n_workers`` setting, or the ``n_workers``
-    pydidas code passes). Calling it again replaces the previous choice.
+    pydidas code passes; ``n_workers`` here replaces the setting). Calling
+    it again replaces the previous choice.
     """
     from zmqworkers.pydidas.workflow import ClusterSpec, runner_factory
 
@@ -53,7 +58,10 @@ def install(
         key_file = os.environ.get(KEY_FILE_ENV) or None
     if bind is None and (key is not None or key_file is not None):
         raise ValueError("a key is for daemons: give bind= (the address they connect to) too")
-    where = ClusterSpec(bind=bind, key=key, key_file=key_file) if bind else ClusterSpec()
+    if bind:
+        where = ClusterSpec(bind=bind, key=key, key_file=key_file)
+    else:
+        where = ClusterSpec(n_workers)
     factory = runner_factory(where)
     import importlib
 

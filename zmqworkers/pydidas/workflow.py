@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import types
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -106,7 +107,7 @@ def iter_points(
 
 
 class _WireStore:
-    """Mixed in before pydidas's ``ExecuteWorkflowApp`` (see :func:`wire_app`)."""
+    """The store, message and post-run hooks a workflow app gets from :func:`wire_app`."""
 
     _config: dict[str, Any]
     clone_mode: bool
@@ -119,7 +120,7 @@ class _WireStore:
 
         state = self._config.setdefault("wire", {})
         if not store_point(index, frame, state):
-            self._report_unreadable(index)
+            _report_unreadable(index)
             return
         if self.get_param_value("autosave_results"):  # type: ignore[attr-defined]
             arrays = frame[0]
@@ -132,17 +133,6 @@ class _WireStore:
             ProcessingResultIoMeta.export_frame_to_active_savers(int(index), arrays)
         self.sig_results_updated.emit()  # type: ignore[attr-defined]
 
-    def _report_unreadable(self, index: Any) -> None:
-        from pydidas.workflow import WorkflowTree
-        from pydidas_qtcore import PydidasQApplication
-
-        name = WorkflowTree().root.plugin.get_filename(index)
-        app = PydidasQApplication.instance()
-        text = f"File reading error during processing of scan index #{index}. (filename: {name})"
-        if app is not None and hasattr(app, "set_status_message"):
-            app.set_status_message(text)
-        log.warning("%s", text)
-
     def received_signal_message(self, message: str) -> None:
         """Workers send no messages: nothing waits on shared memory."""
 
@@ -150,26 +140,49 @@ class _WireStore:
         """Nothing to close: no shared memory was made."""
 
 
-_WIRE_CLASSES: dict[type, type] = {}
+def _report_unreadable(index: Any) -> None:
+    from pydidas.workflow import WorkflowTree
+    from pydidas_qtcore import PydidasQApplication
+
+    name = WorkflowTree().root.plugin.get_filename(index)
+    app = PydidasQApplication.instance()
+    text = f"File reading error during processing of scan index #{index}. (filename: {name})"
+    if app is not None and hasattr(app, "set_status_message"):
+        app.set_status_message(text)
+    log.warning("%s", text)
+
+
+_WIRE_HOOKS = (
+    "multiprocessing_store_results",
+    "received_signal_message",
+    "multiprocessing_post_run",
+)
 
 
 def wire_app(app: Any) -> Any:
     """Switch an ``ExecuteWorkflowApp`` (or subclass) to storing results that are data.
 
-    The instance keeps its parameters, config and pydidas's preparation
-    (``multiprocessing_pre_run``); only its store changes. Done in place, so
-    whoever holds ``app`` (a frame, ``ExecuteWorkflowRunner``) and connects
-    its ``multiprocessing_store_results`` afterwards gets the new one.
+    The instance keeps its class, parameters, config and pydidas's
+    preparation (``multiprocessing_pre_run``); only its store and the two
+    hooks that serve shared memory change, as attributes of this instance.
+    So whoever holds ``app`` (a frame, ``ExecuteWorkflowRunner``) and
+    connects its ``multiprocessing_store_results`` afterwards gets the new
+    one, and a copy of the app (made from its class) is pydidas's own.
     """
-    cls = type(app)
-    if issubclass(cls, _WireStore):
+    if app.__dict__.get("_zmqworkers_wire"):
         return app
-    wire = _WIRE_CLASSES.get(cls)
-    if wire is None:
-        wire = type(f"Wire{cls.__name__}", (_WireStore, cls), {"__module__": __name__})
-        _WIRE_CLASSES[cls] = wire
-    app.__class__ = wire
+    for name in _WIRE_HOOKS:
+        setattr(app, name, types.MethodType(getattr(_WireStore, name), app))
+    app._zmqworkers_wire = True
     return app
+
+
+def copy_app(app: Any, clone_mode: bool = False) -> Any:
+    """pydidas's copy of ``app``, without the hooks :func:`wire_app` bound to ``app``."""
+    new = app.copy(clone_mode=clone_mode)
+    for name in (*_WIRE_HOOKS, "_zmqworkers_wire"):
+        new.__dict__.pop(name, None)
+    return new
 
 
 def is_workflow_app(app: Any) -> bool:
@@ -221,11 +234,13 @@ class WorkflowAppRunner(QtCore.QThread):
         self.n_workers = _default_n_workers() if n_workers is None else n_workers
         self._where = where or ClusterSpec()
         wire_app(app)
+        # A frame runs the same app again: each run stores its metadata anew.
+        app._config["wire"] = {}
         if not app._config["run_prepared"]:
             app.multiprocessing_pre_run()
         self.sig_results.connect(app.multiprocessing_store_results)
         self.sig_post_run_called.connect(app.multiprocessing_post_run)
-        self._app = app.copy(clone_mode=True)
+        self._app = copy_app(app, clone_mode=True)
         self._tasks = [int(i) for i in np.asarray(app.multiprocessing_get_tasks()).ravel()]
         self._done = 0
         self._cluster: Cluster | None = None
@@ -252,7 +267,7 @@ class WorkflowAppRunner(QtCore.QThread):
         return self._done / len(self._tasks)
 
     def get_app(self) -> Any:
-        return self._app.copy()
+        return copy_app(self._app)
 
     def run(self) -> None:
         state = frames.capture_state(run=uuid.uuid4().hex[:12])
@@ -274,7 +289,7 @@ class WorkflowAppRunner(QtCore.QThread):
                 log.error("the workflow run ended early: %s: %s", type(exc).__name__, exc)
         finally:
             self._close_cluster(cancel=self._interrupted)
-            self.sig_final_app_state.emit(self._app.copy())
+            self.sig_final_app_state.emit(copy_app(self._app))
             self.sig_post_run_called.emit()
 
     def _close_cluster(self, cancel: bool) -> None:
@@ -316,6 +331,8 @@ def runner_factory(where: ClusterSpec | None) -> Callable[..., Any]:
     """
 
     def make_runner(app: Any, n_workers: int | None = None, use_app_tasks: bool = True) -> Any:
+        if n_workers is None and where is not None:
+            n_workers = where.n_workers
         if is_workflow_app(app):
             return WorkflowAppRunner(app, n_workers, use_app_tasks, where=where)
         from zmqworkers.qt import AppRunner

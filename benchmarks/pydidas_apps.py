@@ -90,10 +90,10 @@ def write_images(folder: Path, n: int = 24, shape: tuple[int, int] = (30, 40)) -
     return paths
 
 
-def _composite(workdir: Path) -> Any:
+def prepared_composite_app(files: list[Path]) -> Any:
+    """A CompositeCreatorApp over ``files``, prepared as pydidas's composite frame does it."""
     from pydidas.apps import CompositeCreatorApp
 
-    files = write_images(workdir / "images")
     app = CompositeCreatorApp()
     app.set_param_value("first_file", files[0])
     app.set_param_value("last_file", files[-1])
@@ -104,6 +104,10 @@ def _composite(workdir: Path) -> Any:
     app._image_metadata.update()
     app.multiprocessing_pre_run()
     return app
+
+
+def _composite(workdir: Path) -> Any:
+    return prepared_composite_app(write_images(workdir / "images"))
 
 
 def _composite_check(app: Any) -> str:

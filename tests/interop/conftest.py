@@ -29,12 +29,12 @@ import sys  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import pytest  # noqa: E402
 
 pydidas = pytest.importorskip("pydidas", reason="run with .venv-pydidas (scripts/pydidas-venv.sh)")
 
+from benchmarks.pydidas_apps import write_images  # noqa: E402
 from tests.qt.conftest import controllers  # noqa: E402, F401
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,18 +90,6 @@ def daemon(key_file: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
         psutil.wait_procs(children, timeout=10)
 
 
-def write_images(folder: Path, n: int = N_IMAGES) -> list[Path]:
-    """``n`` images whose pixels say which image and where they are."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rows, cols = np.indices(IMAGE_SHAPE, dtype=np.float64)
-    paths = []
-    for i in range(n):
-        path = folder / f"image_{i:03d}.npy"
-        np.save(path, 1000.0 * i + rows * IMAGE_SHAPE[1] + cols + 0.25)
-        paths.append(path)
-    return paths
-
-
 @pytest.fixture
 def image_files(tmp_path: Path) -> list[Path]:
-    return write_images(tmp_path / "images")
+    return write_images(tmp_path / "images", N_IMAGES, IMAGE_SHAPE)

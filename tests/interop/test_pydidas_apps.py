@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
-from pydidas.apps import CompositeCreatorApp
 from pydidas.unittest_objects.mp_test_app import MpTestApp
 
 import zmqworkers
+from benchmarks.pydidas_apps import prepared_composite_app
 from tests.conftest import wait_for
 from tests.qt.spy import Spy
 
@@ -66,20 +65,6 @@ def test_mp_test_app_ends_with_a_complete_composite(qtbot, controllers, daemon, 
     assert len(seen) == 2 and all(local == (where == "local") for _, local in seen)
 
 
-def _composite_app(files: list[Path]) -> CompositeCreatorApp:
-    app = CompositeCreatorApp()
-    app.set_param_value("first_file", files[0])
-    app.set_param_value("last_file", files[-1])
-    app.set_param_value("composite_nx", 6)
-    app.set_param_value("composite_ny", 4)
-    # What pydidas's composite frame does before it hands the app over.
-    app._filelist.update()
-    app._image_metadata.filename = files[0]
-    app._image_metadata.update()
-    app.multiprocessing_pre_run()
-    return app
-
-
 def _run(qtbot, runner) -> None:
     with qtbot.waitSignal(runner.finished, timeout=90_000):
         runner.start()
@@ -89,14 +74,14 @@ def _run(qtbot, runner) -> None:
 def test_composite_creator_matches_pydidas_own_app_runner(qtbot, controllers, image_files) -> None:
     from pydidas.multiprocessing import AppRunner as PydidasAppRunner
 
-    theirs = _composite_app(image_files)
+    theirs = prepared_composite_app(image_files)
     reference = PydidasAppRunner(theirs, n_workers=2)
     _run(qtbot, reference)
     # Their stores reach the app queued; the composite is complete once the
     # last image is in.
     qtbot.waitUntil(lambda: np.count_nonzero(theirs.composite == 0) == 0, timeout=10_000)
 
-    ours = _composite_app(image_files)
+    ours = prepared_composite_app(image_files)
     runner = zmqworkers.AppRunner(ours, n_workers=2)
     controllers.append(runner)
     errors = Spy(runner.sig_error)

@@ -166,7 +166,7 @@ class WorkerController(QtCore.QThread):
         """Wait up to ``timeout`` s for the run's workers to be stopped; True if they are."""
         return self._driver.served.wait(timeout)
 
-    def requestInterruption(self) -> None:  # noqa: N802 (Qt's name)
+    def requestInterruption(self) -> None:
         """Abort the run: queued tasks are dropped and workers stopped.
 
         Tasks already on workers are not waited for; ``sig_finished`` and
@@ -188,7 +188,7 @@ class WorkerController(QtCore.QThread):
             self.stop()
         super().exit(code)
 
-    def deleteLater(self) -> None:  # noqa: N802 (Qt's name)
+    def deleteLater(self) -> None:
         """Schedule deletion; a running thread is stopped and joined first.
 
         Qt aborts the process when a running QThread is destroyed, so the

@@ -167,6 +167,9 @@ def measure(job: str, system: str, workdir: Path, address: str, key: str) -> dic
         qapp.processEvents()
     seconds = time.perf_counter() - t0
     runner.exit()
+    # pydidas's thread may still wind down after exit(); leaving before it
+    # ends aborts the process ("QThread: Destroyed while thread is still running").
+    runner.wait(30_000)
     if errors:
         raise RuntimeError(f"{len(errors)} task(s) failed, the first: {errors[0]!r}")
     return {"seconds": seconds, "digest": check(app)}

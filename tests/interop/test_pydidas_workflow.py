@@ -15,8 +15,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from tests.conftest import wait_for
 from tests.interop import workflow_fixtures as wf
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,3 +167,88 @@ def test_command_names_what_is_wrong(tmp_path: Path) -> None:
     done = command(*args, "--workers", "0")
     assert done.returncode == 2 and "--workers" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _load_contexts(workflow: wf.Workflow) -> None:
+    from pydidas.contexts import DiffractionExperimentContext, ScanContext
+    from pydidas.workflow import WorkflowTree
+
+    ScanContext().import_from_file(workflow.scan)
+    DiffractionExperimentContext().import_from_file(workflow.exp)
+    WorkflowTree().import_from_file(workflow.tree)
+
+
+def test_plain_execute_workflow_app_uses_manager_and_shared_memory_on_local_workers(
+    qtbot, controllers, tmp_path: Path
+) -> None:
+    # pydidas's own app, unchanged, on zmqworkers.AppRunner: its workers
+    # reach the controller's Manager (dict, events, lock) and its
+    # SharedMemory slots, as pydidas's own workers do.
+    from pydidas.apps import ExecuteWorkflowApp
+    from pydidas.workflow import WorkflowResults
+
+    import zmqworkers
+
+    workflow = wf.real_workflow(tmp_path / "in")
+    _load_contexts(workflow)
+    app = ExecuteWorkflowApp()
+    runner = zmqworkers.AppRunner(app, n_workers=N_WORKERS)
+    controllers.append(runner)
+    runner.sig_message_from_worker.connect(app.received_signal_message)
+    errors: list[object] = []
+    runner.sig_error.connect(errors.append)
+    with qtbot.waitSignal(runner.finished, timeout=120_000):
+        runner.start()
+    assert not errors, errors
+    assert app.mp_manager["shapes_set"].is_set(), "the workers never published their shapes"
+    results = WorkflowResults()
+    binned, sums = workflow.expected["node_01.nxs"], workflow.expected["node_02.nxs"]
+    assert np.array_equal(results.get_results(1), binned)
+    assert np.array_equal(results.get_results(2), sums)
+    app.deleteLater()
+
+
+def test_request_interruption_ends_a_workflow_run_and_leaves_no_worker(
+    qtbot, installed: None, tmp_path: Path
+) -> None:
+    from pydidas.apps import ExecuteWorkflowApp
+
+    from zmqworkers.pydidas.workflow import WorkflowAppRunner
+
+    workflow = wf.real_workflow(tmp_path / "in")
+    _load_contexts(workflow)
+    app = ExecuteWorkflowApp()
+    runner = WorkflowAppRunner(app, n_workers=N_WORKERS)
+    seen: list[int] = []
+    runner.sig_results.connect(lambda index, _frame: seen.append(index))
+    final: list[object] = []
+    runner.sig_final_app_state.connect(final.append)
+    try:
+        with qtbot.waitSignal(runner.finished, timeout=60_000):
+            runner.start()
+            # Results reach the lambda through the event loop: waitUntil runs it.
+            qtbot.waitUntil(lambda: len(seen) >= 1, timeout=60_000)
+            assert len(_worker_processes()) == N_WORKERS
+            runner.requestInterruption()
+    finally:
+        if runner.isRunning():
+            runner.requestInterruption()
+            runner.wait(30_000)
+    assert runner.error is None
+    assert len(final) == 1
+    assert len(seen) < wf.N_FRAMES, "the run was not cut short"
+    wait_for(lambda: not _worker_processes(), timeout=15)
+    app.deleteLater()
+
+
+def _worker_processes() -> list[object]:
+    import psutil
+
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "zmqworkers.worker" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return found

@@ -22,7 +22,7 @@ from zmqworkers.logs import WorkerRecordFactory, tag_worker_records
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "zmqworkers"
 # The command's own output: what it prints is what the user asked to see.
-COMMAND_MODULES = {"cli/main.py", "cli/demo.py", "cli/runjob.py"}
+COMMAND_MODULES = {"cli/main.py", "cli/demo.py", "cli/runjob.py", "pydidas/command.py"}
 ROOT_LOGGER_CALLS = {"debug", "info", "warning", "warn", "error", "exception", "critical", "log"}
 
 

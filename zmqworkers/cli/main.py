@@ -199,6 +199,9 @@ def _parser() -> argparse.ArgumentParser:
         "worker's, which is added to DIR/authorized_workers",
     )
     k.add_argument("--name", default="worker", help="with --curve: the worker's name")
+    from zmqworkers.pydidas import command as pydidas_command  # imports no pydidas
+
+    pydidas_command.add_parser(sub)
     return p
 
 
@@ -238,6 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _curve_keygen(args.file, args.name)
     if args.command == "run":
         return _run(args)
+    if args.command == "pydidas-workflow":
+        from zmqworkers.pydidas.command import run as run_pydidas_workflow
+
+        return run_pydidas_workflow(args)
     if args.command == "keygen":
         from zmqworkers.security.keys import write_key_file
 

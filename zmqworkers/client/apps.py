@@ -18,6 +18,13 @@ controller's copy builds in ``multiprocessing_pre_run`` (a large composite
 image, say) stays on the controller. ``clone_mode`` is true on workers, so
 an app can skip work there that only the controller needs.
 
+Apps of pydidas's protocol (``pydidas.core.BaseApp`` subclasses, or any
+class with the same hooks) run too, without this module importing pydidas:
+their ``params`` object (a ``ParameterCollection``) travels as it is, the
+worker builds ``cls(params, clone_mode=True)``, sets ``_config`` and the
+app's ``mp_manager``, and a result of ``None`` after a signal is replaced by
+``get_latest_results()``, as pydidas's own worker does.
+
 This module never imports Qt: workers import it.
 """
 
@@ -50,6 +57,9 @@ class BaseApp:
     """
 
     default_params: ClassVar[dict[str, Any]] = {}
+    # Attributes that ``copy(clone_mode=True)`` leaves out (pydidas's name):
+    # state only the controller's app needs, such as a large composite.
+    attributes_not_to_copy_to_app_clone: ClassVar[list[str]] = []
 
     def __init__(
         self, params: Mapping[str, Any] | None = None, *, clone_mode: bool = False, **kwargs: Any
@@ -85,8 +95,18 @@ class BaseApp:
         self._config = copy.deepcopy(dict(config))
 
     def copy(self: AppT, clone_mode: bool | None = None) -> AppT:
-        """A deep copy: parameters, config and every other attribute."""
-        new = copy.deepcopy(self)
+        """A deep copy: parameters, config and every other attribute.
+
+        A clone (``clone_mode=True``) leaves out the attributes named in
+        ``attributes_not_to_copy_to_app_clone``.
+        """
+        skip = set(self.attributes_not_to_copy_to_app_clone) if clone_mode else set()
+        if skip:
+            state = {k: v for k, v in self.__dict__.items() if k not in skip}
+            new = copy.copy(self)
+            new.__dict__ = copy.deepcopy(state)
+        else:
+            new = copy.deepcopy(self)
         if clone_mode is not None:
             new.clone_mode = clone_mode
         return new
@@ -149,18 +169,67 @@ def run_app_task(app: BaseApp, task: Any) -> Any:
     while not app.multiprocessing_carryon():
         time.sleep(POLL_SECONDS)
     result = app.multiprocessing_func(task)
-    _signal_and_wait(app)
-    return result
+    return _signal_and_wait(app, result)
 
 
-def _signal_and_wait(app: BaseApp) -> None:
+def _signal_and_wait(app: Any, result: Any) -> Any:
     text = app.must_send_signal_and_wait_for_response()
     if text is None:
-        return
+        return result
     if not send_message(text):
         log.info("app message (not on a worker): %s", text)
     while not app.signal_processed_and_can_continue():
         time.sleep(POLL_SECONDS)
+    if result is None and callable(getattr(app, "get_latest_results", None)):
+        # pydidas's convention: an app that answered a signal may leave its
+        # result in its config for get_latest_results().
+        return app.get_latest_results()
+    return result
+
+
+# The hooks an object needs to be run as an app (pydidas's BaseApp has them all).
+APP_HOOKS = (
+    "multiprocessing_pre_run",
+    "multiprocessing_get_tasks",
+    "multiprocessing_pre_cycle",
+    "multiprocessing_carryon",
+    "multiprocessing_func",
+    "multiprocessing_store_results",
+    "multiprocessing_post_run",
+    "must_send_signal_and_wait_for_response",
+    "signal_processed_and_can_continue",
+    "copy",
+    "get_config",
+)
+
+
+def check_app(app: Any) -> None:
+    """Raise ``TypeError`` naming what ``app`` lacks to be run as an app."""
+    if isinstance(app, BaseApp):
+        return
+    missing = [name for name in APP_HOOKS if not callable(getattr(app, name, None))]
+    missing += [name for name in ("params", "_config") if not hasattr(app, name)]
+    if missing:
+        raise TypeError(
+            f"AppRunner needs a zmqworkers.BaseApp or an app with pydidas's BaseApp "
+            f"protocol; {type(app).__name__} lacks: {', '.join(missing)}"
+        )
+
+
+def app_state(app: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """What a worker rebuilds ``app`` from: parameters, config and worker options.
+
+    Our apps send their parameters as a dict; an app of pydidas's protocol
+    sends a copy of its own ``params`` object, which its constructor takes,
+    and its ``mp_manager`` when it has one.
+    """
+    if isinstance(app, BaseApp):
+        return dict(app.params), app.get_config(), {}
+    options: dict[str, Any] = {"protocol": "pydidas"}
+    manager = getattr(app, "mp_manager", None)
+    if manager:
+        options["mp_manager"] = manager
+    return app.params.copy(), app.get_config(), options
 
 
 def send_message(text: str) -> bool:
@@ -183,19 +252,23 @@ class AppProcessor:
 
     def __init__(
         self,
-        app_class: type[BaseApp],
-        params: Mapping[str, Any],
+        app_class: type[Any],
+        params: Any,
         config: Mapping[str, Any],
         use_tasks: bool = True,
+        protocol: str = "zmqworkers",
+        mp_manager: Any = None,
     ) -> None:
         self.app_class = app_class
         self.params = params
         self.config = config
         self.use_tasks = use_tasks
-        self._app: BaseApp | None = None
+        self.protocol = protocol
+        self.mp_manager = mp_manager
+        self._app: Any = None
         self._setup_error: BaseException | None = None
 
-    def app(self) -> BaseApp:
+    def app(self) -> Any:
         if self._setup_error is not None:
             raise RuntimeError(
                 f"{self.app_class.__name__} could not be set up on this worker: "
@@ -204,7 +277,12 @@ class AppProcessor:
         if self._app is None:
             try:
                 app = self.app_class(self.params, clone_mode=True)
-                app.set_config(self.config)
+                if self.protocol == "pydidas":
+                    app._config = dict(self.config)
+                    if self.mp_manager:
+                        app.mp_manager = self.mp_manager
+                else:
+                    app.set_config(self.config)
                 app.multiprocessing_pre_run()
             except Exception as exc:
                 self._setup_error = exc
@@ -223,7 +301,9 @@ class AppProcessor:
             app.multiprocessing_pre_cycle(-1)
             if app.multiprocessing_carryon():
                 index, result = app.multiprocessing_func(-1)
-                _signal_and_wait(app)
+                if self.protocol != "pydidas":
+                    # pydidas's worker sends no signal without tasks; ours does.
+                    result = _signal_and_wait(app, result)
                 return (index, result)
             if time.monotonic() > deadline:
                 return None
@@ -231,7 +311,7 @@ class AppProcessor:
 
 
 def app_call(
-    app_class: type[BaseApp], params: Mapping[str, Any], config: Mapping[str, Any], **options: Any
+    app_class: type[Any], params: Any, config: Mapping[str, Any], **options: Any
 ) -> Callable[[Any], Any]:
     """The worker's ``"app"`` calling convention (see ``worker.calls.make_call``)."""
     return AppProcessor(app_class, params, config, **options)

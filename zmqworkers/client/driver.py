@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from zmqworkers.client.apps import BaseApp
+from zmqworkers.client.apps import app_state
 from zmqworkers.controller.engine import Engine, Spec, make_spec
 from zmqworkers.controller.options import EngineOptions
 from zmqworkers.errors import ClusterShutdown, ConfigurationError, EngineClosed
@@ -380,9 +380,13 @@ class _EngineRelay:
 
 
 class AppDriver(TaskDriver):
-    """Runs a ``BaseApp``: its state to every worker, results into the controller's copy."""
+    """Runs an app: its state to every worker, results into the controller's copy.
 
-    def __init__(self, emit: Emit, options: EngineOptions, app: BaseApp, use_tasks: bool) -> None:
+    The app is a ``zmqworkers.BaseApp`` or follows pydidas's app protocol
+    (see :mod:`zmqworkers.client.apps`).
+    """
+
+    def __init__(self, emit: Emit, options: EngineOptions, app: Any, use_tasks: bool) -> None:
         super().__init__(emit, options)
         self.app = app
         self.use_tasks = use_tasks
@@ -395,11 +399,9 @@ class AppDriver(TaskDriver):
         self._connected = 0
         app = self.app
         app.multiprocessing_pre_run()
+        params, config, worker_options = app_state(app)
         spec = make_spec(
-            "app",
-            type(app),
-            (dict(app.params), app.get_config()),
-            {"use_tasks": self.use_tasks},
+            "app", type(app), (params, config), {"use_tasks": self.use_tasks, **worker_options}
         )
         self.set_spec(spec)
         if self.use_tasks:

@@ -8,6 +8,7 @@ the engine thread uses it.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from zmqworkers.security.keys import KEY_ENV
+from zmqworkers.worker.mp_authkey import MP_AUTHKEY_ENV
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,7 @@ def start_local_worker(
     """
     env = dict(os.environ)
     env[KEY_ENV] = key.decode()
+    env[MP_AUTHKEY_ENV] = bytes(multiprocessing.current_process().authkey).hex()
     if extra_env:
         env.update(extra_env)
     cmd = [

@@ -6,7 +6,7 @@ from typing import Any
 
 from qtpy import QtCore
 
-from zmqworkers.client.apps import BaseApp
+from zmqworkers.client.apps import BaseApp, check_app
 from zmqworkers.client.driver import AppDriver
 from zmqworkers.qt.controller import WorkerController
 
@@ -20,6 +20,15 @@ class AppRunner(WorkerController):
     the end ``multiprocessing_post_run`` runs; then ``sig_final_app_state``
     carries a copy of it and ``sig_post_run_called`` is emitted.
 
+    ``app`` is a ``zmqworkers.BaseApp`` (left alone: only the copy stores
+    results) or an app of pydidas's protocol, such as a
+    ``pydidas.core.BaseApp`` subclass, run as pydidas's own ``AppRunner``
+    runs it: the given app is prepared (``multiprocessing_pre_run``) unless
+    its ``_config["run_prepared"]`` is true, ``sig_results`` feeds its
+    ``multiprocessing_store_results`` and ``sig_post_run_called`` its
+    ``multiprocessing_post_run`` (queued to its thread, in order), and the
+    runner's copy is a clone (``copy(clone_mode=True)``).
+
     ``options`` are those of ``WorkerController`` (``bind``, ``key``, ...).
     With ``use_app_tasks=False`` each worker calls ``multiprocessing_func(-1)``
     while ``multiprocessing_carryon()`` holds, until ``stop()``.
@@ -30,18 +39,24 @@ class AppRunner(WorkerController):
 
     def __init__(
         self,
-        app: BaseApp,
+        app: Any,
         n_workers: int | None = None,
         use_app_tasks: bool = True,
         **options: Any,
     ) -> None:
-        if not isinstance(app, BaseApp):
-            raise TypeError(f"AppRunner needs a zmqworkers.BaseApp instance, not {app!r}")
+        check_app(app)
         for name in ("function", "func_args", "func_kwargs"):
             if name in options:
                 raise TypeError(f"AppRunner runs the app's own function: {name}= does not apply")
         super().__init__(n_workers, **options)
-        self._app = app.copy(clone_mode=False)
+        if isinstance(app, BaseApp):
+            self._app = app.copy(clone_mode=False)
+        else:
+            if not app._config.get("run_prepared", False):
+                app.multiprocessing_pre_run()
+            self.sig_results.connect(app.multiprocessing_store_results)
+            self.sig_post_run_called.connect(app.multiprocessing_post_run)
+            self._app = app.copy(clone_mode=True)
         self._driver = AppDriver(self._emit, self._driver.options, self._app, bool(use_app_tasks))
 
     def call_app_method(self, method_name: str, *args: Any, **kwargs: Any) -> Any:
@@ -59,6 +74,6 @@ class AppRunner(WorkerController):
         """Set a parameter of the runner's copy (workers get it at the next start)."""
         self._app.set_param_value(param_name, value)
 
-    def get_app(self) -> BaseApp:
+    def get_app(self) -> Any:
         """A copy of the runner's app, with whatever it has stored so far."""
         return self._app.copy()

@@ -121,7 +121,16 @@ class WorkerController(QtCore.QThread):
     def add_task(self, task: Any) -> None:
         self._driver.add_tasks([task])
 
-    def add_tasks(self, tasks: Iterable[Any]) -> None:
+    def add_tasks(self, tasks: Iterable[Any], are_stop_tasks: bool = False) -> None:
+        """Add tasks; ``are_stop_tasks=True`` (pydidas's stop tasks) finalizes instead.
+
+        pydidas queues ``None`` "stop tasks" that make each worker leave once
+        the tasks before them are done; here that is :meth:`finalize_tasks`,
+        and the stop tasks are neither run nor counted.
+        """
+        if are_stop_tasks:
+            self._driver.finalize_tasks()
+            return
         self._driver.add_tasks(tasks)
 
     def finalize_tasks(self) -> None:
@@ -152,6 +161,45 @@ class WorkerController(QtCore.QThread):
 
     def is_alive(self) -> bool:
         return bool(self.isRunning())
+
+    # -- what pydidas's frames and runners call ------------------------------
+
+    def wait_for_processes_to_finish(self, timeout: float = 2.0) -> bool:
+        """Wait up to ``timeout`` s for the run's workers to be stopped; True if they are."""
+        return self._driver.served.wait(timeout)
+
+    def requestInterruption(self) -> None:
+        """Abort the run: queued tasks are dropped and workers stopped.
+
+        Tasks already on workers are not waited for; ``sig_finished`` and
+        ``finished`` are still emitted (an ``AppRunner`` also runs the app's
+        post-run and emits its final state first).
+        """
+        self._driver.reset_task_list()
+        self._driver.stop()
+        super().requestInterruption()
+
+    def exit(self, code: int = 0) -> None:
+        """End the run if one is going on, then ``QThread.exit(code)``.
+
+        The thread runs no Qt event loop, so ``exit`` alone would not end
+        it; pydidas's frames call it once ``finished`` came, where it only
+        tidies up.
+        """
+        if self.isRunning():
+            self.stop()
+        super().exit(code)
+
+    def deleteLater(self) -> None:
+        """Schedule deletion; a running thread is stopped and joined first.
+
+        Qt aborts the process when a running QThread is destroyed, so the
+        run ends before the object may go.
+        """
+        if self.isRunning():
+            self.shutdown()
+        _running.discard(self)
+        super().deleteLater()
 
     def workers(
         self, timeout: float = 10.0, include_departed: bool = False
@@ -209,9 +257,16 @@ _running: set[WorkerController] = set()
 
 
 def _keep_running(controller: WorkerController) -> None:
-    for done in [c for c in _running if c.isFinished()]:
+    for done in [c for c in _running if _is_finished(c)]:
         _running.discard(done)
     _running.add(controller)
+
+
+def _is_finished(controller: WorkerController) -> bool:
+    try:
+        return bool(controller.isFinished())
+    except RuntimeError:
+        return True  # its C++ object was deleted already
 
 
 @atexit.register

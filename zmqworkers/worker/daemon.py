@@ -37,6 +37,7 @@ from typing import Any
 
 from zmqworkers.security.keys import KEY_ENV
 from zmqworkers.worker.loop import EXIT_REFUSED
+from zmqworkers.worker.mp_authkey import MP_AUTHKEY_ENV
 from zmqworkers.worker.silence import EXIT_NO_CONTROLLER
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ class Supervisor:
         env.update(self.options.env)
         # In the environment, never in argv, where the process list shows it.
         env[KEY_ENV] = self.key.decode()
+        env.pop(MP_AUTHKEY_ENV, None)  # a controller's authkey is for its local workers
         # A child hands its running call back a moment before the supervisor
         # would kill it, so the goodbye goes out in time.
         env[DRAIN_ENV] = str(max(0.5, self.options.drain_timeout - 1.0))

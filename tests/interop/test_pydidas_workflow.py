@@ -1,0 +1,254 @@
+"""pydidas's ExecuteWorkflowRunner and ``zmqworkers pydidas-workflow`` on local workers.
+
+``install()`` puts zmqworkers' runner in the place of pydidas's AppRunner;
+``process_scan()`` is pydidas's own, with its second connection of the
+app's store to ``sig_results``. The real-plugin workflow must give the
+numpy result on every run; the unittest_objects one the files and shapes
+of pydidas's own runner tests.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import wait_for
+from tests.interop import workflow_fixtures as wf
+
+ROOT = Path(__file__).resolve().parents[2]
+N_WORKERS = 2
+
+
+@pytest.fixture
+def installed(qapp: object) -> Iterator[None]:
+    import zmqworkers.pydidas as zp
+
+    wf.register_dummy_plugins()
+    zp.install(n_workers=N_WORKERS)
+    try:
+        yield
+    finally:
+        zp.uninstall()
+
+
+def process_scan(workflow: wf.Workflow, outdir: Path) -> None:
+    from pydidas.apps import ExecuteWorkflowRunner
+
+    runner = ExecuteWorkflowRunner(
+        workflow=workflow.tree,
+        scan=workflow.scan,
+        diffraction_exp=workflow.exp,
+        output_dir=outdir,
+    )
+    runner.process_scan()
+
+
+def test_install_replaces_pydidas_apprunner_and_uninstall_restores_it(qapp: object) -> None:
+    import pydidas.apps.execute_workflow_runner as ewr
+    import pydidas.multiprocessing as pmp
+
+    import zmqworkers.pydidas as zp
+
+    original = pmp.AppRunner
+    zp.install(n_workers=1)
+    try:
+        assert ewr.AppRunner is not original and pmp.AppRunner is ewr.AppRunner
+        with pytest.raises(ValueError, match="bind="):
+            zp.install(key="k" * 32)
+    finally:
+        zp.uninstall()
+    assert ewr.AppRunner is original and pmp.AppRunner is original
+
+
+def test_real_workflow_equals_numpy_on_every_run(installed: None, tmp_path: Path) -> None:
+    workflow = wf.real_workflow(tmp_path / "in")
+    for run in range(3):
+        outdir = tmp_path / f"out{run}"
+        process_scan(workflow, outdir)
+        wf.check_outputs(outdir, workflow)
+
+
+def test_unittest_objects_workflow_has_pydidas_files_and_shapes(
+    installed: None, tmp_path: Path
+) -> None:
+    workflow = wf.dummy_workflow(tmp_path / "in")
+    process_scan(workflow, tmp_path / "out")
+    wf.check_outputs(tmp_path / "out", workflow)
+
+
+def test_store_connected_twice_stores_each_point_once_per_call(
+    installed: None, tmp_path: Path
+) -> None:
+    # A third connection on top of pydidas's two: still the right numbers,
+    # because each result carries its data instead of naming a reused slot.
+    from pydidas.apps import ExecuteWorkflowApp, ExecuteWorkflowRunner
+
+    from zmqworkers.pydidas.workflow import WorkflowAppRunner
+
+    workflow = wf.real_workflow(tmp_path / "in")
+    calls: list[int] = []
+    make = WorkflowAppRunner.__init__
+
+    def init(self: WorkflowAppRunner, app: ExecuteWorkflowApp, *args: object, **kw: object) -> None:
+        make(self, app, *args, **kw)  # type: ignore[arg-type]
+        self.sig_results.connect(app.multiprocessing_store_results)
+        self.sig_results.connect(lambda index, _frame: calls.append(int(index)))
+
+    WorkflowAppRunner.__init__ = init  # type: ignore[method-assign]
+    try:
+        runner = ExecuteWorkflowRunner(
+            workflow=workflow.tree,
+            scan=workflow.scan,
+            diffraction_exp=workflow.exp,
+            output_dir=tmp_path / "out",
+        )
+        runner.process_scan()
+    finally:
+        WorkflowAppRunner.__init__ = make  # type: ignore[method-assign]
+    assert sorted(calls) == list(range(wf.N_FRAMES))
+    wf.check_outputs(tmp_path / "out", workflow)
+
+
+def command(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "zmqworkers", "pydidas-workflow", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def workflow_args(workflow: wf.Workflow, outdir: Path) -> list[str]:
+    return [
+        "--workflow",
+        str(workflow.tree),
+        "--scan",
+        str(workflow.scan),
+        "--diffraction-exp",
+        str(workflow.exp),
+        "--output-dir",
+        str(outdir),
+    ]
+
+
+def test_command_on_local_workers_writes_pydidas_layout(tmp_path: Path) -> None:
+    workflow = wf.real_workflow(tmp_path / "in")
+    out = tmp_path / "out"
+    done = command(*workflow_args(workflow, out), "--workers", str(N_WORKERS))
+    assert done.returncode == 0, done.stderr
+    assert f"{wf.N_FRAMES} scan points processed" in done.stderr
+    wf.check_outputs(out, workflow)
+    # A second run into the same folder needs --overwrite, and says so.
+    again = command(*workflow_args(workflow, out), "--workers", "1")
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    again = command(*workflow_args(workflow, out), "--workers", "1", "--overwrite")
+    assert again.returncode == 0, again.stderr
+    wf.check_outputs(out, workflow)
+
+
+def test_command_names_what_is_wrong(tmp_path: Path) -> None:
+    workflow = wf.real_workflow(tmp_path / "in")
+    args = workflow_args(workflow, tmp_path / "out")
+    missing = [a if a != str(workflow.scan) else str(tmp_path / "nope.yml") for a in args]
+    done = command(*missing)
+    assert done.returncode == 2 and "--scan" in done.stderr and "nope.yml" in done.stderr
+    done = command(*args, "--bind", "tcp://127.0.0.1:0")
+    assert done.returncode == 2 and "key" in done.stderr
+    done = command(*args, "--workers", "0")
+    assert done.returncode == 2 and "--workers" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _load_contexts(workflow: wf.Workflow) -> None:
+    from pydidas.contexts import DiffractionExperimentContext, ScanContext
+    from pydidas.workflow import WorkflowTree
+
+    ScanContext().import_from_file(workflow.scan)
+    DiffractionExperimentContext().import_from_file(workflow.exp)
+    WorkflowTree().import_from_file(workflow.tree)
+
+
+def test_plain_execute_workflow_app_uses_manager_and_shared_memory_on_local_workers(
+    qtbot, controllers, tmp_path: Path
+) -> None:
+    # pydidas's own app, unchanged, on zmqworkers.AppRunner: its workers
+    # reach the controller's Manager (dict, events, lock) and its
+    # SharedMemory slots, as pydidas's own workers do.
+    from pydidas.apps import ExecuteWorkflowApp
+    from pydidas.workflow import WorkflowResults
+
+    import zmqworkers
+
+    workflow = wf.real_workflow(tmp_path / "in")
+    _load_contexts(workflow)
+    app = ExecuteWorkflowApp()
+    runner = zmqworkers.AppRunner(app, n_workers=N_WORKERS)
+    controllers.append(runner)
+    runner.sig_message_from_worker.connect(app.received_signal_message)
+    errors: list[object] = []
+    runner.sig_error.connect(errors.append)
+    with qtbot.waitSignal(runner.finished, timeout=120_000):
+        runner.start()
+    assert not errors, errors
+    assert app.mp_manager["shapes_set"].is_set(), "the workers never published their shapes"
+    results = WorkflowResults()
+    binned, sums = workflow.expected["node_01.nxs"], workflow.expected["node_02.nxs"]
+    assert np.array_equal(results.get_results(1), binned)
+    assert np.array_equal(results.get_results(2), sums)
+    app.deleteLater()
+
+
+def test_request_interruption_ends_a_workflow_run_and_leaves_no_worker(
+    qtbot, installed: None, tmp_path: Path
+) -> None:
+    from pydidas.apps import ExecuteWorkflowApp
+
+    from zmqworkers.pydidas.workflow import WorkflowAppRunner
+
+    workflow = wf.real_workflow(tmp_path / "in")
+    _load_contexts(workflow)
+    app = ExecuteWorkflowApp()
+    runner = WorkflowAppRunner(app, n_workers=N_WORKERS)
+    seen: list[int] = []
+    runner.sig_results.connect(lambda index, _frame: seen.append(index))
+    final: list[object] = []
+    runner.sig_final_app_state.connect(final.append)
+    try:
+        with qtbot.waitSignal(runner.finished, timeout=60_000):
+            runner.start()
+            # Results reach the lambda through the event loop: waitUntil runs it.
+            qtbot.waitUntil(lambda: len(seen) >= 1, timeout=60_000)
+            assert len(_worker_processes()) == N_WORKERS
+            runner.requestInterruption()
+    finally:
+        if runner.isRunning():
+            runner.requestInterruption()
+            runner.wait(30_000)
+    assert runner.error is None
+    assert len(final) == 1
+    assert len(seen) < wf.N_FRAMES, "the run was not cut short"
+    wait_for(lambda: not _worker_processes(), timeout=15)
+    app.deleteLater()
+
+
+def _worker_processes() -> list[object]:
+    import psutil
+
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "zmqworkers.worker" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return found

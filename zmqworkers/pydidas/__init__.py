@@ -1,0 +1,91 @@
+"""pydidas on zmqworkers: one switch for pydidas's own runners, frames and workflows.
+
+``install()`` puts zmqworkers' runners where pydidas looks for its
+``AppRunner``: the workflow runner (``ExecuteWorkflowRunner``, and so
+``run-pydidas-workflow``), the workflow, composite and directory-spy frames
+of its GUI, and any code that imports ``pydidas.multiprocessing.AppRunner``
+afterwards. Workflow apps run with :class:`~.workflow.WorkflowAppRunner`
+(results travel as data, docs/pydidas.md); every other app with zmqworkers'
+``AppRunner``.
+
+This package imports pydidas; ``import zmqworkers`` never imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+# Read by install() when it is called without arguments (and so by
+# ``python -m zmqworkers.pydidas``): daemons connect to BIND and sign with
+# the key in KEY_FILE; without them, local workers.
+BIND_ENV = "ZMQWORKERS_PYDIDAS_BIND"
+KEY_FILE_ENV = "ZMQWORKERS_PYDIDAS_KEY_FILE"
+
+# Modules that import pydidas's AppRunner by name at their import.
+_RUNNER_MODULES = (
+    "pydidas.multiprocessing",
+    "pydidas.apps.execute_workflow_runner",
+    "pydidas.gui.frames.workflow_run_frame",
+    "pydidas.gui.frames.composite_creator_frame",
+    "pydidas.gui.frames.directory_spy_frame",
+)
+
+_RUNNER_NAME = "AppRunner"
+_saved: dict[str, Any] = {}
+
+
+def install(
+    bind: str | None = None,
+    *,
+    key: str | bytes | None = None,
+    key_file: str | None = None,
+    n_workers: int | None = None,
+) -> None:
+    """Make pydidas use zmqworkers' runners: local workers, or daemons at ``bind``.
+
+    Without arguments, ``$ZMQWORKERS_PYDIDAS_BIND`` and
+    ``$ZMQWORKERS_PYDIDAS_KEY_FILE`` choose daemons; unset, local workers
+    (as many as pydidas's ``mp_n_workers`` setting, or the ``n_workers``
+    pydidas code passes; ``n_workers`` here replaces the setting). Calling
+    it again replaces the previous choice.
+    """
+    from zmqworkers.pydidas.workflow import ClusterSpec, runner_factory
+
+    if bind is None and key is None and key_file is None:
+        bind = os.environ.get(BIND_ENV) or None
+        key_file = os.environ.get(KEY_FILE_ENV) or None
+    if bind is None and (key is not None or key_file is not None):
+        raise ValueError("a key is for daemons: give bind= (the address they connect to) too")
+    if bind:
+        where = ClusterSpec(bind=bind, key=key, key_file=key_file)
+    else:
+        where = ClusterSpec(n_workers)
+    factory = runner_factory(where)
+    import importlib
+
+    importlib.import_module("pydidas.apps.execute_workflow_runner")
+    for name in _RUNNER_MODULES:
+        module = sys.modules.get(name)
+        if module is None or not hasattr(module, "AppRunner"):
+            continue
+        if name not in _saved:
+            _saved[name] = getattr(module, _RUNNER_NAME)
+        setattr(module, _RUNNER_NAME, factory)
+
+
+def uninstall() -> None:
+    """Give pydidas its own ``AppRunner`` back."""
+    for name, original in list(_saved.items()):
+        module = sys.modules.get(name)
+        if module is not None:
+            setattr(module, _RUNNER_NAME, original)
+        del _saved[name]
+
+
+def installed() -> bool:
+    return bool(_saved)
+
+
+__all__ = ["BIND_ENV", "KEY_FILE_ENV", "install", "installed", "uninstall"]

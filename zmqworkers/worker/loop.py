@@ -643,8 +643,20 @@ class Worker:
                 except zmq.Again:
                     pass
                 self._hb_stop.wait(interval)
+                self._end_if_orphaned()
         finally:
             sock.close()
+
+    def _end_if_orphaned(self) -> None:
+        """A local worker whose controller died ends itself, even mid-call.
+
+        The main thread checks only between tasks; a call that never
+        returns would otherwise keep running with no one to take its result.
+        """
+        ppid = self.options.parent_pid
+        if ppid is not None and not _pid_alive(ppid):
+            log.warning("worker %s: controller process %d is gone, exiting", self.id, ppid)
+            os._exit(1)
 
     def _serve(
         self,
@@ -828,8 +840,11 @@ class Worker:
         self._current = task_id
         try:
             return (task_id, True, call(arg))
-        except (Exception, SystemExit) as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
             # sys.exit() in a task fails that task; it does not end the worker.
+            # Nor does KeyboardInterrupt: no SIGINT raises it here (a local
+            # worker ignores SIGINT, a daemon drains on it), so it is the
+            # task's own.
             return (task_id, False, describe_exception(exc))
         finally:
             self._done += 1

@@ -48,6 +48,8 @@ SCRIPT = textwrap.dedent(
             exc = fut.exception(0)
             assert isinstance(exc, ClusterShutdown), repr(exc)
             print("SHUTDOWN", round(took, 2), str(exc), flush=True)
+        if mode == "body":
+            time.sleep(60)  # Ctrl-C lands here, inside the block
         # mode "interrupt": the block's exit waits for the task
     print("BLOCK EXITED", flush=True)
     """
@@ -145,10 +147,13 @@ def test_local_worker_ends_itself_when_its_controller_dies_mid_call(
     wait_for(lambda: not _alive(s.worker_pid), timeout=10)
 
 
+@pytest.mark.parametrize("mode", ["interrupt", "body"])
 def test_ctrl_c_during_a_hung_shutdown_stops_the_program(
-    tmp_path: Path, script: list[Script]
+    tmp_path: Path, script: list[Script], mode: str
 ) -> None:
-    s = Script(tmp_path, "interrupt", 60.0)
+    # "interrupt": Ctrl-C while the block's exit waits for the hung task;
+    # "body": Ctrl-C inside the block, whose exit must then not wait at all.
+    s = Script(tmp_path, mode, 60.0)
     script.append(s)
     # Ctrl-C: SIGINT to the whole foreground group, local worker included
     # (which ignores it).

@@ -247,7 +247,7 @@ class Cluster(Executor):
             if not finished:
                 self._stop_now(
                     f"shutdown waited stop_timeout={self._stop_timeout:g} s without a "
-                    "result; the tasks still running were stopped"
+                    "result, then stopped the workers before this task was done"
                 )
                 return
         self._engine.shutdown()

@@ -85,6 +85,12 @@ class Cluster(Executor):
         self._streams = _StreamTable()
         self._lock = threading.Lock()
         self._shutdown = False
+        # Counts result batches, so a shutdown can tell work that goes on
+        # from work that hangs.
+        self._progress = threading.Condition()
+        self._batches = 0
+        self._stop_timeout = options.stop_timeout
+        self._shutdown_why = "the cluster shut down before the task was done"
         self._engine = Engine(options, self)
         self.address = self._engine.start()
 
@@ -107,10 +113,11 @@ class Cluster(Executor):
                     pass  # cancelled by its owner meanwhile: the rest still get theirs
         if rest:
             self._streams.deliver(rest)
+        self._made_progress()
 
     def on_event(self, name: str, data: Any) -> None:
         if name == "closed":
-            err = ClusterShutdown("the cluster shut down before the task was done")
+            err = ClusterShutdown(self._shutdown_why)
             rest = []
             for tid in data:
                 fut = self._futures.pop(tid, None)
@@ -119,6 +126,7 @@ class Cluster(Executor):
                 elif not fut.done():
                     fut.set_exception(err)
             self._streams.deliver(rest)
+            self._made_progress()
 
     # -- Executor API ------------------------------------------------------
 
@@ -230,13 +238,64 @@ class Cluster(Executor):
             # What is left of map/imap calls ends with ClusterShutdown.
             self.on_event("closed", dropped)
         if wait:
-            for fut in list(self._futures.values()):
-                try:
-                    fut.exception()
-                except BaseException:
-                    pass  # cancelled
-            self._streams.wait_idle()
+            try:
+                finished = self._wait_for_work()
+            except BaseException:
+                # Ctrl-C while waiting: stop at once, then let it through.
+                self._stop_now("the cluster was interrupted while shutting down")
+                raise
+            if not finished:
+                self._stop_now(
+                    f"shutdown waited stop_timeout={self._stop_timeout:g} s without a "
+                    "result, then stopped the workers before this task was done"
+                )
+                return
         self._engine.shutdown()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            # Ctrl-C in the block means stop now, not wait for every task.
+            with self._lock:
+                self._shutdown = True
+            self._stop_now("the cluster was interrupted (KeyboardInterrupt)")
+            return
+        self.shutdown(wait=True)
+
+    def _stop_now(self, why: str) -> None:
+        """Queued tasks dropped, workers stopped without a grace period."""
+        self._shutdown_why = why
+        self._engine.shutdown(grace=0.0)
+
+    def _made_progress(self) -> None:
+        with self._progress:
+            self._batches += 1
+            self._progress.notify_all()
+
+    def _wait_for_work(self) -> bool:
+        """Wait for the tasks left while results keep coming.
+
+        False when ``stop_timeout`` passed without any result: a task that
+        never returns must not hold the caller for ever.
+        """
+        pending = [f for f in list(self._futures.values()) if not f.done()]
+        i = 0
+        seen = self._batches
+        deadline = time.monotonic() + self._stop_timeout
+        while True:
+            while i < len(pending) and pending[i].done():
+                i += 1
+            if i == len(pending) and self._streams.idle():
+                return True
+            with self._progress:
+                if self._batches == seen:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    # Bounded: a future its owner cancels ends without a batch.
+                    self._progress.wait(min(left, 1.0))
+                if self._batches != seen:
+                    seen = self._batches
+                    deadline = time.monotonic() + self._stop_timeout
 
     # -- more --------------------------------------------------------------
 
@@ -352,7 +411,6 @@ class _StreamTable:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
         self._starts: list[int] = []
         self._by_start: dict[int, _Block] = {}
 
@@ -395,8 +453,6 @@ class _StreamTable:
                 stream.outstanding -= len(got)
                 if stream.outstanding <= 0:
                     self._drop(stream)
-            if not self._starts:
-                self._idle.notify_all()
         for stream, got in groups.items():
             stream.put(got)
 
@@ -411,8 +467,6 @@ class _StreamTable:
                 return []
             left = [tid for b in stream.blocks.values() for tid in b.ids]
             self._drop(stream)
-            if not self._starts:
-                self._idle.notify_all()
             return left
 
     def _forget(self, block: _Block) -> None:
@@ -427,9 +481,9 @@ class _StreamTable:
             self._forget(block)
         stream.outstanding = 0
 
-    def wait_idle(self) -> None:
-        with self._idle:
-            self._idle.wait_for(lambda: not self._starts)
+    def idle(self) -> bool:
+        with self._lock:
+            return not self._starts
 
 
 def _star(args: tuple[Any, ...], fn: Callable[..., Any]) -> Any:

@@ -179,11 +179,15 @@ class Engine:
             "redispatched": self._loop.sched.redispatched,
         }
 
-    def shutdown(self, timeout: float | None = None) -> None:
-        """Stop workers (each finishes its current call) and close everything."""
+    def shutdown(self, timeout: float | None = None, *, grace: float | None = None) -> None:
+        """Stop workers (each finishes its current call) and close everything.
+
+        Local workers get ``grace`` seconds (default ``stop_timeout``) to
+        leave; then they are terminated, and killed 3 s later.
+        """
         if self._thread is None or self._loop.closed.is_set():
             return
-        self._command("shutdown", None)
+        self._command("shutdown", grace)
         self._thread.join(timeout if timeout is not None else self.options.stop_timeout + 10)
 
     @property

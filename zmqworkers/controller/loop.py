@@ -99,6 +99,7 @@ class EngineLoop:
             self.sched, self._batcher, self._send, self._deliver, self.host, self.stats
         )
         self._closing = False
+        self._stop_grace = options.stop_timeout
         self._heartbeat = Heartbeat(options.heartbeat_interval, options.heartbeat_misses)
         # Workers declared lost, and when each was last asked to say hello
         # again (if it turns out to be alive: a cut link that healed).
@@ -209,7 +210,7 @@ class EngineLoop:
                 next_check = now + min(opts.process_check_interval, opts.heartbeat_interval)
             if self._closing:
                 if not stop_deadline:
-                    stop_deadline = now + opts.stop_timeout
+                    stop_deadline = now + self._stop_grace
                 if not len(self._local) or now > stop_deadline:
                     return
 
@@ -295,7 +296,8 @@ class EngineLoop:
             self._sockets.local_address, self.options.n_workers if n is None else n
         )
 
-    def _cmd_shutdown(self, _: Any) -> None:
+    def _cmd_shutdown(self, grace: float | None) -> None:
+        self._stop_grace = self.options.stop_timeout if grace is None else grace
         self._cmd_stop_workers(None)
         self._sockets.publish(Kind.STOP, {"worker": None})
         self._closing = True

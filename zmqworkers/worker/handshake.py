@@ -15,7 +15,8 @@ from typing import Any
 
 import zmq
 
-from zmqworkers.errors import DecodeError
+from zmqworkers._version import __version__
+from zmqworkers.errors import DecodeError, ProtocolVersionError
 from zmqworkers.protocol import PROTOCOL_VERSION, Kind, encode
 from zmqworkers.protocol.messages import SessionKey
 from zmqworkers.protocol.records import Hello, Refused, Welcome
@@ -196,3 +197,12 @@ def _say_hello(
             # The hello went to a connection that has since gone: say it again.
             sent = False
     return None
+
+
+def version_refusal(exc: ProtocolVersionError) -> str:
+    """Why a controller's answer (a refusal, most likely) cannot be read: both versions."""
+    return (
+        f"worker speaks protocol {exc.ours}, controller {exc.theirs}: "
+        "install the same zmqworkers release on both sides (this "
+        f"worker runs zmqworkers {__version__})"
+    )

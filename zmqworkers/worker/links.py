@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -12,6 +13,8 @@ import zmq
 from zmqworkers.protocol import Kind, encode
 from zmqworkers.protocol.messages import Key
 from zmqworkers.security import curve
+
+log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_MS = 1000
 # While no controller answers, reconnect attempts back off from ZeroMQ's
@@ -83,3 +86,14 @@ def pid_alive(pid: int) -> bool:
     # A zombie parent (exited, not yet reaped) still answers kill(0);
     # being re-parented is the surer sign.
     return os.getppid() == pid
+
+
+def exit_if_orphaned(worker_id: str, parent_pid: int | None) -> None:
+    """End a local worker whose controller died, even in the middle of a call.
+
+    The main thread checks only between tasks; a call that never returns
+    would otherwise keep running with no one to take its result.
+    """
+    if parent_pid is not None and not pid_alive(parent_pid):
+        log.warning("worker %s: controller process %d is gone, exiting", worker_id, parent_pid)
+        os._exit(1)

@@ -53,8 +53,15 @@ from zmqworkers.worker import current
 from zmqworkers.worker.calls import FunctionCache, describe_exception, picklable
 from zmqworkers.worker.calls import make_call as make_call
 from zmqworkers.worker.current import send_message as send_message
-from zmqworkers.worker.handshake import Dialling, Joined, greet, make_hello, side_endpoint
-from zmqworkers.worker.links import beat, pid_alive, redial_quickly, send_goodbye
+from zmqworkers.worker.handshake import (
+    Dialling,
+    Joined,
+    greet,
+    make_hello,
+    side_endpoint,
+    version_refusal,
+)
+from zmqworkers.worker.links import beat, exit_if_orphaned, pid_alive, redial_quickly, send_goodbye
 from zmqworkers.worker.options import EXIT_REFUSED as EXIT_REFUSED
 from zmqworkers.worker.options import WorkerOptions as WorkerOptions
 from zmqworkers.worker.silence import EXIT_NO_CONTROLLER
@@ -204,13 +211,7 @@ class Worker:
                 try:
                     outcome = self._session()
                 except ProtocolVersionError as exc:
-                    # The controller's answer (a refusal, most likely) is in a
-                    # protocol this worker cannot read: say both versions.
-                    self.refused = (
-                        f"worker speaks protocol {exc.ours}, controller {exc.theirs}: "
-                        "install the same zmqworkers release on both sides (this "
-                        f"worker runs zmqworkers {__version__})"
-                    )
+                    self.refused = version_refusal(exc)
                     log.error("worker %s: refused: %s", self.id, self.refused)
                     return EXIT_REFUSED
                 if self.refused is not None:
@@ -383,6 +384,8 @@ class Worker:
             sock.close()
 
     def _status(self) -> tuple[int, dict[str, Any]]:
+        # Called by the heartbeat thread every interval, also while a call runs.
+        exit_if_orphaned(self.id, self.options.parent_pid)
         # Heartbeat numbers go on across sessions (see __init__).
         self._hb_seq += 1
         return self._hb_seq, {
@@ -573,8 +576,10 @@ class Worker:
         self._current = task_id
         try:
             return (task_id, True, call(arg))
-        except (Exception, SystemExit) as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
             # sys.exit() in a task fails that task; it does not end the worker.
+            # Nor does KeyboardInterrupt: no signal raises it here (a local
+            # worker ignores SIGINT, a daemon drains on it), so it is the task's.
             return (task_id, False, describe_exception(exc))
         finally:
             self._done += 1

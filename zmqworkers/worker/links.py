@@ -94,6 +94,11 @@ def exit_if_orphaned(worker_id: str, parent_pid: int | None) -> None:
     The main thread checks only between tasks; a call that never returns
     would otherwise keep running with no one to take its result.
     """
-    if parent_pid is not None and not pid_alive(parent_pid):
+    if parent_gone(parent_pid):
         log.warning("worker %s: controller process %d is gone, exiting", worker_id, parent_pid)
         os._exit(1)
+
+
+def parent_gone(parent_pid: int | None) -> bool:
+    """Whether a local worker's controller process has ended (False for a daemon)."""
+    return parent_pid is not None and not pid_alive(parent_pid)

@@ -49,7 +49,7 @@ from zmqworkers.protocol.session import (
 )
 from zmqworkers.security import curve
 from zmqworkers.security.connection import is_local_link
-from zmqworkers.worker import current
+from zmqworkers.worker import current, links
 from zmqworkers.worker.calls import FunctionCache, describe_exception, picklable
 from zmqworkers.worker.calls import make_call as make_call
 from zmqworkers.worker.current import send_message as send_message
@@ -61,7 +61,6 @@ from zmqworkers.worker.handshake import (
     side_endpoint,
     version_refusal,
 )
-from zmqworkers.worker.links import beat, exit_if_orphaned, pid_alive, redial_quickly, send_goodbye
 from zmqworkers.worker.options import EXIT_REFUSED as EXIT_REFUSED
 from zmqworkers.worker.options import WorkerOptions as WorkerOptions
 from zmqworkers.worker.silence import EXIT_NO_CONTROLLER
@@ -183,7 +182,7 @@ class Worker:
             # Under a sender name of this session, signed with its key.
             sender = self._result_sender.rpartition("/")[0] + "/" + DRAIN_CHANNEL
             bye = Bye(self.id, returned)
-            send_goodbye(ep, self._curve, sender, self._skey, bye.header())
+            links.send_goodbye(ep, self._curve, sender, self._skey, bye.header())
         log.info("worker %s: left mid-call, %d task(s) handed back", self.id, len(returned))
         os._exit(0)
 
@@ -194,14 +193,8 @@ class Worker:
         try:
             return self._run()
         except ProtocolVersionError as exc:
-            log.error(
-                "worker %s: worker speaks protocol %d, controller %d: install the same "
-                "zmqworkers release on both sides",
-                self.id,
-                exc.ours,
-                exc.theirs,
-            )
-            return 3
+            log.error("worker %s: %s", self.id, version_refusal(exc))
+            return EXIT_REFUSED
 
     def _run(self) -> int:
         backoff = 0.1
@@ -264,7 +257,7 @@ class Worker:
         # this worker's place at the controller.
         tasks.setsockopt(zmq.ROUTING_ID, f"{self.id}/{secrets.token_hex(8)}".encode())
         tasks.setsockopt(zmq.MAXMSGSIZE, opts.max_message_size)
-        redial_quickly(tasks)
+        links.redial_quickly(tasks)
         tasks.connect(self.address)
         results: zmq.Socket[Any] | None = None
         control: zmq.Socket[Any] | None = None
@@ -288,13 +281,13 @@ class Worker:
             results_ep = side_endpoint(self.address, welcome, "results")
             results = self._socket(zmq.PUSH)
             results.setsockopt(zmq.LINGER, 2000)
-            redial_quickly(results)
+            links.redial_quickly(results)
             results.connect(results_ep)
             control = self._socket(zmq.SUB)
             control.setsockopt(zmq.LINGER, 0)
             control.setsockopt(zmq.SUBSCRIBE, b"")
             control.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
-            redial_quickly(control)
+            links.redial_quickly(control)
             control.connect(side_endpoint(self.address, welcome, "control"))
             # Broadcasts published before this welcome are not for us: a
             # replayed old STOP is refused like any other replay.
@@ -329,10 +322,7 @@ class Worker:
                     s.close()
 
     def _should_exit(self) -> bool:
-        if self._terminate:
-            return True
-        ppid = self.options.parent_pid
-        return ppid is not None and not pid_alive(ppid)
+        return self._terminate or links.parent_gone(self.options.parent_pid)
 
     def _socket(self, kind: int) -> zmq.Socket[Any]:
         sock = self._ctx.socket(kind)
@@ -379,13 +369,13 @@ class Worker:
     ) -> None:
         sock = self._socket(zmq.PUSH)
         try:
-            beat(sock, endpoint, self._hb_stop, interval, key, sender, self._status)
+            links.beat(sock, endpoint, self._hb_stop, interval, key, sender, self._status)
         finally:
             sock.close()
 
     def _status(self) -> tuple[int, dict[str, Any]]:
         # Called by the heartbeat thread every interval, also while a call runs.
-        exit_if_orphaned(self.id, self.options.parent_pid)
+        links.exit_if_orphaned(self.id, self.options.parent_pid)
         # Heartbeat numbers go on across sessions (see __init__).
         self._hb_seq += 1
         return self._hb_seq, {

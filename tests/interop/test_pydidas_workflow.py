@@ -227,3 +227,16 @@ def test_request_interruption_ends_a_workflow_run_and_leaves_no_worker(
     assert len(seen) < wf.N_FRAMES, "the run was not cut short"
     wait_for(lambda: not _worker_processes(), timeout=15)
     app.deleteLater()
+
+
+def test_importing_zmqworkers_and_its_command_line_imports_no_pydidas() -> None:
+    code = (
+        "import importlib, sys, zmqworkers, zmqworkers.pydidas, zmqworkers.pydidas.command\n"
+        "importlib.import_module('zmqworkers.cli.main')._parser()\n"
+        "print(sorted(m for m in sys.modules if m == 'pydidas' or m.startswith('pydidas.')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

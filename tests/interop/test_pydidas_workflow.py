@@ -240,3 +240,25 @@ def test_importing_zmqworkers_and_its_command_line_imports_no_pydidas() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_examples_of_docs_pydidas_md_run(tmp_path: Path) -> None:
+    # Fenced as ``py``, not ``python``: the main suite's example test runs
+    # without pydidas; here it is installed.
+    import re
+
+    text = (ROOT / "docs" / "pydidas.md").read_text()
+    blocks = re.findall(r"```py\n(.*?)```", text, re.S)
+    assert blocks
+    for code in blocks:
+        script = tmp_path / "example.py"
+        script.write_text(code + "\nzmqworkers.pydidas.uninstall()\n")
+        done = subprocess.run(
+            [sys.executable, str(script)],
+            cwd=tmp_path,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]

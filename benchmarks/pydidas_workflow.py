@@ -55,16 +55,8 @@ def measure(system: str, workdir: Path) -> dict[str, Any]:
             import zmqworkers.pydidas as zp
 
             zp.install(n_workers=N_WORKERS)
-        from pydidas.apps import ExecuteWorkflowRunner
-
         t0 = time.perf_counter()
-        runner = ExecuteWorkflowRunner(
-            workflow=workflow.tree,
-            scan=workflow.scan,
-            diffraction_exp=workflow.exp,
-            output_dir=out,
-        )
-        runner.process_scan()
+        wf.process_scan(workflow, out)
         seconds = time.perf_counter() - t0
     finally:
         settings.set_value("global/mp_n_workers", before)

@@ -137,6 +137,19 @@ def dummy_workflow(folder: Path) -> Workflow:
     )
 
 
+def process_scan(workflow: Workflow, outdir: Path) -> None:
+    """pydidas's ExecuteWorkflowRunner over ``workflow``, into ``outdir``."""
+    from pydidas.apps import ExecuteWorkflowRunner
+
+    runner = ExecuteWorkflowRunner(
+        workflow=workflow.tree,
+        scan=workflow.scan,
+        diffraction_exp=workflow.exp,
+        output_dir=outdir,
+    )
+    runner.process_scan()
+
+
 def register_dummy_plugins() -> None:
     from pydidas import unittest_objects
     from pydidas.plugins import PluginCollection
@@ -180,10 +193,7 @@ def run_on_daemons(argv: list[str]) -> int:
 
     register_dummy_plugins()
     zp.install(bind, key_file=key_file)
-    from pydidas.apps import ExecuteWorkflowRunner
-
-    runner = ExecuteWorkflowRunner(workflow=tree, scan=scan, diffraction_exp=exp, output_dir=outdir)
-    runner.process_scan()
+    process_scan(Workflow(Path(tree), Path(scan), Path(exp), {}, {}), Path(outdir))
     del app
     return 0
 

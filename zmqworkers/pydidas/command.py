@@ -119,7 +119,6 @@ def _run(args: argparse.Namespace) -> int:
         where = ClusterSpec()
         n_workers = args.workers if args.workers is not None else _pydidas_workers()
     state = frames.capture_state(run=os.urandom(6).hex())
-    bar = _progress(args.progress, n_points)
     stored: dict[str, Any] = {}
     unreadable = 0
     started = time.monotonic()
@@ -127,6 +126,7 @@ def _run(args: argparse.Namespace) -> int:
         cluster = where.start(n_workers)
     except (ZmqWorkersError, OSError, ValueError) as exc:
         return _fail(f"cannot start the workers: {exc}")
+    bar = _progress(args.progress, n_points)
     try:
         if where.remote:
             print(

@@ -80,14 +80,14 @@ def store_point(index: int, frame: Any, state: dict[str, Any], results: Any | No
         if metadata is None:
             # Every worker sends the metadata with its first point, and its
             # points arrive in order, so this is only a fallback.
-            metadata = frames_default_metadata(arrays)
+            metadata = _default_metadata(arrays)
         results.store_frame_metadata(metadata)
         state["metadata_stored"] = True
     results.store_results(int(index), arrays)
     return True
 
 
-def frames_default_metadata(arrays: dict[int, np.ndarray]) -> dict[int, dict[str, Any]]:
+def _default_metadata(arrays: dict[int, np.ndarray]) -> dict[int, dict[str, Any]]:
     from pydidas.core.utils.dataset_utils import get_default_property_dict
 
     return {node_id: get_default_property_dict(arr.shape) for node_id, arr in arrays.items()}

@@ -109,6 +109,10 @@ class LocalWorkers:
         self.target = 0
         self._expected.update(self.procs)
 
+    def asked_to_leave(self, pid: int) -> bool:
+        """Whether this local process was asked to leave (by a stop) and has not yet."""
+        return pid in self._expected and pid in self.procs
+
     def start_up_to(self, address: str, want: int) -> None:
         self.target = want
         # Workers still draining after a stop are on their way out: not counted.

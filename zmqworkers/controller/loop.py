@@ -472,6 +472,11 @@ class EngineLoop:
         self._lost_ids.pop(wid, None)
         log.info("worker %s joined (host %s, pid %d)", wid, s.state.host, s.state.pid)
         self.handler.on_event("worker_joined", s.state.snapshot())
+        if s.state.local and self._local.asked_to_leave(s.state.pid):
+            # Started before a stop but slow to join (a loaded machine): the
+            # stop went only to the workers that had joined, so tell it now.
+            s.state.draining = True
+            self._send(wid, Kind.STOP, {"worker": wid})
 
     def _ask_to_rejoin(self, s: Session) -> None:
         """A worker declared lost is alive after all (a cut link came back).

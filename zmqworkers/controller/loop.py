@@ -5,8 +5,8 @@ a command (queue + one byte on a wake pipe) or a message, hands each to
 its handler, dispatches what the scheduler assigns, and keeps time for
 heartbeats and liveness. The parts it glues each live in a module of
 their own: sockets (:mod:`.sockets`), sessions (:mod:`.sessions`),
-scheduling (:mod:`.scheduler`), batching (:mod:`.batching`, :mod:`.dispatch`)
-and local processes (:mod:`.launcher`).
+scheduling (:mod:`.scheduler`), batching (:mod:`.batching`, :mod:`.dispatch`),
+local processes (:mod:`.launcher`) and liveness (:mod:`.liveness_watch`).
 """
 
 from __future__ import annotations

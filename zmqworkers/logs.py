@@ -2,10 +2,10 @@
 
 The library logs through ``logging`` only, one logger per module under
 ``zmqworkers``; handlers and formats are the application's business (the
-command line sets them in ``cli.py``). A worker process is the one place
-where the library owns the whole process, so there every record, the
-library's and the task code's alike, gets ``worker_id`` and ``worker_host``
-attributes, and the handlers already set up print them::
+entry points set them: ``cli/main.py`` and ``worker/args.py``). A worker
+process is the one place where the library owns the whole process, so there
+every record, the library's and the task code's alike, gets ``worker_id``
+and ``worker_host`` attributes, and the handlers already set up print them::
 
     2026-11-24 20:41:07,113 WARNING zmqworkers.worker.loop 4242 [node7-4242-a1b2c3 on node7]: ...
 """

@@ -22,7 +22,15 @@ from zmqworkers.logs import WorkerRecordFactory, tag_worker_records
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "zmqworkers"
 # The command's own output: what it prints is what the user asked to see.
-COMMAND_MODULES = {"cli/main.py", "cli/demo.py", "cli/runjob.py", "pydidas/command.py"}
+COMMAND_MODULES = {
+    "cli/main.py",
+    "cli/demo.py",
+    "cli/runjob.py",
+    "pydidas/command.py",
+    "worker/args.py",
+}
+# The entry points, which own their process's logging.
+CONFIGURING_MODULES = {"cli/main.py", "worker/args.py"}
 ROOT_LOGGER_CALLS = {"debug", "info", "warning", "warn", "error", "exception", "critical", "log"}
 
 
@@ -77,15 +85,15 @@ def test_one_logger_per_module_named_after_it() -> None:
                 by_name = isinstance(arg, ast.Name) and arg.id == "__name__"
                 spelled = isinstance(arg, ast.Constant) and arg.value == dotted
                 # logs.py reaches the root logger's handlers to set their format;
-                # cli.py configures logging, levels of the library's loggers too.
-                configures = rel == "cli/main.py" and isinstance(arg, ast.Constant)
+                # The entry points configure logging, levels of the library's loggers too.
+                configures = rel in CONFIGURING_MODULES and isinstance(arg, ast.Constant)
                 configures = configures and str(arg.value).startswith("zmqworkers.")  # type: ignore[union-attr]
                 if not (by_name or spelled or configures or (rel == "logs.py" and arg is None)):
                     problems.append(f"{rel}:{call.lineno} getLogger({ast.unparse(call.args)})")
             elif f.attr in ROOT_LOGGER_CALLS:
                 problems.append(f"{rel}:{call.lineno} logging.{f.attr}() logs to the root")
-            elif f.attr == "basicConfig" and rel != "cli/main.py":
-                problems.append(f"{rel}:{call.lineno} configures logging: only cli.py may")
+            elif f.attr == "basicConfig" and rel not in CONFIGURING_MODULES:
+                problems.append(f"{rel}:{call.lineno} configures logging outside the entry points")
     assert not problems, "\n".join(problems)
 
 

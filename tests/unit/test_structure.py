@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "zmqworkers"
-MAX_MODULE_LINES = 610  # about 600
-MAX_CLASS_LINES = 540  # the target is about 450: Worker and EngineLoop are over it
+MAX_MODULE_LINES = 600
+MAX_CLASS_LINES = 460  # about 450
 
 
 def _modules() -> dict[str, Path]:

@@ -5,8 +5,8 @@ a command (queue + one byte on a wake pipe) or a message, hands each to
 its handler, dispatches what the scheduler assigns, and keeps time for
 heartbeats and liveness. The parts it glues each live in a module of
 their own: sockets (:mod:`.sockets`), sessions (:mod:`.sessions`),
-scheduling (:mod:`.scheduler`), batching (:mod:`.batching`, :mod:`.dispatch`)
-and local processes (:mod:`.launcher`).
+scheduling (:mod:`.scheduler`), batching (:mod:`.batching`, :mod:`.dispatch`),
+local processes (:mod:`.launcher`) and liveness (:mod:`.liveness_watch`).
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from zmqworkers._version import __version__
 from zmqworkers.controller.batching import Batcher, Spec
 from zmqworkers.controller.dispatch import Dispatcher
 from zmqworkers.controller.launcher import LocalWorkers
+from zmqworkers.controller.liveness_watch import LivenessWatch
 from zmqworkers.controller.options import EngineOptions
 from zmqworkers.controller.scheduler import Scheduler
 from zmqworkers.controller.sessions import Link, Session, SessionTable
 from zmqworkers.controller.sockets import ControllerSockets
 from zmqworkers.errors import DecodeError, EngineClosed, ProtocolVersionError
 from zmqworkers.protocol import PROTOCOL_VERSION, Kind, Message, ReplayGuard, decode
-from zmqworkers.protocol.liveness import Heartbeat, describe_silence
 from zmqworkers.protocol.messages import NONCE_SIZE, peek_version
 from zmqworkers.protocol.records import (
     Bye,
@@ -57,6 +57,21 @@ class EngineHandler(Protocol):
     def on_results(self, results: list[tuple[int, bool, Any]]) -> None: ...
 
     def on_event(self, name: str, data: Any) -> None: ...
+
+
+def _info(controller_id: str, host: str, sched: Scheduler) -> dict[str, Any]:
+    """The answer to an info request: who this controller is and what it has."""
+    return {
+        "controller": controller_id,
+        "host": host,
+        "version": __version__,
+        "protocol": PROTOCOL_VERSION,
+        "queued": sched.queued,
+        "workers": [
+            {k: v for k, v in w.snapshot().items() if k != "last_heartbeat"}
+            for w in sched.workers.values()
+        ],
+    }
 
 
 class EngineLoop:
@@ -100,11 +115,9 @@ class EngineLoop:
         )
         self._closing = False
         self._stop_grace = options.stop_timeout
-        self._heartbeat = Heartbeat(options.heartbeat_interval, options.heartbeat_misses)
-        # Workers declared lost, and when each was last asked to say hello
-        # again (if it turns out to be alive: a cut link that healed).
-        self._lost_ids: dict[str, float] = {}
-        self._probe_at: list[float] = []
+        self._watch = LivenessWatch(
+            options, self.id, self.sched, self._sockets, self._local, self._send, self._lose
+        )
         self._on_command: dict[str, Callable[[Any], None]] = {
             "submit": self._cmd_submit,
             "cancel_many": self._cmd_cancel_many,
@@ -182,7 +195,7 @@ class EngineLoop:
         stop_deadline = 0.0
         while True:
             now = time.monotonic()
-            wake_at = min(next_beat, next_check, *self._probe_at[:1])
+            wake_at = min(next_beat, next_check, *self._watch.next_probe())
             timeout = max(0.0, wake_at - now)
             events = dict(poller.poll(int(timeout * 1000) + 1))
             if self._wake_r in events:
@@ -196,12 +209,10 @@ class EngineLoop:
             if socks.pull in events:
                 self._recv_all(socks.pull, self._on_result_channel)
             if socks.monitor in events and socks.read_monitor():
-                self._on_disconnect()
+                self._watch.on_disconnect()
             self._dispatcher.run()
             now = time.monotonic()
-            if self._probe_at and now >= self._probe_at[0]:
-                self._probe_at = [t for t in self._probe_at if t > now]
-                self._probe_workers()
+            self._watch.probe_if_due(now)
             if now >= next_beat:
                 self._sockets.publish(Kind.HEARTBEAT, {"controller": self.id})
                 next_beat = now + opts.heartbeat_interval
@@ -316,7 +327,7 @@ class EngineLoop:
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
                 if lose_on_fail:
-                    self._lose(worker_id, self._how_gone(worker_id))
+                    self._lose(worker_id, self._watch.how_gone(worker_id))
                 return False
             raise
         self.stats["messages_sent"] += 1
@@ -385,17 +396,7 @@ class EngineLoop:
         # Answered to whoever holds the key: `zmqworkers info ADDRESS`.
         # The client reads one reply and goes, so its sequence is forgotten.
         self._guard.forget(sender)
-        header = {
-            "controller": self.id,
-            "host": self.host,
-            "version": __version__,
-            "protocol": PROTOCOL_VERSION,
-            "queued": self.sched.queued,
-            "workers": [
-                {k: v for k, v in w.snapshot().items() if k != "last_heartbeat"}
-                for w in self.sched.workers.values()
-            ],
-        }
+        header = _info(self.id, self.host, self.sched)
         self._sockets.send_unsolicited(routing_id, Kind.INFO, header)
 
     # -- the result channel: results, heartbeats, goodbyes, messages --------
@@ -409,14 +410,15 @@ class EngineLoop:
             # Left or lost: a late result is still taken, nothing else.
             if kind == Kind.RESULTS:
                 self._dispatcher.take_results(wid, msg.payload)
-            if kind in (Kind.HEARTBEAT, Kind.RESULTS) and wid in self._lost_ids:
-                self._ask_to_rejoin(s)
+            if kind in (Kind.HEARTBEAT, Kind.RESULTS) and self._watch.was_lost(wid):
+                assert self._sessions is not None
+                self._watch.ask_to_rejoin(s, wid in self._sessions.live)
             return
         if not s.joined:
             self._join(s)
         w = s.state
         w.last_seen = time.monotonic()
-        self._heartbeat.seen(wid, w.last_seen)
+        self._watch.heartbeat.seen(wid, w.last_seen)
         handle = self._on_result_kind.get(kind)
         if handle is None:
             raise DecodeError("unexpected", f"{kind.name} on the result channel")
@@ -440,7 +442,7 @@ class EngineLoop:
         self.sched.hand_back(wid, bye.returned)
         self.sched.leave(wid)
         self._end_session(wid)
-        self._heartbeat.forget(wid)
+        self._watch.heartbeat.forget(wid)
         log.info("worker %s left, handed back %d task(s)", wid, len(bye.returned))
         self.handler.on_event("worker_left", wid)
 
@@ -468,8 +470,7 @@ class EngineLoop:
         now = time.monotonic()
         self._sessions.go_live(s, now)
         self.sched.join(s.state)
-        self._heartbeat.seen(wid, now)
-        self._lost_ids.pop(wid, None)
+        self._watch.joined(wid, now)
         log.info("worker %s joined (host %s, pid %d)", wid, s.state.host, s.state.pid)
         self.handler.on_event("worker_joined", s.state.snapshot())
         if s.state.local and self._local.asked_to_leave(s.state.pid):
@@ -478,74 +479,19 @@ class EngineLoop:
             s.state.draining = True
             self._send(wid, Kind.STOP, {"worker": wid})
 
-    def _ask_to_rejoin(self, s: Session) -> None:
-        """A worker declared lost is alive after all (a cut link came back).
-
-        Its late results still count if not delivered yet; it is asked to say
-        hello again so it gets work, and asked again after a while, in case
-        the request went into a connection that was gone.
-        """
-        assert self._sessions is not None
-        wid = s.state.id
-        now = time.monotonic()
-        if wid in self._sessions.live or now - self._lost_ids[wid] <= self._heartbeat.limit:
-            return
-        self._lost_ids[wid] = now
-        log.info("worker %s, declared lost, is back: asking it to rejoin", wid)
-        # Gone again, the request is lost: the next heartbeat asks again.
-        stop = {"worker": wid, "rejoin": True}
-        self._sockets.send_unsolicited(s.route, Kind.STOP, stop, key=s.key)
-
     def _end_session(self, wid: str) -> None:
         assert self._sessions is not None
         for sender in self._sessions.end(wid):
             self._guard.forget(sender)
 
-    # -- liveness -----------------------------------------------------------
+    # -- liveness (the rules are in .liveness_watch) -----------------------
 
     def _check_liveness(self, now: float) -> None:
         assert self._sessions is not None
-        for gone in self._local.reap():
-            wid = self._worker_by_pid(gone.pid)
-            if wid is not None:
-                self._lose(wid, gone.how)
-            if not gone.expected and not self._closing:
-                log.warning("local worker pid %d %s", gone.pid, gone.how)
-                if self.options.replace_dead_workers and self._local.may_replace():
-                    self._local.start(self._sockets.local_address, 1)
+        self._watch.check(now, self._closing)
         expired = self._sessions.expire(now)
         if expired:
             self.stats["hellos_expired"] += expired
-        for wid, silent in self._heartbeat.expired(now):
-            if wid in self.sched.workers:
-                self._lose(wid, describe_silence(silent, self.options.heartbeat_interval))
-            else:
-                self._heartbeat.forget(wid)
-
-    def _on_disconnect(self) -> None:
-        # The event names a file descriptor, not a routing id, and a new
-        # connection may reuse the descriptor before this event is read.
-        # So probe instead: a send to a peer whose connection is gone
-        # fails at once (ROUTER_MANDATORY). The ROUTER drops the pipe a
-        # moment after the event, so probe again shortly after.
-        self._probe_workers()
-        now = time.monotonic()
-        self._probe_at = sorted({*self._probe_at, now + 0.05, now + 0.25})
-
-    def _probe_workers(self) -> None:
-        for wid in list(self.sched.workers):
-            self._send(wid, Kind.HEARTBEAT, {"controller": self.id, "probe": True})
-
-    def _how_gone(self, wid: str) -> str:
-        w = self.sched.workers.get(wid)
-        how = self._local.how_gone(w.pid) if w is not None and w.local else None
-        return how or "connection closed: process died or host reset the link"
-
-    def _worker_by_pid(self, pid: int) -> str | None:
-        for w in self.sched.workers.values():
-            if w.local and w.pid == pid:
-                return w.id
-        return None
 
     def _lose(self, wid: str, how: str) -> None:
         if wid not in self.sched.workers:
@@ -556,9 +502,7 @@ class EngineLoop:
         if wid not in self.sched.workers:
             return  # it said goodbye after all
         log.warning("worker %s lost: %s", wid, how)
-        self._heartbeat.forget(wid)
-        if len(self._lost_ids) < 100_000:
-            self._lost_ids[wid] = float("-inf")
+        self._watch.lost(wid)
         failed = self.sched.lose(wid, how)
         self._end_session(wid)
         self.stats["workers_lost"] += 1

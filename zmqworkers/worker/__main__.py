@@ -1,9 +1,9 @@
-"""``python -m zmqworkers.worker ADDRESS``: same as ``zmqworkers worker``."""
+"""``python -m zmqworkers.worker ADDRESS``: ``zmqworkers worker`` without the rest of the CLI."""
 
 import os
 import sys
 
-from zmqworkers.cli import main
+from zmqworkers.worker.args import main
 from zmqworkers.worker.mp_authkey import adopt_controller_authkey
 
 if __name__ == "__main__":
@@ -11,4 +11,4 @@ if __name__ == "__main__":
     # Qt abort the worker on a node without a display; a worker shows none.
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     adopt_controller_authkey()
-    sys.exit(main(["worker", *sys.argv[1:]]))
+    sys.exit(main(sys.argv[1:]))

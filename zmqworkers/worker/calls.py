@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from zmqworkers.protocol import dumps
+from zmqworkers.protocol import Kind, SessionKey, dumps, encode
 
 
 class FunctionCache:
@@ -90,3 +90,21 @@ def picklable(item: tuple[int, bool, Any]) -> tuple[int, bool, Any]:
     except Exception as exc:
         err = TypeError(f"the result of task {item[0]} cannot be pickled: {exc}")
         return (item[0], False, describe_exception(err))
+
+
+def encode_results(
+    sender: str,
+    seq: int,
+    key: bytes | SessionKey,
+    batch: list[tuple[int, bool, Any]],
+    busy: float,
+) -> list[Any]:
+    """The frames of one RESULTS message."""
+    # The controller sizes later batches from the time the calls took.
+    header = {"busy": busy, "n": len(batch)}
+    try:
+        return encode(Kind.RESULTS, sender, seq, key, header, batch, has_payload=True)
+    except Exception:
+        # One unpicklable result must not take its batch-mates with it.
+        items = [picklable(item) for item in batch]
+        return encode(Kind.RESULTS, sender, seq, key, header, items, has_payload=True)

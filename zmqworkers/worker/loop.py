@@ -21,11 +21,11 @@ import collections
 import logging
 import os
 import secrets
-import signal
 import socket as pysocket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -42,7 +42,6 @@ from zmqworkers.protocol import (
 from zmqworkers.protocol.messages import NONCE_SIZE
 from zmqworkers.protocol.records import Bye, Refused
 from zmqworkers.protocol.session import (
-    DRAIN_CHANNEL,
     HEARTBEAT_CHANNEL,
     RESULTS_CHANNEL,
     sender_name,
@@ -50,9 +49,10 @@ from zmqworkers.protocol.session import (
 from zmqworkers.security import curve
 from zmqworkers.security.connection import is_local_link
 from zmqworkers.worker import current, links
-from zmqworkers.worker.calls import FunctionCache, describe_exception, picklable
+from zmqworkers.worker.calls import FunctionCache, describe_exception, encode_results
 from zmqworkers.worker.calls import make_call as make_call
 from zmqworkers.worker.current import send_message as send_message
+from zmqworkers.worker.drain import Drain
 from zmqworkers.worker.handshake import (
     Dialling,
     Joined,
@@ -72,10 +72,6 @@ log = logging.getLogger(__name__)
 # result is never held back.
 RESULT_BATCH_MAX = 256
 RESULT_BATCH_SECONDS = 0.005
-
-
-class _ControllerLost(Exception):
-    pass
 
 
 class Worker:
@@ -116,7 +112,6 @@ class Worker:
         # worker before refuses numbers it has seen as replays.
         self._hb_seq = 0
         self._results_ep: str | None = None
-        self._drain_started = False
         self._controller_id: str | None = None
         # Set when heartbeats of another controller arrive: a new one bound
         # the address after ours died, and the session must start over.
@@ -129,62 +124,18 @@ class Worker:
         self._serving_thread: int | None = None
         self.refused: str | None = None
         self._waiting_since = time.monotonic()
-
-    # -- signals ----------------------------------------------------------
+        self._drain = Drain(self)
+        # A heartbeat needs no handler of its own: any message from the
+        # controller updates when it was last heard.
+        self._on_kind: dict[Kind, Callable[[Any, dict[str, Any]], bool]] = {
+            Kind.TASKS: self._on_tasks,
+            Kind.FUNC: self._on_func,
+            Kind.STOP: self._on_stop,
+            Kind.HEARTBEAT: lambda msg, hdr: True,
+        }
 
     def install_signal_handlers(self) -> None:
-        def on_term(signum: int, frame: Any) -> None:
-            if self._terminate and self._drain_started:
-                log.warning("worker %s: signal %d again, leaving now", self.id, signum)
-                self._leave_now()
-            log.info("worker %s: got signal %d, draining", self.id, signum)
-            self._terminate = True
-            if not self._drain_started:
-                self._drain_started = True
-                threading.Thread(
-                    target=self._drain_watchdog, name="zmqworkers-drain", daemon=True
-                ).start()
-
-        signal.signal(signal.SIGTERM, on_term)
-        # Ctrl-C in the user's terminal reaches every process of the group;
-        # a local worker lets its controller decide when to stop it.
-        if self.options.parent_pid is not None:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-        else:
-            signal.signal(signal.SIGINT, on_term)
-
-    def _drain_watchdog(self) -> None:
-        deadline = time.monotonic() + self.options.drain_timeout
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
-            if self._current is None and self._state == "idle" and self._hb_stop.is_set():
-                return  # the main thread left by itself
-        if self._current is not None:
-            log.warning(
-                "worker %s: task %s still running after the %.1f s drain timeout",
-                self.id,
-                self._current,
-                self.options.drain_timeout,
-            )
-            self._leave_now()
-
-    def _leave_now(self) -> None:
-        """Hand back the running call and everything queued, then exit.
-
-        Runs off the main thread (which is stuck in the call), so it uses a
-        context and socket of its own.
-        """
-        returned = [t[0] for t in list(self._queue)]
-        if self._current is not None:
-            returned.insert(0, self._current)
-        ep = self._results_ep
-        if ep is not None:
-            # Under a sender name of this session, signed with its key.
-            sender = self._result_sender.rpartition("/")[0] + "/" + DRAIN_CHANNEL
-            bye = Bye(self.id, returned)
-            links.send_goodbye(ep, self._curve, sender, self._skey, bye.header())
-        log.info("worker %s: left mid-call, %d task(s) handed back", self.id, len(returned))
-        os._exit(0)
+        self._drain.install()
 
     # -- main -------------------------------------------------------------
 
@@ -230,9 +181,10 @@ class Worker:
         self._seq += 1
         return self._seq
 
-    def _next_result_seq(self) -> int:
+    def _signing(self) -> tuple[str, int, bytes | SessionKey]:
+        """Sender, next number and key of a message on the results socket."""
         self._result_seq += 1
-        return self._result_seq
+        return self._result_sender, self._result_seq, self._skey
 
     def _decode(self, frames: list[Any], guard: ReplayGuard, key: bytes | SessionKey) -> Any:
         try:
@@ -409,14 +361,8 @@ class Worker:
         sock = self._results_sock
         if sock is None or threading.get_ident() != self._serving_thread:
             return False
-        frames = encode(
-            Kind.MESSAGE,
-            self._result_sender,
-            self._next_result_seq(),
-            self._skey,
-            {"worker": self.id, "text": str(text)},
-        )
-        sock.send_multipart(frames)
+        text_msg = {"worker": self.id, "text": str(text)}
+        sock.send_multipart(encode(Kind.MESSAGE, *self._signing(), text_msg))
         return True
 
     def _serve_loop(
@@ -499,14 +445,8 @@ class Worker:
         # Leaving: whatever was prefetched goes back to the controller.
         returned = [t[0] for t in self._queue]
         self._queue.clear()
-        frames = encode(
-            Kind.BYE,
-            self._result_sender,
-            self._next_result_seq(),
-            self._skey,
-            {"id": self.id, "returned": returned},
-        )
-        results.send_multipart(frames)
+        bye = Bye(self.id, returned).header()
+        results.send_multipart(encode(Kind.BYE, *self._signing(), bye))
         log.info("worker %s: leaving, %d task(s) handed back", self.id, len(returned))
         if self._terminate:
             return "exit"
@@ -525,36 +465,43 @@ class Worker:
 
     def _handle(self, msg: Any) -> bool:
         """Act on a checked message; False if its content makes no sense."""
-        kind = msg.kind
         hdr = msg.header if isinstance(msg.header, dict) else {}
-        if kind == Kind.TASKS:
-            spec_id, items = hdr.get("spec"), msg.payload
-            if not isinstance(spec_id, str) or not isinstance(items, list):
-                return False
-            # Checked whole first: a batch is taken entirely or not at all.
-            if not all(isinstance(t, tuple) and len(t) == 2 and type(t[0]) is int for t in items):
-                return False
-            end = len(items) - 1
-            self._queue.extend(
-                (task_id, spec_id, arg, i == end) for i, (task_id, arg) in enumerate(items)
-            )
-        elif kind == Kind.FUNC:
-            spec, spec_id = msg.payload, hdr.get("spec")
-            if not isinstance(spec_id, str) or not (isinstance(spec, tuple) and len(spec) == 4):
-                return False
-            self._funcs.forget(hdr.get("forget"))
-            try:
-                self._funcs.add(spec_id, spec)
-            except ValueError:
-                return False
-        elif kind == Kind.STOP:
-            if hdr.get("worker") in (None, self.id):
-                self._stop_requested = True
-                # Declared lost while it was alive (a cut link): leave the
-                # session and say hello again, local worker or daemon.
-                self._rejoin = hdr.get("rejoin") is True
-        elif kind != Kind.HEARTBEAT:  # a heartbeat only updates last_heard
+        handle = self._on_kind.get(msg.kind)
+        if handle is None:
             self.dropped["unexpected"] += 1
+            return True
+        return handle(msg, hdr)
+
+    def _on_tasks(self, msg: Any, hdr: dict[str, Any]) -> bool:
+        spec_id, items = hdr.get("spec"), msg.payload
+        if not isinstance(spec_id, str) or not isinstance(items, list):
+            return False
+        # Checked whole first: a batch is taken entirely or not at all.
+        if not all(isinstance(t, tuple) and len(t) == 2 and type(t[0]) is int for t in items):
+            return False
+        end = len(items) - 1
+        self._queue.extend(
+            (task_id, spec_id, arg, i == end) for i, (task_id, arg) in enumerate(items)
+        )
+        return True
+
+    def _on_func(self, msg: Any, hdr: dict[str, Any]) -> bool:
+        spec, spec_id = msg.payload, hdr.get("spec")
+        if not isinstance(spec_id, str) or not (isinstance(spec, tuple) and len(spec) == 4):
+            return False
+        self._funcs.forget(hdr.get("forget"))
+        try:
+            self._funcs.add(spec_id, spec)
+        except ValueError:
+            return False
+        return True
+
+    def _on_stop(self, msg: Any, hdr: dict[str, Any]) -> bool:
+        if hdr.get("worker") in (None, self.id):
+            self._stop_requested = True
+            # Declared lost while it was alive (a cut link): leave the
+            # session and say hello again, local worker or daemon.
+            self._rejoin = hdr.get("rejoin") is True
         return True
 
     def _run_one(self, task_id: int, spec_id: str, arg: Any) -> tuple[int, bool, Any]:
@@ -579,27 +526,4 @@ class Worker:
     def _flush(
         self, results: zmq.Socket[Any], batch: list[tuple[int, bool, Any]], busy: float
     ) -> None:
-        # The controller sizes later batches from the time the calls took.
-        header = {"busy": busy, "n": len(batch)}
-        try:
-            frames = encode(
-                Kind.RESULTS,
-                self._result_sender,
-                self._next_result_seq(),
-                self._skey,
-                header,
-                batch,
-                has_payload=True,
-            )
-        except Exception:
-            # One unpicklable result must not take its batch-mates with it.
-            frames = encode(
-                Kind.RESULTS,
-                self._result_sender,
-                self._next_result_seq(),
-                self._skey,
-                header,
-                [picklable(item) for item in batch],
-                has_payload=True,
-            )
-        results.send_multipart(frames, copy=False)
+        results.send_multipart(encode_results(*self._signing(), batch, busy), copy=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -32,3 +33,17 @@ def cluster2() -> Iterator[object]:
         yield c
     finally:
         c.shutdown(wait=False, cancel_futures=True)
+
+
+def worker_processes() -> list[Any]:
+    """This test process's descendants that run zmqworkers (psutil.Process objects)."""
+    import psutil
+
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "zmqworkers" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return found

@@ -11,10 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import wait_for, worker_processes
 from zmqworkers.controller.engine import Engine
 from zmqworkers.controller.options import build_options
 
@@ -37,17 +36,6 @@ class _Events:
             self.joined.append(data["id"])
 
 
-def _worker_children() -> list[psutil.Process]:
-    out = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if "zmqworkers.worker" in " ".join(child.cmdline()):
-                out.append(child)
-        except psutil.NoSuchProcess:
-            pass
-    return out
-
-
 def test_workers_that_join_after_a_stop_leave(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -65,7 +53,7 @@ def test_workers_that_join_after_a_stop_leave(
         engine.stop_workers()
         # Both join, are told to leave, and their processes end.
         wait_for(lambda: len(events.joined) == 2, timeout=30)
-        wait_for(lambda: _worker_children() == [], timeout=30)
+        wait_for(lambda: worker_processes() == [], timeout=30)
         assert engine.workers() == []
     finally:
         engine.shutdown()

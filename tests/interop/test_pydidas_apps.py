@@ -5,13 +5,12 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import psutil
 import pytest
 from pydidas.unittest_objects.mp_test_app import MpTestApp
 
 import zmqworkers
 from benchmarks.pydidas_apps import prepared_composite_app
-from tests.conftest import wait_for
+from tests.conftest import wait_for, worker_processes
 from tests.qt.spy import Spy
 
 
@@ -21,17 +20,6 @@ class SlowMpTestApp(MpTestApp):
     def multiprocessing_func(self, index: int) -> np.ndarray:
         time.sleep(0.1)
         return super().multiprocessing_func(index)
-
-
-def _worker_processes() -> list[psutil.Process]:
-    found = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if "zmqworkers" in " ".join(child.cmdline()):
-                found.append(child)
-        except psutil.NoSuchProcess:
-            pass
-    return found
 
 
 @pytest.mark.parametrize("where", ["local", "daemon"])
@@ -105,9 +93,9 @@ def test_request_interruption_ends_a_pydidas_app_run_and_leaves_no_worker(
     final = Spy(runner.sig_final_app_state)
     runner.start()
     wait_for(lambda: len(results) >= 3, timeout=60)
-    assert len(_worker_processes()) == 2
+    assert len(worker_processes()) == 2
     with qtbot.waitSignal(runner.finished, timeout=30_000):
         runner.requestInterruption()
     assert len(results) < 40, "the run was not cut short"
     assert len(final) == 1
-    wait_for(lambda: not _worker_processes(), timeout=15)
+    wait_for(lambda: not worker_processes(), timeout=15)

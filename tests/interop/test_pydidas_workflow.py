@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import wait_for, worker_processes
 from tests.interop import workflow_fixtures as wf
-from tests.interop.test_pydidas_apps import _worker_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 N_WORKERS = 2
@@ -216,7 +215,7 @@ def test_request_interruption_ends_a_workflow_run_and_leaves_no_worker(
             runner.start()
             # Results reach the lambda through the event loop: waitUntil runs it.
             qtbot.waitUntil(lambda: len(seen) >= 1, timeout=60_000)
-            assert len(_worker_processes()) == N_WORKERS
+            assert len(worker_processes()) == N_WORKERS
             runner.requestInterruption()
     finally:
         if runner.isRunning():
@@ -225,7 +224,7 @@ def test_request_interruption_ends_a_workflow_run_and_leaves_no_worker(
     assert runner.error is None
     assert len(final) == 1
     assert len(seen) < wf.N_FRAMES, "the run was not cut short"
-    wait_for(lambda: not _worker_processes(), timeout=15)
+    wait_for(lambda: not worker_processes(), timeout=15)
     app.deleteLater()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import os
 import queue
 import threading
@@ -12,9 +13,12 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, InvalidStateError
 from typing import Any, NamedTuple
 
+from zmqworkers.client.callbacks import CallbackThread, ClusterFuture
 from zmqworkers.controller.engine import Engine, Spec, make_spec
 from zmqworkers.controller.options import EngineOptions, build_options
 from zmqworkers.errors import ClusterShutdown, ConfigurationError, EngineClosed
+
+log = logging.getLogger(__name__)
 
 # imap_unordered keeps at most this many tasks submitted ahead of the
 # results the caller has taken, so an endless iterator streams in bounded
@@ -82,6 +86,8 @@ class Cluster(Executor):
             sign_buffers=sign_buffers,
         )
         self._futures: dict[int, Future[Any]] = {}
+        # Done-callbacks are user code: never on the engine thread.
+        self._callbacks = CallbackThread()
         self._streams = _StreamTable()
         self._lock = threading.Lock()
         self._shutdown = False
@@ -99,34 +105,51 @@ class Cluster(Executor):
     def on_results(self, results: list[tuple[int, bool, Any]]) -> None:
         futures = self._futures
         rest: list[tuple[int, bool, Any]] = []
-        for item in results:
-            fut = futures.pop(item[0], None)
-            if fut is None:
-                rest.append(item)
-            else:
-                try:
-                    if item[1]:
-                        fut.set_result(item[2])
-                    else:
-                        fut.set_exception(item[2])
-                except InvalidStateError:
-                    pass  # cancelled by its owner meanwhile: the rest still get theirs
+        self._callbacks.completing(True)
+        try:
+            for item in results:
+                fut = futures.pop(item[0], None)
+                if fut is None:
+                    rest.append(item)
+                else:
+                    try:
+                        if item[1]:
+                            fut.set_result(item[2])
+                        else:
+                            fut.set_exception(item[2])
+                    except InvalidStateError:
+                        pass  # cancelled by its owner meanwhile: the rest still get theirs
+        finally:
+            self._callbacks.completing(False)
         if rest:
             self._streams.deliver(rest)
         self._made_progress()
 
     def on_event(self, name: str, data: Any) -> None:
         if name == "closed":
-            err = ClusterShutdown(self._shutdown_why)
-            rest = []
-            for tid in data:
+            self._cut_short(data, on_engine=True)
+
+    def _cut_short(self, task_ids: list[int], on_engine: bool) -> None:
+        """These tasks end with ClusterShutdown: their futures and their streams.
+
+        On the engine thread (as it closes) done-callbacks are queued; in
+        the caller's thread (``shutdown(cancel_futures=True)``) they run
+        there, as ``cancel()`` runs them.
+        """
+        err = ClusterShutdown(self._shutdown_why)
+        rest = []
+        self._callbacks.completing(on_engine)
+        try:
+            for tid in task_ids:
                 fut = self._futures.pop(tid, None)
                 if fut is None:
                     rest.append((tid, False, err))
                 elif not fut.done():
                     fut.set_exception(err)
-            self._streams.deliver(rest)
-            self._made_progress()
+        finally:
+            self._callbacks.completing(False)
+        self._streams.deliver(rest)
+        self._made_progress()
 
     # -- Executor API ------------------------------------------------------
 
@@ -236,7 +259,7 @@ class Cluster(Executor):
                 if fut is not None:
                     fut.cancel()
             # What is left of map/imap calls ends with ClusterShutdown.
-            self.on_event("closed", dropped)
+            self._cut_short(dropped, on_engine=False)
         if wait:
             try:
                 finished = self._wait_for_work()
@@ -251,6 +274,14 @@ class Cluster(Executor):
                 )
                 return
         self._engine.shutdown()
+        # The callbacks of the last futures have run when a waiting
+        # shutdown returns, as with ThreadPoolExecutor; one that hangs holds
+        # it no longer than a hung task would.
+        if not self._callbacks.close(self._stop_timeout if wait else None) and wait:
+            log.warning(
+                "a done-callback still runs after stop_timeout=%g s; shutdown goes on",
+                self._stop_timeout,
+            )
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
@@ -265,6 +296,7 @@ class Cluster(Executor):
         """Queued tasks dropped, workers stopped without a grace period."""
         self._shutdown_why = why
         self._engine.shutdown(grace=0.0)
+        self._callbacks.close(None)
 
     def _made_progress(self) -> None:
         with self._progress:
@@ -349,8 +381,9 @@ class Cluster(Executor):
             raise ClusterShutdown("cannot submit to a cluster that was shut down")
         ids = self._engine.new_task_ids(len(args))
         futures: list[Future[Any]] = []
+        callbacks = self._callbacks
         for tid in ids:
-            fut: Future[Any] = Future()
+            fut: Future[Any] = ClusterFuture(callbacks)
             self._futures[tid] = fut
             futures.append(fut)
         self._engine.submit(spec, list(zip(ids, args)))

@@ -17,8 +17,9 @@
    workers: local subprocesses on loopback, or daemons on other hosts
 
 Results reach the caller through ``EngineHandler`` callbacks, run on the
-engine thread: ``Cluster`` completes futures there, the Qt face emits
-signals (queued across threads by Qt).
+engine thread, which must never run user code there: ``Cluster`` completes
+futures and queues their done-callbacks for a thread of its own, the
+driver of the Qt face puts events on a queue its own thread serves.
 """
 
 from __future__ import annotations
@@ -126,8 +127,8 @@ class Engine:
     def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
         """Run ``fn`` on the engine thread and return what it returns."""
         if threading.current_thread() is self._thread:
-            # From a callback (a future's done-callback runs here): waiting
-            # for ourselves would stall every heartbeat until the timeout.
+            # From a handler callback on the engine thread: waiting for
+            # ourselves would stall every heartbeat until the timeout.
             return fn()
         fut: Future[Any] = Future()
         self._command("call", (fn, fut))

@@ -68,9 +68,7 @@ def test_a_done_callback_may_wait_for_another_pending_future() -> None:
         c.shutdown(wait=False, cancel_futures=True)
 
 
-def test_done_callbacks_run_once_each_off_the_engine_thread_and_before_shutdown_returns() -> (
-    None
-):
+def test_done_callbacks_run_once_each_off_the_engine_thread_and_before_shutdown_returns() -> None:
     threads: list[str] = []
     lock = threading.Lock()
 

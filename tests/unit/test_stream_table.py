@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from zmqworkers.client.cluster import _StreamTable
+from zmqworkers.client.streams import StreamTable
 
 
 def _results(ids: range) -> list[tuple[int, bool, int]]:
@@ -10,7 +10,7 @@ def _results(ids: range) -> list[tuple[int, bool, int]]:
 
 
 def test_delivered_blocks_are_forgotten_while_the_stream_runs() -> None:
-    table = _StreamTable()
+    table = StreamTable()
     stream = table.new()
     held = range(1, 11)  # its results come last: the stream stays open
     table.add(held, stream)
@@ -32,7 +32,7 @@ def test_delivered_blocks_are_forgotten_while_the_stream_runs() -> None:
 
 
 def test_a_block_delivered_in_pieces_and_out_of_order() -> None:
-    table = _StreamTable()
+    table = StreamTable()
     a, b = table.new(), table.new()
     table.add(range(1, 5), a)
     table.add(range(5, 9), b)

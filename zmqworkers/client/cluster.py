@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import bisect
+import collections
 import itertools
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -14,6 +13,7 @@ from concurrent.futures import Executor, Future, InvalidStateError
 from typing import Any, NamedTuple
 
 from zmqworkers.client.callbacks import CallbackThread, ClusterFuture
+from zmqworkers.client.streams import SUBMIT_CHUNK, Feed, Stream, StreamTable, chunks
 from zmqworkers.controller.engine import Engine, Spec, make_spec
 from zmqworkers.controller.options import EngineOptions, build_options
 from zmqworkers.errors import ClusterShutdown, ConfigurationError, EngineClosed
@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 # results the caller has taken, so an endless iterator streams in bounded
 # memory.
 DEFAULT_WINDOW = 100_000
-SUBMIT_CHUNK = 4096
 
 
 class Cluster(Executor):
@@ -88,7 +87,7 @@ class Cluster(Executor):
         self._futures: dict[int, Future[Any]] = {}
         # Done-callbacks are user code: never on the engine thread.
         self._callbacks = CallbackThread()
-        self._streams = _StreamTable()
+        self._streams = StreamTable()
         self._lock = threading.Lock()
         self._shutdown = False
         # Counts result batches, so a shutdown can tell work that goes on
@@ -163,39 +162,57 @@ class Cluster(Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        buffersize: int | None = None,
     ) -> Iterator[Any]:
         """Like ``Executor.map``: results in order, ``fn`` sent once per worker.
 
         Arguments are read and submitted at once, as ``Executor.map`` does;
         ``chunksize`` is accepted for compatibility (batching is automatic).
+        ``buffersize=N`` (as in Python 3.14) keeps at most N tasks submitted
+        and not yet yielded: N are read at once, then more as results are
+        taken, so an endless iterable streams in bounded memory.
         """
+        _check_buffersize(buffersize)
         if len(iterables) == 1:
             spec = self._spec("task", fn, (), None)
-            args: Iterable[Any] = iterables[0]
+            args: Iterator[Any] = iter(iterables[0])
         else:
             spec = self._spec("task", _star, (fn,), None)
             args = zip(*iterables)
         stream = self._streams.new()
-        ranges: list[range] = []
-        for chunk in _chunks(args, SUBMIT_CHUNK):
-            ranges.append(self._submit_stream(spec, chunk, stream))
-        return self._ordered(stream, ranges, timeout)
+        ranges: collections.deque[range] = collections.deque()
+        if buffersize is None:
+            for chunk in chunks(args, SUBMIT_CHUNK):
+                ranges.append(self._submit_stream(spec, chunk, stream))
+            return self._ordered(stream, ranges, timeout, None)
+        feed = Feed(args, buffersize, lambda chunk: self._submit_stream(spec, chunk, stream))
+        ranges.extend(feed.top_up(0))
+        return self._ordered(stream, ranges, timeout, feed)
 
     def _ordered(
-        self, stream: _Stream, ranges: list[range], timeout: float | None
+        self,
+        stream: Stream,
+        ranges: collections.deque[range],
+        timeout: float | None,
+        feed: Feed | None,
     ) -> Iterator[Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
         ready: dict[int, tuple[bool, Any]] = {}
+        yielded = 0
         try:
-            for tid in itertools.chain.from_iterable(ranges):
-                while tid not in ready:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    for rid, ok, value in stream.get(left):
-                        ready[rid] = (ok, value)
-                ok, value = ready.pop(tid)
-                if not ok:
-                    raise value
-                yield value
+            while ranges:
+                for tid in ranges.popleft():
+                    if feed is not None:
+                        ranges.extend(feed.top_up(yielded))
+                    while tid not in ready:
+                        left = None if deadline is None else deadline - time.monotonic()
+                        for rid, ok, value in stream.get(left):
+                            ready[rid] = (ok, value)
+                    ok, value = ready.pop(tid)
+                    if not ok:
+                        raise value
+                    yielded += 1
+                    yield value
         finally:
             self._abandon(stream)
 
@@ -359,7 +376,7 @@ class Cluster(Executor):
             raise TypeError(f"{fn!r} is not callable")
         return make_spec(convention, fn, args, kwargs)
 
-    def _submit_stream(self, spec: Spec, args: list[Any], stream: _Stream) -> range:
+    def _submit_stream(self, spec: Spec, args: list[Any], stream: Stream) -> range:
         if self._shutdown:
             raise ClusterShutdown("cannot submit to a cluster that was shut down")
         ids = self._engine.new_task_ids(len(args))
@@ -367,7 +384,7 @@ class Cluster(Executor):
         self._engine.submit(spec, list(zip(ids, args)))
         return ids
 
-    def _abandon(self, stream: _Stream) -> None:
+    def _abandon(self, stream: Stream) -> None:
         """The caller stopped iterating: queued tasks are dropped, not run."""
         left = self._streams.remove(stream)
         if left and not self._shutdown:
@@ -390,6 +407,15 @@ class Cluster(Executor):
         return futures
 
 
+def _check_buffersize(buffersize: Any) -> None:
+    if buffersize is None:
+        return
+    if not isinstance(buffersize, int) or isinstance(buffersize, bool):
+        raise TypeError(f"buffersize must be a whole number or None, not {buffersize!r}")
+    if buffersize < 1:
+        raise ValueError(f"buffersize must be 1 or more (or None for no bound), not {buffersize}")
+
+
 class Outcome(NamedTuple):
     """One finished task: ``error`` is None when it succeeded."""
 
@@ -398,132 +424,5 @@ class Outcome(NamedTuple):
     error: BaseException | None
 
 
-class _Stream:
-    """Results for one map or imap call, handed over a batch at a time."""
-
-    __slots__ = ("_q", "blocks", "outstanding")
-
-    def __init__(self) -> None:
-        self._q: queue.SimpleQueue[list[tuple[int, bool, Any]]] = queue.SimpleQueue()
-        # Its blocks with results still to come, by first id.
-        self.blocks: dict[int, _Block] = {}
-        self.outstanding = 0
-
-    def put(self, items: list[tuple[int, bool, Any]]) -> None:
-        self._q.put(items)
-
-    def get(self, timeout: float | None) -> list[tuple[int, bool, Any]]:
-        if timeout is not None and timeout <= 0:
-            raise TimeoutError("map results did not arrive in time")
-        try:
-            return self._q.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError("map results did not arrive in time") from None
-
-
-class _Block:
-    """Task ids reserved together for one stream, and how many results are due."""
-
-    __slots__ = ("ids", "stream", "left")
-
-    def __init__(self, ids: range, stream: _Stream) -> None:
-        self.ids = ids
-        self.stream = stream
-        self.left = len(ids)
-
-
-class _StreamTable:
-    """Which stream owns a task id, kept as id ranges, not one entry per task.
-
-    Task ids are handed out in contiguous blocks, so a million queued tasks
-    of a ``map`` cost a few ranges here instead of a million dict entries.
-    A block is forgotten as soon as its last result is in, so a stream that
-    runs for ever (``imap_unordered`` over an endless iterator) holds only
-    the blocks of its window, not one per block it ever submitted.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._starts: list[int] = []
-        self._by_start: dict[int, _Block] = {}
-
-    def new(self) -> _Stream:
-        return _Stream()
-
-    def add(self, ids: range, stream: _Stream) -> None:
-        if not ids:
-            return
-        block = _Block(ids, stream)
-        with self._lock:
-            bisect.insort(self._starts, ids.start)
-            self._by_start[ids.start] = block
-            stream.blocks[ids.start] = block
-            stream.outstanding += len(ids)
-
-    def deliver(self, items: list[tuple[int, bool, Any]]) -> None:
-        """Hand results to their streams: one put per stream per batch."""
-        if not items:
-            return
-        groups: dict[_Stream, list[tuple[int, bool, Any]]] = {}
-        with self._lock:
-            hit: _Block | None = None
-            for item in items:
-                tid = item[0]
-                if hit is None or tid not in hit.ids:
-                    i = bisect.bisect_right(self._starts, tid) - 1
-                    if i < 0:
-                        continue
-                    hit = self._by_start[self._starts[i]]
-                    if tid not in hit.ids:
-                        hit = None
-                        continue  # its stream was abandoned
-                groups.setdefault(hit.stream, []).append(item)
-                hit.left -= 1
-                if hit.left <= 0:
-                    self._forget(hit)
-                    hit = None
-            for stream, got in groups.items():
-                stream.outstanding -= len(got)
-                if stream.outstanding <= 0:
-                    self._drop(stream)
-        for stream, got in groups.items():
-            stream.put(got)
-
-    def remove(self, stream: _Stream) -> list[int]:
-        """Forget the stream; return the ids of its blocks still open.
-
-        A block still open may hold ids already delivered: cancelling those
-        does nothing.
-        """
-        with self._lock:
-            if stream.outstanding <= 0:
-                return []
-            left = [tid for b in stream.blocks.values() for tid in b.ids]
-            self._drop(stream)
-            return left
-
-    def _forget(self, block: _Block) -> None:
-        start = block.ids.start
-        if self._by_start.get(start) is block:
-            del self._by_start[start]
-            del self._starts[bisect.bisect_left(self._starts, start)]
-        block.stream.blocks.pop(start, None)
-
-    def _drop(self, stream: _Stream) -> None:
-        for block in list(stream.blocks.values()):
-            self._forget(block)
-        stream.outstanding = 0
-
-    def idle(self) -> bool:
-        with self._lock:
-            return not self._starts
-
-
 def _star(args: tuple[Any, ...], fn: Callable[..., Any]) -> Any:
     return fn(*args)
-
-
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    it = iter(items)
-    while chunk := list(itertools.islice(it, size)):
-        yield chunk

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from zmqworkers.security.keys import KEY_ENV
+from zmqworkers.worker.group import kill_group
 from zmqworkers.worker.mp_authkey import MP_AUTHKEY_ENV
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,8 @@ def start_local_worker(
     """Start one worker process connected to ``address``.
 
     The key travels in the environment, never in argv, where any user of the
-    machine could read it from the process list.
+    machine could read it from the process list. The worker leads a session
+    of its own, so what its tasks start is killed with it (worker/group.py).
     """
     env = dict(os.environ)
     env[KEY_ENV] = key.decode()
@@ -46,7 +48,9 @@ def start_local_worker(
         "--prefetch",
         str(prefetch),
     ]
-    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, close_fds=True)
+    return subprocess.Popen(
+        cmd, env=env, stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True
+    )
 
 
 def describe_exit(returncode: int) -> str:
@@ -129,6 +133,7 @@ class LocalWorkers:
             if rc is None:
                 continue
             del self.procs[pid]
+            kill_group(pid)  # what its tasks left running
             expected = pid in self._expected
             self._expected.discard(pid)
             out.append(Exit(pid, describe_exit(rc), expected))
@@ -164,4 +169,5 @@ class LocalWorkers:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            kill_group(proc.pid)
         self.procs.clear()

@@ -266,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval,
         heartbeat_misses=args.heartbeat_misses,
         daemon=args.parent_pid is None,
-        parent_pid=args.parent_pid,
+        parent_pid=args.parent_pid if args.parent_pid is not None else _supervisor_pid(),
         death_timeout=args.death_timeout,
         name=args.name,
         curve_dir=args.curve,
@@ -285,11 +285,28 @@ def run(args: argparse.Namespace) -> int:
     from zmqworkers.worker.daemon import DRAIN_ENV
 
     if DRAIN_ENV in os.environ:
-        # A supervisor's child: Ctrl-C reaches the whole process group and
-        # the supervisor passes one SIGTERM on; a second signal would make
-        # this worker leave mid-call instead of finishing it.
+        # A supervisor's child, in a session of its own: the terminal's
+        # Ctrl-C reaches the supervisor, which passes one SIGTERM on; a
+        # SIGINT sent here as well would make it leave mid-call.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return worker.run()
+    from zmqworkers.worker.group import kill_rest_of_group
+
+    try:
+        return worker.run()
+    finally:
+        kill_rest_of_group()  # its parent may be gone: what its tasks started ends here
+
+
+def _supervisor_pid() -> int | None:
+    """The pid of the supervisor that started this worker, while it is its parent."""
+    from zmqworkers.worker.daemon import SUPERVISOR_ENV
+
+    try:
+        pid = int(os.environ.get(SUPERVISOR_ENV, ""))
+    except ValueError:
+        return None
+    # Inherited by a worker the supervisor did not start itself: not ours.
+    return pid if pid == os.getppid() else None
 
 
 def _drain_timeout(given: float | None) -> float:

@@ -8,7 +8,9 @@
         ├── python -m zmqworkers.worker ADDRESS --name NAME-1
         └── ...
 
-The supervisor replaces a child that crashed (bounded: at most
+Each child leads a session of its own, so what its tasks start is killed
+with it (worker/group.py), and watches the supervisor: a child whose
+supervisor was killed leaves. The supervisor replaces a child that crashed (bounded: at most
 ``max_restarts`` in ``restart_window`` seconds, so a worker that dies at once
 on every start does not spin), forwards SIGTERM so each child drains (finishes
 its running call, hands its prefetched tasks back), kills what has not drained
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from zmqworkers.security.keys import KEY_ENV
+from zmqworkers.worker.group import kill_group
 from zmqworkers.worker.loop import EXIT_REFUSED
 from zmqworkers.worker.mp_authkey import MP_AUTHKEY_ENV
 from zmqworkers.worker.silence import EXIT_NO_CONTROLLER
@@ -44,6 +47,10 @@ log = logging.getLogger(__name__)
 
 # The drain timeout a supervisor gives its children (seconds).
 DRAIN_ENV = "ZMQWORKERS_DRAIN_TIMEOUT"
+# The supervisor's pid: a child whose supervisor is gone leaves, as a local
+# worker does when its controller is (its session no longer ends with the
+# supervisor's process group).
+SUPERVISOR_ENV = "ZMQWORKERS_SUPERVISOR_PID"
 
 POLL_SECONDS = 0.1
 
@@ -135,11 +142,13 @@ class Supervisor:
         # A child hands its running call back a moment before the supervisor
         # would kill it, so the goodbye goes out in time.
         env[DRAIN_ENV] = str(max(0.5, self.options.drain_timeout - 1.0))
+        env[SUPERVISOR_ENV] = str(os.getpid())
         proc = subprocess.Popen(
             self._command(slot),
             env=env,
             stdin=subprocess.DEVNULL,
             close_fds=True,
+            start_new_session=True,
         )
         self.children[proc.pid] = (slot, proc)
         event("child_start", pid=proc.pid, slot=slot)
@@ -157,6 +166,7 @@ class Supervisor:
             code = proc.poll()
             if code is not None:
                 del self.children[pid]
+                kill_group(pid)  # what its tasks left running
                 gone.append((slot, pid, code))
         return gone
 
@@ -274,6 +284,7 @@ class Supervisor:
                 _signal(proc, signal.SIGKILL)
                 event("child_killed", pid=pid, slot=slot)
             proc.wait()
+            kill_group(pid)
         self.children.clear()
 
 

@@ -20,6 +20,7 @@ from zmqworkers.protocol.records import Bye
 from zmqworkers.protocol.session import DRAIN_CHANNEL
 from zmqworkers.security.curve import ClientKeys
 from zmqworkers.worker import links
+from zmqworkers.worker.group import kill_rest_of_group
 from zmqworkers.worker.options import WorkerOptions
 
 log = logging.getLogger(__name__)
@@ -104,4 +105,5 @@ class Drain:
             bye = Bye(w.id, returned)
             links.send_goodbye(ep, w._curve, sender, w._skey, bye.header())
         log.info("worker %s: left mid-call, %d task(s) handed back", w.id, len(returned))
+        kill_rest_of_group()  # the interrupted call's children go with it
         os._exit(0)

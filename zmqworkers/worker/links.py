@@ -13,6 +13,7 @@ import zmq
 from zmqworkers.protocol import Kind, encode
 from zmqworkers.protocol.messages import Key
 from zmqworkers.security import curve
+from zmqworkers.worker.group import kill_rest_of_group
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ def exit_if_orphaned(worker_id: str, parent_pid: int | None) -> None:
     """
     if parent_gone(parent_pid):
         log.warning("worker %s: controller process %d is gone, exiting", worker_id, parent_pid)
+        kill_rest_of_group()  # no parent is left to end what its tasks started
         os._exit(1)
 
 

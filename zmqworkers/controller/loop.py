@@ -51,12 +51,13 @@ from zmqworkers.security.connection import is_local_link
 
 log = logging.getLogger(__name__)
 
-# Commands the engine runs in one turn of its loop before it serves its
-# sockets and clocks again: a caller that submits faster than the engine
+# How long the engine runs commands in one turn of its loop before it serves
+# its sockets and clocks again: a caller that submits faster than the engine
 # adds (`map` over a long iterable) would otherwise hold it in its command
-# queue, with no heartbeat, result or hello served. A submit carries up to
-# 4,096 tasks: 16 of them take some tens of milliseconds.
-COMMANDS_PER_TURN = 16
+# queue, with no heartbeat, result or hello served. Bounded by time, not by
+# count: a submit may carry one task or 4,096 (about 3 ms), and thousands of
+# one-task submits in one turn still go out in few messages.
+COMMAND_TURN_SECONDS = 0.02
 
 
 class EngineHandler(Protocol):
@@ -269,10 +270,11 @@ class EngineLoop:
     # -- command handlers ---------------------------------------------------
 
     def _drain_commands(self) -> bool:
-        """Run at most COMMANDS_PER_TURN waiting commands; True when none is left."""
+        """Run waiting commands for up to COMMAND_TURN_SECONDS; True when none is left."""
         with contextlib.suppress(BlockingIOError):  # emptied on an earlier turn
             os.read(self._wake_r, 65536)
-        for _ in range(COMMANDS_PER_TURN):
+        until = time.monotonic() + COMMAND_TURN_SECONDS
+        while time.monotonic() < until:
             try:
                 name, arg = self._commands.get_nowait()
             except queue.Empty:

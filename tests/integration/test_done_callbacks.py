@@ -100,3 +100,17 @@ def test_a_callback_that_raises_is_logged_and_the_next_ones_still_run(caplog) ->
         wait_for(lambda: ran, timeout=5)
     assert ran == [1]
     assert any("done-callback" in r.getMessage() for r in caplog.records)
+
+
+def test_a_done_callback_may_shut_its_cluster_down(caplog) -> None:
+    c = Cluster(1)
+    done = threading.Event()
+    f = c.submit(abs, -1)
+    f.add_done_callback(lambda f: (c.shutdown(wait=True), done.set()))
+    try:
+        assert done.wait(30)
+        assert f.result(0) == 1
+        assert not any("still runs" in r.getMessage() for r in caplog.records)
+        wait_for(lambda: not any(t.name == "zmqworkers-callbacks" for t in threading.enumerate()))
+    finally:
+        c.shutdown(wait=False)

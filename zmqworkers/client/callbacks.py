@@ -81,7 +81,9 @@ class CallbackThread:
         if thread is None or q is None:
             return True
         q.put(None)
-        if timeout is not None and thread is not threading.current_thread():
+        if thread is threading.current_thread():
+            return True  # the callback closing it ends with its thread
+        if timeout is not None:
             thread.join(timeout)
         return not thread.is_alive()
 

@@ -7,7 +7,8 @@
     caller's thread: map / imap_unordered iterate ◀───────────────┘
                      Feed reads the arguments as room frees (map with buffersize)
 
-None of it runs user code: the engine thread only hands batches over.
+The engine thread only hands batches over; the caller's iterables are read
+in the caller's thread.
 """
 
 from __future__ import annotations

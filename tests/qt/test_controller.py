@@ -297,3 +297,32 @@ def test_tasks_outstanding_when_the_engine_closes_each_get_an_error(controllers)
     assert sorted(task for task, _ in errors) == [0, 1, 2]
     assert all(isinstance(err, ClusterShutdown) for _, err in errors)
     assert len(finished) == 1 and wc.progress == 1
+
+
+def test_a_slot_that_blocks_holds_only_the_controller_thread_not_the_engine() -> None:
+    # A direct connection runs the slot on the controller's thread, which
+    # only reads the events the engine queued: a slot that blocks for twice
+    # the silence a worker tolerates (0.6 s) delays the signals, not the
+    # heartbeats, and no worker leaves.
+    from qtpy import QtCore
+
+    wc = WorkerController(n_workers=1, heartbeat_interval=0.2, heartbeat_misses=3)
+    got: list[object] = []
+
+    def slot(task: object, result: object) -> None:
+        if not got:
+            time.sleep(1.2)  # the user's slow slot, not a wait for a condition
+        got.append(result)
+
+    wc.sig_results.connect(slot, QtCore.Qt.ConnectionType.DirectConnection)
+    try:
+        wc.change_function(jobs.linear, 2, 0)
+        wc.add_tasks(range(20))
+        wc.start()
+        wait_for(lambda: len(got) == 20, timeout=30)
+        assert sorted(got) == [2 * i for i in range(20)]  # type: ignore[type-var]
+        assert wc.counters()["workers_lost"] == 0
+        assert len(wc.workers()) == 1
+    finally:
+        wc.finalize_tasks()
+        assert wc.wait(30_000)

@@ -34,6 +34,10 @@ _RUNNER_MODULES = (
 
 _RUNNER_NAME = "AppRunner"
 _saved: dict[str, Any] = {}
+# ExecuteWorkflowRunner's methods that install() wraps, so that a run with a
+# failed scan point writes no files and process_scan() raises.
+_WORKFLOW_RUNNER_METHODS = ("_write_results_to_disk", "execute_workflow_in_apprunner")
+_saved_methods: dict[str, Any] = {}
 
 
 def install(
@@ -73,6 +77,39 @@ def install(
         if name not in _saved:
             _saved[name] = getattr(module, _RUNNER_NAME)
         setattr(module, _RUNNER_NAME, factory)
+    _wrap_workflow_runner()
+
+
+def _wrap_workflow_runner() -> None:
+    """``process_scan()`` raises ``ScanPointFailed``, and writes nothing, after a failed point.
+
+    pydidas's runner writes its files when the runner's ``finished`` comes,
+    whatever happened; with a point missing, they would look complete.
+    """
+    from pydidas.apps.execute_workflow_runner import ExecuteWorkflowRunner
+
+    from zmqworkers.pydidas.wire import run_failure
+
+    if _saved_methods:
+        return
+    write = ExecuteWorkflowRunner._write_results_to_disk
+    execute = ExecuteWorkflowRunner.execute_workflow_in_apprunner
+
+    def write_unless_failed(self: Any) -> None:
+        if run_failure(self._app) is None:
+            write(self)
+        elif self._loop is not None and self._loop.isRunning():
+            self._loop.quit()
+
+    def execute_and_raise(self: Any) -> None:
+        execute(self)
+        failure = run_failure(self._app)
+        if failure is not None:
+            raise failure
+
+    _saved_methods.update(zip(_WORKFLOW_RUNNER_METHODS, (write, execute)))
+    ExecuteWorkflowRunner._write_results_to_disk = write_unless_failed
+    ExecuteWorkflowRunner.execute_workflow_in_apprunner = execute_and_raise
 
 
 def uninstall() -> None:
@@ -82,6 +119,12 @@ def uninstall() -> None:
         if module is not None:
             setattr(module, _RUNNER_NAME, original)
         del _saved[name]
+    if _saved_methods:
+        from pydidas.apps.execute_workflow_runner import ExecuteWorkflowRunner
+
+        for method, original in _saved_methods.items():
+            setattr(ExecuteWorkflowRunner, method, original)
+        _saved_methods.clear()
 
 
 def installed() -> bool:

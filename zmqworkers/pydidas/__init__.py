@@ -2,11 +2,12 @@
 
 ``install()`` puts zmqworkers' runners where pydidas looks for its
 ``AppRunner``: the workflow runner (``ExecuteWorkflowRunner``, and so
-``run-pydidas-workflow``), the workflow, composite and directory-spy frames
-of its GUI, and any code that imports ``pydidas.multiprocessing.AppRunner``
+``run-pydidas-workflow``), the workflow and composite frames of its GUI,
+and any code that imports ``pydidas.multiprocessing.AppRunner``
 afterwards. Workflow apps run with :class:`~.workflow.WorkflowAppRunner`
-(results travel as data, docs/pydidas.md); every other app with zmqworkers'
-``AppRunner``.
+(results travel as data, docs/pydidas.md); an app that shares
+``multiprocessing`` values (the directory spy's) with pydidas's own
+runner; every other app with zmqworkers' ``AppRunner``.
 
 This package imports pydidas; ``import zmqworkers`` never imports it.
 """
@@ -31,6 +32,10 @@ _RUNNER_MODULES = (
     "pydidas.gui.frames.composite_creator_frame",
     "pydidas.gui.frames.directory_spy_frame",
 )
+# The directory spy frame is switched too (it imports AppRunner from
+# pydidas.multiprocessing), but its app goes on to pydidas's own runner: it
+# shares multiprocessing.Value and Array objects with its worker, which reach
+# a child process only when it is started with them (docs/pydidas.md).
 
 _RUNNER_NAME = "AppRunner"
 _saved: dict[str, Any] = {}
@@ -66,10 +71,13 @@ def install(
         where = ClusterSpec(bind=bind, key=key, key_file=key_file)
     else:
         where = ClusterSpec(n_workers)
-    factory = runner_factory(where)
     import importlib
 
     importlib.import_module("pydidas.apps.execute_workflow_runner")
+    pydidas_runner = _saved.get("pydidas.multiprocessing")
+    if pydidas_runner is None:
+        pydidas_runner = sys.modules["pydidas.multiprocessing"].AppRunner
+    factory = runner_factory(where, pydidas_runner)
     for name in _RUNNER_MODULES:
         module = sys.modules.get(name)
         if module is None or not hasattr(module, "AppRunner"):

@@ -88,6 +88,7 @@ def store_point(index: int, frame: Any, state: dict[str, Any], results: Any | No
             metadata = _default_metadata(arrays)
         results.store_frame_metadata(metadata)
         state["metadata_stored"] = True
+        state["metadata"] = metadata
     results.store_results(int(index), arrays)
     return True
 
@@ -128,6 +129,9 @@ class _WireStore:
                     self.get_param_value("autosave_format"),  # type: ignore[attr-defined]
                 )
                 self._config["export_files_prepared"] = True
+                # The savers write the axes and units from the first frame
+                # they get, so it goes with its metadata.
+                arrays = _with_metadata(arrays, state["metadata"])
             ProcessingResultIoMeta.export_frame_to_active_savers(int(index), arrays)
         self.sig_results_updated.emit()  # type: ignore[attr-defined]
 
@@ -136,6 +140,12 @@ class _WireStore:
 
     def multiprocessing_post_run(self) -> None:
         """Nothing to close: no shared memory was made."""
+
+
+def _with_metadata(arrays: dict[int, np.ndarray], metadata: dict[int, Any]) -> dict[int, Any]:
+    from pydidas.core import Dataset
+
+    return {node_id: Dataset(arr, **metadata[node_id]) for node_id, arr in arrays.items()}
 
 
 def _filename(index: Any) -> str:

@@ -100,14 +100,36 @@ class WorkflowAppRunner(AppRunner):
         super().__init__(app, n_workers, use_app_tasks, **options)
 
 
-def runner_factory(where: ClusterSpec | None) -> Callable[..., Any]:
+def shares_inherited_values(app: Any) -> bool:
+    """Whether ``app``'s config holds ``multiprocessing.Value``/``Array`` objects.
+
+    Those reach a child process only as arguments of its start (pydidas's
+    own runner), never one that runs already: such an app cannot run on
+    zmqworkers' workers.
+    """
+    from multiprocessing.sharedctypes import SynchronizedBase
+
+    todo = [getattr(app, "_config", None)]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, SynchronizedBase):
+            return True
+        if isinstance(item, dict):
+            todo.extend(item.values())
+    return False
+
+
+def runner_factory(where: ClusterSpec | None, pydidas_runner: Any = None) -> Callable[..., Any]:
     """What ``install()`` puts in place of pydidas's ``AppRunner``.
 
-    Workflow apps get :class:`WorkflowAppRunner`; every other app goes to
-    zmqworkers' ``AppRunner`` with the same workers.
+    Workflow apps get :class:`WorkflowAppRunner`; an app that shares
+    ``multiprocessing`` values gets ``pydidas_runner`` (pydidas's own); every
+    other app goes to zmqworkers' ``AppRunner`` with the same workers.
     """
 
     def make_runner(app: Any, n_workers: int | None = None, use_app_tasks: bool = True) -> Any:
+        if pydidas_runner is not None and shares_inherited_values(app):
+            return pydidas_runner(app, n_workers=n_workers, use_app_tasks=use_app_tasks)
         if n_workers is None and where is not None:
             n_workers = where.n_workers
         if is_workflow_app(app):

@@ -153,6 +153,32 @@ def test_workflow_run_frame_abort_button_ends_the_run(
         frame.deleteLater()
 
 
+def test_workflow_run_frame_with_a_failing_point_stops_and_says_so(
+    qtbot: Any, installed: None, tmp_path: Path
+) -> None:
+    from pydidas.gui.frames import WorkflowRunFrame
+    from pydidas_qtcore import PydidasQApplication
+
+    workflow = wf.real_workflow(tmp_path / "in")
+    wf.break_point(tmp_path / "in", 5)
+    _load_contexts(workflow)
+    frame = build(WorkflowRunFrame)
+    statuses: list[str] = []
+    PydidasQApplication.instance().sig_status_message.connect(statuses.append)
+    try:
+        runner = click_and_wait(qtbot, frame)
+        assert runner.error is not None and runner.error.index == 5
+        qtbot.waitUntil(
+            lambda: any("scan point 5 failed: PydidasConfigError" in s for s in statuses),
+            timeout=10_000,
+        )
+        assert frame._widgets["but_exec"].isEnabled()
+        wait_for(lambda: not worker_processes(), timeout=15)
+    finally:
+        PydidasQApplication.instance().sig_status_message.disconnect(statuses.append)
+        frame.deleteLater()
+
+
 def _points_stored(results: Any, node: int) -> int:
     from pydidas.core import UserConfigError
 

@@ -14,12 +14,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+import zmqworkers
 from tests.conftest import wait_for, worker_processes
 from tests.interop import workflow_fixtures as wf
+from tests.qt.spy import Spy
 
 ROOT = Path(__file__).resolve().parents[2]
 N_WORKERS = 2
@@ -160,39 +163,104 @@ def _load_contexts(workflow: wf.Workflow) -> None:
     WorkflowTree().import_from_file(workflow.tree)
 
 
-def test_plain_execute_workflow_app_uses_manager_and_shared_memory_on_local_workers(
+def _run_plain(qtbot, controllers, app: Any) -> Any:
+    """pydidas's unchanged ``ExecuteWorkflowApp`` on the plain ``zmqworkers.AppRunner``."""
+    import zmqworkers
+
+    runner = zmqworkers.AppRunner(app, n_workers=N_WORKERS)
+    controllers.append(runner)
+    # As pydidas's ExecuteWorkflowRunner does, on top of the runner's own.
+    runner.sig_results.connect(app.multiprocessing_store_results)
+    runner.sig_message_from_worker.connect(app.received_signal_message)
+    errors = Spy(runner.sig_error)
+    with qtbot.waitSignal(runner.finished, timeout=120_000):
+        runner.start()
+    assert len(errors) == 0, [e for e in errors]
+    return runner
+
+
+def test_plain_app_runner_gives_a_workflow_app_the_numpy_data_on_every_run(
     qtbot, controllers, tmp_path: Path
 ) -> None:
-    # pydidas's own app, unchanged, on zmqworkers.AppRunner: its workers
-    # reach the controller's Manager (dict, events, lock) and its
-    # SharedMemory slots, as pydidas's own workers do.
+    # Without install(): the plain AppRunner sees pydidas's ExecuteWorkflowApp
+    # and takes the path where results travel as data. Through shared memory
+    # (pydidas's store, connected twice as ExecuteWorkflowRunner does) points
+    # held other points' data in most runs.
     from pydidas.apps import ExecuteWorkflowApp
     from pydidas.workflow import WorkflowResults
 
-    import zmqworkers
+    workflow = wf.real_workflow(tmp_path / "in")
+    _load_contexts(workflow)
+    binned, sums = workflow.expected["node_01.nxs"], workflow.expected["node_02.nxs"]
+    for run in range(3):
+        app = ExecuteWorkflowApp()
+        runner = _run_plain(qtbot, controllers, app)
+        assert runner.error is None, runner.error
+        # No shared memory was made: nothing to race on.
+        assert not app._config["shared_memory"], app._config["shared_memory"]
+        results = WorkflowResults()
+        got = np.asarray(results.get_results(1))
+        wrong = [i for i in range(wf.N_FRAMES) if not np.array_equal(got[i], binned[i])]
+        assert not wrong, f"run {run}: scan points {wrong} hold wrong data"
+        assert np.array_equal(np.asarray(results.get_results(2)), sums), f"run {run}: sums"
+        app.deleteLater()
+
+
+def test_a_scan_point_that_raises_ends_a_plain_app_runner_run(
+    qtbot, controllers, tmp_path: Path
+) -> None:
+    from pydidas.apps import ExecuteWorkflowApp
+
+    from zmqworkers.pydidas.wire import ScanPointFailed, run_failure
 
     workflow = wf.real_workflow(tmp_path / "in")
+    wf.break_point(tmp_path / "in", 5)
     _load_contexts(workflow)
     app = ExecuteWorkflowApp()
     runner = zmqworkers.AppRunner(app, n_workers=N_WORKERS)
     controllers.append(runner)
-    runner.sig_message_from_worker.connect(app.received_signal_message)
-    errors: list[object] = []
-    runner.sig_error.connect(errors.append)
+    errors = Spy(runner.sig_error)
+    final = Spy(runner.sig_final_app_state)
     with qtbot.waitSignal(runner.finished, timeout=120_000):
         runner.start()
-    assert not errors, errors
-    assert app.mp_manager["shapes_set"].is_set(), "the workers never published their shapes"
-    results = WorkflowResults()
-    binned = workflow.expected["node_01.nxs"]
-    got = np.asarray(results.get_results(1))
-    assert got.shape == binned.shape and not np.isnan(got).any(), "scan points left empty"
-    # Every point holds a real frame's result, read from the shared slots.
-    # Which point's: pydidas's own store copies a slot after freeing it, so
-    # a worker can refill it first (docs/pydidas.md); install() avoids that.
-    for i in range(wf.N_FRAMES):
-        assert any(np.array_equal(got[i], want) for want in binned), f"point {i}: not a frame"
+    assert isinstance(runner.error, ScanPointFailed)
+    assert runner.error.index == 5 and runner.error.remote.type_name == "PydidasConfigError"
+    assert "scan point 5 failed: PydidasConfigError" in str(runner.error)
+    assert run_failure(app) is runner.error, "the app handed over does not know its run failed"
+    assert 5 in [e[0] for e in errors] and len(final) == 1
     app.deleteLater()
+
+
+def test_process_scan_with_a_failing_point_raises_and_writes_nothing(
+    installed: None, tmp_path: Path
+) -> None:
+    from zmqworkers.pydidas.wire import ScanPointFailed
+
+    workflow = wf.real_workflow(tmp_path / "in")
+    wf.break_point(tmp_path / "in", 5)
+    out = tmp_path / "out"
+    with pytest.raises(ScanPointFailed, match="scan point 5 failed: PydidasConfigError") as info:
+        wf.process_scan(workflow, out)
+    assert info.value.index == 5
+    assert not out.exists() or not any(out.iterdir()), sorted(out.iterdir())
+    # The next run, with the frame repaired, writes the right data.
+    np.save(tmp_path / "in" / "frames" / "frame_005.npy", wf.frame(5))
+    wf.process_scan(workflow, out)
+    wf.check_outputs(out, workflow)
+
+
+def test_command_with_a_failing_point_exits_1_naming_it_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    workflow = wf.real_workflow(tmp_path / "in")
+    wf.break_point(tmp_path / "in", 5)
+    out = tmp_path / "out"
+    done = command(*workflow_args(workflow, out), "--workers", str(N_WORKERS))
+    assert done.returncode == 1, done.stderr
+    assert "scan point 5 failed: PydidasConfigError" in done.stderr, done.stderr
+    assert f"nothing written to {out}" in done.stderr
+    assert "Traceback" in done.stderr, "the worker's traceback is not shown"
+    assert not out.exists() or not any(out.iterdir()), sorted(out.iterdir())
 
 
 def test_request_interruption_ends_a_workflow_run_and_leaves_no_worker(

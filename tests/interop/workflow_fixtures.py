@@ -116,6 +116,15 @@ def real_workflow(folder: Path) -> Workflow:
     )
 
 
+def break_point(folder: Path, index: int) -> None:
+    """Make scan point ``index`` of ``real_workflow(folder)`` raise on its worker.
+
+    Its frame becomes a 1-d array: FrameLoader reads it, and pydidas then
+    raises ``PydidasConfigError`` when it sets the image axes on it.
+    """
+    np.save(folder / "frames" / f"frame_{index:03d}.npy", np.zeros(5))
+
+
 def dummy_workflow(folder: Path) -> Workflow:
     from pydidas import unittest_objects
     from pydidas.workflow import ProcessingTree

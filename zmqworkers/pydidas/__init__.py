@@ -2,11 +2,12 @@
 
 ``install()`` puts zmqworkers' runners where pydidas looks for its
 ``AppRunner``: the workflow runner (``ExecuteWorkflowRunner``, and so
-``run-pydidas-workflow``), the workflow, composite and directory-spy frames
-of its GUI, and any code that imports ``pydidas.multiprocessing.AppRunner``
+``run-pydidas-workflow``), the workflow and composite frames of its GUI,
+and any code that imports ``pydidas.multiprocessing.AppRunner``
 afterwards. Workflow apps run with :class:`~.workflow.WorkflowAppRunner`
-(results travel as data, docs/pydidas.md); every other app with zmqworkers'
-``AppRunner``.
+(results travel as data, docs/pydidas.md); an app that shares
+``multiprocessing`` values (the directory spy's) with pydidas's own
+runner; every other app with zmqworkers' ``AppRunner``.
 
 This package imports pydidas; ``import zmqworkers`` never imports it.
 """
@@ -31,9 +32,17 @@ _RUNNER_MODULES = (
     "pydidas.gui.frames.composite_creator_frame",
     "pydidas.gui.frames.directory_spy_frame",
 )
+# The directory spy frame is switched too (it imports AppRunner from
+# pydidas.multiprocessing), but its app goes on to pydidas's own runner: it
+# shares multiprocessing.Value and Array objects with its worker, which reach
+# a child process only when it is started with them (docs/pydidas.md).
 
 _RUNNER_NAME = "AppRunner"
 _saved: dict[str, Any] = {}
+# ExecuteWorkflowRunner's methods that install() wraps, so that a run with a
+# failed scan point writes no files and process_scan() raises.
+_WORKFLOW_RUNNER_METHODS = ("_write_results_to_disk", "execute_workflow_in_apprunner")
+_saved_methods: dict[str, Any] = {}
 
 
 def install(
@@ -62,10 +71,13 @@ def install(
         where = ClusterSpec(bind=bind, key=key, key_file=key_file)
     else:
         where = ClusterSpec(n_workers)
-    factory = runner_factory(where)
     import importlib
 
     importlib.import_module("pydidas.apps.execute_workflow_runner")
+    pydidas_runner = _saved.get("pydidas.multiprocessing")
+    if pydidas_runner is None:
+        pydidas_runner = sys.modules["pydidas.multiprocessing"].AppRunner
+    factory = runner_factory(where, pydidas_runner)
     for name in _RUNNER_MODULES:
         module = sys.modules.get(name)
         if module is None or not hasattr(module, "AppRunner"):
@@ -73,6 +85,39 @@ def install(
         if name not in _saved:
             _saved[name] = getattr(module, _RUNNER_NAME)
         setattr(module, _RUNNER_NAME, factory)
+    _wrap_workflow_runner()
+
+
+def _wrap_workflow_runner() -> None:
+    """``process_scan()`` raises ``ScanPointFailed``, and writes nothing, after a failed point.
+
+    pydidas's runner writes its files when the runner's ``finished`` comes,
+    whatever happened; with a point missing, they would look complete.
+    """
+    from pydidas.apps.execute_workflow_runner import ExecuteWorkflowRunner
+
+    from zmqworkers.pydidas.wire import run_failure
+
+    if _saved_methods:
+        return
+    write = ExecuteWorkflowRunner._write_results_to_disk
+    execute = ExecuteWorkflowRunner.execute_workflow_in_apprunner
+
+    def write_unless_failed(self: Any) -> None:
+        if run_failure(self._app) is None:
+            write(self)
+        elif self._loop is not None and self._loop.isRunning():
+            self._loop.quit()
+
+    def execute_and_raise(self: Any) -> None:
+        execute(self)
+        failure = run_failure(self._app)
+        if failure is not None:
+            raise failure
+
+    _saved_methods.update(zip(_WORKFLOW_RUNNER_METHODS, (write, execute)))
+    ExecuteWorkflowRunner._write_results_to_disk = write_unless_failed
+    ExecuteWorkflowRunner.execute_workflow_in_apprunner = execute_and_raise
 
 
 def uninstall() -> None:
@@ -82,6 +127,12 @@ def uninstall() -> None:
         if module is not None:
             setattr(module, _RUNNER_NAME, original)
         del _saved[name]
+    if _saved_methods:
+        from pydidas.apps.execute_workflow_runner import ExecuteWorkflowRunner
+
+        for method, original in _saved_methods.items():
+            setattr(ExecuteWorkflowRunner, method, original)
+        _saved_methods.clear()
 
 
 def installed() -> bool:

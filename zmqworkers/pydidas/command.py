@@ -97,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from zmqworkers.errors import ZmqWorkersError
     from zmqworkers.pydidas import frames
-    from zmqworkers.pydidas.workflow import ClusterSpec, iter_points, store_point
+    from zmqworkers.pydidas.workflow import ClusterSpec, ScanPointFailed, iter_points, store_point
 
     tree, scan, exp, results = WorkflowTree(), ScanContext(), DiffractionExperimentContext(), None
     try:
@@ -142,6 +142,15 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("zmqworkers pydidas-workflow: interrupted; nothing written", file=sys.stderr)
         return 130
+    except ScanPointFailed as exc:
+        # The run stops at the first point that raised: files with that
+        # point (and those never processed) left empty would look complete.
+        print(
+            f"zmqworkers pydidas-workflow: {exc}\nnothing written to {args.output_dir}",
+            file=sys.stderr,
+        )
+        print(getattr(exc.remote, "remote_traceback", ""), file=sys.stderr)
+        return 1
     except Exception as exc:
         print(
             f"zmqworkers pydidas-workflow: processing failed: {type(exc).__name__}: {exc}",
@@ -167,9 +176,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _pydidas_workers() -> int:
-    from zmqworkers.pydidas.workflow import _default_n_workers
+    from zmqworkers.pydidas.wire import default_n_workers
 
-    return _default_n_workers()
+    return default_n_workers()
 
 
 def _progress(mode: str, total: int) -> Any:

@@ -15,12 +15,28 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from zmqworkers.controller import forkserver
+from zmqworkers.controller.forkserver import ForkedProcess, ForkServerUnavailable
 from zmqworkers.security.keys import KEY_ENV
 from zmqworkers.worker.mp_authkey import MP_AUTHKEY_ENV
 
 log = logging.getLogger(__name__)
+
+# A local worker process: spawned, or forked by the fork server.
+WorkerProcess = subprocess.Popen[bytes] | ForkedProcess
+
+
+def local_worker_env(key: bytes, extra_env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A local worker's environment: ours, the key, the authkey, then ``extra_env``."""
+    env = dict(os.environ)
+    env[KEY_ENV] = key.decode()
+    env[MP_AUTHKEY_ENV] = bytes(multiprocessing.current_process().authkey).hex()
+    if extra_env:
+        env.update(extra_env)
+    return env
 
 
 def start_local_worker(
@@ -31,11 +47,7 @@ def start_local_worker(
     The key travels in the environment, never in argv, where any user of the
     machine could read it from the process list.
     """
-    env = dict(os.environ)
-    env[KEY_ENV] = key.decode()
-    env[MP_AUTHKEY_ENV] = bytes(multiprocessing.current_process().authkey).hex()
-    if extra_env:
-        env.update(extra_env)
+    env = local_worker_env(key, extra_env)
     cmd = [
         sys.executable,
         "-m",
@@ -85,11 +97,21 @@ MAX_REPLACEMENTS = 100
 class LocalWorkers:
     """The local worker processes of one engine, by pid."""
 
-    def __init__(self, key: bytes, prefetch: int, env: Mapping[str, str], target: int) -> None:
+    def __init__(
+        self,
+        key: bytes,
+        prefetch: int,
+        env: Mapping[str, str],
+        target: int,
+        start_method: str = "spawn",
+        preload: Sequence[str] = (),
+    ) -> None:
         self._key = key
         self._prefetch = prefetch
         self._env = dict(env)
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._start_method = start_method
+        self._preload = tuple(preload)
+        self.procs: dict[int, WorkerProcess] = {}
         self.target = target  # how many should run
         self._expected: set[int] = set()
         self._replacements = 0
@@ -99,10 +121,18 @@ class LocalWorkers:
 
     def start(self, address: str, n: int) -> None:
         for _ in range(n):
-            proc = start_local_worker(
-                address, self._key, prefetch=self._prefetch, extra_env=self._env
-            )
+            proc = self._start_one(address)
             self.procs[proc.pid] = proc
+
+    def _start_one(self, address: str) -> WorkerProcess:
+        if self._start_method == "forkserver":
+            env = local_worker_env(self._key, self._env)
+            try:
+                return forkserver.fork_worker(address, self._prefetch, env, self._preload)
+            except ForkServerUnavailable as exc:
+                log.warning("local workers: %s; spawning them instead", exc)
+                self._start_method = "spawn"
+        return start_local_worker(address, self._key, prefetch=self._prefetch, extra_env=self._env)
 
     def stopping(self) -> None:
         """Every running process was asked to leave: its exit is no failure."""

@@ -1,0 +1,338 @@
+"""Local workers forked from a fork server, the ``"forkserver"`` start method.
+
+A spawned local worker (``"spawn"``) is a new interpreter that imports
+zmqworkers, numpy and the user's modules before it can say hello: about
+0.1 s for zmqworkers alone, seconds for an application such as pydidas.
+A fork server (:mod:`zmqworkers.worker.zygote`) imports them once and forks
+each worker from that state, so later workers start in milliseconds.
+
+One server per controller process (and per environment and working
+folder, which the preloaded modules may have read on import), shared by
+every engine in that process: the first local worker pays for the
+imports, every later one, of any ``Cluster`` or ``WorkerController`` in
+the process, starts warm. The server is started fresh by exec (never
+forked from the controller, whose threads and zmq context a fork would
+copy half-way), so it holds only what it imported itself.
+
+::
+
+    controller process                       fork server (single thread)
+    ┌──────────────────────────┐  JSON lines  ┌────────────────────────┐
+    │ engine → LocalWorkers ──►│ fork/signal ►│ preload, os.fork()     │
+    │ ForkedProcess.poll() ◄───│◄ forked/exit │ waitpid → exit reports │
+    └──────────────────────────┘ socketpair   └──────────┬─────────────┘
+                                                         │ fork
+                                                  worker, own process group
+
+A :class:`ForkedProcess` stands in for ``subprocess.Popen``: pid, poll,
+wait with a timeout, terminate and kill (of the worker's process group).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
+
+from zmqworkers.security.keys import KEY_ENV
+from zmqworkers.worker.mp_authkey import MP_AUTHKEY_ENV
+
+log = logging.getLogger(__name__)
+
+START_METHODS = ("forkserver", "spawn")
+# Linux only: elsewhere fork has caveats (macOS's system libraries) that
+# spawn avoids.
+DEFAULT_START_METHOD = "forkserver" if sys.platform.startswith("linux") else "spawn"
+# How long a fork may take, preloading included (an application's imports).
+FORK_TIMEOUT = 300.0
+# The controller's script: never imported again under another name.
+NOT_PRELOADED = frozenset({"__main__", "__mp_main__"})
+
+
+class ForkServerUnavailable(Exception):
+    """The fork server cannot fork: the launcher spawns instead."""
+
+
+class ForkServer:
+    """The controller's end of one fork server."""
+
+    def __init__(self, env: Mapping[str, str], cwd: str) -> None:
+        ours, theirs = socket.socketpair()
+        try:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "zmqworkers.worker.zygote",
+                    str(theirs.fileno()),
+                    str(os.getpid()),
+                ],
+                env=dict(env),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                pass_fds=[theirs.fileno()],
+                # No terminal signal reaches it: it ends with its controller.
+                start_new_session=True,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.owner = os.getpid()
+        self._sock = ours
+        self._lock = threading.Lock()
+        self._buf = b""
+        self._next_id = 0
+        self._replies: dict[int, dict[str, Any]] = {}
+        self.exits: dict[int, int] = {}
+        self.broken: str | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.broken is None and self.proc.poll() is None
+
+    def fork(
+        self, argv: Sequence[str], env: Mapping[str, str], preload: Sequence[str]
+    ) -> ForkedProcess:
+        """A new worker process running ``python -m zmqworkers.worker ARGV``."""
+        with self._lock:
+            self._next_id += 1
+            rid = self._next_id
+            request = {
+                "op": "fork",
+                "id": rid,
+                "argv": list(argv),
+                "env": dict(env),
+                "cwd": os.getcwd(),
+                "preload": [m for m in preload if m not in NOT_PRELOADED],
+            }
+            self._write(request)
+            deadline = time.monotonic() + FORK_TIMEOUT
+            while rid not in self._replies:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    # A late child would serve nobody: the server goes, with it.
+                    self._break("no answer to a fork request in time")
+                self._read(min(left, 1.0))
+            reply = self._replies.pop(rid)
+        if reply["op"] != "forked":
+            raise ForkServerUnavailable(reply.get("error", "fork refused"))
+        return ForkedProcess(self, int(reply["pid"]))
+
+    def send_signal(self, pid: int, signo: int) -> None:
+        with self._lock:
+            if self.broken is None:
+                try:
+                    self._write({"op": "signal", "pid": pid, "signo": int(signo)})
+                    return
+                except ForkServerUnavailable:
+                    pass
+        # The server is gone and cannot reap this pid: signal it directly.
+        try:
+            os.kill(pid, signo)
+        except ProcessLookupError:
+            pass
+
+    def collect(self, timeout: float = 0.0) -> None:
+        """Read what the server has reported, waiting up to ``timeout``."""
+        if not self._lock.acquire(timeout=max(timeout, 0.05)):
+            return
+        try:
+            if self.broken is None:
+                self._read(timeout)
+        except ForkServerUnavailable:
+            pass
+        finally:
+            self._lock.release()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """End the server; it kills workers of its own still running."""
+        with self._lock:
+            if self.broken is None:
+                self.broken = "closed"
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._sock.close()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    # -- under the lock ------------------------------------------------------
+
+    def _write(self, message: dict[str, Any]) -> None:
+        if self.broken is not None:
+            raise ForkServerUnavailable(f"the fork server is gone ({self.broken})")
+        try:
+            self._sock.sendall(json.dumps(message).encode() + b"\n")
+        except OSError as exc:
+            self._break(f"cannot write to it: {exc}")
+
+    def _read(self, timeout: float) -> None:
+        if self.broken is not None:
+            raise ForkServerUnavailable(f"the fork server is gone ({self.broken})")
+        ready, _, _ = select.select([self._sock], [], [], max(timeout, 0.0))
+        if not ready:
+            return
+        try:
+            data = self._sock.recv(1 << 16)
+        except OSError as exc:
+            self._break(f"cannot read from it: {exc}")
+        if not data:
+            self._break(f"it exited ({self.proc.poll()})")
+        self._buf += data
+        while b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            message = json.loads(line)
+            if message["op"] == "exit":
+                self.exits[int(message["pid"])] = int(message["rc"])
+            else:
+                self._replies[int(message["id"])] = message
+
+    def _break(self, why: str) -> NoReturn:
+        self.broken = why
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        raise ForkServerUnavailable(f"the fork server is gone: {why}")
+
+
+class ForkedProcess:
+    """A worker forked by a :class:`ForkServer`, with the ``Popen`` calls the launcher uses."""
+
+    def __init__(self, server: ForkServer, pid: int) -> None:
+        self._server = server
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self._server.collect()
+            self._settle()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            left = 0.05 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0.0)
+            self._server.collect(min(left, 0.05))
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, signo: int) -> None:
+        """Signal the worker's process group (what its calls started goes too)."""
+        if self.poll() is None:
+            self._server.send_signal(self.pid, signo)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def _settle(self) -> None:
+        rc = self._server.exits.pop(self.pid, None)
+        if rc is not None:
+            self.returncode = rc
+        elif not self._server.alive() and not _pid_exists(self.pid):
+            # Its server died first: nobody can say how this worker ended
+            # (it leaves by itself once its parent is gone).
+            log.warning("local worker %d ended after its fork server; exit status unknown", self.pid)
+            self.returncode = 255
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- one server per process and environment -----------------------------------
+
+_servers: dict[tuple[str, ...], ForkServer] = {}
+_servers_lock = threading.Lock()
+
+
+def fork_worker(
+    address: str, prefetch: int, env: Mapping[str, str], preload: Sequence[str]
+) -> ForkedProcess:
+    """A local worker forked from this process's fork server for ``env``.
+
+    The server's own environment lacks the key and the authkey: only the
+    fork request carries them, to the child alone.
+    """
+    base = {k: v for k, v in env.items() if k not in (KEY_ENV, MP_AUTHKEY_ENV)}
+    # A controller that uses numpy hands its workers arrays: import it once.
+    wanted = [*preload, *(["numpy"] if "numpy" in sys.modules else [])]
+    for attempt in (1, 2):
+        try:
+            server = server_for(base, os.getcwd())
+        except OSError as exc:
+            raise ForkServerUnavailable(f"cannot start a fork server: {exc}") from exc
+        # The worker's parent is the server: that is the process it watches.
+        argv = [address, "--parent-pid", str(server.pid), "--prefetch", str(prefetch)]
+        try:
+            return server.fork(argv, env, wanted)
+        except ForkServerUnavailable:
+            # A server that died (killed by hand?) is replaced once.
+            if attempt == 2 or server.broken is None:
+                raise
+    raise AssertionError("unreachable")
+
+
+def server_for(env: Mapping[str, str], cwd: str) -> ForkServer:
+    """This process's fork server for ``env`` and ``cwd``, started on first use."""
+    key = (sys.executable, cwd, *sorted(f"{k}={v}" for k, v in env.items()))
+    with _servers_lock:
+        server = _servers.get(key)
+        if server is None or not server.alive() or server.owner != os.getpid():
+            server = ForkServer(env, cwd)
+            _servers[key] = server
+        return server
+
+
+def shutdown_servers() -> None:
+    """End every fork server of this process (their workers with them)."""
+    with _servers_lock:
+        servers = list(_servers.values())
+        _servers.clear()
+    for server in servers:
+        server.close()
+
+
+def _forget_servers() -> None:
+    # In a child forked from the controller: the servers are its parent's.
+    # Closing this copy of each socket leaves the parent's link alone; the
+    # lock may have been held by a thread that the child does not have.
+    global _servers_lock
+    _servers_lock = threading.Lock()
+    for server in _servers.values():
+        server._sock.close()
+    _servers.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_servers)

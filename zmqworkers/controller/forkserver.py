@@ -314,6 +314,12 @@ def server_for(env: Mapping[str, str], cwd: str) -> ForkServer:
         return server
 
 
+def server_pids() -> set[int]:
+    """The process ids of this process's fork servers."""
+    with _servers_lock:
+        return {s.pid for s in _servers.values() if s.owner == os.getpid()}
+
+
 def shutdown_servers() -> None:
     """End every fork server of this process (their workers with them)."""
     with _servers_lock:

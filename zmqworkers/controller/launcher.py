@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from zmqworkers.controller import forkserver
 from zmqworkers.controller.forkserver import ForkedProcess, ForkServerUnavailable
+from zmqworkers.controller.options import EngineOptions
 from zmqworkers.security.keys import KEY_ENV
 from zmqworkers.worker.mp_authkey import MP_AUTHKEY_ENV
 
@@ -115,6 +116,17 @@ class LocalWorkers:
         self.target = target  # how many should run
         self._expected: set[int] = set()
         self._replacements = 0
+
+    @classmethod
+    def for_engine(cls, options: EngineOptions) -> LocalWorkers:
+        return cls(
+            options.key,
+            options.prefetch,
+            options.worker_env,
+            options.n_workers,
+            options.start_method,
+            options.preload,
+        )
 
     def __len__(self) -> int:
         return len(self.procs)

@@ -30,6 +30,7 @@ wait with a timeout, terminate and kill (of the worker's process group).
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -308,7 +309,10 @@ def server_for(env: Mapping[str, str], cwd: str) -> ForkServer:
     key = (sys.executable, cwd, *sorted(f"{k}={v}" for k, v in env.items()))
     with _servers_lock:
         server = _servers.get(key)
-        if server is None or not server.alive() or server.owner != os.getpid():
+        if server is not None and server.owner == os.getpid() and not server.alive():
+            server.close()  # reaped; its workers leave as orphans
+            server = None
+        if server is None or server.owner != os.getpid():
             server = ForkServer(env, cwd)
             _servers[key] = server
         return server
@@ -342,3 +346,6 @@ def _forget_servers() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_servers)
+# Registered on import, so it runs after the engines' own exit handlers:
+# a server ends with the interpreter that started it, and is reaped.
+atexit.register(shutdown_servers)

@@ -216,8 +216,8 @@ def run_worker(argv: list[str]) -> int:
 
 def _reseed() -> None:
     # Every child starts from the server's memory. Python's random module
-    # reseeds itself after a fork; numpy's global generator does not, and
-    # would give each worker the same numbers.
+    # reseeds itself after a fork; numpy's global generator does so only in
+    # recent releases, and would otherwise give each worker the same numbers.
     numpy = sys.modules.get("numpy")
     if numpy is not None:
         numpy.random.seed()

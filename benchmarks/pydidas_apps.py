@@ -12,7 +12,13 @@
 Systems, each with 2 worker processes:
 
   pydidas      pydidas.multiprocessing.AppRunner
-  zmq          zmqworkers.AppRunner, local workers (started by the run)
+  zmq          zmqworkers.AppRunner, local workers (started by the run) forked
+               from a fork server that the run starts (a cold start: the
+               server imports the app's module, hence pydidas, once)
+  zmq_warm     the same, timed on a second run in the same process: the fork
+               server of the first (untimed) run forks warm workers
+  zmq_spawn    zmqworkers.AppRunner(start_method="spawn"): each worker
+               process imports pydidas itself
   zmq_daemon   zmqworkers.AppRunner serving a `zmqworkers worker --processes 2`
                daemon that is already running, as on a facility cluster
 
@@ -46,7 +52,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SYSTEMS = ["pydidas", "zmq", "zmq_daemon"]
+SYSTEMS = ["pydidas", "zmq", "zmq_warm", "zmq_spawn", "zmq_daemon"]
 N_WORKERS = 2
 
 # setup(workdir) -> the app, ready to hand to a runner;
@@ -133,14 +139,23 @@ def _complete(check: Callable[[Any], str], app: Any) -> bool:
 
 
 def measure(job: str, system: str, workdir: Path, address: str, key: str) -> dict[str, Any]:
-    """One timed run in this process."""
+    """One timed run in this process (after an untimed one for ``zmq_warm``)."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     setup, check = JOBS[job]
     app = setup(workdir)
     from pydidas_qtcore import PydidasQApplication
-    from qtpy import QtCore
 
     qapp = PydidasQApplication.instance() or PydidasQApplication([])
+    if system == "zmq_warm":
+        _run(system, app, check, qapp, address, key)
+        app = setup(workdir)
+    seconds = _run(system, app, check, qapp, address, key)
+    return {"seconds": seconds, "digest": check(app)}
+
+
+def _run(system: str, app: Any, check: Callable[[Any], str], qapp: Any, address: str, key: str) -> float:
+    from qtpy import QtCore
+
     t0 = time.perf_counter()
     if system == "pydidas":
         from pydidas.multiprocessing import AppRunner
@@ -149,8 +164,10 @@ def measure(job: str, system: str, workdir: Path, address: str, key: str) -> dic
     else:
         import zmqworkers
 
-        if system == "zmq":
-            runner = zmqworkers.AppRunner(app, n_workers=N_WORKERS)
+        if system in ("zmq", "zmq_warm"):
+            runner = zmqworkers.AppRunner(app, n_workers=N_WORKERS, start_method="forkserver")
+        elif system == "zmq_spawn":
+            runner = zmqworkers.AppRunner(app, n_workers=N_WORKERS, start_method="spawn")
         else:
             runner = zmqworkers.AppRunner(app, n_workers=0, bind=address, key=key)
     errors: list[Any] = []
@@ -172,7 +189,7 @@ def measure(job: str, system: str, workdir: Path, address: str, key: str) -> dic
     runner.wait(30_000)
     if errors:
         raise RuntimeError(f"{len(errors)} task(s) failed, the first: {errors[0]!r}")
-    return {"seconds": seconds, "digest": check(app)}
+    return seconds
 
 
 def _free_port() -> int:

@@ -153,7 +153,9 @@ def measure(job: str, system: str, workdir: Path, address: str, key: str) -> dic
     return {"seconds": seconds, "digest": check(app)}
 
 
-def _run(system: str, app: Any, check: Callable[[Any], str], qapp: Any, address: str, key: str) -> float:
+def _run(
+    system: str, app: Any, check: Callable[[Any], str], qapp: Any, address: str, key: str
+) -> float:
     from qtpy import QtCore
 
     t0 = time.perf_counter()

@@ -168,9 +168,9 @@ def test_a_task_that_kills_its_workers_fails_and_the_run_goes_on(start_method: s
         fut = c.submit(poison, 13)
         with pytest.raises(WorkerLost) as info:
             fut.result(60)
-        assert [how for _, how in info.value.deaths] == ["killed by SIGKILL: " + (
-            "out of memory, or killed by hand?"
-        )] * 2
+        assert [how for _, how in info.value.deaths] == [
+            "killed by SIGKILL: " + ("out of memory, or killed by hand?")
+        ] * 2
         assert list(c.map(poison, [1, 2, 3])) == [1, 2, 3]
 
 

@@ -257,7 +257,9 @@ class ForkedProcess:
         elif not self._server.alive() and not _pid_exists(self.pid):
             # Its server died first: nobody can say how this worker ended
             # (it leaves by itself once its parent is gone).
-            log.warning("local worker %d ended after its fork server; exit status unknown", self.pid)
+            log.warning(
+                "local worker %d ended after its fork server; exit status unknown", self.pid
+            )
             self.returncode = 255
 
 

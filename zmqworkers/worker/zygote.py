@@ -65,10 +65,12 @@ class ForkServer:
         try:
             while self._controller_alive():
                 self._reap()
-                ready, _, _ = select.select([self.sock, self._wake_r], [], [], PARENT_CHECK)
+                ready, _, _ = select.select(
+                    [self.sock.fileno(), self._wake_r], [], [], PARENT_CHECK
+                )
                 if self._wake_r in ready:
                     _drain(self._wake_r)
-                if self.sock in ready and not self._read():
+                if self.sock.fileno() in ready and not self._read():
                     return
         finally:
             self._end_children()
@@ -251,6 +253,7 @@ def _drain(fd: int) -> None:
             pass
     except BlockingIOError:
         pass
+
 
 def main(argv: list[str]) -> int:
     fd, controller_pid = int(argv[0]), int(argv[1])

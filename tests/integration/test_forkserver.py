@@ -128,6 +128,24 @@ def test_preloaded_module_is_imported_once_in_the_server_not_in_each_worker(
     assert sorted(int(line) for line in log.read_text().split()) == sorted(workers)
 
 
+def test_a_preload_that_starts_a_thread_is_dropped_and_workers_still_fork(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "threaded_probe.py").write_text(
+        "import threading, time\n"
+        "threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    with Cluster(2, start_method="forkserver", preload=["threaded_probe"]) as c:
+        c.wait_for_workers(2, timeout=30)
+        parents = {psutil.Process(w["pid"]).ppid() for w in c.workers()}
+        assert list(c.map(nap, [0.01] * 4)) == [0.01] * 4
+    assert "preloading 'threaded_probe' started a thread" in caplog.text
+    # Forked all the same, by a server that did not import it.
+    assert len(parents) == 1 and parents <= forkserver.server_pids()
+    assert os.getpid() not in parents
+
+
 def test_workers_forked_from_one_template_draw_different_random_numbers() -> None:
     import numpy  # noqa: F401  (numpy in the controller: the server preloads it)
 

@@ -62,6 +62,11 @@ NOT_PRELOADED = frozenset({"__main__", "__mp_main__"})
 class ForkServerUnavailable(Exception):
     """The fork server cannot fork: the launcher spawns instead."""
 
+    def __init__(self, why: str, unsafe_module: str | None = None) -> None:
+        super().__init__(why)
+        # A preload that left a thread running in the server.
+        self.unsafe_module = unsafe_module
+
 
 class ForkServer:
     """The controller's end of one fork server."""
@@ -130,7 +135,7 @@ class ForkServer:
                 self._read(min(left, 1.0))
             reply = self._replies.pop(rid)
         if reply["op"] != "forked":
-            raise ForkServerUnavailable(reply.get("error", "fork refused"))
+            raise ForkServerUnavailable(reply.get("error", "fork refused"), reply.get("unsafe"))
         return ForkedProcess(self, int(reply["pid"]))
 
     def send_signal(self, pid: int, signo: int) -> None:
@@ -276,7 +281,19 @@ def _pid_exists(pid: int) -> bool:
 # -- one server per process and environment -----------------------------------
 
 _servers: dict[tuple[str, ...], ForkServer] = {}
+# Servers that fork no more but may still have workers to reap and report.
+_retired: list[ForkServer] = []
 _servers_lock = threading.Lock()
+# Modules whose import left a thread running in a server.
+_unsafe_preloads: set[str] = set()
+
+
+def _retire(server: ForkServer) -> None:
+    with _servers_lock:
+        for key, known in list(_servers.items()):
+            if known is server:
+                del _servers[key]
+                _retired.append(server)
 
 
 def fork_worker(
@@ -291,6 +308,7 @@ def fork_worker(
     # A controller that uses numpy hands its workers arrays: import it once.
     wanted = [*preload, *(["numpy"] if "numpy" in sys.modules else [])]
     for attempt in (1, 2):
+        wanted = [m for m in wanted if m not in _unsafe_preloads]
         try:
             server = server_for(base, os.getcwd())
         except OSError as exc:
@@ -299,10 +317,18 @@ def fork_worker(
         argv = [address, "--parent-pid", str(server.pid), "--prefetch", str(prefetch)]
         try:
             return server.fork(argv, env, wanted)
-        except ForkServerUnavailable:
-            # A server that died (killed by hand?) is replaced once.
-            if attempt == 2 or server.broken is None:
+        except ForkServerUnavailable as exc:
+            if attempt == 2:
                 raise
+            if exc.unsafe_module is not None:
+                # That server forks no more; a new one, without that module,
+                # takes its place (its workers import it themselves).
+                log.warning("%s; it is no longer preloaded in this process", exc)
+                _unsafe_preloads.add(exc.unsafe_module)
+                _retire(server)
+            elif server.broken is None:
+                raise
+            # else: a server that died (killed by hand?) is replaced once.
     raise AssertionError("unreachable")
 
 
@@ -323,14 +349,15 @@ def server_for(env: Mapping[str, str], cwd: str) -> ForkServer:
 def server_pids() -> set[int]:
     """The process ids of this process's fork servers."""
     with _servers_lock:
-        return {s.pid for s in _servers.values() if s.owner == os.getpid()}
+        return {s.pid for s in [*_servers.values(), *_retired] if s.owner == os.getpid()}
 
 
 def shutdown_servers() -> None:
     """End every fork server of this process (their workers with them)."""
     with _servers_lock:
-        servers = list(_servers.values())
+        servers = [*_servers.values(), *_retired]
         _servers.clear()
+        _retired.clear()
     for server in servers:
         server.close()
 
@@ -341,9 +368,10 @@ def _forget_servers() -> None:
     # lock may have been held by a thread that the child does not have.
     global _servers_lock
     _servers_lock = threading.Lock()
-    for server in _servers.values():
+    for server in [*_servers.values(), *_retired]:
         server._sock.close()
     _servers.clear()
+    _retired.clear()
 
 
 if hasattr(os, "register_at_fork"):

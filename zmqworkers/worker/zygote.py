@@ -30,6 +30,7 @@ from __future__ import annotations
 import atexit
 import importlib
 import json
+import logging
 import os
 import select
 import signal
@@ -39,6 +40,8 @@ import threading
 import time
 import traceback
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 # How often the server looks at its parent when nothing else wakes it.
 PARENT_CHECK = 0.25
@@ -145,18 +148,20 @@ class ForkServer:
             try:
                 importlib.import_module(name)
             except (Exception, SystemExit) as exc:
-                print(
-                    f"zmqworkers fork server: could not preload {name!r} ({exc!r}); "
+                log.warning(
+                    "fork server: could not preload %r (%r); "
                     "its workers import what they need themselves",
-                    file=sys.stderr,
+                    name,
+                    exc,
                 )
             if self.unsafe is None and threading.active_count() > 1:
-                self.unsafe = f"preloading {name!r} started a thread"
+                self.unsafe = name
 
     def _fork(self, request: dict[str, Any]) -> None:
         self._preload(list(request.get("preload", ())))
         if self.unsafe is not None:
-            self._send({"op": "failed", "id": request["id"], "error": self.unsafe})
+            error = f"preloading {self.unsafe!r} started a thread: forking is not safe"
+            self._send({"op": "failed", "id": request["id"], "error": error, "unsafe": self.unsafe})
             return
         # Buffered output would otherwise be written twice, once by the child.
         for stream in (sys.stdout, sys.stderr):
@@ -243,7 +248,7 @@ def _exit_status(code: Any) -> int:
         return 0
     if isinstance(code, int):
         return code & 0xFF
-    print(code, file=sys.stderr)
+    log.error("%s", code)  # sys.exit("message"), as the interpreter shows it
     return 1
 
 

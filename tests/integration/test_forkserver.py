@@ -19,6 +19,7 @@ from typing import Any
 import psutil
 import pytest
 
+import zmqworkers
 from tests.conftest import wait_for
 from tests.deploy.helpers import subprocess_env
 from tests.integration.test_faults import CountingCluster, nap, poison
@@ -126,6 +127,28 @@ def test_preloaded_module_is_imported_once_in_the_server_not_in_each_worker(
     with Cluster(2, start_method="spawn", preload=["preload_probe"]) as c:
         workers = set(c.map(preload_probe.where, range(20)))
     assert sorted(int(line) for line in log.read_text().split()) == sorted(workers)
+
+
+def test_warm_up_imports_in_the_server_before_any_cluster_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    log = tmp_path / "imports.log"
+    (tmp_path / "warm_probe.py").write_text(
+        f"import os\nwith open({str(log)!r}, 'a') as f:\n    f.write(f'{{os.getpid()}}\\n')\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    zmqworkers.warm_up(["warm_probe"])  # returns at once; the server imports
+    server = int(str(wait_for(lambda: log.exists() and log.read_text().strip(), 30)))
+    assert server in forkserver.server_pids()
+    with Cluster(2, start_method="forkserver") as c:
+        c.wait_for_workers(2, timeout=30)
+        parents = {psutil.Process(w["pid"]).ppid() for w in c.workers()}
+        imported = c.map(lambda _: "warm_probe" in sys.modules, range(4))
+        assert all(imported)
+    assert parents == {server}
+    assert log.read_text().split() == [str(server)]
+    with pytest.raises(ConfigurationError, match="preload takes a list"):
+        zmqworkers.warm_up("warm_probe")  # type: ignore[arg-type]
 
 
 def test_a_preload_that_starts_a_thread_is_dropped_and_workers_still_fork(

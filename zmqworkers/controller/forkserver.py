@@ -44,6 +44,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
+from zmqworkers.errors import ConfigurationError
 from zmqworkers.security.keys import KEY_ENV
 from zmqworkers.worker.mp_authkey import MP_AUTHKEY_ENV
 
@@ -137,6 +138,13 @@ class ForkServer:
         if reply["op"] != "forked":
             raise ForkServerUnavailable(reply.get("error", "fork refused"), reply.get("unsafe"))
         return ForkedProcess(self, int(reply["pid"]))
+
+    def preload(self, modules: Sequence[str]) -> None:
+        """Have the server import ``modules`` now; no answer is awaited."""
+        with self._lock:
+            self._write(
+                {"op": "preload", "modules": [m for m in modules if m not in NOT_PRELOADED]}
+            )
 
     def send_signal(self, pid: int, signo: int) -> None:
         with self._lock:
@@ -330,6 +338,32 @@ def fork_worker(
                 raise
             # else: a server that died (killed by hand?) is replaced once.
     raise AssertionError("unreachable")
+
+
+def check_preload(preload: Sequence[str]) -> tuple[str, ...]:
+    """Module names, each a dotted name (a string alone would be read letter by letter)."""
+    if isinstance(preload, (str, bytes)) or not isinstance(preload, Sequence):
+        raise ConfigurationError(
+            f"preload takes a list of module names, e.g. ['numpy'], not {preload!r}"
+        )
+    for name in preload:
+        if not isinstance(name, str) or not all(p.isidentifier() for p in name.split(".")):
+            raise ConfigurationError(f"preload: {name!r} is not a module name")
+    return tuple(preload)
+
+
+def warm_up(preload: Sequence[str] = ()) -> None:
+    """Start this process's fork server now and have it import ``preload``.
+
+    Returns at once: the server imports while the caller goes on (a GUI
+    loading, say), so that the first local workers, of a ``Cluster``,
+    ``WorkerController`` or ``AppRunner`` with the default start method
+    and no ``worker_env`` of its own, fork warm too. Later calls add modules.
+    """
+    names = check_preload(preload)
+    env = {k: v for k, v in os.environ.items() if k not in (KEY_ENV, MP_AUTHKEY_ENV)}
+    wanted = [*names, *(["numpy"] if "numpy" in sys.modules else [])]
+    server_for(env, os.getcwd()).preload([m for m in wanted if m not in _unsafe_preloads])
 
 
 def server_for(env: Mapping[str, str], cwd: str) -> ForkServer:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from zmqworkers.controller.forkserver import DEFAULT_START_METHOD, START_METHODS
+from zmqworkers.controller.forkserver import DEFAULT_START_METHOD, START_METHODS, check_preload
 from zmqworkers.errors import ConfigurationError
 from zmqworkers.protocol.liveness import HEARTBEAT_INTERVAL, HEARTBEAT_MISSES
 from zmqworkers.protocol.messages import DEFAULT_MAX_MESSAGE_SIZE
@@ -144,18 +144,6 @@ def check_start_method(method: str) -> str:
     if method == "forkserver" and not hasattr(os, "fork"):
         raise ConfigurationError('start_method="forkserver" needs os.fork: use "spawn" here')
     return method
-
-
-def check_preload(preload: Sequence[str]) -> tuple[str, ...]:
-    """Module names, each a dotted name (a string alone would be read letter by letter)."""
-    if isinstance(preload, (str, bytes)) or not isinstance(preload, Sequence):
-        raise ConfigurationError(
-            f"preload takes a list of module names, e.g. ['numpy'], not {preload!r}"
-        )
-    for name in preload:
-        if not isinstance(name, str) or not all(p.isidentifier() for p in name.split(".")):
-            raise ConfigurationError(f"preload: {name!r} is not a module name")
-    return tuple(preload)
 
 
 def apply_bind_policy(options: EngineOptions) -> EngineOptions:

@@ -13,6 +13,7 @@ thread running makes the server refuse to fork (the controller then spawns).
 Lines of JSON on the socket ``FD``, one object each:
 
   controller -> server   {"op": "fork", "id", "argv", "env", "cwd", "preload"}
+                         {"op": "preload", "modules"}
                          {"op": "signal", "pid", "signo"}
   server -> controller   {"op": "forked", "id", "pid"} or {"op": "failed", "id", "error"}
                          {"op": "exit", "pid", "rc"}  (rc as subprocess's returncode)
@@ -110,6 +111,8 @@ class ForkServer:
             request = json.loads(line)
             if request["op"] == "fork":
                 self._fork(request)
+            elif request["op"] == "preload":
+                self._preload(list(request["modules"]))
             elif request["op"] == "signal":
                 self._signal(int(request["pid"]), int(request["signo"]))
         return True

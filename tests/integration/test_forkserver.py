@@ -151,6 +151,19 @@ def test_warm_up_imports_in_the_server_before_any_cluster_starts(
         zmqworkers.warm_up("warm_probe")  # type: ignore[arg-type]
 
 
+def test_servers_for_other_environments_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    used = []
+    for i in range(forkserver.MAX_SERVERS + 1):
+        monkeypatch.setenv("ZMQWORKERS_TEST_ENVIRONMENT", str(i))
+        with Cluster(1, start_method="forkserver") as c:
+            c.wait_for_workers(1, timeout=30)
+            used.append(psutil.Process(c.workers()[0]["pid"]).ppid())
+    assert len(set(used)) == len(used)  # a server per environment
+    assert len(forkserver._servers) <= forkserver.MAX_SERVERS
+    assert not psutil.pid_exists(used[0])  # the oldest idle one was ended (and reaped)
+    assert used[-1] in forkserver.server_pids()
+
+
 def test_a_preload_that_starts_a_thread_is_dropped_and_workers_still_fork(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

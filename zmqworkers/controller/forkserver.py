@@ -56,6 +56,8 @@ START_METHODS = ("forkserver", "spawn")
 DEFAULT_START_METHOD = "forkserver" if sys.platform.startswith("linux") else "spawn"
 # How long a fork may take, preloading included (an application's imports).
 FORK_TIMEOUT = 300.0
+# Servers kept for other environments, beyond which idle ones are ended.
+MAX_SERVERS = 4
 # The controller's script: never imported again under another name.
 NOT_PRELOADED = frozenset({"__main__", "__mp_main__"})
 
@@ -102,6 +104,7 @@ class ForkServer:
         self._next_id = 0
         self._replies: dict[int, dict[str, Any]] = {}
         self.exits: dict[int, int] = {}
+        self.live: set[int] = set()  # forked, no exit reported yet
         self.broken: str | None = None
 
     @property
@@ -137,7 +140,9 @@ class ForkServer:
             reply = self._replies.pop(rid)
         if reply["op"] != "forked":
             raise ForkServerUnavailable(reply.get("error", "fork refused"), reply.get("unsafe"))
-        return ForkedProcess(self, int(reply["pid"]))
+        pid = int(reply["pid"])
+        self.live.add(pid)
+        return ForkedProcess(self, pid)
 
     def preload(self, modules: Sequence[str]) -> None:
         """Have the server import ``modules`` now; no answer is awaited."""
@@ -216,6 +221,7 @@ class ForkServer:
             message = json.loads(line)
             if message["op"] == "exit":
                 self.exits[int(message["pid"])] = int(message["rc"])
+                self.live.discard(int(message["pid"]))
             else:
                 self._replies[int(message["id"])] = message
 
@@ -377,7 +383,24 @@ def server_for(env: Mapping[str, str], cwd: str) -> ForkServer:
         if server is None or server.owner != os.getpid():
             server = ForkServer(env, cwd)
             _servers[key] = server
+            _close_idle_servers(keep=server)
         return server
+
+
+def _close_idle_servers(keep: ForkServer) -> None:
+    """Past MAX_SERVERS, end the oldest servers that have no worker running.
+
+    Each environment has a server of its own; a program that changes its
+    environment between runs would otherwise collect them.
+    """
+    for key, server in list(_servers.items()):
+        if len(_servers) <= MAX_SERVERS:
+            return
+        if server is not keep and server.owner == os.getpid():
+            server.collect()
+            if not server.live:
+                del _servers[key]
+                server.close()
 
 
 def server_pids() -> set[int]:

@@ -151,10 +151,25 @@ def test_warm_up_imports_in_the_server_before_any_cluster_starts(
         zmqworkers.warm_up("warm_probe")  # type: ignore[arg-type]
 
 
+def test_a_variable_set_after_the_server_started_reaches_the_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Libraries set variables when imported (pydidas does): the same server
+    # serves on, and the workers still get the controller's environment.
+    with Cluster(1, start_method="forkserver") as c:
+        c.wait_for_workers(1, timeout=30)
+        first = psutil.Process(c.workers()[0]["pid"]).ppid()
+    monkeypatch.setenv("ZMQWORKERS_TEST_SETTING", "late")
+    with Cluster(1, start_method="forkserver") as c:
+        c.wait_for_workers(1, timeout=30)
+        assert psutil.Process(c.workers()[0]["pid"]).ppid() == first
+        assert c.submit(os.environ.get, "ZMQWORKERS_TEST_SETTING").result(30) == "late"
+
+
 def test_servers_for_other_environments_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     used = []
     for i in range(forkserver.MAX_SERVERS + 1):
-        monkeypatch.setenv("ZMQWORKERS_TEST_ENVIRONMENT", str(i))
+        monkeypatch.setenv("OMP_NUM_THREADS", str(i + 1))
         with Cluster(1, start_method="forkserver") as c:
             c.wait_for_workers(1, timeout=30)
             used.append(psutil.Process(c.workers()[0]["pid"]).ppid())

@@ -311,7 +311,11 @@ def _retire(server: ForkServer) -> None:
 
 
 def fork_worker(
-    address: str, prefetch: int, env: Mapping[str, str], preload: Sequence[str]
+    address: str,
+    prefetch: int,
+    env: Mapping[str, str],
+    preload: Sequence[str],
+    extra_env: Mapping[str, str] | None = None,
 ) -> ForkedProcess:
     """A local worker forked from this process's fork server for ``env``.
 
@@ -324,7 +328,7 @@ def fork_worker(
     for attempt in (1, 2):
         wanted = [m for m in wanted if m not in _unsafe_preloads]
         try:
-            server = server_for(base, os.getcwd())
+            server = server_for(base, os.getcwd(), extra_env or {})
         except OSError as exc:
             raise ForkServerUnavailable(f"cannot start a fork server: {exc}") from exc
         # The worker's parent is the server: that is the process it watches.
@@ -369,12 +373,24 @@ def warm_up(preload: Sequence[str] = ()) -> None:
     names = check_preload(preload)
     env = {k: v for k, v in os.environ.items() if k not in (KEY_ENV, MP_AUTHKEY_ENV)}
     wanted = [*names, *(["numpy"] if "numpy" in sys.modules else [])]
-    server_for(env, os.getcwd()).preload([m for m in wanted if m not in _unsafe_preloads])
+    server_for(env, os.getcwd(), {}).preload([m for m in wanted if m not in _unsafe_preloads])
 
 
-def server_for(env: Mapping[str, str], cwd: str) -> ForkServer:
-    """This process's fork server for ``env`` and ``cwd``, started on first use."""
-    key = (sys.executable, cwd, *sorted(f"{k}={v}" for k, v in env.items()))
+def server_for(env: Mapping[str, str], cwd: str, extra_env: Mapping[str, str]) -> ForkServer:
+    """This process's fork server for ``env`` and ``cwd``, started on first use.
+
+    Servers differ by what decides what a module does when it is imported:
+    the working folder (``sys.path[0]``), the run's own ``worker_env``, the
+    ``PYTHON*`` variables and the thread counts (``OMP_NUM_THREADS``, ...).
+    Not by every variable: importing pydidas, for one, sets some, and a
+    server per such change would leave every run cold.
+    """
+    shaping = sorted(
+        f"{k}={v}"
+        for k, v in env.items()
+        if k in extra_env or k.startswith("PYTHON") or k.endswith("_NUM_THREADS")
+    )
+    key = (sys.executable, cwd, *shaping)
     with _servers_lock:
         server = _servers.get(key)
         if server is not None and server.owner == os.getpid() and not server.alive():

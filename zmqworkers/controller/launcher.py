@@ -139,7 +139,9 @@ class LocalWorkers:
         if self._start_method == "forkserver":
             env = local_worker_env(self._key, self._env)
             try:
-                return forkserver.fork_worker(address, self._prefetch, env, self._preload)
+                return forkserver.fork_worker(
+                    address, self._prefetch, env, self._preload, self._env
+                )
             except ForkServerUnavailable as exc:
                 log.warning("local workers: %s; spawning them instead", exc)
                 self._start_method = "spawn"

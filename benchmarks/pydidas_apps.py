@@ -17,6 +17,10 @@ Systems, each with 2 worker processes:
                server imports the app's module, hence pydidas, once)
   zmq_warm     the same, timed on a second run in the same process: the fork
                server of the first (untimed) run forks warm workers
+  zmq_warm_up  the same as zmq, with zmqworkers.warm_up(["pydidas.apps"])
+               called when the program starts, before it imports pydidas
+               (as a GUI would at its start): the server imports while the
+               program does; the clock starts after, as for the others
   zmq_spawn    zmqworkers.AppRunner(start_method="spawn"): each worker
                process imports pydidas itself
   zmq_daemon   zmqworkers.AppRunner serving a `zmqworkers worker --processes 2`
@@ -52,7 +56,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SYSTEMS = ["pydidas", "zmq", "zmq_warm", "zmq_spawn", "zmq_daemon"]
+SYSTEMS = ["pydidas", "zmq", "zmq_warm", "zmq_warm_up", "zmq_spawn", "zmq_daemon"]
 N_WORKERS = 2
 
 # setup(workdir) -> the app, ready to hand to a runner;
@@ -141,6 +145,10 @@ def _complete(check: Callable[[Any], str], app: Any) -> bool:
 def measure(job: str, system: str, workdir: Path, address: str, key: str) -> dict[str, Any]:
     """One timed run in this process (after an untimed one for ``zmq_warm``)."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    if system == "zmq_warm_up":
+        import zmqworkers
+
+        zmqworkers.warm_up(["pydidas.apps"])
     setup, check = JOBS[job]
     app = setup(workdir)
     from pydidas_qtcore import PydidasQApplication
@@ -166,7 +174,7 @@ def _run(
     else:
         import zmqworkers
 
-        if system in ("zmq", "zmq_warm"):
+        if system in ("zmq", "zmq_warm", "zmq_warm_up"):
             runner = zmqworkers.AppRunner(app, n_workers=N_WORKERS, start_method="forkserver")
         elif system == "zmq_spawn":
             runner = zmqworkers.AppRunner(app, n_workers=N_WORKERS, start_method="spawn")

@@ -57,6 +57,7 @@ class ForkServer:
         self.children: set[int] = set()
         self.preloaded: set[str] = set()
         self.unsafe: str | None = None
+        self.controller_gone = False
         self._buf = b""
         # SIGCHLD wakes select() through this pipe, so exits are told at once.
         self._wake_r, self._wake_w = os.pipe()
@@ -67,7 +68,7 @@ class ForkServer:
 
     def serve(self) -> None:
         try:
-            while self._controller_alive():
+            while self._controller_alive() and not self.controller_gone:
                 self._reap()
                 ready, _, _ = select.select(
                     [self.sock.fileno(), self._wake_r], [], [], PARENT_CHECK
@@ -118,7 +119,10 @@ class ForkServer:
         return True
 
     def _send(self, message: dict[str, Any]) -> None:
-        self.sock.sendall(json.dumps(message).encode() + b"\n")
+        try:
+            self.sock.sendall(json.dumps(message).encode() + b"\n")
+        except OSError:
+            self.controller_gone = True  # it closed its end: the loop ends
 
     def _reap(self) -> None:
         while self.children:

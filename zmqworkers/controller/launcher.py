@@ -2,7 +2,9 @@
 
 :class:`LocalWorkers` starts them, notices their exits (and replaces the
 ones that die, if asked) and ends those still running at shutdown. Only
-the engine thread uses it.
+the engine thread uses it. With the ``"forkserver"`` start method (the
+default on Linux) the processes are forked by :mod:`.forkserver`, which
+hands back stand-ins for ``Popen``; ``"spawn"`` starts each with ``Popen``.
 """
 
 from __future__ import annotations

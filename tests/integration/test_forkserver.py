@@ -261,9 +261,9 @@ def test_ending_a_worker_that_does_not_leave_ends_its_process_group(tmp_path: Pa
     finally:
         c.shutdown(wait=True, cancel_futures=True)
     try:
-        wait_for(lambda: not psutil.pid_exists(grandchild), 10)
+        wait_for(lambda: not _running(grandchild), 10)
     finally:
-        if psutil.pid_exists(grandchild):
+        if _running(grandchild):
             os.kill(grandchild, signal.SIGKILL)
 
 

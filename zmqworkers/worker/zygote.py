@@ -141,10 +141,13 @@ class ForkServer:
             return
         try:
             os.killpg(pid, signo)
+            return
+        except (ProcessLookupError, PermissionError):
+            pass  # no group of its own after all: the worker alone
+        try:
+            os.kill(pid, signo)
         except ProcessLookupError:
             pass
-        except PermissionError:
-            os.kill(pid, signo)
 
     def _preload(self, names: list[str]) -> None:
         for name in names:

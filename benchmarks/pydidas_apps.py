@@ -12,7 +12,17 @@
 Systems, each with 2 worker processes:
 
   pydidas      pydidas.multiprocessing.AppRunner
-  zmq          zmqworkers.AppRunner, local workers (started by the run)
+  zmq          zmqworkers.AppRunner, local workers (started by the run) forked
+               from a fork server that the run starts (a cold start: the
+               server imports the app's module, hence pydidas, once)
+  zmq_warm     the same, timed on a second run in the same process: the fork
+               server of the first (untimed) run forks warm workers
+  zmq_warm_up  the same as zmq, with zmqworkers.warm_up(["pydidas.apps"])
+               called when the program starts, before it imports pydidas
+               (as a GUI would at its start): the server imports while the
+               program does; the clock starts after, as for the others
+  zmq_spawn    zmqworkers.AppRunner(start_method="spawn"): each worker
+               process imports pydidas itself
   zmq_daemon   zmqworkers.AppRunner serving a `zmqworkers worker --processes 2`
                daemon that is already running, as on a facility cluster
   zmq_daemon_again
@@ -51,7 +61,15 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SYSTEMS = ["pydidas", "zmq", "zmq_daemon", "zmq_daemon_again"]
+SYSTEMS = [
+    "pydidas",
+    "zmq",
+    "zmq_warm",
+    "zmq_warm_up",
+    "zmq_spawn",
+    "zmq_daemon",
+    "zmq_daemon_again",
+]
 N_WORKERS = 2
 
 # setup(workdir) -> the app, ready to hand to a runner;
@@ -138,22 +156,30 @@ def _complete(check: Callable[[Any], str], app: Any) -> bool:
 
 
 def measure(job: str, system: str, workdir: Path, address: str, key: str) -> dict[str, Any]:
-    """One timed run in this process (for ``*_again``, the second of two)."""
+    """One timed run in this process (after an untimed one for ``zmq_warm``, ``*_again``)."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    if system == "zmq_warm_up":
+        import zmqworkers
+
+        zmqworkers.warm_up(["pydidas.apps"])
     setup, check = JOBS[job]
-    if system.endswith("_again"):
+    app = setup(workdir)
+    from pydidas_qtcore import PydidasQApplication
+
+    qapp = PydidasQApplication.instance() or PydidasQApplication([])
+    if system == "zmq_warm" or system.endswith("_again"):
         system = system.removesuffix("_again")
-        _run(setup(workdir), check, system, address, key)
-    return _run(setup(workdir), check, system, address, key)
+        _run(system, app, check, qapp, address, key)
+        app = setup(workdir)
+    seconds = _run(system, app, check, qapp, address, key)
+    return {"seconds": seconds, "digest": check(app)}
 
 
 def _run(
-    app: Any, check: Callable[[Any], str], system: str, address: str, key: str
-) -> dict[str, Any]:
-    from pydidas_qtcore import PydidasQApplication
+    system: str, app: Any, check: Callable[[Any], str], qapp: Any, address: str, key: str
+) -> float:
     from qtpy import QtCore
 
-    qapp = PydidasQApplication.instance() or PydidasQApplication([])
     t0 = time.perf_counter()
     if system == "pydidas":
         from pydidas.multiprocessing import AppRunner
@@ -162,8 +188,10 @@ def _run(
     else:
         import zmqworkers
 
-        if system == "zmq":
-            runner = zmqworkers.AppRunner(app, n_workers=N_WORKERS)
+        if system in ("zmq", "zmq_warm", "zmq_warm_up"):
+            runner = zmqworkers.AppRunner(app, n_workers=N_WORKERS, start_method="forkserver")
+        elif system == "zmq_spawn":
+            runner = zmqworkers.AppRunner(app, n_workers=N_WORKERS, start_method="spawn")
         else:
             runner = zmqworkers.AppRunner(app, n_workers=0, bind=address, key=key)
     errors: list[Any] = []
@@ -185,7 +213,7 @@ def _run(
     runner.wait(30_000)
     if errors:
         raise RuntimeError(f"{len(errors)} task(s) failed, the first: {errors[0]!r}")
-    return {"seconds": seconds, "digest": check(app)}
+    return seconds
 
 
 def _free_port() -> int:

@@ -22,6 +22,9 @@ Scenarios:
   b  round trips of 8 MiB float64 arrays, GB/s moved (both directions)
   c  heterogeneous durations: makespan against the ideal list schedule
   d  time to first result, from constructing the pool with 2 fresh workers
+     (zmq: the default start, forked from a fork server that the run starts;
+     zmq_spawn: start_method="spawn"; zmq_warm: a second Cluster in the same
+     process, forked from the fork server the first one started)
   e  controller memory: 1,000,000 queued tasks, and a soak streamed through
      (RSS growth over its second half, lowest sample to lowest sample;
      per-sample detail and the Python heap's block count on stderr)
@@ -56,7 +59,7 @@ SYSTEMS: dict[str, list[str]] = {
     "a": ["zmq_imap", "zmq_map", "zmq_qt", "pool", "ppe", "dask", "raw", "raw_ipc"],
     "b": ["zmq", "pool", "ppe", "dask", "raw", "raw_ipc", "memcpy"],
     "c": ["zmq", "pool", "dask"],
-    "d": ["zmq", "pool_spawn", "pool_fork", "dask"],
+    "d": ["zmq", "zmq_spawn", "zmq_warm", "pool_spawn", "pool_fork", "dask"],
     "e": ["zmq_queued", "zmq_soak"],
     "f": ["zmq"],
     "g": ["zmq", "pool", "raw", "raw_ipc"],
@@ -327,10 +330,15 @@ def c_makespan(system: str, n: int) -> float:
 
 def d_first_result(system: str) -> float:
     t0 = time.perf_counter()
-    if system == "zmq":
+    if system.startswith("zmq"):
         from zmqworkers import Cluster
 
-        with Cluster(2) as c:
+        options = {"start_method": "spawn"} if system == "zmq_spawn" else {}
+        if system == "zmq_warm":
+            with Cluster(2) as c:  # starts this process's fork server
+                c.submit(noop, 1).result()
+            t0 = time.perf_counter()
+        with Cluster(2, **options) as c:
             c.submit(noop, 1).result()
             t = time.perf_counter() - t0
         return t
@@ -596,6 +604,12 @@ def print_ratios(report: dict[str, Any]) -> None:
                     continue
                 r = ov / qv if HIGHER_IS_BETTER[sc] else qv / ov
                 print(f"  {sc}: {o:22s} vs {q:22s} {r:6.2f}x")
+        if sc == "d" and "zmq_spawn" in meds:
+            # The start methods against each other: spawn's time over each.
+            for o in ("zmq", "zmq_warm"):
+                if o in meds:
+                    r = meds["zmq_spawn"] / meds[o]
+                    print(f"  {sc}: {o:22s} vs {'zmq_spawn':22s} {r:6.2f}x")
 
 
 def plot_payload(out: dict[str, Any]) -> None:

@@ -36,13 +36,19 @@ def cluster2() -> Iterator[object]:
 
 
 def worker_processes() -> list[Any]:
-    """This test process's descendants that run zmqworkers (psutil.Process objects)."""
+    """This test process's descendants that run zmqworkers (psutil.Process objects).
+
+    Not the fork servers: one lives as long as the process that started it.
+    """
     import psutil
 
+    from zmqworkers.controller.forkserver import server_pids
+
+    servers = server_pids()
     found = []
     for child in psutil.Process().children(recursive=True):
         try:
-            if "zmqworkers" in " ".join(child.cmdline()):
+            if child.pid not in servers and "zmqworkers" in " ".join(child.cmdline()):
                 found.append(child)
         except psutil.NoSuchProcess:
             pass

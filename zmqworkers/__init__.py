@@ -25,6 +25,7 @@ _QT_NAMES = {"WorkerController", "AppRunner"}
 
 if _TYPE_CHECKING:
     from zmqworkers.client.cluster import Cluster
+    from zmqworkers.controller.forkserver import warm_up
 
 __all__ = [
     "AppRunner",
@@ -40,6 +41,7 @@ __all__ = [
     "WorkerLost",
     "ZmqWorkersError",
     "__version__",
+    "warm_up",
 ]
 
 
@@ -50,6 +52,10 @@ def __getattr__(name: str) -> _Any:
         from zmqworkers.client.cluster import Cluster
 
         return Cluster
+    if name == "warm_up":
+        from zmqworkers.controller.forkserver import warm_up
+
+        return warm_up
     if name == "BaseApp":
         from zmqworkers.client.apps import BaseApp
 

@@ -265,7 +265,8 @@ def test_a_done_callback_may_ask_the_cluster(cluster2) -> None:
 
 
 def test_local_workers_dial_a_private_ipc_folder_that_goes_with_the_cluster() -> None:
-    with Cluster(2) as c:
+    # Spawned: a forked worker's command line is its fork server's.
+    with Cluster(2, start_method="spawn") as c:
         c.wait_for_workers(2, timeout=30)
         local = c._engine.local_address
         assert c.address.startswith("tcp://127.0.0.1:")

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("qtpy.QtTest", reason="needs a Qt binding")
 
-from tests.conftest import wait_for  # noqa: E402
+from tests.conftest import wait_for, worker_processes  # noqa: E402
 from tests.qt.protocol_apps import Params, ProtocolApp, expected_composite  # noqa: E402
 from tests.qt.spy import Spy  # noqa: E402
 from zmqworkers import AppRunner, WorkerController  # noqa: E402
@@ -83,9 +83,7 @@ def test_request_interruption_drops_the_queue_stops_workers_and_still_finishes(
     post_run = Spy(runner.sig_post_run_called)
     runner.start()
     wait_for(lambda: len(results) >= 4, timeout=30)
-    workers = [
-        p for p in psutil.Process().children() if "zmqworkers.worker" in " ".join(p.cmdline())
-    ]
+    workers = worker_processes()
     assert len(workers) == 2
     with qtbot.waitSignal(runner.finished, timeout=30_000):
         runner.requestInterruption()

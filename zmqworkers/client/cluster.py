@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, InvalidStateError
 from typing import Any, NamedTuple
 
@@ -42,6 +42,10 @@ class Cluster(Executor):
     64 KiB or more are signed by length only on loopback, ipc and CURVE links,
     which nothing can change in transit; ``sign_buffers=True`` hashes them
     too, for a plain relay that carries a loopback port across a network.
+    Local workers are forked from a fork server that has imported
+    zmqworkers and ``preload`` (module names) once (``start_method=
+    "forkserver"``, the default on Linux), or start as new interpreters
+    (``"spawn"``); see docs/cluster.md.
     """
 
     def __init__(
@@ -62,6 +66,8 @@ class Cluster(Executor):
         max_message_size: int | None = EngineOptions.max_message_size,
         connection_file: str | os.PathLike[str] | None = None,
         sign_buffers: bool = EngineOptions.sign_buffers,
+        start_method: str = EngineOptions.start_method,
+        preload: Sequence[str] = EngineOptions.preload,
     ) -> None:
         if n_workers is None:
             n_workers = os.cpu_count() or 1
@@ -83,6 +89,8 @@ class Cluster(Executor):
             replace_dead_workers=replace_dead_workers,
             stop_timeout=stop_timeout,
             sign_buffers=sign_buffers,
+            start_method=start_method,
+            preload=preload,
         )
         self._futures: dict[int, Future[Any]] = {}
         # Done-callbacks are user code: never on the engine thread.

@@ -387,6 +387,11 @@ class AppDriver(TaskDriver):
     """
 
     def __init__(self, emit: Emit, options: EngineOptions, app: Any, use_tasks: bool) -> None:
+        # Forked local workers start with the app's module imported (for a
+        # pydidas app, all of pydidas): the fork server imports it once.
+        module = type(app).__module__
+        if module not in options.preload:
+            options = options.replace(preload=(*options.preload, module))
         super().__init__(emit, options)
         self.app = app
         self.use_tasks = use_tasks

@@ -2,7 +2,9 @@
 
 :class:`LocalWorkers` starts them, notices their exits (and replaces the
 ones that die, if asked) and ends those still running at shutdown. Only
-the engine thread uses it.
+the engine thread uses it. With the ``"forkserver"`` start method (the
+default on Linux) the processes are forked by :mod:`.forkserver`, which
+hands back stand-ins for ``Popen``; ``"spawn"`` starts each with ``Popen``.
 """
 
 from __future__ import annotations
@@ -14,14 +16,30 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from zmqworkers.controller import forkserver
+from zmqworkers.controller.forkserver import ForkedProcess, ForkServerUnavailable
+from zmqworkers.controller.options import EngineOptions
 from zmqworkers.security.keys import KEY_ENV
 from zmqworkers.worker.group import kill_group
 from zmqworkers.worker.mp_authkey import MP_AUTHKEY_ENV
 
 log = logging.getLogger(__name__)
+
+# A local worker process: spawned, or forked by the fork server.
+WorkerProcess = subprocess.Popen[bytes] | ForkedProcess
+
+
+def local_worker_env(key: bytes, extra_env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A local worker's environment: ours, the key, the authkey, then ``extra_env``."""
+    env = dict(os.environ)
+    env[KEY_ENV] = key.decode()
+    env[MP_AUTHKEY_ENV] = bytes(multiprocessing.current_process().authkey).hex()
+    if extra_env:
+        env.update(extra_env)
+    return env
 
 
 def start_local_worker(
@@ -33,11 +51,7 @@ def start_local_worker(
     machine could read it from the process list. The worker leads a session
     of its own, so what its tasks start is killed with it (worker/group.py).
     """
-    env = dict(os.environ)
-    env[KEY_ENV] = key.decode()
-    env[MP_AUTHKEY_ENV] = bytes(multiprocessing.current_process().authkey).hex()
-    if extra_env:
-        env.update(extra_env)
+    env = local_worker_env(key, extra_env)
     cmd = [
         sys.executable,
         "-m",
@@ -89,24 +103,55 @@ MAX_REPLACEMENTS = 100
 class LocalWorkers:
     """The local worker processes of one engine, by pid."""
 
-    def __init__(self, key: bytes, prefetch: int, env: Mapping[str, str], target: int) -> None:
+    def __init__(
+        self,
+        key: bytes,
+        prefetch: int,
+        env: Mapping[str, str],
+        target: int,
+        start_method: str = "spawn",
+        preload: Sequence[str] = (),
+    ) -> None:
         self._key = key
         self._prefetch = prefetch
         self._env = dict(env)
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._start_method = start_method
+        self._preload = tuple(preload)
+        self.procs: dict[int, WorkerProcess] = {}
         self.target = target  # how many should run
         self._expected: set[int] = set()
         self._replacements = 0
+
+    @classmethod
+    def for_engine(cls, options: EngineOptions) -> LocalWorkers:
+        return cls(
+            options.key,
+            options.prefetch,
+            options.worker_env,
+            options.n_workers,
+            options.start_method,
+            options.preload,
+        )
 
     def __len__(self) -> int:
         return len(self.procs)
 
     def start(self, address: str, n: int) -> None:
         for _ in range(n):
-            proc = start_local_worker(
-                address, self._key, prefetch=self._prefetch, extra_env=self._env
-            )
+            proc = self._start_one(address)
             self.procs[proc.pid] = proc
+
+    def _start_one(self, address: str) -> WorkerProcess:
+        if self._start_method == "forkserver":
+            env = local_worker_env(self._key, self._env)
+            try:
+                return forkserver.fork_worker(
+                    address, self._prefetch, env, self._preload, self._env
+                )
+            except ForkServerUnavailable as exc:
+                log.warning("local workers: %s; spawning them instead", exc)
+                self._start_method = "spawn"
+        return start_local_worker(address, self._key, prefetch=self._prefetch, extra_env=self._env)
 
     def stopping(self) -> None:
         """Every running process was asked to leave: its exit is no failure."""

@@ -116,9 +116,7 @@ class EngineLoop:
         self._guard = ReplayGuard()
         self._sockets = ControllerSockets(options, self.id)
         self._sessions: SessionTable | None = None  # once the sockets are bound
-        self._local = LocalWorkers(
-            options.key, options.prefetch, options.worker_env, options.n_workers
-        )
+        self._local = LocalWorkers.for_engine(options)
         self._dispatcher = Dispatcher(
             self.sched, self._batcher, self._send, self._deliver, self.host, self.stats
         )

@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from zmqworkers.controller.forkserver import DEFAULT_START_METHOD, START_METHODS, check_preload
 from zmqworkers.errors import ConfigurationError
 from zmqworkers.protocol.liveness import HEARTBEAT_INTERVAL, HEARTBEAT_MISSES
 from zmqworkers.protocol.messages import DEFAULT_MAX_MESSAGE_SIZE
@@ -76,6 +77,13 @@ class EngineOptions:
     # agrees; True hashes them everywhere (for a plain TCP relay
     # that carries a loopback port across a network).
     sign_buffers: bool = False
+    # How local workers start: "forkserver" forks each from a template
+    # process that has imported zmqworkers and ``preload`` once (the default
+    # on Linux: a warm start takes milliseconds), "spawn" starts a new
+    # interpreter for each. See docs/cluster.md.
+    start_method: str = DEFAULT_START_METHOD
+    # Modules the fork server imports before it forks (ignored by "spawn").
+    preload: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.worker_env, MappingProxyType):
@@ -99,6 +107,8 @@ def build_options(
     curve_dir: str | os.PathLike[str] | None = None,
     connection_file: str | os.PathLike[str] | None = None,
     max_message_size: int | None = None,
+    start_method: str = EngineOptions.start_method,
+    preload: Sequence[str] = EngineOptions.preload,
     **rest: Any,
 ) -> EngineOptions:
     """Engine options from a face's keywords: one place for key and checks.
@@ -112,6 +122,7 @@ def build_options(
     if unknown:
         raise ConfigurationError(f"unknown option(s): {', '.join(unknown)}")
     check_bind_address(rest.get("bind", EngineOptions.bind))
+    rest.update(start_method=check_start_method(start_method), preload=check_preload(preload))
     explicit = resolve_key(key, key_file)
     if max_message_size is not None:
         rest["max_message_size"] = max_message_size
@@ -123,6 +134,16 @@ def build_options(
         connection_file=os.fspath(connection_file) if connection_file is not None else None,
         **rest,
     )
+
+
+def check_start_method(method: str) -> str:
+    if method not in START_METHODS:
+        raise ConfigurationError(
+            f"start_method must be one of {', '.join(map(repr, START_METHODS))}, not {method!r}"
+        )
+    if method == "forkserver" and not hasattr(os, "fork"):
+        raise ConfigurationError('start_method="forkserver" needs os.fork: use "spawn" here')
+    return method
 
 
 def apply_bind_policy(options: EngineOptions) -> EngineOptions:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import atexit
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from numbers import Integral
 from typing import Any
 
@@ -61,6 +61,8 @@ class WorkerController(QtCore.QThread):
         connection_file: str | os.PathLike[str] | None = None,
         max_message_size: int | None = EngineOptions.max_message_size,
         sign_buffers: bool = EngineOptions.sign_buffers,
+        start_method: str = EngineOptions.start_method,
+        preload: Sequence[str] = EngineOptions.preload,
     ) -> None:
         super().__init__()
         options = build_options(
@@ -78,6 +80,8 @@ class WorkerController(QtCore.QThread):
             replace_dead_workers=replace_dead_workers,
             stop_timeout=stop_timeout,
             sign_buffers=sign_buffers,
+            start_method=start_method,
+            preload=preload,
         )
         self._driver = TaskDriver(self._emit, options)
         self.n_workers = (os.cpu_count() or 1) if n_workers is None else n_workers

@@ -1,0 +1,454 @@
+"""Local workers forked from a fork server, the ``"forkserver"`` start method.
+
+A spawned local worker (``"spawn"``) is a new interpreter that imports
+zmqworkers, numpy and the user's modules before it can say hello: about
+0.1 s for zmqworkers alone, seconds for an application such as pydidas.
+A fork server (:mod:`zmqworkers.worker.zygote`) imports them once and forks
+each worker from that state, so later workers start in milliseconds.
+
+One server per controller process (and per environment and working
+folder, which the preloaded modules may have read on import), shared by
+every engine in that process: the first local worker pays for the
+imports, every later one, of any ``Cluster`` or ``WorkerController`` in
+the process, starts warm. The server is started fresh by exec (never
+forked from the controller, whose threads and zmq context a fork would
+copy half-way), so it holds only what it imported itself.
+
+::
+
+    controller process                       fork server (single thread)
+    ┌──────────────────────────┐  JSON lines  ┌────────────────────────┐
+    │ engine → LocalWorkers ──►│ fork/signal ►│ preload, os.fork()     │
+    │ ForkedProcess.poll() ◄───│◄ forked/exit │ waitpid → exit reports │
+    └──────────────────────────┘ socketpair   └──────────┬─────────────┘
+                                                         │ fork
+                                                  worker, own process group
+
+A :class:`ForkedProcess` stands in for ``subprocess.Popen``: pid, poll,
+wait with a timeout, terminate and kill (of the worker's process group).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
+
+from zmqworkers.errors import ConfigurationError
+from zmqworkers.security.keys import KEY_ENV
+from zmqworkers.worker.mp_authkey import MP_AUTHKEY_ENV
+
+log = logging.getLogger(__name__)
+
+START_METHODS = ("forkserver", "spawn")
+# Linux only: elsewhere fork has caveats (macOS's system libraries) that
+# spawn avoids.
+DEFAULT_START_METHOD = "forkserver" if sys.platform.startswith("linux") else "spawn"
+# How long a fork may take, preloading included (an application's imports).
+FORK_TIMEOUT = 300.0
+# Servers kept for other environments, beyond which idle ones are ended.
+MAX_SERVERS = 4
+# The controller's script: never imported again under another name.
+NOT_PRELOADED = frozenset({"__main__", "__mp_main__"})
+
+
+class ForkServerUnavailable(Exception):
+    """The fork server cannot fork: the launcher spawns instead."""
+
+    def __init__(self, why: str, unsafe_module: str | None = None) -> None:
+        super().__init__(why)
+        # A preload that left a thread running in the server.
+        self.unsafe_module = unsafe_module
+
+
+class ForkServer:
+    """The controller's end of one fork server."""
+
+    def __init__(self, env: Mapping[str, str], cwd: str) -> None:
+        ours, theirs = socket.socketpair()
+        try:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "zmqworkers.worker.zygote",
+                    str(theirs.fileno()),
+                    str(os.getpid()),
+                ],
+                env=dict(env),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                pass_fds=[theirs.fileno()],
+                # No terminal signal reaches it: it ends with its controller.
+                start_new_session=True,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.owner = os.getpid()
+        self._sock = ours
+        self._lock = threading.Lock()
+        self._buf = b""
+        self._next_id = 0
+        self._replies: dict[int, dict[str, Any]] = {}
+        self.exits: dict[int, int] = {}
+        self.live: set[int] = set()  # forked, no exit reported yet
+        self.broken: str | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.broken is None and self.proc.poll() is None
+
+    def fork(
+        self, argv: Sequence[str], env: Mapping[str, str], preload: Sequence[str]
+    ) -> ForkedProcess:
+        """A new worker process running ``python -m zmqworkers.worker ARGV``."""
+        with self._lock:
+            self._next_id += 1
+            rid = self._next_id
+            request = {
+                "op": "fork",
+                "id": rid,
+                "argv": list(argv),
+                "env": dict(env),
+                "cwd": os.getcwd(),
+                "preload": [m for m in preload if m not in NOT_PRELOADED],
+            }
+            self._write(request)
+            deadline = time.monotonic() + FORK_TIMEOUT
+            while rid not in self._replies:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    # A late child would serve nobody: the server goes, with it.
+                    self._break("no answer to a fork request in time")
+                self._read(min(left, 1.0))
+            reply = self._replies.pop(rid)
+        if reply["op"] != "forked":
+            raise ForkServerUnavailable(reply.get("error", "fork refused"), reply.get("unsafe"))
+        pid = int(reply["pid"])
+        self.live.add(pid)
+        return ForkedProcess(self, pid)
+
+    def preload(self, modules: Sequence[str]) -> None:
+        """Have the server import ``modules`` now; no answer is awaited."""
+        with self._lock:
+            self._write(
+                {"op": "preload", "modules": [m for m in modules if m not in NOT_PRELOADED]}
+            )
+
+    def send_signal(self, pid: int, signo: int) -> None:
+        with self._lock:
+            if self.broken is None:
+                try:
+                    self._write({"op": "signal", "pid": pid, "signo": int(signo)})
+                    return
+                except ForkServerUnavailable:
+                    pass
+        # The server is gone and cannot reap this pid: signal it directly.
+        try:
+            os.kill(pid, signo)
+        except ProcessLookupError:
+            pass
+
+    def collect(self, timeout: float = 0.0) -> None:
+        """Read what the server has reported, waiting up to ``timeout``."""
+        if not self._lock.acquire(timeout=max(timeout, 0.05)):
+            return
+        try:
+            if self.broken is None:
+                self._read(timeout)
+        except ForkServerUnavailable:
+            pass
+        finally:
+            self._lock.release()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """End the server; it kills workers of its own still running."""
+        with self._lock:
+            if self.broken is None:
+                self.broken = "closed"
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._sock.close()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    # -- under the lock ------------------------------------------------------
+
+    def _write(self, message: dict[str, Any]) -> None:
+        if self.broken is not None:
+            raise ForkServerUnavailable(f"the fork server is gone ({self.broken})")
+        try:
+            self._sock.sendall(json.dumps(message).encode() + b"\n")
+        except OSError as exc:
+            self._break(f"cannot write to it: {exc}")
+
+    def _read(self, timeout: float) -> None:
+        if self.broken is not None:
+            raise ForkServerUnavailable(f"the fork server is gone ({self.broken})")
+        ready, _, _ = select.select([self._sock], [], [], max(timeout, 0.0))
+        if not ready:
+            return
+        try:
+            data = self._sock.recv(1 << 16)
+        except OSError as exc:
+            self._break(f"cannot read from it: {exc}")
+        if not data:
+            self._break(f"it exited ({self.proc.poll()})")
+        self._buf += data
+        while b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            message = json.loads(line)
+            if message["op"] == "exit":
+                self.exits[int(message["pid"])] = int(message["rc"])
+                self.live.discard(int(message["pid"]))
+            else:
+                self._replies[int(message["id"])] = message
+
+    def _break(self, why: str) -> NoReturn:
+        self.broken = why
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        raise ForkServerUnavailable(f"the fork server is gone: {why}")
+
+
+class ForkedProcess:
+    """A worker forked by a :class:`ForkServer`, with the ``Popen`` calls the launcher uses."""
+
+    def __init__(self, server: ForkServer, pid: int) -> None:
+        self._server = server
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self._server.collect()
+            self._settle()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            left = 0.05 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0.0)
+            self._server.collect(min(left, 0.05))
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, signo: int) -> None:
+        """Signal the worker's process group (what its calls started goes too)."""
+        if self.poll() is None:
+            self._server.send_signal(self.pid, signo)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def _settle(self) -> None:
+        rc = self._server.exits.pop(self.pid, None)
+        if rc is not None:
+            self.returncode = rc
+        elif not self._server.alive() and not _pid_exists(self.pid):
+            # Its server died first: nobody can say how this worker ended
+            # (it leaves by itself once its parent is gone).
+            log.warning(
+                "local worker %d ended after its fork server; exit status unknown", self.pid
+            )
+            self.returncode = 255
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- one server per process and environment -----------------------------------
+
+_servers: dict[tuple[str, ...], ForkServer] = {}
+# Servers that fork no more but may still have workers to reap and report.
+_retired: list[ForkServer] = []
+_servers_lock = threading.Lock()
+# Modules whose import left a thread running in a server.
+_unsafe_preloads: set[str] = set()
+
+
+def _retire(server: ForkServer) -> None:
+    with _servers_lock:
+        for key, known in list(_servers.items()):
+            if known is server:
+                del _servers[key]
+                _retired.append(server)
+
+
+def fork_worker(
+    address: str,
+    prefetch: int,
+    env: Mapping[str, str],
+    preload: Sequence[str],
+    extra_env: Mapping[str, str] | None = None,
+) -> ForkedProcess:
+    """A local worker forked from this process's fork server for ``env``.
+
+    The server's own environment lacks the key and the authkey: only the
+    fork request carries them, to the child alone.
+    """
+    base = {k: v for k, v in env.items() if k not in (KEY_ENV, MP_AUTHKEY_ENV)}
+    # A controller that uses numpy hands its workers arrays: import it once.
+    wanted = [*preload, *(["numpy"] if "numpy" in sys.modules else [])]
+    for attempt in (1, 2):
+        wanted = [m for m in wanted if m not in _unsafe_preloads]
+        try:
+            server = server_for(base, os.getcwd(), extra_env or {})
+        except OSError as exc:
+            raise ForkServerUnavailable(f"cannot start a fork server: {exc}") from exc
+        # The worker's parent is the server: that is the process it watches.
+        argv = [address, "--parent-pid", str(server.pid), "--prefetch", str(prefetch)]
+        try:
+            return server.fork(argv, env, wanted)
+        except ForkServerUnavailable as exc:
+            if attempt == 2:
+                raise
+            if exc.unsafe_module is not None:
+                # That server forks no more; a new one, without that module,
+                # takes its place (its workers import it themselves).
+                log.warning("%s; it is no longer preloaded in this process", exc)
+                _unsafe_preloads.add(exc.unsafe_module)
+                _retire(server)
+            elif server.broken is None:
+                raise
+            # else: a server that died (killed by hand?) is replaced once.
+    raise AssertionError("unreachable")
+
+
+def check_preload(preload: Sequence[str]) -> tuple[str, ...]:
+    """Module names, each a dotted name (a string alone would be read letter by letter)."""
+    if isinstance(preload, (str, bytes)) or not isinstance(preload, Sequence):
+        raise ConfigurationError(
+            f"preload takes a list of module names, e.g. ['numpy'], not {preload!r}"
+        )
+    for name in preload:
+        if not isinstance(name, str) or not all(p.isidentifier() for p in name.split(".")):
+            raise ConfigurationError(f"preload: {name!r} is not a module name")
+    return tuple(preload)
+
+
+def warm_up(preload: Sequence[str] = ()) -> None:
+    """Start this process's fork server now and have it import ``preload``.
+
+    Returns at once: the server imports while the caller goes on (a GUI
+    loading, say), so that the first local workers, of a ``Cluster``,
+    ``WorkerController`` or ``AppRunner`` with the default start method
+    and no ``worker_env`` of its own, fork warm too. Later calls add modules.
+    """
+    names = check_preload(preload)
+    env = {k: v for k, v in os.environ.items() if k not in (KEY_ENV, MP_AUTHKEY_ENV)}
+    wanted = [*names, *(["numpy"] if "numpy" in sys.modules else [])]
+    server_for(env, os.getcwd(), {}).preload([m for m in wanted if m not in _unsafe_preloads])
+
+
+def server_for(env: Mapping[str, str], cwd: str, extra_env: Mapping[str, str]) -> ForkServer:
+    """This process's fork server for ``env`` and ``cwd``, started on first use.
+
+    Servers differ by what decides what a module does when it is imported:
+    the working folder (``sys.path[0]``), the run's own ``worker_env``, the
+    ``PYTHON*`` variables and the thread counts (``OMP_NUM_THREADS``, ...).
+    Not by every variable: importing pydidas, for one, sets some, and a
+    server per such change would leave every run cold.
+    """
+    shaping = sorted(
+        f"{k}={v}"
+        for k, v in env.items()
+        if k in extra_env or k.startswith("PYTHON") or k.endswith("_NUM_THREADS")
+    )
+    key = (sys.executable, cwd, *shaping)
+    with _servers_lock:
+        server = _servers.get(key)
+        if server is not None and server.owner == os.getpid() and not server.alive():
+            server.close()  # reaped; its workers leave as orphans
+            server = None
+        if server is None or server.owner != os.getpid():
+            server = ForkServer(env, cwd)
+            _servers[key] = server
+            _close_idle_servers(keep=server)
+        return server
+
+
+def _close_idle_servers(keep: ForkServer) -> None:
+    """Past MAX_SERVERS, end the oldest servers that have no worker running.
+
+    Each environment has a server of its own; a program that changes its
+    environment between runs would otherwise collect them.
+    """
+    for key, server in list(_servers.items()):
+        if len(_servers) <= MAX_SERVERS:
+            return
+        if server is not keep and server.owner == os.getpid():
+            server.collect()
+            if not server.live:
+                del _servers[key]
+                server.close()
+
+
+def server_pids() -> set[int]:
+    """The process ids of this process's fork servers."""
+    with _servers_lock:
+        return {s.pid for s in [*_servers.values(), *_retired] if s.owner == os.getpid()}
+
+
+def shutdown_servers() -> None:
+    """End every fork server of this process (their workers with them)."""
+    with _servers_lock:
+        servers = [*_servers.values(), *_retired]
+        _servers.clear()
+        _retired.clear()
+    for server in servers:
+        server.close()
+
+
+def _forget_servers() -> None:
+    # In a child forked from the controller: the servers are its parent's.
+    # Closing this copy of each socket leaves the parent's link alone; the
+    # lock may have been held by a thread that the child does not have.
+    global _servers_lock
+    _servers_lock = threading.Lock()
+    for server in [*_servers.values(), *_retired]:
+        server._sock.close()
+    _servers.clear()
+    _retired.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_servers)
+# Registered on import, so it runs after the engines' own exit handlers:
+# a server ends with the interpreter that started it, and is reaped.
+atexit.register(shutdown_servers)

@@ -77,6 +77,12 @@ def test_workers_are_forked_by_one_server_per_process_and_act_as_spawned_ones(
 ) -> None:
     monkeypatch.delenv("QT_QPA_PLATFORM")
     monkeypatch.chdir(tmp_path)
+    # worker_view lives in this test module: the workers find it from another
+    # folder only through the path (or the module would go by value).
+    root = str(Path(__file__).resolve().parents[2])
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    )
     views = []
     for method in ("forkserver", "forkserver", "spawn"):  # the second reuses the server
         with Cluster(2, start_method=method) as c:

@@ -4,6 +4,7 @@
 
     ZmqWorkersError
     ├── ConfigurationError      a bad option: insecure bind, unreadable key file, ...
+    ├── MessageTooLarge         a task's argument or result over max_message_size
     ├── DecodeError             a message that cannot be trusted or understood
     │   └── ProtocolVersionError   the peer speaks another protocol version
     ├── RemoteError             the user's function raised on a worker
@@ -28,6 +29,20 @@ class ZmqWorkersError(Exception):
 
 class ConfigurationError(ZmqWorkersError, ValueError):
     """An option or combination of options that cannot work."""
+
+
+class MessageTooLarge(ZmqWorkersError, ValueError):
+    """A message would be larger than its link allows, so it is not sent.
+
+    ``size`` and ``limit`` are in bytes: the limit is the smaller of the
+    two sides' ``max_message_size``. A task whose argument (or result) is
+    too large fails with this error; the cluster and the worker go on.
+    """
+
+    def __init__(self, message: str, size: int = 0, limit: int = 0) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
 
 
 class DecodeError(ZmqWorkersError):

@@ -52,7 +52,9 @@ class WorkerState:
     # several share a unit (see Engine._tune_batch).
     batch: int = 1
     local: bool = False
-    in_flight: dict[int, None] = field(default_factory=dict)  # ordered: first runs
+    # Ordered: the first runs. The value is the number of the TASKS message
+    # that carried the task (None until it is sent), for reconcile.
+    in_flight: dict[int, int | None] = field(default_factory=dict)
     specs: set[str] = field(default_factory=set)
     done: int = 0
     state: str = "idle"

@@ -26,6 +26,11 @@ def _map(header: Any, what: str) -> dict[str, Any]:
     return header
 
 
+def _size(value: Any) -> int:
+    """A size limit from a header: a positive integer, or 0 for none given."""
+    return value if is_int(value) and value > 0 else 0
+
+
 @dataclass(frozen=True)
 class Hello:
     """A worker asks to join (task channel, signed with the shared key)."""
@@ -41,6 +46,9 @@ class Hello:
     link_protected: bool = False
     # The address it dialled: the controller's ipc folder marks a local worker.
     dialled: str = ""
+    # The largest message it accepts (0: not said); neither side of the
+    # session sends more than the smaller of the two sides' limits.
+    max_message_size: int = 0
 
     def header(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,6 +76,7 @@ class Hello:
             version=str(hdr.get("version", "?")),
             link_protected=hdr.get("link_protected") is True,
             dialled=dialled if isinstance(dialled, str) else "",
+            max_message_size=_size(hdr.get("max_message_size")),
         )
 
 
@@ -87,6 +96,8 @@ class Welcome:
     sign_buffers: bool
     # The side channels' ipc addresses, for a local worker only.
     ipc: dict[str, str] = field(default_factory=dict)
+    # The largest message the controller accepts (0: not said).
+    max_message_size: int = 0
 
     def header(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,6 +130,7 @@ class Welcome:
             heartbeat_misses=int(hdr.get("heartbeat_misses", 0)),
             sign_buffers=hdr.get("sign_buffers") is not False,
             ipc=ipc if isinstance(ipc, dict) else {},
+            max_message_size=_size(hdr.get("max_message_size")),
         )
 
 

@@ -6,12 +6,17 @@ convention, how its exception travels) reads in one place.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from zmqworkers.errors import MessageTooLarge
 from zmqworkers.protocol import Kind, SessionKey, dumps, encode
+from zmqworkers.protocol.messages import frames_size
+
+log = logging.getLogger(__name__)
 
 
 class FunctionCache:
@@ -108,3 +113,50 @@ def encode_results(
         # One unpicklable result must not take its batch-mates with it.
         items = [picklable(item) for item in batch]
         return encode(Kind.RESULTS, sender, seq, key, header, items, has_payload=True)
+
+
+def within(frames: list[Any], limit: int) -> list[Any]:
+    """``frames``, or :class:`MessageTooLarge` if together over ``limit`` bytes."""
+    size = frames_size(frames)
+    if size > limit:
+        raise MessageTooLarge(
+            f"a message of {size} bytes is over the limit of {limit}", size, limit
+        )
+    return frames
+
+
+Signing = Callable[[], tuple[str, int, "bytes | SessionKey"]]
+
+
+def result_messages(
+    batch: list[tuple[int, bool, Any]], busy: float, limit: int, signing: Signing
+) -> Iterator[list[Any]]:
+    """The RESULTS messages of ``batch``, none over ``limit`` bytes, in sending order.
+
+    A batch too large together goes out in smaller messages. A result too
+    large alone is replaced by a task error naming its size and the limit:
+    sent as it is, the controller's socket would close the connection on it
+    and the result would vanish without a word. The worker goes on.
+    """
+    frames = encode_results(*signing(), batch, busy)
+    size = frames_size(frames)
+    if size <= limit:
+        yield frames
+        return
+    if len(batch) > 1:
+        half = len(batch) // 2
+        share = busy * half / len(batch)
+        yield from result_messages(batch[:half], share, limit, signing)
+        yield from result_messages(batch[half:], busy - share, limit, signing)
+        return
+    task_id = batch[0][0]
+    err = MessageTooLarge(
+        f"the result of task {task_id} makes a message of {size} bytes, over the limit "
+        f"of {limit} bytes (max_message_size: the smaller of the controller's and the "
+        "worker's). Not sent: return large data another way (a shared file), or raise "
+        "max_message_size on both sides",
+        size,
+        limit,
+    )
+    log.warning("%s", err)
+    yield encode_results(*signing(), [(task_id, False, describe_exception(err))], busy)

@@ -51,6 +51,7 @@ def make_hello(
     nonce: bytes,
     link_protected: bool,
     dialled: str,
+    max_message_size: int,
 ) -> Hello:
     return Hello(
         id=worker_id,
@@ -65,6 +66,7 @@ def make_hello(
         # same of its side.
         link_protected=link_protected,
         dialled=dialled,
+        max_message_size=max_message_size,
     )
 
 

@@ -39,7 +39,7 @@ from zmqworkers.protocol import (
     decode,
     encode,
 )
-from zmqworkers.protocol.messages import NONCE_SIZE
+from zmqworkers.protocol.messages import NONCE_SIZE, session_limit
 from zmqworkers.protocol.records import Bye, Refused
 from zmqworkers.protocol.session import (
     HEARTBEAT_CHANNEL,
@@ -49,7 +49,7 @@ from zmqworkers.protocol.session import (
 from zmqworkers.security import curve
 from zmqworkers.security.connection import is_local_link
 from zmqworkers.worker import current, links
-from zmqworkers.worker.calls import FunctionCache, describe_exception, encode_results
+from zmqworkers.worker.calls import FunctionCache, describe_exception, result_messages, within
 from zmqworkers.worker.calls import make_call as make_call
 from zmqworkers.worker.current import send_message as send_message
 from zmqworkers.worker.drain import Drain
@@ -101,6 +101,8 @@ class Worker:
         # everything after the hello, and the one of the broadcast channel.
         self._skey: bytes | SessionKey = key
         self._pub_key = key
+        # The largest message this session sends: the smaller of the two limits.
+        self._limit = self.options.max_message_size
         self._funcs = FunctionCache()
         # (task id, spec id, argument, last of its message)
         self._queue: collections.deque[tuple[int, str, Any, bool]] = collections.deque()
@@ -292,6 +294,7 @@ class Worker:
             nonce=secrets.token_bytes(NONCE_SIZE),
             link_protected=self._curve is not None or is_local_link(self.address),
             dialled=self.address,
+            max_message_size=self.options.max_message_size,
         )
         dialling = Dialling(
             worker_id=self.id,
@@ -312,6 +315,9 @@ class Worker:
         answer = greet(tasks, hello, dialling)
         if isinstance(answer, Joined):
             self._skey, self._pub_key = answer.key, answer.pub_key
+            self._limit = session_limit(
+                self.options.max_message_size, answer.welcome.max_message_size
+            )
             self._result_sender = answer.sender(self.id, RESULTS_CHANNEL)
             self._hb_sender = answer.sender(self.id, HEARTBEAT_CHANNEL)
         return answer
@@ -362,7 +368,8 @@ class Worker:
         if sock is None or threading.get_ident() != self._serving_thread:
             return False
         text_msg = {"worker": self.id, "text": str(text)}
-        sock.send_multipart(encode(Kind.MESSAGE, *self._signing(), text_msg))
+        frames = within(encode(Kind.MESSAGE, *self._signing(), text_msg), self._limit)
+        sock.send_multipart(frames)
         return True
 
     def _serve_loop(
@@ -526,4 +533,5 @@ class Worker:
     def _flush(
         self, results: zmq.Socket[Any], batch: list[tuple[int, bool, Any]], busy: float
     ) -> None:
-        results.send_multipart(encode_results(*self._signing(), batch, busy), copy=False)
+        for frames in result_messages(batch, busy, self._limit, self._signing):
+            results.send_multipart(frames, copy=False)

@@ -1,0 +1,95 @@
+"""Messages over max_message_size, on real processes: the task fails, nothing else.
+
+A message larger than its link allows is closed on by the receiving socket
+(ZMQ_MAXMSGSIZE), so it must never be sent: the sender checks the size
+against the limit both sides agreed in the handshake, and the task fails
+with ``MessageTooLarge``. Small limits stand in for the gigabytes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import wait_for
+from zmqworkers import Cluster
+from zmqworkers.errors import MessageTooLarge
+
+LIMIT = 4 << 20
+BIG = 20 << 20
+
+
+def make_bytes(n: int) -> bytes:
+    return b"x" * n
+
+
+def pid(_: object = None) -> int:
+    return os.getpid()
+
+
+@pytest.fixture
+def small_cluster() -> Iterator[Cluster]:
+    c = Cluster(2, max_message_size=LIMIT)
+    try:
+        c.wait_for_workers(2, timeout=30)
+        yield c
+    finally:
+        c.shutdown(wait=False, cancel_futures=True)
+
+
+def _lost_or_left(c: Cluster) -> list[object]:
+    return [w for w in c.workers() if str(w["state"]).startswith(("lost", "left"))]
+
+
+def test_an_argument_over_the_limit_fails_its_task_and_the_cluster_goes_on(
+    small_cluster: Cluster,
+) -> None:
+    # Sent as it was, the argument made each worker's socket close its
+    # connection: both workers were declared lost, never came back, and
+    # neither this task nor any later one ended.
+    c = small_cluster
+    with pytest.raises(MessageTooLarge) as info:
+        c.submit(len, b"y" * BIG).result(timeout=20)
+    err = info.value
+    assert isinstance(err, ValueError)
+    assert err.limit == LIMIT and err.size > BIG
+    assert str(LIMIT) in str(err) and str(err.size) in str(err)
+    # The cluster goes on: the same two workers serve the next tasks.
+    assert list(c.map(len, [b"z" * 1000] * 20, timeout=20)) == [1000] * 20
+    assert len(c.workers()) == 2 and not _lost_or_left(c)
+    counters = c.counters()
+    assert counters["running"] == 0 and counters["queued"] == 0
+    assert counters.get("workers_lost", 0) == 0
+
+
+def test_a_result_over_the_limit_fails_its_task_and_the_worker_goes_on(
+    small_cluster: Cluster,
+) -> None:
+    # Sent as it was, the controller's socket closed the connection on the
+    # result: no log line, no drop counted, the future never ended and the
+    # worker showed `running: 1` for ever.
+    c = small_cluster
+    with pytest.raises(MessageTooLarge) as info:
+        c.submit(make_bytes, BIG).result(timeout=20)
+    err = info.value
+    assert isinstance(err, ValueError)
+    assert err.limit == LIMIT and err.size > BIG
+    assert f"{err.size} bytes" in str(err) and f"limit of {LIMIT} bytes" in str(err)
+    pids = {w["pid"] for w in c.workers()}
+    # The worker goes on: later tasks run on the same processes, nothing
+    # is left running anywhere.
+    assert set(c.map(pid, range(20), timeout=20)) <= pids
+    wait_for(lambda: c.counters()["running"] == 0, timeout=10)
+    assert not _lost_or_left(c) and c.counters().get("workers_lost", 0) == 0
+
+
+def test_a_batch_too_large_together_goes_out_in_smaller_messages(
+    small_cluster: Cluster,
+) -> None:
+    # Each result fits; together they would not: they are split, none lost.
+    c = small_cluster
+    sizes = [LIMIT // 3] * 12
+    assert list(c.map(make_bytes, sizes, timeout=30)) == [b"x" * n for n in sizes]
+    assert c.counters().get("failed", 0) == 0

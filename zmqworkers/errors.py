@@ -10,7 +10,8 @@
     ├── RemoteError             the user's function raised on a worker
     │                           (a dynamic subclass also inherits the original
     │                           exception class, so ``except ValueError`` works)
-    ├── WorkerLost              a task was running on workers that died, too often
+    ├── WorkerLost              a task was running on workers that died (or lost
+    │                           its result), too often
     ├── ClusterShutdown         work was submitted to, or cut short by, a closed cluster
     └── EngineClosed            a command reached a controller engine that has closed
 
@@ -190,6 +191,11 @@ def _remote_subclass(orig_cls: type) -> type:
     return sub
 
 
+# How a task's attempt is named when its worker lives on but the task's
+# result was lost on the way (see Scheduler.reconcile).
+RESULT_NEVER_ARRIVED = "its result never arrived"
+
+
 class WorkerLost(ZmqWorkersError):
     """A task was running on ``max_attempts`` workers that each died.
 
@@ -201,7 +207,9 @@ class WorkerLost(ZmqWorkersError):
         self.task_id = task_id
         self.deaths = list(deaths)
         lines = "; ".join(f"{w}: {how}" for w, how in deaths)
+        lost = any(how == RESULT_NEVER_ARRIVED for _, how in deaths)
+        which = "that died or lost its result" if lost else "that died"
         super().__init__(
-            f"task {task_id} was running on {len(deaths)} worker(s) that died "
+            f"task {task_id} was running on {len(deaths)} worker(s) {which} "
             f"and is not retried again ({lines})"
         )

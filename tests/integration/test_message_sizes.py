@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import wait_for
 from zmqworkers import Cluster
-from zmqworkers.errors import MessageTooLarge
+from zmqworkers.errors import MessageTooLarge, WorkerLost
 
 LIMIT = 4 << 20
 BIG = 20 << 20
@@ -27,6 +28,23 @@ def make_bytes(n: int) -> bytes:
 
 def pid(_: object = None) -> int:
     return os.getpid()
+
+
+def _refuse_to_load() -> None:
+    raise RuntimeError("this result cannot be read here")
+
+
+class Unreadable:
+    """Pickles on the worker; unpickling it on the controller raises."""
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return (_refuse_to_load, ())
+
+
+def unreadable(path: str) -> Unreadable:
+    with open(path, "a") as f:
+        f.write("run\n")
+    return Unreadable()
 
 
 @pytest.fixture
@@ -93,3 +111,21 @@ def test_a_batch_too_large_together_goes_out_in_smaller_messages(
     sizes = [LIMIT // 3] * 12
     assert list(c.map(make_bytes, sizes, timeout=30)) == [b"x" * n for n in sizes]
     assert c.counters().get("failed", 0) == 0
+
+
+def test_a_result_that_never_arrives_is_reconciled_not_left_running(tmp_path: Path) -> None:
+    # The controller drops the worker's RESULTS message (its payload does not
+    # unpickle there). The worker's next status, sent behind it on the same
+    # connection, says it holds nothing: the task is sent once more, then
+    # fails. Before, it stayed `running: 1` on an idle worker for ever.
+    runs = tmp_path / "runs"
+    with Cluster(1, max_attempts=2, heartbeat_interval=0.2) as c:
+        with pytest.raises(WorkerLost, match="its result never arrived"):
+            c.submit(unreadable, str(runs)).result(timeout=20)
+        assert runs.read_text().count("run") == 2  # max_attempts, not more
+        assert c.submit(len, "abc").result(timeout=20) == 3
+        counters = c.counters()
+        assert counters["running"] == 0
+        assert counters["dropped"].get("malformed") == 2
+        assert counters["results_lost"] == 2
+        assert counters.get("workers_lost", 0) == 0

@@ -7,6 +7,7 @@ again when their payloads turn out larger than the function's so far.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -15,8 +16,10 @@ from zmqworkers.controller.batching import Batcher
 from zmqworkers.controller.scheduler import Scheduler
 from zmqworkers.errors import MessageTooLarge, make_remote_error
 from zmqworkers.protocol import Kind
-from zmqworkers.protocol.records import check_results, remote_error
+from zmqworkers.protocol.records import Status, check_results, remote_error
 from zmqworkers.protocol.serialize import dumps
+
+log = logging.getLogger(__name__)
 
 # A worker that keeps more specs than this is told to forget idle ones.
 MAX_WORKER_SPECS = 64
@@ -199,3 +202,20 @@ class Dispatcher:
             out.append((tid, ok, value))
         self._deliver(out)
         return spec_id
+
+    def reconcile(self, wid: str, status: Status) -> None:
+        """Tasks the worker no longer holds whose result never came: again, or failed."""
+        if status.held is None or status.received is None:
+            return  # a heartbeat from the heartbeat thread: says nothing of tasks
+        back, failed = self._sched.reconcile(wid, status.received, status.held)
+        if back or failed:
+            log.warning(
+                "worker %s no longer holds task(s) %s, whose result never arrived: "
+                "%d queued again, %d failed",
+                wid,
+                [*back, *(tid for tid, _ in failed)],
+                len(back),
+                len(failed),
+            )
+            self._stats["results_lost"] += len(back) + len(failed)
+            self._deliver([(tid, False, err) for tid, err in failed])

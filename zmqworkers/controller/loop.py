@@ -430,6 +430,7 @@ class EngineLoop:
         if status.state is not None:
             w.state = status.state
         w.current = status.task
+        self._dispatcher.reconcile(w.id, status)
 
     def _on_bye(self, s: Session, msg: Message) -> None:
         wid = s.state.id

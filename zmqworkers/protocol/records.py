@@ -186,20 +186,42 @@ class Bye:
 
 @dataclass(frozen=True)
 class Status:
-    """A worker's heartbeat: what it does now."""
+    """A worker's heartbeat: what it does now, and maybe what it holds.
+
+    ``held`` and ``received`` come only with a status sent on the results
+    socket itself, behind every result sent before it: the tasks the worker
+    still holds (queued, or done with the result not yet sent), and the
+    number of the last TASKS message it received. A task sent in a message
+    up to ``received``, not held and not delivered, will not come back.
+    """
 
     state: str | None
     task: int | None
+    held: list[int] | None = None
+    received: int | None = None
 
     def header(self) -> dict[str, Any]:
-        return {"state": self.state, "task": self.task}
+        hdr: dict[str, Any] = {"state": self.state, "task": self.task}
+        if self.held is not None and self.received is not None:
+            hdr.update(held=self.held, received=self.received)
+        return hdr
 
     @classmethod
     def parse(cls, header: Any, wid: str) -> Status:
         if not isinstance(header, dict):
             raise DecodeError("malformed", f"heartbeat from {wid} without a header map")
         state, task = header.get("state"), header.get("task")
-        return cls(None if state is None else str(state), task if is_int(task) else None)
+        held, received = header.get("held"), header.get("received")
+        if held is not None and not (
+            isinstance(held, list) and all(is_int(t) for t in held) and is_int(received)
+        ):
+            raise DecodeError("malformed", f"heartbeat from {wid} with a bad list of tasks held")
+        return cls(
+            None if state is None else str(state),
+            task if is_int(task) else None,
+            held,
+            received if held is not None else None,
+        )
 
 
 def check_results(items: Any, wid: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import pickle
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from zmqworkers.errors import MessageTooLarge
@@ -45,8 +45,48 @@ class FunctionCache:
             if isinstance(spec_id, str):
                 self._specs.pop(spec_id, None)
 
+    def take(self, spec_id: Any, spec: Any, forget: Any) -> bool:
+        """A FUNC message's content; False if it makes no sense."""
+        if not isinstance(spec_id, str) or not (isinstance(spec, tuple) and len(spec) == 4):
+            return False
+        self.forget(forget)
+        try:
+            self.add(spec_id, spec)
+        except ValueError:
+            return False
+        return True
+
     def get(self, spec_id: str) -> Callable[[Any], Any] | None:
         return self._specs.get(spec_id)
+
+
+def task_entries(spec_id: Any, items: Any) -> list[tuple[int, str, Any, bool]] | None:
+    """A TASKS message's content as queue entries ``(id, spec, argument, last)``.
+
+    None if it makes no sense: checked whole first, so a batch is taken
+    entirely or not at all.
+    """
+    if not isinstance(spec_id, str) or not isinstance(items, list):
+        return None
+    if not all(isinstance(t, tuple) and len(t) == 2 and type(t[0]) is int for t in items):
+        return None
+    end = len(items) - 1
+    return [(task_id, spec_id, arg, i == end) for i, (task_id, arg) in enumerate(items)]
+
+
+def holding(
+    status: dict[str, Any],
+    queue: Iterable[tuple[int, Any, Any, Any]],
+    batch: Iterable[tuple[int, bool, Any]],
+    received: int,
+) -> dict[str, Any]:
+    """A heartbeat header for the results socket: ``status`` and what the worker holds.
+
+    Held: the tasks queued and those done whose results are not sent yet.
+    Sent between calls by the thread that runs them, so nothing is running.
+    """
+    held = [t[0] for t in queue] + [t[0] for t in batch]
+    return {**status, "held": held, "received": received}
 
 
 def make_call(spec: Any) -> Callable[[Any], Any]:

@@ -49,7 +49,14 @@ from zmqworkers.protocol.session import (
 from zmqworkers.security import curve
 from zmqworkers.security.connection import is_local_link
 from zmqworkers.worker import current, links
-from zmqworkers.worker.calls import FunctionCache, describe_exception, result_messages, within
+from zmqworkers.worker.calls import (
+    FunctionCache,
+    describe_exception,
+    holding,
+    result_messages,
+    task_entries,
+    within,
+)
 from zmqworkers.worker.calls import make_call as make_call
 from zmqworkers.worker.current import send_message as send_message
 from zmqworkers.worker.drain import Drain
@@ -120,6 +127,8 @@ class Worker:
         self._other_controller = False
         self._state = "idle"
         self._current: int | None = None
+        self._tasks_seq = 0
+        self._status_every = self.options.heartbeat_interval
         self._done = 0
         self.dropped: collections.Counter[str] = collections.Counter()
         self._results_sock: zmq.Socket[Any] | None = None
@@ -249,7 +258,8 @@ class Worker:
             self._results_ep = results_ep
             self._controller_id = welcome.controller
             self._other_controller = False
-            interval = welcome.heartbeat_interval or opts.heartbeat_interval
+            interval = self._status_every = welcome.heartbeat_interval or opts.heartbeat_interval
+            self._tasks_seq = 0  # the last TASKS message received in this session
             misses = welcome.heartbeat_misses or opts.heartbeat_misses
             self._hb_stop.clear()
             hb_thread = threading.Thread(
@@ -336,12 +346,10 @@ class Worker:
         links.exit_if_orphaned(self.id, self.options.parent_pid)
         # Heartbeat numbers go on across sessions (see __init__).
         self._hb_seq += 1
-        return self._hb_seq, {
-            "id": self.id,
-            "state": self._state,
-            "task": self._current,
-            "done": self._done,
-        }
+        return self._hb_seq, self._id_and_counts()
+
+    def _id_and_counts(self) -> dict[str, Any]:
+        return {"id": self.id, "state": self._state, "task": self._current, "done": self._done}
 
     def _serve(
         self,
@@ -388,6 +396,7 @@ class Worker:
         batch: list[tuple[int, bool, Any]] = []
         batch_started = 0.0
         busy = 0.0  # seconds spent in calls for the results in `batch`
+        next_status = time.monotonic() + self._status_every
         served = False
 
         def ingest(timeout_ms: int) -> None:
@@ -412,6 +421,11 @@ class Worker:
 
         while True:
             ingest(0 if self._queue else 100)
+            if time.monotonic() >= next_status:
+                # Behind every result sent so far, on the same connection.
+                next_status = time.monotonic() + self._status_every
+                held = holding(self._id_and_counts(), self._queue, batch, self._tasks_seq)
+                results.send_multipart(encode(Kind.HEARTBEAT, *self._signing(), held))
             if self._terminate or self._stop_requested:
                 break
             if self._should_exit():
@@ -480,28 +494,15 @@ class Worker:
         return handle(msg, hdr)
 
     def _on_tasks(self, msg: Any, hdr: dict[str, Any]) -> bool:
-        spec_id, items = hdr.get("spec"), msg.payload
-        if not isinstance(spec_id, str) or not isinstance(items, list):
-            return False
-        # Checked whole first: a batch is taken entirely or not at all.
-        if not all(isinstance(t, tuple) and len(t) == 2 and type(t[0]) is int for t in items):
-            return False
-        end = len(items) - 1
-        self._queue.extend(
-            (task_id, spec_id, arg, i == end) for i, (task_id, arg) in enumerate(items)
-        )
-        return True
+        # Received, even if unusable: the next status tells the controller
+        # that these tasks are not held here.
+        self._tasks_seq = msg.seq
+        queued = task_entries(hdr.get("spec"), msg.payload)
+        self._queue.extend(queued or ())
+        return queued is not None
 
     def _on_func(self, msg: Any, hdr: dict[str, Any]) -> bool:
-        spec, spec_id = msg.payload, hdr.get("spec")
-        if not isinstance(spec_id, str) or not (isinstance(spec, tuple) and len(spec) == 4):
-            return False
-        self._funcs.forget(hdr.get("forget"))
-        try:
-            self._funcs.add(spec_id, spec)
-        except ValueError:
-            return False
-        return True
+        return self._funcs.take(hdr.get("spec"), msg.payload, hdr.get("forget"))
 
     def _on_stop(self, msg: Any, hdr: dict[str, Any]) -> bool:
         if hdr.get("worker") in (None, self.id):

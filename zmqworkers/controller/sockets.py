@@ -31,6 +31,7 @@ from zmqworkers.controller.options import EngineOptions
 from zmqworkers.controller.sessions import Session
 from zmqworkers.errors import MessageTooLarge
 from zmqworkers.protocol import Kind, encode_frames
+from zmqworkers.protocol.liveness import ping_times
 from zmqworkers.protocol.messages import NONCE_SIZE, Key, encode_unsigned, frames_size
 from zmqworkers.protocol.records import Welcome
 from zmqworkers.protocol.session import broadcast_key
@@ -90,6 +91,12 @@ class ControllerSockets:
             s.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
         # A send to a worker that has gone raises instead of vanishing.
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # ZeroMQ's own pings, answered without the GIL: a worker whose
+        # heartbeat thread is held up is still seen to be there, and the
+        # connection of one that answers nothing is closed (see liveness).
+        ping_ivl, ping_timeout = ping_times(opts.heartbeat_interval, opts.heartbeat_misses)
+        self.router.setsockopt(zmq.HEARTBEAT_IVL, ping_ivl)
+        self.router.setsockopt(zmq.HEARTBEAT_TIMEOUT, ping_timeout)
         # No ROUTER_HANDOVER: each worker session connects with a fresh random
         # routing id, so a second connection claiming a live id is an
         # impostor trying to take over that worker's tasks, and is ignored.

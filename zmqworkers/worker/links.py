@@ -11,6 +11,7 @@ from typing import Any
 import zmq
 
 from zmqworkers.protocol import Kind, encode
+from zmqworkers.protocol.liveness import ping_times
 from zmqworkers.protocol.messages import Key
 from zmqworkers.security import curve
 
@@ -30,6 +31,23 @@ def redial_quickly(sock: zmq.Socket[Any]) -> None:
     """
     sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+
+
+def answer_pings(sock: zmq.Socket[Any], interval: float, misses: int) -> None:
+    """ZeroMQ's own pings on the task connection, answered without the GIL.
+
+    The controller pings too, and closes the connection of a worker that
+    answers nothing; these close it from this side when the controller
+    answers nothing (a stopped process, a hung host, a cut link).
+    """
+    ping_ivl, ping_timeout = ping_times(interval, misses)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, ping_ivl)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ping_timeout)
+
+
+def connected(tasks: zmq.Socket[Any]) -> bool:
+    """Whether the task socket (``IMMEDIATE``) has a connection up to the controller."""
+    return bool(tasks.poll(0, zmq.POLLOUT))
 
 
 def beat(

@@ -30,7 +30,6 @@ from typing import Any
 
 import zmq
 
-from zmqworkers._version import __version__
 from zmqworkers.errors import DecodeError, ProtocolVersionError
 from zmqworkers.protocol import (
     Kind,
@@ -39,7 +38,7 @@ from zmqworkers.protocol import (
     decode,
     encode,
 )
-from zmqworkers.protocol.messages import NONCE_SIZE, session_limit
+from zmqworkers.protocol.messages import session_limit
 from zmqworkers.protocol.records import Bye, Refused
 from zmqworkers.protocol.session import (
     HEARTBEAT_CHANNEL,
@@ -221,6 +220,7 @@ class Worker:
         tasks.setsockopt(zmq.ROUTING_ID, f"{self.id}/{secrets.token_hex(8)}".encode())
         tasks.setsockopt(zmq.MAXMSGSIZE, opts.max_message_size)
         links.redial_quickly(tasks)
+        links.answer_pings(tasks, opts.heartbeat_interval, opts.heartbeat_misses)
         tasks.connect(self.address)
         results: zmq.Socket[Any] | None = None
         control: zmq.Socket[Any] | None = None
@@ -298,13 +298,9 @@ class Worker:
         hello = make_hello(
             self.id,
             self.host,
-            os.getpid(),
-            __version__,
-            self.options.prefetch,
-            nonce=secrets.token_bytes(NONCE_SIZE),
+            self.options,
             link_protected=self._curve is not None or is_local_link(self.address),
             dialled=self.address,
-            max_message_size=self.options.max_message_size,
         )
         dialling = Dialling(
             worker_id=self.id,
@@ -397,10 +393,11 @@ class Worker:
         batch_started = 0.0
         busy = 0.0  # seconds spent in calls for the results in `batch`
         next_status = time.monotonic() + self._status_every
+        foreign = False  # broadcasts came that our controller did not sign
         served = False
 
         def ingest(timeout_ms: int) -> None:
-            nonlocal last_heard
+            nonlocal last_heard, foreign
             for sock, _ in poller.poll(timeout_ms):
                 while True:
                     try:
@@ -412,6 +409,7 @@ class Worker:
                         # A new controller on the address signs its broadcasts
                         # with another key: they land here, and the silence of
                         # ours ends the session (after heartbeat_misses beats).
+                        foreign = foreign or sock is control
                         continue
                     if msg.kind == Kind.HEARTBEAT and not self._from_our_controller(msg):
                         continue
@@ -438,7 +436,11 @@ class Worker:
                 if batch:
                     self._flush(results, batch, busy)
                     batch = []
-                if time.monotonic() - last_heard > lost_after:
+                # Silent, and another controller on the address or our
+                # connection closed (its pings went unanswered): a controller
+                # busy with a large message still answers them.
+                silent = time.monotonic() - last_heard > lost_after
+                if silent and (foreign or not links.connected(tasks)):
                     log.warning("worker %s: controller silent for %.1f s", self.id, lost_after)
                     return "lost"
                 continue

@@ -174,3 +174,40 @@ def test_a_large_result_does_not_make_a_live_worker_look_lost(tmp_path: Path) ->
         assert runs.read_text().count("run") == 1
         assert "worker_lost" not in events
         assert c.counters().get("workers_lost", 0) == 0
+
+
+def _load_slowly(data: bytes) -> bytes:
+    sum(range(10**8))  # one C call, about a second: the controller's GIL is held
+    return data
+
+
+class SlowToLoad:
+    """A result whose unpickling holds the controller's GIL for about a second."""
+
+    def __reduce__(self) -> tuple[object, tuple[bytes]]:
+        return (_load_slowly, (b"payload",))
+
+
+def slow_to_load() -> SlowToLoad:
+    return SlowToLoad()
+
+
+def test_a_controller_busy_with_a_result_is_not_left_by_its_worker() -> None:
+    # While the engine thread decodes the result, the controller sends no
+    # heartbeats; its ZeroMQ I/O thread still answers pings. The worker
+    # used to take the silence (0.3 s allowed here) for a dead controller
+    # and leave, and a new process took its place.
+    events: list[str] = []
+
+    class Watching(Cluster):
+        def on_event(self, name: str, data: object) -> None:
+            events.append(name)
+            super().on_event(name, data)
+
+    with Watching(1, heartbeat_interval=0.1, heartbeat_misses=3) as c:
+        c.wait_for_workers(1, timeout=30)
+        first = c.submit(pid).result(timeout=20)
+        assert c.submit(slow_to_load).result(timeout=30) == b"payload"
+        # Still the same process, never lost, never gone.
+        assert [c.submit(pid).result(timeout=20) for _ in range(5)] == [first] * 5
+        assert "worker_lost" not in events and "worker_left" not in events

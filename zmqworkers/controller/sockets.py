@@ -94,9 +94,13 @@ class ControllerSockets:
         # ZeroMQ's own pings, answered without the GIL: a worker whose
         # heartbeat thread is held up is still seen to be there, and the
         # connection of one that answers nothing is closed (see liveness).
+        # The pings tell the worker to close its side too when they stop
+        # for as long (TTL), so it notices a stopped controller by this
+        # controller's heartbeat limit, not its own.
         ping_ivl, ping_timeout = ping_times(opts.heartbeat_interval, opts.heartbeat_misses)
         self.router.setsockopt(zmq.HEARTBEAT_IVL, ping_ivl)
         self.router.setsockopt(zmq.HEARTBEAT_TIMEOUT, ping_timeout)
+        self.router.setsockopt(zmq.HEARTBEAT_TTL, min(ping_timeout, 6_553_500))
         # No ROUTER_HANDOVER: each worker session connects with a fresh random
         # routing id, so a second connection claiming a live id is an
         # impostor trying to take over that worker's tasks, and is ignored.

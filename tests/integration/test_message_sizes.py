@@ -9,6 +9,8 @@ with ``MessageTooLarge``. Small limits stand in for the gigabytes.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 from tests.conftest import wait_for
 from zmqworkers import Cluster
 from zmqworkers.errors import MessageTooLarge, WorkerLost
+from zmqworkers.security.keys import KEY_ENV
 
 LIMIT = 4 << 20
 BIG = 20 << 20
@@ -211,3 +214,37 @@ def test_a_controller_busy_with_a_result_is_not_left_by_its_worker() -> None:
         # Still the same process, never lost, never gone.
         assert [c.submit(pid).result(timeout=20) for _ in range(5)] == [first] * 5
         assert "worker_lost" not in events and "worker_left" not in events
+
+
+def test_a_daemons_smaller_limit_holds_for_the_whole_session() -> None:
+    # The daemon accepts at most 1 MiB; the controller 2 GiB. The handshake
+    # agrees on the smaller, so each side fails what the other would refuse.
+    key = "e" * 64
+    env = {**os.environ, KEY_ENV: key}
+    with Cluster(0, key=key) as c:
+        cmd = [sys.executable, "-m", "zmqworkers", "worker", c.address]
+        daemon = subprocess.Popen(
+            [*cmd, "--max-message-size", str(1 << 20)], env=env, stdin=subprocess.DEVNULL
+        )
+        try:
+            c.wait_for_workers(1, timeout=30)
+            with pytest.raises(MessageTooLarge) as arg_info:
+                c.submit(len, b"y" * (2 << 20)).result(timeout=20)
+            with pytest.raises(MessageTooLarge) as result_info:
+                c.submit(make_bytes, 2 << 20).result(timeout=20)
+            assert arg_info.value.limit == result_info.value.limit == 1 << 20
+            assert c.submit(len, b"y" * 1000).result(timeout=20) == 1000
+            assert c.counters().get("workers_lost", 0) == 0
+        finally:
+            daemon.kill()
+            daemon.wait(10)
+
+
+@pytest.mark.parametrize("bad", ["10", "-1", "0", "lots"])
+def test_a_worker_refuses_a_limit_below_the_floor(bad: str) -> None:
+    cmd = [sys.executable, "-m", "zmqworkers", "worker", "tcp://127.0.0.1:9"]
+    done = subprocess.run(
+        [*cmd, "--max-message-size", bad], capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 2
+    assert b"--max-message-size" in done.stderr and bad.encode() in done.stderr

@@ -45,9 +45,15 @@ class Joined:
 
 
 def make_hello(
-    worker_id: str, host: str, options: WorkerOptions, *, link_protected: bool, dialled: str
+    worker_id: str,
+    host: str,
+    options: WorkerOptions,
+    version: str,
+    *,
+    link_protected: bool,
+    dialled: str,
 ) -> Hello:
-    """This process's hello, with a fresh nonce."""
+    """This process's hello (``version``: its release), with a fresh nonce."""
     return Hello(
         id=worker_id,
         nonce=secrets.token_bytes(NONCE_SIZE),
@@ -55,7 +61,7 @@ def make_hello(
         pid=os.getpid(),
         capacity=1 + max(0, options.prefetch),
         protocol=PROTOCOL_VERSION,
-        version=__version__,
+        version=version,
         # Nothing on this link can change bytes in transit (loopback, ipc,
         # CURVE): array buffers may skip hashing if the controller says the
         # same of its side.

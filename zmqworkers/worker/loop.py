@@ -30,6 +30,7 @@ from typing import Any
 
 import zmq
 
+from zmqworkers._version import __version__
 from zmqworkers.errors import DecodeError, ProtocolVersionError
 from zmqworkers.protocol import (
     Kind,
@@ -299,6 +300,7 @@ class Worker:
             self.id,
             self.host,
             self.options,
+            __version__,
             link_protected=self._curve is not None or is_local_link(self.address),
             dialled=self.address,
         )

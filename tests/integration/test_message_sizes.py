@@ -8,6 +8,7 @@ with ``MessageTooLarge``. Small limits stand in for the gigabytes.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -104,6 +105,22 @@ def test_a_result_over_the_limit_fails_its_task_and_the_worker_goes_on(
     assert set(c.map(pid, range(20), timeout=20)) <= pids
     wait_for(lambda: c.counters()["running"] == 0, timeout=10)
     assert not _lost_or_left(c) and c.counters().get("workers_lost", 0) == 0
+
+
+def add_len(data: bytes, n: int) -> int:
+    return len(data) + n
+
+
+def test_a_function_whose_shared_arguments_are_over_the_limit_fails_its_tasks(
+    small_cluster: Cluster,
+) -> None:
+    # The function travels once per worker (FUNC), with what it is bound to.
+    c = small_cluster
+    bound = functools.partial(add_len, b"z" * BIG)
+    with pytest.raises(MessageTooLarge, match="the function with its shared arguments"):
+        c.submit(bound, 1).result(timeout=20)
+    assert c.submit(add_len, b"abc", 1).result(timeout=20) == 4
+    assert c.counters()["running"] == 0 and c.counters().get("workers_lost", 0) == 0
 
 
 def test_a_batch_too_large_together_goes_out_in_smaller_messages(

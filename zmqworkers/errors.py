@@ -53,9 +53,14 @@ class DecodeError(ZmqWorkersError):
     ``"version"``, ``"size"``, ``"replay"``, ...) used to count drops.
     """
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(
+        self, reason: str, detail: str = "", *, kind: int | None = None, seq: int | None = None
+    ) -> None:
         self.reason = reason
         self.detail = detail
+        # Of a signed message whose payload could not be read: what it was.
+        self.kind = kind
+        self.seq = seq
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
@@ -193,7 +198,10 @@ def _remote_subclass(orig_cls: type) -> type:
 
 # How a task's attempt is named when its worker lives on but the task's
 # result was lost on the way (see Scheduler.reconcile).
-RESULT_NEVER_ARRIVED = "its result never arrived"
+RESULT_NEVER_ARRIVED = (
+    "its result never arrived: a message was dropped on the way, the task's "
+    "or its result's (see the dropped-message counts and the logs of both sides)"
+)
 
 
 class WorkerLost(ZmqWorkersError):

@@ -265,3 +265,17 @@ def test_a_worker_refuses_a_limit_below_the_floor(bad: str) -> None:
     )
     assert done.returncode == 2
     assert b"--max-message-size" in done.stderr and bad.encode() in done.stderr
+
+
+def test_an_argument_the_worker_cannot_read_fails_instead_of_hanging() -> None:
+    # The TASKS message is signed, but its payload does not unpickle on the
+    # worker: dropped there. The worker's status says it received that
+    # message and holds nothing, so the task is sent again, then fails.
+    # Before, it stayed running for ever.
+    with Cluster(1, max_attempts=2, heartbeat_interval=0.2) as c:
+        with pytest.raises(WorkerLost, match="its result never arrived"):
+            c.submit(len, Unreadable()).result(timeout=20)
+        assert c.submit(len, "abc").result(timeout=20) == 3
+        counters = c.counters()
+        assert counters["running"] == 0 and counters["results_lost"] == 2
+        assert counters.get("workers_lost", 0) == 0

@@ -336,7 +336,11 @@ def decode(
         try:
             msg.payload = serialize.loads(views[2:])
         except Exception as exc:
-            raise DecodeError("malformed", f"payload does not unpickle ({exc!r})") from exc
+            # Signed: the kind and number are the sender's, so the receiver
+            # may say it got this message, though it cannot read it.
+            raise DecodeError(
+                "malformed", f"payload does not unpickle ({exc!r})", kind=kind, seq=seq
+            ) from exc
     return msg
 
 

@@ -74,6 +74,12 @@ def beat(
         stop.wait(interval)
 
 
+def from_another_controller(header: Any, ours: str | None) -> bool:
+    """Whether a heartbeat names a controller other than this session's."""
+    theirs = header.get("controller") if isinstance(header, dict) else None
+    return theirs is not None and ours is not None and theirs != ours
+
+
 def send_goodbye(
     endpoint: str, curve_keys: Any, sender: str, key: Key, header: dict[str, Any]
 ) -> None:

@@ -203,6 +203,8 @@ class Worker:
             guard.check(msg.sender, msg.seq)
             return msg
         except DecodeError as exc:
+            if exc.kind == Kind.TASKS and exc.seq is not None:
+                self._tasks_seq = exc.seq  # received, not held: the status says so
             self.dropped[exc.reason] += 1
             if self.dropped[exc.reason] in (1, 10, 100, 1000, 10000):
                 log.warning("worker %s: dropped a message (%s)", self.id, exc)
@@ -479,14 +481,11 @@ class Worker:
         return "served" if served else "lost"
 
     def _from_our_controller(self, msg: Any) -> bool:
-        hdr = msg.header
-        theirs = hdr.get("controller") if isinstance(hdr, dict) else None
-        if theirs is not None and self._controller_id is not None and theirs != self._controller_id:
-            # Whatever it holds of ours died with the old controller; it
-            # does not know us: start over with a hello.
-            self._other_controller = True
-            return False
-        return True
+        # Another one: whatever it holds of ours died with the old
+        # controller; it does not know us: start over with a hello.
+        other = links.from_another_controller(msg.header, self._controller_id)
+        self._other_controller = self._other_controller or other
+        return not other
 
     def _handle(self, msg: Any) -> bool:
         """Act on a checked message; False if its content makes no sense."""

@@ -4,12 +4,14 @@
 
     ZmqWorkersError
     ├── ConfigurationError      a bad option: insecure bind, unreadable key file, ...
+    ├── MessageTooLarge         a task's argument or result over max_message_size
     ├── DecodeError             a message that cannot be trusted or understood
     │   └── ProtocolVersionError   the peer speaks another protocol version
     ├── RemoteError             the user's function raised on a worker
     │                           (a dynamic subclass also inherits the original
     │                           exception class, so ``except ValueError`` works)
-    ├── WorkerLost              a task was running on workers that died, too often
+    ├── WorkerLost              a task was running on workers that died (or lost
+    │                           its result), too often
     ├── ClusterShutdown         work was submitted to, or cut short by, a closed cluster
     └── EngineClosed            a command reached a controller engine that has closed
 
@@ -30,6 +32,20 @@ class ConfigurationError(ZmqWorkersError, ValueError):
     """An option or combination of options that cannot work."""
 
 
+class MessageTooLarge(ZmqWorkersError, ValueError):
+    """A message would be larger than its link allows, so it is not sent.
+
+    ``size`` and ``limit`` are in bytes: the limit is the smaller of the
+    two sides' ``max_message_size``. A task whose argument (or result) is
+    too large fails with this error; the cluster and the worker go on.
+    """
+
+    def __init__(self, message: str, size: int = 0, limit: int = 0) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
 class DecodeError(ZmqWorkersError):
     """A message was refused: bad signature, malformed frames, wrong types.
 
@@ -37,9 +53,14 @@ class DecodeError(ZmqWorkersError):
     ``"version"``, ``"size"``, ``"replay"``, ...) used to count drops.
     """
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(
+        self, reason: str, detail: str = "", *, kind: int | None = None, seq: int | None = None
+    ) -> None:
         self.reason = reason
         self.detail = detail
+        # Of a signed message whose payload could not be read: what it was.
+        self.kind = kind
+        self.seq = seq
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
@@ -175,6 +196,14 @@ def _remote_subclass(orig_cls: type) -> type:
     return sub
 
 
+# How a task's attempt is named when its worker lives on but the task's
+# result was lost on the way (see Scheduler.reconcile).
+RESULT_NEVER_ARRIVED = (
+    "its result never arrived: a message was dropped on the way, the task's "
+    "or its result's (see the dropped-message counts and the logs of both sides)"
+)
+
+
 class WorkerLost(ZmqWorkersError):
     """A task was running on ``max_attempts`` workers that each died.
 
@@ -186,7 +215,9 @@ class WorkerLost(ZmqWorkersError):
         self.task_id = task_id
         self.deaths = list(deaths)
         lines = "; ".join(f"{w}: {how}" for w, how in deaths)
+        lost = any(how == RESULT_NEVER_ARRIVED for _, how in deaths)
+        which = "that died or lost its result" if lost else "that died"
         super().__init__(
-            f"task {task_id} was running on {len(deaths)} worker(s) that died "
+            f"task {task_id} was running on {len(deaths)} worker(s) {which} "
             f"and is not retried again ({lines})"
         )

@@ -406,3 +406,62 @@ def test_ctrl_c_in_the_terminal_lets_local_workers_finish_their_call(tmp_path) -
             proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+STOPPABLE_CONTROLLER = textwrap.dedent(
+    """
+    import sys, time
+    from zmqworkers import Cluster
+    c = Cluster(0, bind=sys.argv[1], key=sys.argv[2], heartbeat_interval=0.2)
+    c.wait_for_workers(1, timeout=30)
+    print("joined", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def test_a_daemon_notices_a_stopped_controller(
+    procs,
+) -> None:
+    # Silence alone no longer ends a session (a busy controller is silent
+    # too); a stopped controller also answers no pings, so the daemon's task
+    # connection closes within its heartbeat limit (0.6 s here) and the
+    # silence counts.
+    address = f"tcp://127.0.0.1:{free_port_triple()}"
+    ctl = subprocess.Popen(
+        [sys.executable, "-c", STOPPABLE_CONTROLLER, address, KEY],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    procs.append(ctl)
+    cmd = [sys.executable, "-m", "zmqworkers", "--log-level", "INFO", "worker", address]
+    cmd += ["--heartbeat-interval", "0.2"]
+    daemon = subprocess.Popen(cmd, env=_env(), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    procs.append(daemon)
+    lines: list[tuple[float, str]] = []
+
+    def read() -> None:
+        assert daemon.stderr is not None
+        for raw in daemon.stderr:
+            lines.append((time.monotonic(), raw.decode(errors="replace")))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert ctl.stdout is not None
+    assert ctl.stdout.readline().strip() == b"joined"
+    t_stop = time.monotonic()
+    ctl.send_signal(signal.SIGSTOP)
+    try:
+        silent = wait_for(lambda: [t for t, text in lines if "controller silent" in text], 10)
+        assert isinstance(silent, list) and silent[0] - t_stop < 2.0, silent[0] - t_stop
+    finally:
+        ctl.send_signal(signal.SIGCONT)
+    # Back, it is served again by the same controller.
+    wait_for(lambda: sum("joined controller" in text for _, text in lines) >= 2, 15)
+    daemon.kill()
+    daemon.wait(10)
+    reader.join(10)
+    assert daemon.stderr is not None
+    daemon.stderr.close()
+    ctl.stdout.close()

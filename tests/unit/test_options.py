@@ -106,3 +106,27 @@ class _NoHandler:
 
     def on_event(self, name: str, data: Any) -> None:
         raise AssertionError("no events expected")
+
+
+@pytest.mark.parametrize("bad", [-1, 0, 10, 65535, True, 1.5e9, "4096"])
+def test_a_message_size_limit_below_the_floor_is_refused(bad: Any) -> None:
+    # Accepted before, these made every message too large: every job hung.
+    from zmqworkers import Cluster
+    from zmqworkers.protocol.messages import MIN_MESSAGE_SIZE
+    from zmqworkers.worker.options import WorkerOptions
+
+    for make in (
+        lambda: build_options(max_message_size=bad),
+        lambda: Cluster(1, max_message_size=bad),
+        lambda: WorkerOptions(max_message_size=bad),
+    ):
+        with pytest.raises(ValueError, match="max_message_size") as info:
+            make()
+        assert repr(bad) in str(info.value)
+        assert str(MIN_MESSAGE_SIZE) in str(info.value)
+
+
+def test_the_floor_itself_is_accepted() -> None:
+    from zmqworkers.protocol.messages import MIN_MESSAGE_SIZE
+
+    assert build_options(max_message_size=MIN_MESSAGE_SIZE).max_message_size == MIN_MESSAGE_SIZE

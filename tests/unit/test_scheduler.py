@@ -95,3 +95,37 @@ def test_cancelled_queued_task_is_skipped() -> None:
     s.join(WorkerState(id="a", capacity=5))
     ((_, tids),) = s.assign()
     assert tids == [0, 2]
+
+
+def test_reconcile_takes_back_only_what_the_worker_had_and_lost() -> None:
+    s = make(4, {"a": 4})
+    [(_, tids)] = s.assign()
+    w = s.workers["a"]
+    # Tasks 0 and 1 went out in message 10, 2 in message 11; 3 not sent yet.
+    w.in_flight.update({0: 10, 1: 10, 2: 11})
+    # The worker received up to message 10 and holds task 1: task 0's
+    # result was lost; task 2 is still on its way, task 3 never left.
+    back, failed = s.reconcile("a", 10, [1])
+    assert back == [0] and failed == []
+    assert list(w.in_flight) == [1, 2, 3]
+    assert s.tasks[0].worker is None and s.tasks[0].attempts == 1
+    assert s.queued == 1
+    # The same status again changes nothing: nothing is taken back twice.
+    assert s.reconcile("a", 10, [1]) == ([], [])
+    # A late result for the task taken back is still delivered once.
+    assert s.complete("a", 0) is not None and s.complete("a", 0) is None
+
+
+def test_reconcile_fails_a_task_whose_result_keeps_getting_lost() -> None:
+    s = make(1, {"a": 1})
+    for attempt in range(1, 4):
+        [(_, [tid])] = s.assign()
+        s.workers["a"].in_flight[tid] = attempt
+        back, failed = s.reconcile("a", attempt, [])
+        if attempt < 3:
+            assert back == [0] and not failed
+    assert back == [] and [t for t, _ in failed] == [0]
+    err = failed[0][1]
+    assert isinstance(err, WorkerLost) and "its result never arrived" in str(err)
+    assert s.outstanding == 0 and s.queued == 0
+    assert s.reconcile("nobody", 5, []) == ([], [])

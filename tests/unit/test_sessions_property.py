@@ -8,6 +8,8 @@ welcome.
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -117,3 +119,20 @@ def test_closing_refuses_for_now_and_ipc_marks_local_workers() -> None:
     s = table.hello(b"r", hello, 0.0, _nonce(2), local_pids={0})
     assert isinstance(s, Session) and s.via_ipc and s.state.local
     assert s.state.buffers_signed  # the worker did not vouch for its link
+
+
+@given(
+    ours=st.integers(64 * 1024, 1 << 40),
+    theirs=st.one_of(st.integers(-5, 1 << 40), st.none(), st.booleans(), st.text(max_size=3)),
+)
+def test_a_session_sends_nothing_over_either_sides_limit(ours: int, theirs: object) -> None:
+    table = SessionTable(dataclasses.replace(LINK, max_message_size=ours))
+    header = Hello(id="w1", nonce=b"n" * 16, version=__version__).header()
+    header["max_message_size"] = theirs
+    s = table.hello(b"r", Hello.parse(header), 0.0, b"c" * 16)
+    assert isinstance(s, Session)
+    assert s.limit <= ours
+    if isinstance(theirs, int) and not isinstance(theirs, bool) and theirs >= 64 * 1024:
+        assert s.limit == min(ours, theirs)
+    else:
+        assert s.limit == ours  # a peer that said nothing usable leaves ours

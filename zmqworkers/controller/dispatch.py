@@ -7,16 +7,19 @@ again when their payloads turn out larger than the function's so far.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from zmqworkers.controller.batching import Batcher
 from zmqworkers.controller.scheduler import Scheduler
-from zmqworkers.errors import make_remote_error
+from zmqworkers.errors import MessageTooLarge, make_remote_error
 from zmqworkers.protocol import Kind
-from zmqworkers.protocol.records import check_results, remote_error
+from zmqworkers.protocol.records import Status, check_results, remote_error
 from zmqworkers.protocol.serialize import dumps
+
+log = logging.getLogger(__name__)
 
 # A worker that keeps more specs than this is told to forget idle ones.
 MAX_WORKER_SPECS = 64
@@ -36,6 +39,7 @@ class Dispatcher:
         deliver: Deliver,
         host: str,
         stats: Counter[str],
+        last_seq: Callable[[], int],
     ) -> None:
         self._sched = sched
         self._batcher = batcher
@@ -43,6 +47,7 @@ class Dispatcher:
         self._deliver = deliver
         self._host = host
         self._stats = stats
+        self._last_seq = last_seq
 
     def run(self) -> None:
         """Send what the scheduler assigns: each function once per worker, tasks in batches."""
@@ -75,8 +80,13 @@ class Dispatcher:
                         header["forget"] = idle
                         w.specs.difference_update(idle)
                     frames = self._batcher.specs[spec_id].frames
-                    if not self._send(wid, Kind.FUNC, header, frames):
-                        break
+                    try:
+                        if not self._send(wid, Kind.FUNC, header, frames):
+                            break
+                    except MessageTooLarge as exc:
+                        what = "the function with its shared arguments makes a message"
+                        self._fail_too_large(wid, [tid for tid, _ in items], what, exc)
+                        continue
                     w.specs.add(spec_id)
                 try:
                     body = dumps(items, by_value=True)
@@ -92,9 +102,63 @@ class Dispatcher:
                     sched.unassign(wid, [tid for tid, _ in items[fit:]])
                     items = items[:fit]
                     body = dumps(items, by_value=True)
-                if not self._send(wid, Kind.TASKS, {"spec": spec_id}, body):
+                if not self._send_tasks(wid, spec_id, items, body):
                     break
-                self._stats["dispatched"] += len(items)
+
+    def _send_tasks(self, wid: str, spec_id: str, items: list[tuple[int, Any]], body: Any) -> bool:
+        """Send one TASKS message; False if the worker has gone.
+
+        A message over the session's size limit is never sent: the worker's
+        socket would close the connection on it, and the worker would be
+        lost with the task still queued for the next one. Several tasks
+        too large together go out in smaller messages; one task too large
+        alone fails at once with :class:`MessageTooLarge`.
+        """
+        while True:
+            try:
+                if not self._send(wid, Kind.TASKS, {"spec": spec_id}, body):
+                    return False
+            except MessageTooLarge as exc:
+                if len(items) == 1:
+                    what = "the task's argument makes a message"
+                    self._fail_too_large(wid, [items[0][0]], what, exc)
+                    return True
+                half = len(items) // 2
+                self._sched.unassign(wid, [tid for tid, _ in items[half:]])
+                items = items[:half]
+                body = dumps(items, by_value=True)
+                continue
+            # Which message carried each task: the worker's status names the
+            # last one it received, so the controller can tell a task still
+            # on its way from one whose result went missing (reconcile).
+            seq = self._last_seq()
+            w = self._sched.workers.get(wid)
+            if w is not None:
+                for tid, _ in items:
+                    if tid in w.in_flight:
+                        w.in_flight[tid] = seq
+            self._stats["dispatched"] += len(items)
+            return True
+
+    def _fail_too_large(
+        self, wid: str, task_ids: list[int], what: str, exc: MessageTooLarge
+    ) -> None:
+        out: list[tuple[int, bool, Any]] = []
+        for tid in task_ids:
+            if self._sched.complete(wid, tid) is None:
+                continue
+            err = MessageTooLarge(
+                f"{what} of {exc.size} bytes, over the limit of {exc.limit} bytes "
+                "(max_message_size: the smaller of the controller's and the worker's). "
+                "Not sent: pass large data another way (a shared file), or raise "
+                "max_message_size on both sides",
+                exc.size,
+                exc.limit,
+            )
+            out.append((tid, False, err))
+        self._stats["failed"] += len(out)
+        self._stats["too_large"] += len(out)
+        self._deliver(out)
 
     def _drop_unsendable(self, wid: str, items: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
         good, out = [], []
@@ -138,3 +202,20 @@ class Dispatcher:
             out.append((tid, ok, value))
         self._deliver(out)
         return spec_id
+
+    def reconcile(self, wid: str, status: Status) -> None:
+        """Tasks the worker no longer holds whose result never came: again, or failed."""
+        if status.held is None or status.received is None:
+            return  # a heartbeat from the heartbeat thread: says nothing of tasks
+        back, failed = self._sched.reconcile(wid, status.received, status.held)
+        if back or failed:
+            log.warning(
+                "worker %s no longer holds task(s) %s, whose result never arrived: "
+                "%d queued again, %d failed",
+                wid,
+                [*back, *(tid for tid, _ in failed)],
+                len(back),
+                len(failed),
+            )
+            self._stats["results_lost"] += len(back) + len(failed)
+            self._deliver([(tid, False, err) for tid, err in failed])

@@ -47,6 +47,8 @@ class LivenessWatch:
         # Workers declared lost, and when each was last asked to say hello
         # again (if it turns out to be alive: a cut link that healed).
         self._lost_ids: dict[str, float] = {}
+        # Silent workers, and when each was last asked whether it is there.
+        self._asked: dict[str, float] = {}
         self._probe_at: list[float] = []
 
     def next_probe(self) -> list[float]:
@@ -67,6 +69,7 @@ class LivenessWatch:
 
     def lost(self, wid: str) -> None:
         self.heartbeat.forget(wid)
+        self._asked.pop(wid, None)
         if len(self._lost_ids) < 100_000:
             self._lost_ids[wid] = float("-inf")
 
@@ -97,10 +100,28 @@ class LivenessWatch:
                 if self.options.replace_dead_workers and self._local.may_replace():
                     self._local.start(self._sockets.local_address, 1)
         for wid, silent in self.heartbeat.expired(now):
-            if wid in self._sched.workers:
-                self._lose(wid, describe_silence(silent, self.options.heartbeat_interval))
-            else:
+            if wid not in self._sched.workers:
                 self.heartbeat.forget(wid)
+                self._asked.pop(wid, None)
+            elif not self._answers(wid, silent, now):
+                self._lose(wid, describe_silence(silent, self.options.heartbeat_interval))
+
+    def _answers(self, wid: str, silent: float, now: float) -> bool:
+        """Whether a silent worker's connection is still there (see protocol.liveness).
+
+        Its heartbeat thread may be held up (a call or a large result's
+        pickle holding the GIL), while ZeroMQ's I/O thread still answers the
+        task socket's pings; ZeroMQ closes the connection of a worker that
+        answers nothing, and a send to it then fails. Asked once an interval.
+        """
+        if now - self._asked.get(wid, float("-inf")) < self.options.heartbeat_interval:
+            return True
+        self._asked[wid] = now
+        probe = {"controller": self._id, "probe": True}
+        if not self._send(wid, Kind.HEARTBEAT, probe, lose_on_fail=False):
+            return False
+        log.debug("worker %s silent for %.1f s, but its connection answers", wid, silent)
+        return True
 
     def on_disconnect(self) -> None:
         # The event names a file descriptor, not a routing id, and a new
@@ -119,7 +140,13 @@ class LivenessWatch:
     def how_gone(self, wid: str) -> str:
         w = self._sched.workers.get(wid)
         how = self._local.how_gone(w.pid) if w is not None and w.local else None
-        return how or "connection closed: process died or host reset the link"
+        if how:
+            return how
+        # Closed by ZeroMQ after its pings went unanswered: say it was silent.
+        silent = self.heartbeat.silent_for(wid, time.monotonic())
+        if silent > self.options.heartbeat_interval:
+            return describe_silence(silent, self.options.heartbeat_interval)
+        return "connection closed: process died or host reset the link"
 
     def _worker_by_pid(self, pid: int) -> str | None:
         for w in self._sched.workers.values():

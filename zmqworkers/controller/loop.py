@@ -44,7 +44,6 @@ from zmqworkers.protocol.records import (
     Hello,
     Refused,
     Status,
-    Welcome,
 )
 from zmqworkers.protocol.session import session_tag
 from zmqworkers.security.connection import is_local_link
@@ -118,7 +117,13 @@ class EngineLoop:
         self._sessions: SessionTable | None = None  # once the sockets are bound
         self._local = LocalWorkers.for_engine(options)
         self._dispatcher = Dispatcher(
-            self.sched, self._batcher, self._send, self._deliver, self.host, self.stats
+            self.sched,
+            self._batcher,
+            self._send,
+            self._deliver,
+            self.host,
+            self.stats,
+            lambda: self._sockets.seq,
         )
         self._closing = False
         self._stop_grace = options.stop_timeout
@@ -182,6 +187,7 @@ class EngineLoop:
                 sign_buffers=opts.sign_buffers,
                 local_address=socks.local_address,
                 hello_ttl=opts.heartbeat_interval * opts.heartbeat_misses + 2,
+                max_message_size=opts.max_message_size,
             )
         )
         if opts.connection_file:
@@ -332,7 +338,8 @@ class EngineLoop:
         if s is None:
             return False
         try:
-            nbytes = self._sockets.send(s.route, s.key, kind, header, body)
+            # MessageTooLarge goes up to the dispatcher, which fails the task.
+            nbytes = self._sockets.send(s.route, s.key, kind, header, body, s.limit)
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
                 if lose_on_fail:
@@ -386,19 +393,7 @@ class EngineLoop:
                 self.dropped[answer.code] += 1
             self._sockets.send_unsolicited(routing_id, Kind.REFUSED, answer.header())
             return
-        welcome = Welcome(
-            controller=self.id,
-            nonce=hello.nonce,
-            session=bytes.fromhex(answer.tag),
-            pub_nonce=self._sockets.pub_nonce,
-            pub_seq=self._sockets.pub_seq,
-            results=self._sockets.results_ep,
-            control=self._sockets.control_ep,
-            heartbeat_interval=self.options.heartbeat_interval,
-            heartbeat_misses=self.options.heartbeat_misses,
-            sign_buffers=answer.key.sign_buffers,
-            ipc=self._sockets.local_eps if answer.via_ipc else {},
-        )
+        welcome = self._sockets.welcome(hello.nonce, answer)
         self._sockets.send_unsolicited(answer.route, Kind.WELCOME, welcome.header())
 
     def _on_info(self, routing_id: bytes, sender: str) -> None:
@@ -444,6 +439,7 @@ class EngineLoop:
         if status.state is not None:
             w.state = status.state
         w.current = status.task
+        self._dispatcher.reconcile(w.id, status)
 
     def _on_bye(self, s: Session, msg: Message) -> None:
         wid = s.state.id

@@ -20,7 +20,7 @@ from typing import Any
 from zmqworkers.controller.forkserver import DEFAULT_START_METHOD, START_METHODS, check_preload
 from zmqworkers.errors import ConfigurationError
 from zmqworkers.protocol.liveness import HEARTBEAT_INTERVAL, HEARTBEAT_MISSES
-from zmqworkers.protocol.messages import DEFAULT_MAX_MESSAGE_SIZE
+from zmqworkers.protocol.messages import DEFAULT_MAX_MESSAGE_SIZE, check_limit
 from zmqworkers.security import curve
 from zmqworkers.security.connection import check_bind_address, is_local_link
 from zmqworkers.security.keys import INSECURE_KEY, resolve_key
@@ -125,7 +125,8 @@ def build_options(
     rest.update(start_method=check_start_method(start_method), preload=check_preload(preload))
     explicit = resolve_key(key, key_file)
     if max_message_size is not None:
-        rest["max_message_size"] = max_message_size
+        # Below the floor even a heartbeat is refused, and every job hangs.
+        rest["max_message_size"] = check_limit(max_message_size)
     return EngineOptions(
         key=explicit or resolve_key(generate=True) or b"",
         key_given=explicit is not None,

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from zmqworkers.errors import WorkerLost
+from zmqworkers.errors import RESULT_NEVER_ARRIVED, WorkerLost
 
 MAX_DEPARTED = 100
 
@@ -52,7 +52,9 @@ class WorkerState:
     # several share a unit (see Engine._tune_batch).
     batch: int = 1
     local: bool = False
-    in_flight: dict[int, None] = field(default_factory=dict)  # ordered: first runs
+    # Ordered: the first runs. The value is the number of the TASKS message
+    # that carried the task (None until it is sent), for reconcile.
+    in_flight: dict[int, int | None] = field(default_factory=dict)
     specs: set[str] = field(default_factory=set)
     done: int = 0
     state: str = "idle"
@@ -299,6 +301,45 @@ class Scheduler:
             back.append(tid)
         self._requeue_front(back)
         return failed
+
+    def reconcile(
+        self, worker_id: str, received: int, held: Iterable[int]
+    ) -> tuple[list[int], list[tuple[int, WorkerLost]]]:
+        """A worker said what it holds, having received every TASKS message up to ``received``.
+
+        Its status travels behind its results on one connection, so a task
+        sent to it in such a message, no longer held and not delivered, has
+        lost its result on the way (a message the controller dropped). It
+        goes back to the front of the queue, counting an attempt, and fails
+        with ``WorkerLost`` after ``max_attempts``. A task still on its way
+        to the worker (a later message) is left alone. Returns the ids
+        queued again and the failed ``(task_id, error)`` pairs.
+        """
+        w = self.workers.get(worker_id)
+        if w is None:
+            return [], []
+        keep = set(held)
+        gone = [t for t, seq in w.in_flight.items() if seq is not None and seq <= received]
+        back: list[int] = []
+        failed: list[tuple[int, WorkerLost]] = []
+        for tid in gone:
+            if tid in keep:
+                continue
+            del w.in_flight[tid]
+            rec = self.tasks.get(tid)
+            if rec is None or rec.worker != worker_id:
+                continue
+            rec.attempts += 1
+            rec.deaths = [*(rec.deaths or ()), (worker_id, RESULT_NEVER_ARRIVED)]
+            if rec.attempts >= self.max_attempts:
+                failed.append((tid, WorkerLost(tid, rec.deaths)))
+                rec.worker = None
+                self.queued += 1  # _forget counts it out of the queue
+                self._forget(tid, rec)
+            else:
+                back.append(tid)
+        self._requeue_front(back)
+        return back, failed
 
     def head_spec(self) -> str | None:
         """The function of the next task to go out, if any."""

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 
 from zmqworkers._version import __version__
 from zmqworkers.controller.scheduler import WorkerState
-from zmqworkers.protocol.messages import SessionKey, library_compatible
+from zmqworkers.protocol.messages import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    SessionKey,
+    library_compatible,
+    session_limit,
+)
 from zmqworkers.protocol.records import Hello, Refused
 from zmqworkers.protocol.session import SEQUENCED_CHANNELS, sender_name, session_key
 
@@ -42,6 +47,8 @@ class Session:
     expires: float
     worker_nonce: bytes = b""
     via_ipc: bool = False  # dialled the ipc folder of local workers
+    # The largest message either side sends: the smaller of the two limits.
+    limit: int = DEFAULT_MAX_MESSAGE_SIZE
     joined: bool = False
     retired: bool = False
 
@@ -59,6 +66,8 @@ class Link:
     local_address: str
     # How long a hello's session waits for its first signed message.
     hello_ttl: float
+    # The largest message the controller accepts.
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
 
 
 class SessionTable:
@@ -133,6 +142,7 @@ class SessionTable:
             expires=now + link.hello_ttl,
             worker_nonce=hello.nonce,
             via_ipc=via_ipc,
+            limit=session_limit(link.max_message_size, hello.max_message_size),
         )
         # The worker joins on its first message signed with the session key:
         # a replayed hello cannot produce one, so it never gets a task.

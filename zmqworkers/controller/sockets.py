@@ -28,8 +28,12 @@ from urllib.parse import urlsplit
 import zmq
 
 from zmqworkers.controller.options import EngineOptions
+from zmqworkers.controller.sessions import Session
+from zmqworkers.errors import MessageTooLarge
 from zmqworkers.protocol import Kind, encode_frames
-from zmqworkers.protocol.messages import NONCE_SIZE, Key, encode_unsigned
+from zmqworkers.protocol.liveness import ping_times
+from zmqworkers.protocol.messages import NONCE_SIZE, Key, encode_unsigned, frames_size
+from zmqworkers.protocol.records import Welcome
 from zmqworkers.protocol.session import broadcast_key
 from zmqworkers.security import curve
 from zmqworkers.security.cleanup import Leftovers
@@ -87,6 +91,16 @@ class ControllerSockets:
             s.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
         # A send to a worker that has gone raises instead of vanishing.
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # ZeroMQ's own pings, answered without the GIL: a worker whose
+        # heartbeat thread is held up is still seen to be there, and the
+        # connection of one that answers nothing is closed (see liveness).
+        # The pings tell the worker to close its side too when they stop
+        # for as long (TTL), so it notices a stopped controller by this
+        # controller's heartbeat limit, not its own.
+        ping_ivl, ping_timeout = ping_times(opts.heartbeat_interval, opts.heartbeat_misses)
+        self.router.setsockopt(zmq.HEARTBEAT_IVL, ping_ivl)
+        self.router.setsockopt(zmq.HEARTBEAT_TIMEOUT, ping_timeout)
+        self.router.setsockopt(zmq.HEARTBEAT_TTL, min(ping_timeout, 6_553_500))
         # No ROUTER_HANDOVER: each worker session connects with a fresh random
         # routing id, so a second connection claiming a live id is an
         # impostor trying to take over that worker's tasks, and is ignored.
@@ -161,12 +175,49 @@ class ControllerSockets:
             "control": f"ipc://{folder}/control",
         }
 
-    def send(self, route: bytes, key: Key, kind: Kind, header: Any, body: Any = ()) -> int:
-        """Send to one worker; the bytes sent. Raises ``zmq.ZMQError`` (EHOSTUNREACH: gone)."""
+    @property
+    def seq(self) -> int:
+        """The number of the last message sent on the task channel."""
+        return self._seq
+
+    def send(
+        self, route: bytes, key: Key, kind: Kind, header: Any, body: Any = (), limit: int = 0
+    ) -> int:
+        """Send to one worker; the bytes sent.
+
+        Raises ``zmq.ZMQError`` (EHOSTUNREACH: gone), or :class:`MessageTooLarge`
+        without sending when the message is over ``limit`` bytes: the worker's
+        socket would close the connection on it.
+        """
         self._seq += 1
         frames = encode_frames(kind, self.controller_id, self._seq, key, header, body)
+        size = frames_size(frames)
+        if limit and size > limit:
+            raise MessageTooLarge(
+                f"a {kind.name} message of {size} bytes is over the limit of {limit}",
+                size,
+                limit,
+            )
         self.router.send_multipart([route, *frames], copy=False)
-        return sum(memoryview(f).nbytes for f in frames)
+        return size
+
+    def welcome(self, nonce: bytes, session: Session) -> Welcome:
+        """The answer to a hello (its ``nonce``) that opened ``session``."""
+        opts = self.options
+        return Welcome(
+            controller=self.controller_id,
+            nonce=nonce,
+            session=bytes.fromhex(session.tag),
+            pub_nonce=self.pub_nonce,
+            pub_seq=self.pub_seq,
+            results=self.results_ep,
+            control=self.control_ep,
+            heartbeat_interval=opts.heartbeat_interval,
+            heartbeat_misses=opts.heartbeat_misses,
+            sign_buffers=session.key.sign_buffers,
+            ipc=self.local_eps if session.via_ipc else {},
+            max_message_size=opts.max_message_size,
+        )
 
     def send_unsolicited(self, route: bytes, kind: Kind, header: Any, key: Key = b"") -> None:
         """Send to a peer that may not read: never blocks, never raises.

@@ -5,9 +5,17 @@ No sockets, threads or clocks: callers pass the time they read
 serves both directions: the controller watches its workers, a worker
 watches its controller.
 
-A peer is lost once it has been silent for ``interval * misses`` seconds.
-Any message counts as a sign of life, not only heartbeats: a worker busy
-sending results is plainly alive.
+A peer is silent once no message has come from it for ``interval * misses``
+seconds. Any message counts as a sign of life, not only heartbeats: a worker
+busy sending results is plainly alive.
+
+Silence alone does not make a peer lost: the Python thread that sends
+heartbeats needs the GIL, and a call or a pickle that holds it for seconds
+(pickling a 1 GiB bytes object took 2.8 s here) silences a live worker. So
+the task connection also carries ZeroMQ's own pings (:func:`ping_times`),
+which ZeroMQ's I/O thread answers without the GIL: a peer is lost when it is
+silent *and* its connection no longer answers (then ZeroMQ closes it). A
+stopped process, a hung host or a cut link answers nothing.
 """
 
 from __future__ import annotations
@@ -60,6 +68,16 @@ class Heartbeat:
         out = [(p, now - t) for p, t in self.last_seen.items() if now - t > limit]
         out.sort(key=lambda pt: -pt[1])
         return out
+
+
+def ping_times(interval: float, misses: int) -> tuple[int, int]:
+    """ZeroMQ ping interval and timeout, in milliseconds, for a heartbeat rule.
+
+    Pings go twice per heartbeat interval; a connection silent for the whole
+    heartbeat limit after a ping is closed. So a peer that answers nothing
+    is cut off between ``interval * misses`` and half an interval later.
+    """
+    return max(1, int(interval * 500)), max(1, int(interval * misses * 1000))
 
 
 def describe_silence(seconds: float, interval: float) -> str:

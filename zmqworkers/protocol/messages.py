@@ -43,7 +43,7 @@ from typing import Any
 
 import msgpack
 
-from zmqworkers.errors import DecodeError, ProtocolVersionError
+from zmqworkers.errors import ConfigurationError, DecodeError, ProtocolVersionError
 from zmqworkers.protocol import serialize
 
 # 2: session keys (nonces in HELLO and WELCOME), per-session routing ids.
@@ -54,9 +54,42 @@ SIGNATURE_SIZE = 32
 MAX_ENVELOPE_SIZE = 64 * 1024
 MAX_SENDER_LENGTH = 256
 NONCE_SIZE = 16
-# Default bound on a whole message; the controller and worker take it as an
-# option (and also set it as ZMQ_MAXMSGSIZE, which bounds each frame).
+# Default bound on a whole message (all its frames together). Controller and
+# worker each take it as an option and tell the other in the handshake; each
+# sends nothing larger than the smaller of the two (see check_size). ZeroMQ's
+# ZMQ_MAXMSGSIZE, set to the same number, bounds each frame as it arrives: a
+# backstop that closes the connection, so it must never be what catches a
+# message, and the decoder checks the total.
 DEFAULT_MAX_MESSAGE_SIZE = 2 * 1024**3
+# The smallest limit that still leaves room for a full envelope: below it
+# even a hello or a heartbeat could be refused, and every job would hang.
+MIN_MESSAGE_SIZE = MAX_ENVELOPE_SIZE
+
+
+def check_limit(value: object, what: str = "max_message_size") -> int:
+    """``value`` as a message size limit; ConfigurationError (a ValueError) if unusable."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < MIN_MESSAGE_SIZE:
+        raise ConfigurationError(
+            f"{what} must be a whole number of bytes >= {MIN_MESSAGE_SIZE} "
+            f"(64 KiB, room for a message's envelope), not {value!r}"
+        )
+    return value
+
+
+def session_limit(ours: int, theirs: object) -> int:
+    """The largest message either side of a session may send: the smaller limit.
+
+    ``theirs`` is what the peer said in the handshake; a peer that said
+    nothing (or nonsense) leaves ours.
+    """
+    if isinstance(theirs, int) and not isinstance(theirs, bool) and theirs >= MIN_MESSAGE_SIZE:
+        return min(ours, theirs)
+    return ours
+
+
+def frames_size(frames: Sequence[Any]) -> int:
+    """The bytes of a message's frames together, as the limit counts them."""
+    return sum(memoryview(f).nbytes for f in frames)
 
 
 class Kind(enum.IntEnum):
@@ -303,7 +336,11 @@ def decode(
         try:
             msg.payload = serialize.loads(views[2:])
         except Exception as exc:
-            raise DecodeError("malformed", f"payload does not unpickle ({exc!r})") from exc
+            # Signed: the kind and number are the sender's, so the receiver
+            # may say it got this message, though it cannot read it.
+            raise DecodeError(
+                "malformed", f"payload does not unpickle ({exc!r})", kind=kind, seq=seq
+            ) from exc
     return msg
 
 

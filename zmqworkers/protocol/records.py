@@ -26,6 +26,11 @@ def _map(header: Any, what: str) -> dict[str, Any]:
     return header
 
 
+def _size(value: Any) -> int:
+    """A size limit from a header: a positive integer, or 0 for none given."""
+    return value if is_int(value) and value > 0 else 0
+
+
 @dataclass(frozen=True)
 class Hello:
     """A worker asks to join (task channel, signed with the shared key)."""
@@ -41,6 +46,9 @@ class Hello:
     link_protected: bool = False
     # The address it dialled: the controller's ipc folder marks a local worker.
     dialled: str = ""
+    # The largest message it accepts (0: not said); neither side of the
+    # session sends more than the smaller of the two sides' limits.
+    max_message_size: int = 0
 
     def header(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,6 +76,7 @@ class Hello:
             version=str(hdr.get("version", "?")),
             link_protected=hdr.get("link_protected") is True,
             dialled=dialled if isinstance(dialled, str) else "",
+            max_message_size=_size(hdr.get("max_message_size")),
         )
 
 
@@ -87,6 +96,8 @@ class Welcome:
     sign_buffers: bool
     # The side channels' ipc addresses, for a local worker only.
     ipc: dict[str, str] = field(default_factory=dict)
+    # The largest message the controller accepts (0: not said).
+    max_message_size: int = 0
 
     def header(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,6 +130,7 @@ class Welcome:
             heartbeat_misses=int(hdr.get("heartbeat_misses", 0)),
             sign_buffers=hdr.get("sign_buffers") is not False,
             ipc=ipc if isinstance(ipc, dict) else {},
+            max_message_size=_size(hdr.get("max_message_size")),
         )
 
 
@@ -174,20 +186,42 @@ class Bye:
 
 @dataclass(frozen=True)
 class Status:
-    """A worker's heartbeat: what it does now."""
+    """A worker's heartbeat: what it does now, and maybe what it holds.
+
+    ``held`` and ``received`` come only with a status sent on the results
+    socket itself, behind every result sent before it: the tasks the worker
+    still holds (queued, or done with the result not yet sent), and the
+    number of the last TASKS message it received. A task sent in a message
+    up to ``received``, not held and not delivered, will not come back.
+    """
 
     state: str | None
     task: int | None
+    held: list[int] | None = None
+    received: int | None = None
 
     def header(self) -> dict[str, Any]:
-        return {"state": self.state, "task": self.task}
+        hdr: dict[str, Any] = {"state": self.state, "task": self.task}
+        if self.held is not None and self.received is not None:
+            hdr.update(held=self.held, received=self.received)
+        return hdr
 
     @classmethod
     def parse(cls, header: Any, wid: str) -> Status:
         if not isinstance(header, dict):
             raise DecodeError("malformed", f"heartbeat from {wid} without a header map")
         state, task = header.get("state"), header.get("task")
-        return cls(None if state is None else str(state), task if is_int(task) else None)
+        held, received = header.get("held"), header.get("received")
+        if held is not None and not (
+            isinstance(held, list) and all(is_int(t) for t in held) and is_int(received)
+        ):
+            raise DecodeError("malformed", f"heartbeat from {wid} with a bad list of tasks held")
+        return cls(
+            None if state is None else str(state),
+            task if is_int(task) else None,
+            held,
+            received if held is not None else None,
+        )
 
 
 def check_results(items: Any, wid: str) -> None:

@@ -45,6 +45,19 @@ def positive_seconds(text: str) -> float:
     return seconds(text, allow_zero=False)
 
 
+def message_size(text: str) -> int:
+    """A message size limit in bytes, at least the floor (argparse type)."""
+    from zmqworkers.errors import ConfigurationError
+    from zmqworkers.protocol.messages import check_limit
+
+    try:
+        return check_limit(int(text), "--max-message-size")
+    except ValueError as exc:
+        if isinstance(exc, ConfigurationError):
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bytes") from None
+
+
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     """The worker's options, on its own parser or the ``worker`` subcommand's."""
     parser.add_argument(
@@ -132,6 +145,12 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         "--heartbeat-interval", type=positive_seconds, help="seconds between heartbeats (1)"
     )
     parser.add_argument("--heartbeat-misses", type=int, help="silent intervals before a loss (3)")
+    parser.add_argument(
+        "--max-message-size",
+        type=message_size,
+        help="largest message in bytes, either way (default 2 GiB, at least 65536); "
+        "a session uses the smaller of this and the controller's",
+    )
     parser.add_argument(
         "--death-timeout",
         type=positive_seconds,
@@ -249,7 +268,14 @@ def run(args: argparse.Namespace) -> int:
                 heartbeat_misses=args.heartbeat_misses,
                 death_timeout=args.death_timeout,
                 log_level=level,
-                extra=["--curve-name", args.curve_name] if args.curve else (),
+                extra=[
+                    *(["--curve-name", args.curve_name] if args.curve else ()),
+                    *(
+                        ["--max-message-size", str(args.max_message_size)]
+                        if args.max_message_size is not None
+                        else ()
+                    ),
+                ],
             ),
         )
         if args.curve:
@@ -275,6 +301,8 @@ def run(args: argparse.Namespace) -> int:
         # hands its children theirs through the environment.
         drain_timeout=_drain_timeout(args.drain_timeout),
     )
+    if args.max_message_size is not None:
+        options.max_message_size = args.max_message_size
     try:
         worker = Worker(address, key, options)
     except ConfigurationError as exc:

@@ -6,12 +6,17 @@ convention, how its exception travels) reads in one place.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from zmqworkers.errors import MessageTooLarge
 from zmqworkers.protocol import Kind, SessionKey, dumps, encode
+from zmqworkers.protocol.messages import frames_size
+
+log = logging.getLogger(__name__)
 
 
 class FunctionCache:
@@ -40,8 +45,48 @@ class FunctionCache:
             if isinstance(spec_id, str):
                 self._specs.pop(spec_id, None)
 
+    def take(self, spec_id: Any, spec: Any, forget: Any) -> bool:
+        """A FUNC message's content; False if it makes no sense."""
+        if not isinstance(spec_id, str) or not (isinstance(spec, tuple) and len(spec) == 4):
+            return False
+        self.forget(forget)
+        try:
+            self.add(spec_id, spec)
+        except ValueError:
+            return False
+        return True
+
     def get(self, spec_id: str) -> Callable[[Any], Any] | None:
         return self._specs.get(spec_id)
+
+
+def task_entries(spec_id: Any, items: Any) -> list[tuple[int, str, Any, bool]] | None:
+    """A TASKS message's content as queue entries ``(id, spec, argument, last)``.
+
+    None if it makes no sense: checked whole first, so a batch is taken
+    entirely or not at all.
+    """
+    if not isinstance(spec_id, str) or not isinstance(items, list):
+        return None
+    if not all(isinstance(t, tuple) and len(t) == 2 and type(t[0]) is int for t in items):
+        return None
+    end = len(items) - 1
+    return [(task_id, spec_id, arg, i == end) for i, (task_id, arg) in enumerate(items)]
+
+
+def holding(
+    status: dict[str, Any],
+    queue: Iterable[tuple[int, Any, Any, Any]],
+    batch: Iterable[tuple[int, bool, Any]],
+    received: int,
+) -> dict[str, Any]:
+    """A heartbeat header for the results socket: ``status`` and what the worker holds.
+
+    Held: the tasks queued and those done whose results are not sent yet.
+    Sent between calls by the thread that runs them, so nothing is running.
+    """
+    held = [t[0] for t in queue] + [t[0] for t in batch]
+    return {**status, "held": held, "received": received}
 
 
 def make_call(spec: Any) -> Callable[[Any], Any]:
@@ -108,3 +153,50 @@ def encode_results(
         # One unpicklable result must not take its batch-mates with it.
         items = [picklable(item) for item in batch]
         return encode(Kind.RESULTS, sender, seq, key, header, items, has_payload=True)
+
+
+def within(frames: list[Any], limit: int) -> list[Any]:
+    """``frames``, or :class:`MessageTooLarge` if together over ``limit`` bytes."""
+    size = frames_size(frames)
+    if size > limit:
+        raise MessageTooLarge(
+            f"a message of {size} bytes is over the limit of {limit}", size, limit
+        )
+    return frames
+
+
+Signing = Callable[[], tuple[str, int, "bytes | SessionKey"]]
+
+
+def result_messages(
+    batch: list[tuple[int, bool, Any]], busy: float, limit: int, signing: Signing
+) -> Iterator[list[Any]]:
+    """The RESULTS messages of ``batch``, none over ``limit`` bytes, in sending order.
+
+    A batch too large together goes out in smaller messages. A result too
+    large alone is replaced by a task error naming its size and the limit:
+    sent as it is, the controller's socket would close the connection on it
+    and the result would vanish without a word. The worker goes on.
+    """
+    frames = encode_results(*signing(), batch, busy)
+    size = frames_size(frames)
+    if size <= limit:
+        yield frames
+        return
+    if len(batch) > 1:
+        half = len(batch) // 2
+        share = busy * half / len(batch)
+        yield from result_messages(batch[:half], share, limit, signing)
+        yield from result_messages(batch[half:], busy - share, limit, signing)
+        return
+    task_id = batch[0][0]
+    err = MessageTooLarge(
+        f"the result of task {task_id} makes a message of {size} bytes, over the limit "
+        f"of {limit} bytes (max_message_size: the smaller of the controller's and the "
+        "worker's). Not sent: return large data another way (a shared file), or raise "
+        "max_message_size on both sides",
+        size,
+        limit,
+    )
+    log.warning("%s", err)
+    yield encode_results(*signing(), [(task_id, False, describe_exception(err))], busy)

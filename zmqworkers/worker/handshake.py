@@ -7,6 +7,8 @@ sender names follow :mod:`zmqworkers.protocol.session`, as the controller's do.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -18,9 +20,10 @@ import zmq
 from zmqworkers._version import __version__
 from zmqworkers.errors import DecodeError, ProtocolVersionError
 from zmqworkers.protocol import PROTOCOL_VERSION, Kind, encode
-from zmqworkers.protocol.messages import SessionKey
+from zmqworkers.protocol.messages import NONCE_SIZE, SessionKey
 from zmqworkers.protocol.records import Hello, Refused, Welcome
 from zmqworkers.protocol.session import broadcast_key, sender_name, session_key
+from zmqworkers.worker.options import WorkerOptions
 from zmqworkers.worker.silence import SilenceReport
 
 log = logging.getLogger(__name__)
@@ -44,20 +47,19 @@ class Joined:
 def make_hello(
     worker_id: str,
     host: str,
-    pid: int,
+    options: WorkerOptions,
     version: str,
-    prefetch: int,
     *,
-    nonce: bytes,
     link_protected: bool,
     dialled: str,
 ) -> Hello:
+    """This process's hello (``version``: its release), with a fresh nonce."""
     return Hello(
         id=worker_id,
-        nonce=nonce,
+        nonce=secrets.token_bytes(NONCE_SIZE),
         host=host,
-        pid=pid,
-        capacity=1 + max(0, prefetch),
+        pid=os.getpid(),
+        capacity=1 + max(0, options.prefetch),
         protocol=PROTOCOL_VERSION,
         version=version,
         # Nothing on this link can change bytes in transit (loopback, ipc,
@@ -65,6 +67,7 @@ def make_hello(
         # same of its side.
         link_protected=link_protected,
         dialled=dialled,
+        max_message_size=options.max_message_size,
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import zmq
 
 from zmqworkers.protocol import Kind, encode
+from zmqworkers.protocol.liveness import ping_times
 from zmqworkers.protocol.messages import Key
 from zmqworkers.security import curve
 from zmqworkers.worker.group import kill_rest_of_group
@@ -31,6 +32,23 @@ def redial_quickly(sock: zmq.Socket[Any]) -> None:
     """
     sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+
+
+def answer_pings(sock: zmq.Socket[Any], interval: float, misses: int) -> None:
+    """ZeroMQ's own pings on the task connection, answered without the GIL.
+
+    The controller pings too, and closes the connection of a worker that
+    answers nothing; these close it from this side when the controller
+    answers nothing (a stopped process, a hung host, a cut link).
+    """
+    ping_ivl, ping_timeout = ping_times(interval, misses)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, ping_ivl)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ping_timeout)
+
+
+def connected(tasks: zmq.Socket[Any]) -> bool:
+    """Whether the task socket (``IMMEDIATE``) has a connection up to the controller."""
+    return bool(tasks.poll(0, zmq.POLLOUT))
 
 
 def beat(
@@ -55,6 +73,12 @@ def beat(
         except zmq.Again:
             pass
         stop.wait(interval)
+
+
+def from_another_controller(header: Any, ours: str | None) -> bool:
+    """Whether a heartbeat names a controller other than this session's."""
+    theirs = header.get("controller") if isinstance(header, dict) else None
+    return theirs is not None and ours is not None and theirs != ours
 
 
 def send_goodbye(

@@ -39,7 +39,7 @@ from zmqworkers.protocol import (
     decode,
     encode,
 )
-from zmqworkers.protocol.messages import NONCE_SIZE
+from zmqworkers.protocol.messages import session_limit
 from zmqworkers.protocol.records import Bye, Refused
 from zmqworkers.protocol.session import (
     HEARTBEAT_CHANNEL,
@@ -49,7 +49,14 @@ from zmqworkers.protocol.session import (
 from zmqworkers.security import curve
 from zmqworkers.security.connection import is_local_link
 from zmqworkers.worker import current, links
-from zmqworkers.worker.calls import FunctionCache, describe_exception, encode_results
+from zmqworkers.worker.calls import (
+    FunctionCache,
+    describe_exception,
+    holding,
+    result_messages,
+    task_entries,
+    within,
+)
 from zmqworkers.worker.calls import make_call as make_call
 from zmqworkers.worker.current import send_message as send_message
 from zmqworkers.worker.drain import Drain
@@ -101,6 +108,8 @@ class Worker:
         # everything after the hello, and the one of the broadcast channel.
         self._skey: bytes | SessionKey = key
         self._pub_key = key
+        # The largest message this session sends: the smaller of the two limits.
+        self._limit = self.options.max_message_size
         self._funcs = FunctionCache()
         # (task id, spec id, argument, last of its message)
         self._queue: collections.deque[tuple[int, str, Any, bool]] = collections.deque()
@@ -118,6 +127,8 @@ class Worker:
         self._other_controller = False
         self._state = "idle"
         self._current: int | None = None
+        self._tasks_seq = 0
+        self._status_every = self.options.heartbeat_interval
         self._done = 0
         self.dropped: collections.Counter[str] = collections.Counter()
         self._results_sock: zmq.Socket[Any] | None = None
@@ -192,6 +203,8 @@ class Worker:
             guard.check(msg.sender, msg.seq)
             return msg
         except DecodeError as exc:
+            if exc.kind == Kind.TASKS and exc.seq is not None:
+                self._tasks_seq = exc.seq  # received, not held: the status says so
             self.dropped[exc.reason] += 1
             if self.dropped[exc.reason] in (1, 10, 100, 1000, 10000):
                 log.warning("worker %s: dropped a message (%s)", self.id, exc)
@@ -210,6 +223,7 @@ class Worker:
         tasks.setsockopt(zmq.ROUTING_ID, f"{self.id}/{secrets.token_hex(8)}".encode())
         tasks.setsockopt(zmq.MAXMSGSIZE, opts.max_message_size)
         links.redial_quickly(tasks)
+        links.answer_pings(tasks, opts.heartbeat_interval, opts.heartbeat_misses)
         tasks.connect(self.address)
         results: zmq.Socket[Any] | None = None
         control: zmq.Socket[Any] | None = None
@@ -247,7 +261,8 @@ class Worker:
             self._results_ep = results_ep
             self._controller_id = welcome.controller
             self._other_controller = False
-            interval = welcome.heartbeat_interval or opts.heartbeat_interval
+            interval = self._status_every = welcome.heartbeat_interval or opts.heartbeat_interval
+            self._tasks_seq = 0  # the last TASKS message received in this session
             misses = welcome.heartbeat_misses or opts.heartbeat_misses
             self._hb_stop.clear()
             hb_thread = threading.Thread(
@@ -286,10 +301,8 @@ class Worker:
         hello = make_hello(
             self.id,
             self.host,
-            os.getpid(),
+            self.options,
             __version__,
-            self.options.prefetch,
-            nonce=secrets.token_bytes(NONCE_SIZE),
             link_protected=self._curve is not None or is_local_link(self.address),
             dialled=self.address,
         )
@@ -312,6 +325,9 @@ class Worker:
         answer = greet(tasks, hello, dialling)
         if isinstance(answer, Joined):
             self._skey, self._pub_key = answer.key, answer.pub_key
+            self._limit = session_limit(
+                self.options.max_message_size, answer.welcome.max_message_size
+            )
             self._result_sender = answer.sender(self.id, RESULTS_CHANNEL)
             self._hb_sender = answer.sender(self.id, HEARTBEAT_CHANNEL)
         return answer
@@ -330,12 +346,10 @@ class Worker:
         links.exit_if_orphaned(self.id, self.options.parent_pid)
         # Heartbeat numbers go on across sessions (see __init__).
         self._hb_seq += 1
-        return self._hb_seq, {
-            "id": self.id,
-            "state": self._state,
-            "task": self._current,
-            "done": self._done,
-        }
+        return self._hb_seq, self._id_and_counts()
+
+    def _id_and_counts(self) -> dict[str, Any]:
+        return {"id": self.id, "state": self._state, "task": self._current, "done": self._done}
 
     def _serve(
         self,
@@ -362,7 +376,8 @@ class Worker:
         if sock is None or threading.get_ident() != self._serving_thread:
             return False
         text_msg = {"worker": self.id, "text": str(text)}
-        sock.send_multipart(encode(Kind.MESSAGE, *self._signing(), text_msg))
+        frames = within(encode(Kind.MESSAGE, *self._signing(), text_msg), self._limit)
+        sock.send_multipart(frames)
         return True
 
     def _serve_loop(
@@ -381,10 +396,12 @@ class Worker:
         batch: list[tuple[int, bool, Any]] = []
         batch_started = 0.0
         busy = 0.0  # seconds spent in calls for the results in `batch`
+        next_status = time.monotonic() + self._status_every
+        foreign = False  # broadcasts came that our controller did not sign
         served = False
 
         def ingest(timeout_ms: int) -> None:
-            nonlocal last_heard
+            nonlocal last_heard, foreign
             for sock, _ in poller.poll(timeout_ms):
                 while True:
                     try:
@@ -396,6 +413,7 @@ class Worker:
                         # A new controller on the address signs its broadcasts
                         # with another key: they land here, and the silence of
                         # ours ends the session (after heartbeat_misses beats).
+                        foreign = foreign or sock is control
                         continue
                     if msg.kind == Kind.HEARTBEAT and not self._from_our_controller(msg):
                         continue
@@ -405,6 +423,11 @@ class Worker:
 
         while True:
             ingest(0 if self._queue else 100)
+            if time.monotonic() >= next_status:
+                # Behind every result sent so far, on the same connection.
+                next_status = time.monotonic() + self._status_every
+                held = holding(self._id_and_counts(), self._queue, batch, self._tasks_seq)
+                results.send_multipart(encode(Kind.HEARTBEAT, *self._signing(), held))
             if self._terminate or self._stop_requested:
                 break
             if self._should_exit():
@@ -417,7 +440,11 @@ class Worker:
                 if batch:
                     self._flush(results, batch, busy)
                     batch = []
-                if time.monotonic() - last_heard > lost_after:
+                # Silent, and another controller on the address or our
+                # connection closed (its pings went unanswered): a controller
+                # busy with a large message still answers them.
+                silent = time.monotonic() - last_heard > lost_after
+                if silent and (foreign or not links.connected(tasks)):
                     log.warning("worker %s: controller silent for %.1f s", self.id, lost_after)
                     return "lost"
                 continue
@@ -454,14 +481,11 @@ class Worker:
         return "served" if served else "lost"
 
     def _from_our_controller(self, msg: Any) -> bool:
-        hdr = msg.header
-        theirs = hdr.get("controller") if isinstance(hdr, dict) else None
-        if theirs is not None and self._controller_id is not None and theirs != self._controller_id:
-            # Whatever it holds of ours died with the old controller; it
-            # does not know us: start over with a hello.
-            self._other_controller = True
-            return False
-        return True
+        # Another one: whatever it holds of ours died with the old
+        # controller; it does not know us: start over with a hello.
+        other = links.from_another_controller(msg.header, self._controller_id)
+        self._other_controller = self._other_controller or other
+        return not other
 
     def _handle(self, msg: Any) -> bool:
         """Act on a checked message; False if its content makes no sense."""
@@ -473,28 +497,15 @@ class Worker:
         return handle(msg, hdr)
 
     def _on_tasks(self, msg: Any, hdr: dict[str, Any]) -> bool:
-        spec_id, items = hdr.get("spec"), msg.payload
-        if not isinstance(spec_id, str) or not isinstance(items, list):
-            return False
-        # Checked whole first: a batch is taken entirely or not at all.
-        if not all(isinstance(t, tuple) and len(t) == 2 and type(t[0]) is int for t in items):
-            return False
-        end = len(items) - 1
-        self._queue.extend(
-            (task_id, spec_id, arg, i == end) for i, (task_id, arg) in enumerate(items)
-        )
-        return True
+        # Received, even if unusable: the next status tells the controller
+        # that these tasks are not held here.
+        self._tasks_seq = msg.seq
+        queued = task_entries(hdr.get("spec"), msg.payload)
+        self._queue.extend(queued or ())
+        return queued is not None
 
     def _on_func(self, msg: Any, hdr: dict[str, Any]) -> bool:
-        spec, spec_id = msg.payload, hdr.get("spec")
-        if not isinstance(spec_id, str) or not (isinstance(spec, tuple) and len(spec) == 4):
-            return False
-        self._funcs.forget(hdr.get("forget"))
-        try:
-            self._funcs.add(spec_id, spec)
-        except ValueError:
-            return False
-        return True
+        return self._funcs.take(hdr.get("spec"), msg.payload, hdr.get("forget"))
 
     def _on_stop(self, msg: Any, hdr: dict[str, Any]) -> bool:
         if hdr.get("worker") in (None, self.id):
@@ -526,4 +537,5 @@ class Worker:
     def _flush(
         self, results: zmq.Socket[Any], batch: list[tuple[int, bool, Any]], busy: float
     ) -> None:
-        results.send_multipart(encode_results(*self._signing(), batch, busy), copy=False)
+        for frames in result_messages(batch, busy, self._limit, self._signing):
+            results.send_multipart(frames, copy=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from zmqworkers.protocol.liveness import HEARTBEAT_INTERVAL, HEARTBEAT_MISSES
-from zmqworkers.protocol.messages import DEFAULT_MAX_MESSAGE_SIZE
+from zmqworkers.protocol.messages import DEFAULT_MAX_MESSAGE_SIZE, check_limit
 from zmqworkers.security.curve import DEFAULT_WORKER
 
 # Exit status of a worker the controller refused for good (another version):
@@ -36,3 +36,6 @@ class WorkerOptions:
     # handed back unfinished and the worker leaves. Below Kubernetes' default
     # 30 s grace period, so the goodbye goes out before SIGKILL comes.
     drain_timeout: float = 25.0
+
+    def __post_init__(self) -> None:
+        check_limit(self.max_message_size)

@@ -57,6 +57,31 @@ def test_install_replaces_pydidas_apprunner_and_uninstall_restores_it(qapp: obje
     assert ewr.AppRunner is original and pmp.AppRunner is original
 
 
+def test_install_warms_a_fork_server_with_pydidas_for_local_workers(
+    qapp: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zmqworkers.pydidas as zp
+    from zmqworkers.controller import forkserver
+
+    # A PYTHON* variable of its own: a server for this test, not one that an
+    # earlier test's run left with pydidas already imported.
+    monkeypatch.setenv("PYTHON_ZMQWORKERS_WARM_PROBE", "1")
+    before = forkserver.server_pids()
+    zp.install(n_workers=1, warm_up=False)
+    zp.uninstall()
+    assert forkserver.server_pids() == before  # asked not to: nothing started
+    zp.install(n_workers=1)
+    try:
+        started = forkserver.server_pids() - before
+        assert len(started) == 1
+        (server,) = started
+        # pydidas's apps load Qt: the server has them imported before any run.
+        maps = Path(f"/proc/{server}/maps")
+        assert wait_for(lambda: "QtCore" in maps.read_text(), 90)
+    finally:
+        zp.uninstall()
+
+
 def test_real_workflow_equals_numpy_on_every_run(installed: None, tmp_path: Path) -> None:
     workflow = wf.real_workflow(tmp_path / "in")
     for run in range(3):

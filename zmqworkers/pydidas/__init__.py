@@ -51,6 +51,7 @@ def install(
     key: str | bytes | None = None,
     key_file: str | None = None,
     n_workers: int | None = None,
+    warm_up: bool = True,
 ) -> None:
     """Make pydidas use zmqworkers' runners: local workers, or daemons at ``bind``.
 
@@ -59,6 +60,11 @@ def install(
     (as many as pydidas's ``mp_n_workers`` setting, or the ``n_workers``
     pydidas code passes; ``n_workers`` here replaces the setting). Calling
     it again replaces the previous choice.
+
+    With local workers, ``warm_up`` (the default) starts this process's
+    fork server at once and has it import pydidas's apps in the background,
+    while the caller goes on (a GUI builds its window meanwhile): the first
+    run's workers then fork with pydidas imported, as every later run's do.
     """
     from zmqworkers.pydidas.workflow import ClusterSpec, runner_factory
 
@@ -71,6 +77,10 @@ def install(
         where = ClusterSpec(bind=bind, key=key, key_file=key_file)
     else:
         where = ClusterSpec(n_workers)
+        if warm_up:
+            import zmqworkers
+
+            zmqworkers.warm_up(["pydidas.apps"])
     import importlib
 
     importlib.import_module("pydidas.apps.execute_workflow_runner")

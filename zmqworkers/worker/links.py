@@ -20,8 +20,10 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_MS = 1000
 # While no controller answers, reconnect attempts back off from ZeroMQ's
-# 100 ms up to this, instead of knocking every 100 ms for ever.
-RECONNECT_IVL_MAX_MS = 1000
+# 100 ms up to this, instead of knocking every 100 ms for ever. A daemon
+# between two runs of a GUI waits on average half of it before it joins the
+# next one: at 1 s, the join was most of a short pydidas run on daemons.
+RECONNECT_IVL_MAX_MS = 250
 
 
 def redial_quickly(sock: zmq.Socket[Any]) -> None:

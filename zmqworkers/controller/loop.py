@@ -36,6 +36,7 @@ from zmqworkers.controller.options import EngineOptions
 from zmqworkers.controller.scheduler import Scheduler
 from zmqworkers.controller.sessions import Link, Session, SessionTable
 from zmqworkers.controller.sockets import ControllerSockets
+from zmqworkers.controller.telemetry import Telemetry
 from zmqworkers.errors import DecodeError, EngineClosed, ProtocolVersionError
 from zmqworkers.protocol import PROTOCOL_VERSION, Kind, Message, ReplayGuard, decode
 from zmqworkers.protocol.messages import NONCE_SIZE, peek_version
@@ -105,6 +106,7 @@ class EngineLoop:
         self.sched = Scheduler(max_attempts=options.max_attempts)
         self.dropped: Counter[str] = Counter()
         self.stats: Counter[str] = Counter()
+        self.telemetry = Telemetry()
         self.ready = threading.Event()
         self.closed = threading.Event()
         self.start_error: BaseException | None = None
@@ -296,7 +298,8 @@ class EngineLoop:
 
     def _cmd_cancel_many(self, task_ids: list[int]) -> None:
         for tid in task_ids:
-            self.sched.cancel(tid)
+            if self.sched.cancel(tid):
+                self.stats["cancelled"] += 1
 
     def _cmd_pause(self, _: Any) -> None:
         self.sched.paused = True
@@ -410,6 +413,7 @@ class EngineLoop:
         s = self._session_of(msg.sender)
         wid = s.state.id
         kind = msg.kind
+        self.telemetry.received(msg.nbytes)
         if s.retired:
             # Left or lost: a late result is still taken, nothing else.
             if kind == Kind.RESULTS:
@@ -430,6 +434,7 @@ class EngineLoop:
 
     def _on_results_msg(self, s: Session, msg: Message) -> None:
         spec_id = self._dispatcher.take_results(s.state.id, msg.payload)
+        self.telemetry.ran(msg.header)
         if spec_id is not None and isinstance(msg.header, dict):
             self._batcher.tune(spec_id, msg.header, msg.nbytes)
 
@@ -458,6 +463,7 @@ class EngineLoop:
         if not out:
             return
         self.stats["delivered"] += len(out)
+        self.telemetry.delivered(out, time.monotonic())
         try:
             self.handler.on_results(out)
         except Exception:

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from typing import Any
 
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import wait_for
 from zmqworkers import Cluster
 from zmqworkers.errors import ConfigurationError
+
+
+def spin(seconds: float) -> int:
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+    return n
 
 
 def fail_some(i: int) -> int:
@@ -126,3 +136,20 @@ def test_a_taken_dashboard_port_is_named_and_nothing_is_left_running() -> None:
         port = c.dashboard_url.rsplit(":", 1)[1].strip("/")
         with pytest.raises(ConfigurationError, match=f"cannot listen on 127.0.0.1:{port}"):
             Cluster(0, dashboard=f"127.0.0.1:{port}")
+
+
+def test_heartbeats_carry_each_workers_rss_and_cpu() -> None:
+    with Cluster(1, heartbeat_interval=0.2) as c:
+        fut = c.submit(spin, 4.0)
+
+        def busy_row() -> Any:
+            rows = c.workers()
+            return rows if rows and (rows[0]["cpu"] or 0) > 25 else None
+
+        # A worker spinning in a call uses most of a core (shared here with others).
+        rows = wait_for(busy_row, timeout=10, interval=0.05)
+        assert isinstance(rows, list)
+        real = psutil.Process(rows[0]["pid"]).memory_info().rss
+        assert 0.5 * real < rows[0]["rss"] < 2 * real
+        assert c.status()["workers"][0]["rss"] == rows[0]["rss"]
+        fut.result(timeout=30)

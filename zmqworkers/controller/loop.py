@@ -297,9 +297,7 @@ class EngineLoop:
         self.stats["submitted"] += len(items)
 
     def _cmd_cancel_many(self, task_ids: list[int]) -> None:
-        for tid in task_ids:
-            if self.sched.cancel(tid):
-                self.stats["cancelled"] += 1
+        self.stats["cancelled"] += sum(map(self.sched.cancel, task_ids))
 
     def _cmd_pause(self, _: Any) -> None:
         self.sched.paused = True
@@ -444,6 +442,8 @@ class EngineLoop:
         if status.state is not None:
             w.state = status.state
         w.current = status.task
+        if status.rss is not None:
+            w.rss, w.cpu = status.rss, status.cpu
         self._dispatcher.reconcile(w.id, status)
 
     def _on_bye(self, s: Session, msg: Message) -> None:

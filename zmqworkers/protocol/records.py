@@ -199,11 +199,19 @@ class Status:
     task: int | None
     held: list[int] | None = None
     received: int | None = None
+    # The worker process's resident memory (bytes) and CPU use (percent of
+    # one core since its last heartbeat), when it says them.
+    rss: int | None = None
+    cpu: float | None = None
 
     def header(self) -> dict[str, Any]:
         hdr: dict[str, Any] = {"state": self.state, "task": self.task}
         if self.held is not None and self.received is not None:
             hdr.update(held=self.held, received=self.received)
+        if self.rss is not None:
+            hdr["rss"] = self.rss
+        if self.cpu is not None:
+            hdr["cpu"] = self.cpu
         return hdr
 
     @classmethod
@@ -216,11 +224,14 @@ class Status:
             isinstance(held, list) and all(is_int(t) for t in held) and is_int(received)
         ):
             raise DecodeError("malformed", f"heartbeat from {wid} with a bad list of tasks held")
+        rss, cpu = header.get("rss"), header.get("cpu")
         return cls(
             None if state is None else str(state),
             task if is_int(task) else None,
             held,
             received if held is not None else None,
+            rss if is_int(rss) and rss >= 0 else None,  # type: ignore[operator]
+            float(cpu) if isinstance(cpu, float | int) and not isinstance(cpu, bool) else None,
         )
 
 

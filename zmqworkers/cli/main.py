@@ -51,6 +51,19 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--key-file", help="shared key for daemons (else $ZMQWORKERS_KEY)")
     r.add_argument("--output", help="write results to FILE.jsonl (as they come) or FILE.npz")
     r.add_argument(
+        "--dashboard",
+        nargs="?",
+        const="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="serve a read-only web dashboard (default 127.0.0.1 on a free port; "
+        "its URL is logged; see docs/monitoring.md)",
+    )
+    r.add_argument(
+        "--forward-logs",
+        metavar="LEVEL",
+        help="log here what tasks log on workers at LEVEL or above (e.g. WARNING)",
+    )
+    r.add_argument(
         "--progress",
         choices=["auto", "bar", "log"],
         default="auto",
@@ -65,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=positive_seconds, default=5.0, help="seconds to wait for an answer"
     )
     i.add_argument("--json", action="store_true", help="print the raw answer as JSON")
+    i.add_argument(
+        "--watch",
+        action="store_true",
+        help="redraw the table every second until Ctrl-C",
+    )
 
     st = sub.add_parser("status", help="check a daemon's --status-file (container probes)")
     st.add_argument("file")
@@ -195,6 +213,8 @@ def _run(args: argparse.Namespace) -> int:
             key_file=args.key_file,
             output=args.output,
             progress=progress,
+            dashboard=args.dashboard,
+            forward_logs=args.forward_logs,
         )
     except json.JSONDecodeError as exc:
         print(f"zmqworkers run: --args/--kwargs is not valid JSON: {exc}", file=sys.stderr)
@@ -215,6 +235,10 @@ def _info(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         print(f"zmqworkers info: {exc}", file=sys.stderr)
         return 2
+    if args.watch:
+        from zmqworkers.client.info import watch
+
+        return watch(address, key, timeout=args.timeout, as_json=args.json)
     try:
         answer = query_info(address, key, timeout=args.timeout)
     except TimeoutError as exc:

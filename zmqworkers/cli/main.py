@@ -236,9 +236,7 @@ def _info(args: argparse.Namespace) -> int:
         print(f"zmqworkers info: {exc}", file=sys.stderr)
         return 2
     if args.watch:
-        from zmqworkers.client.info import watch
-
-        return watch(address, key, timeout=args.timeout, as_json=args.json)
+        return _watch(address, key, timeout=args.timeout, as_json=args.json)
     try:
         answer = query_info(address, key, timeout=args.timeout)
     except TimeoutError as exc:
@@ -249,3 +247,36 @@ def _info(args: argparse.Namespace) -> int:
     else:
         print(format_table(answer))
     return 0
+
+
+# Home, clear the screen: each redraw replaces the last.
+CLEAR = "\x1b[H\x1b[2J"
+
+
+def _watch(
+    address: str, key: bytes, timeout: float = 5.0, as_json: bool = False, every: float = 1.0
+) -> int:
+    """Redraw the worker table every ``every`` seconds until Ctrl-C (exit status 0).
+
+    A controller that does not answer is said on the screen, and asked again.
+    """
+    import json
+    import time
+
+    from zmqworkers.client.info import format_table, query_info
+
+    try:
+        while True:
+            started = time.monotonic()
+            try:
+                answer = query_info(address, key, timeout=timeout)
+                text = json.dumps(answer, default=str) if as_json else format_table(answer)
+            except TimeoutError as exc:
+                text = f"zmqworkers info: {exc}; asking again"
+            stamp = time.strftime("%H:%M:%S")
+            sys.stdout.write(f"{CLEAR}{text}\n\n{stamp}, every {every:g} s; Ctrl-C to stop\n")
+            sys.stdout.flush()
+            time.sleep(max(0.0, every - (time.monotonic() - started)))
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        return 0

@@ -89,35 +89,3 @@ def format_table(answer: dict[str, Any]) -> str:
     ]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines)
-
-
-# Home, clear the screen: each redraw replaces the last.
-CLEAR = "\x1b[H\x1b[2J"
-
-
-def watch(
-    address: str, key: bytes, timeout: float = 5.0, as_json: bool = False, every: float = 1.0
-) -> int:
-    """Redraw the worker table every ``every`` seconds until Ctrl-C (exit status 0).
-
-    A controller that does not answer is said on the screen, and asked again.
-    """
-    import json
-    import sys
-    import time
-
-    try:
-        while True:
-            started = time.monotonic()
-            try:
-                answer = query_info(address, key, timeout=timeout)
-                text = json.dumps(answer, default=str) if as_json else format_table(answer)
-            except TimeoutError as exc:
-                text = f"zmqworkers info: {exc}; asking again"
-            stamp = time.strftime("%H:%M:%S")
-            sys.stdout.write(f"{CLEAR}{text}\n\n{stamp}, every {every:g} s; Ctrl-C to stop\n")
-            sys.stdout.flush()
-            time.sleep(max(0.0, every - (time.monotonic() - started)))
-    except KeyboardInterrupt:
-        sys.stdout.write("\n")
-        return 0

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import zmq
 
+from zmqworkers import remote as remote_logs
 from zmqworkers._version import __version__
 from zmqworkers.controller.batching import Batcher, Spec
 from zmqworkers.controller.dispatch import Dispatcher
@@ -442,8 +443,7 @@ class EngineLoop:
         if status.state is not None:
             w.state = status.state
         w.current = status.task
-        if status.rss is not None:
-            w.rss, w.cpu = status.rss, status.cpu
+        w.rss, w.cpu = (status.rss, status.cpu) if status.rss is not None else (w.rss, w.cpu)
         self._dispatcher.reconcile(w.id, status)
 
     def _on_bye(self, s: Session, msg: Message) -> None:
@@ -457,7 +457,8 @@ class EngineLoop:
         self.handler.on_event("worker_left", wid)
 
     def _on_message(self, s: Session, msg: Message) -> None:
-        self.handler.on_event("message", msg.header)
+        if not remote_logs.forwarded(s.state, msg.header):  # a task's log record
+            self.handler.on_event("message", msg.header)
 
     def _deliver(self, out: list[tuple[int, bool, Any]]) -> None:
         if not out:

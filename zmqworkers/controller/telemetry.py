@@ -79,7 +79,8 @@ class Telemetry:
             "bytes_received": self.bytes_received,
             "messages_received": self.messages_received,
             "run_time": {
-                "buckets": [*RUN_TIME_BUCKETS, float("inf")],
+                # Upper bounds; the last bucket has none (JSON has no infinity).
+                "buckets": [*RUN_TIME_BUCKETS, "+Inf"],
                 "cumulative": cumulative,
                 "sum": self.run_time_sum,
                 "count": total,

@@ -86,8 +86,8 @@ class _SnapshotCollector(Collector):
             )
 
 
-def _bound(b: float) -> str:
-    return "+Inf" if b == float("inf") else repr(float(b))
+def _bound(b: float | str) -> str:
+    return "+Inf" if b in ("+Inf", float("inf")) else repr(float(b))
 
 
 def render_metrics(status: dict[str, Any]) -> bytes:

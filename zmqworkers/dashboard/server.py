@@ -163,7 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
                 name, ctype = STATIC[path]
                 self._send(HTTPStatus.OK, _static(name), ctype, body)
             elif path == "/api/status":
-                data = json.dumps(dash.status.get(), default=str).encode()
+                data = json.dumps(dash.status.get(), default=str, allow_nan=False).encode()
                 self._send(HTTPStatus.OK, data, "application/json", body)
             elif path == "/metrics":
                 self._send(HTTPStatus.OK, render_metrics(dash.status.get()), CONTENT_TYPE, body)

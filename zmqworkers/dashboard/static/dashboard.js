@@ -36,12 +36,15 @@
       if (dt > 0) rates.push([points[i][0], (points[i][1] - points[i - 1][1]) / dt]);
     }
     const top = Math.max(1, ...rates.map((r) => r[1]));
+    // The last minute at least, the whole series (five minutes) at most.
+    const span = Math.max(60, points.length ? -points[0][0] : 0);
     ctx.fillStyle = "#667"; ctx.font = "11px sans-serif";
     ctx.fillText(top.toFixed(0) + "/s", 4, 12);
+    ctx.fillText("now", w - 28, h - 6);
     if (rates.length < 2) return;
     ctx.strokeStyle = "#3867d6"; ctx.lineWidth = 2; ctx.beginPath();
     rates.forEach(([t, r], i) => {
-      const x = w - 4 + (t / 300) * (w - 8);
+      const x = w - 4 + (t / span) * (w - 8);
       const y = h - 4 - (r / top) * (h - 20);
       if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
     });
@@ -80,7 +83,7 @@
     if (s.failures.length) {
       failures.replaceChildren(...s.failures.slice().reverse().map((f) => {
         const d = document.createElement("details");
-        d.appendChild(text("summary", "task " + f.task + ": " + f.type + ": " + f.message +
+        d.appendChild(text("summary", "task #" + f.task + ": " + f.type + ": " + f.message +
           " (worker " + f.worker + (f.host ? ", " + f.host : "") + ", " + f.ago + " s ago)"));
         d.appendChild(text("pre", f.traceback || "(no remote traceback)"));
         return d;

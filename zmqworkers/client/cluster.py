@@ -369,6 +369,14 @@ class Cluster(Executor):
         """The dashboard's link (with its token off loopback), or None without one."""
         return self._engine.dashboard_url
 
+    def _repr_html_(self) -> str:
+        """Workers, queue and the dashboard link, for a notebook."""
+        from zmqworkers.client.progress import status_html
+
+        if self._shutdown:
+            return status_html(None, None)
+        return status_html(self._engine.status(), self.dashboard_url)
+
     def status(self) -> dict[str, Any]:
         """What the dashboard shows, as one snapshot (see docs/monitoring.md)."""
         return self._engine.status()

@@ -81,8 +81,12 @@
     }));
     const failures = $("failures");
     if (s.failures.length) {
-      failures.replaceChildren(...s.failures.slice().reverse().map((f) => {
+      // Redrawn every second: a traceback the reader opened stays open.
+      const open = new Set([...failures.querySelectorAll("details[open]")].map((d) => d.dataset.task));
+      failures.replaceChildren(...s.failures.slice(-10).reverse().map((f) => {
         const d = document.createElement("details");
+        d.dataset.task = String(f.task);
+        d.open = open.has(d.dataset.task);
         d.appendChild(text("summary", "task #" + f.task + ": " + f.type + ": " + f.message +
           " (worker " + f.worker + (f.host ? ", " + f.host : "") + ", " + f.ago + " s ago)"));
         d.appendChild(text("pre", f.traceback || "(no remote traceback)"));

@@ -1,4 +1,4 @@
-"""The dashboard bound to a host's network address: its token, asked of another host."""
+"""Watching across hosts: the dashboard's token asked of another host; task logs from a daemon."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
-from tests.multihost.conftest import PORT, host_env
+from tests.multihost.conftest import PORT, host_env, start_worker
 from tests.multihost.netns import Network
 
 pytestmark = [pytest.mark.multihost, pytest.mark.slow]
 
-JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard_job.py")
+HERE = os.path.dirname(os.path.abspath(__file__))
+JOB = os.path.join(HERE, "dashboard_job.py")
+LOG_JOB = os.path.join(HERE, "remote_log_job.py")
 # Run on the other host: prints the HTTP status of a GET (or a POST with "post").
 FETCH = """
 import sys, urllib.request, urllib.error
@@ -52,3 +54,19 @@ def test_a_dashboard_on_a_network_address_needs_its_token(net: Network, tmp_path
         assert fetch(net, base + "api/status?token=" + token, post=True) == "405 False"
     finally:
         stop_file.touch()
+
+
+def test_a_remote_daemons_task_warning_reaches_the_controllers_log(
+    net: Network, tmp_path: Path
+) -> None:
+    log = tmp_path / "controller.log"
+    bind = f"tcp://{net.hosts['ctl'].ip}:{PORT}"
+    net.start("ctl", [sys.executable, LOG_JOB, bind, str(log)], env=host_env("ctl"))
+    start_worker(net, "h1", "far-worker")
+    wait_for(lambda: log.exists() and "job done" in log.read_text(), timeout=90, interval=0.1)
+    lines = [line for line in log.read_text().splitlines() if "is unsure" in line]
+    assert len(lines) == 1, log.read_text()
+    name, _, message = lines[0].partition("|")
+    assert name == "zmqworkers.remote"
+    assert message.startswith("worker far-worker")  # the daemon's worker id
+    assert "farjob: task 5 on h1 is unsure" in message

@@ -129,3 +129,17 @@ def test_info_watch_redraws_until_ctrl_c() -> None:
         finally:
             child.close(force=True)
         assert child.exitstatus == 0
+
+
+def test_run_with_dashboard_logs_its_link(job_dir: Path) -> None:
+    out = subprocess.run(
+        [*RUN, "--workers", "1", "--dashboard", "--progress", "log"],
+        cwd=job_dir,
+        env=_env(job_dir),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"dashboard at http://127\.0\.0\.1:\d+/\n", out.stderr), out.stderr

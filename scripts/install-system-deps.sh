@@ -45,3 +45,8 @@ fi
 # bridges and veth pairs; `nft` for packet loss (this kernel has no netem).
 need_packages iproute2 nftables
 # --- end faults
+
+# --- dashboard: a real headless browser over the dashboard page
+# (tests/integration/test_dashboard_browser.py, through selenium).
+need_packages chromium chromium-driver
+# --- end dashboard

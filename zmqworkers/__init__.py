@@ -25,6 +25,7 @@ _QT_NAMES = {"WorkerController", "AppRunner"}
 
 if _TYPE_CHECKING:
     from zmqworkers.client.cluster import Cluster
+    from zmqworkers.client.progress import progress
     from zmqworkers.controller.forkserver import warm_up
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "WorkerLost",
     "ZmqWorkersError",
     "__version__",
+    "progress",
     "warm_up",
 ]
 
@@ -52,6 +54,10 @@ def __getattr__(name: str) -> _Any:
         from zmqworkers.client.cluster import Cluster
 
         return Cluster
+    if name == "progress":
+        from zmqworkers.client.progress import progress
+
+        return progress
     if name == "warm_up":
         from zmqworkers.controller.forkserver import warm_up
 

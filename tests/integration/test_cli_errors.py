@@ -77,6 +77,14 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (["run", "fz:f", "--range", "10:0"], "--range 10:0 holds no tasks"),
         (["run", "fz:f", "--tasks", "empty.jsonl"], "--tasks empty.jsonl holds no tasks"),
         (["keygen", "/nonexistent/dir/key"], "cannot write /nonexistent/dir/key"),
+        (
+            ["run", "fz:f", "--range", "0:5", "--dashboard", "127.0.0.1:99999"],
+            "dashboard must be 'HOST:PORT' with a port from 0 to 65535",
+        ),
+        (
+            ["run", "fz:f", "--range", "0:5", "--forward-logs", "LOUD"],
+            "forward_logs must be a logging level such as 'WARNING' or 'INFO', not 'LOUD'",
+        ),
     ],
 )
 def test_bad_command_line_exits_2_naming_the_problem(

@@ -29,6 +29,13 @@ def talk(task: int) -> int:
     return task
 
 
+def talk_and_log(task: int) -> int:
+    import logging
+
+    logging.getLogger("qtjob").warning("task %d logs a warning", task)
+    return talk(task)
+
+
 def frame_image(index: int, shape: tuple[int, int], gain: float, offset: float) -> np.ndarray:
     y, x = np.mgrid[0 : shape[0], 0 : shape[1]]
     return gain * np.sin(x * (index + 1) / 7.0) * np.cos(y / (index + 2.0)) + offset + index

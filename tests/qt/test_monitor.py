@@ -78,6 +78,9 @@ def test_monitor_mid_run_shows_a_row_per_worker_and_the_progress(
     assert all(FREE <= t < N_TASKS for t in running), running
     assert sum(int(n) for n in column(monitor, "tasks done")) == FREE
     assert all(text.endswith(" s ago") for text in column(monitor, "last heartbeat"))
+    # Each heartbeat carries the worker's RSS and CPU.
+    assert all(text.endswith(" MiB") for text in column(monitor, "RSS")), column(monitor, "RSS")
+    assert all(text.endswith("%") for text in column(monitor, "CPU")), column(monitor, "CPU")
     assert "done 10 · failed 0" in monitor.counts_label.text()
     assert "2 workers connected" in monitor.status_label.text()
     assert monitor.throughput_label.text().endswith("tasks/s")

@@ -51,6 +51,19 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--key-file", help="shared key for daemons (else $ZMQWORKERS_KEY)")
     r.add_argument("--output", help="write results to FILE.jsonl (as they come) or FILE.npz")
     r.add_argument(
+        "--dashboard",
+        nargs="?",
+        const="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="serve a read-only web dashboard (default 127.0.0.1 on a free port; "
+        "its URL is logged; see docs/monitoring.md)",
+    )
+    r.add_argument(
+        "--forward-logs",
+        metavar="LEVEL",
+        help="log here what tasks log on workers at LEVEL or above (e.g. WARNING)",
+    )
+    r.add_argument(
         "--progress",
         choices=["auto", "bar", "log"],
         default="auto",
@@ -65,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=positive_seconds, default=5.0, help="seconds to wait for an answer"
     )
     i.add_argument("--json", action="store_true", help="print the raw answer as JSON")
+    i.add_argument(
+        "--watch",
+        action="store_true",
+        help="redraw the table every second until Ctrl-C",
+    )
 
     st = sub.add_parser("status", help="check a daemon's --status-file (container probes)")
     st.add_argument("file")
@@ -195,6 +213,8 @@ def _run(args: argparse.Namespace) -> int:
             key_file=args.key_file,
             output=args.output,
             progress=progress,
+            dashboard=args.dashboard,
+            forward_logs=args.forward_logs,
         )
     except json.JSONDecodeError as exc:
         print(f"zmqworkers run: --args/--kwargs is not valid JSON: {exc}", file=sys.stderr)
@@ -215,6 +235,8 @@ def _info(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         print(f"zmqworkers info: {exc}", file=sys.stderr)
         return 2
+    if args.watch:
+        return _watch(address, key, timeout=args.timeout, as_json=args.json)
     try:
         answer = query_info(address, key, timeout=args.timeout)
     except TimeoutError as exc:
@@ -225,3 +247,36 @@ def _info(args: argparse.Namespace) -> int:
     else:
         print(format_table(answer))
     return 0
+
+
+# Home, clear the screen: each redraw replaces the last.
+CLEAR = "\x1b[H\x1b[2J"
+
+
+def _watch(
+    address: str, key: bytes, timeout: float = 5.0, as_json: bool = False, every: float = 1.0
+) -> int:
+    """Redraw the worker table every ``every`` seconds until Ctrl-C (exit status 0).
+
+    A controller that does not answer is said on the screen, and asked again.
+    """
+    import json
+    import time
+
+    from zmqworkers.client.info import format_table, query_info
+
+    try:
+        while True:
+            started = time.monotonic()
+            try:
+                answer = query_info(address, key, timeout=timeout)
+                text = json.dumps(answer, default=str) if as_json else format_table(answer)
+            except TimeoutError as exc:
+                text = f"zmqworkers info: {exc}; asking again"
+            stamp = time.strftime("%H:%M:%S")
+            sys.stdout.write(f"{CLEAR}{text}\n\n{stamp}, every {every:g} s; Ctrl-C to stop\n")
+            sys.stdout.flush()
+            time.sleep(max(0.0, every - (time.monotonic() - started)))
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        return 0

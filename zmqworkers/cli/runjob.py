@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -19,6 +21,10 @@ log = logging.getLogger(__name__)
 
 # Without a terminal, a progress line goes to the log this often (seconds).
 LOG_EVERY = 5.0
+# The bar's width on a terminal that reports no size (``script``, some CI
+# and editor terminals): tqdm would draw it zero characters wide.
+FALLBACK_COLUMNS = 80
+FALLBACK_ROWS = 24
 
 
 def load_function(ref: str) -> Callable[..., Any]:
@@ -210,6 +216,8 @@ def run(
     key_file: str | None,
     output: str | None,
     progress: bool,
+    dashboard: str | None = None,
+    forward_logs: str | None = None,
 ) -> int:
     """Run the job; return the exit status (1 when any task failed)."""
     from zmqworkers.client.cluster import Cluster
@@ -217,13 +225,24 @@ def run(
     func = load_function(func_ref)
     writer = ResultWriter(output)
     summary = RunSummary(total=total)
-    bar = _make_bar(total) if progress else None
-    cluster_kw: dict[str, Any] = {"key_file": key_file}
+    cluster_kw: dict[str, Any] = {
+        "key_file": key_file,
+        "dashboard": dashboard,
+        "forward_logs": forward_logs,
+    }
     if bind:
         cluster_kw["bind"] = bind
     last_log = time.monotonic()
+    bar = None
     try:
-        with Cluster(n_workers, **cluster_kw) as cluster:
+        with contextlib.ExitStack() as stack:
+            if progress:
+                bar = stack.enter_context(_make_bar(total))
+                # Log lines go above the bar (through tqdm.write), never into it.
+                from tqdm.contrib.logging import logging_redirect_tqdm
+
+                stack.enter_context(logging_redirect_tqdm())
+            cluster = stack.enter_context(Cluster(n_workers, **cluster_kw))
             if bind:
                 log.info("controller listening at %s", cluster.address)
             log.info("running %s over %d tasks", func_ref, total)
@@ -240,19 +259,33 @@ def run(
                     log.info(summary.progress_line())
                     last_log = time.monotonic()
     finally:
-        if bar is not None:
-            bar.close()
-        else:
+        if bar is None:
             log.info(summary.progress_line())
         writer.close()
     _print_summary(summary)
     return 1 if summary.failed else 0
 
 
+def terminal_columns(stream: IO[str]) -> int:
+    """The terminal's width, or 0 when it reports none (or is no terminal)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
 def _make_bar(total: int) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="task", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    # tqdm reads the size once and then at each redraw (dynamic_ncols). A
+    # terminal that says 0 x 0 would get a bar 0 wide that tqdm never draws
+    # (it takes 0 rows as no room): a fixed size instead.
+    width: dict[str, Any] = (
+        {"dynamic_ncols": True}
+        if terminal_columns(sys.stderr)
+        else {"ncols": FALLBACK_COLUMNS, "nrows": FALLBACK_ROWS}
+    )
+    return tqdm(total=total, unit="task", file=sys.stderr, smoothing=0.1, **width)
 
 
 def _print_summary(summary: RunSummary) -> None:

@@ -46,6 +46,10 @@ class Cluster(Executor):
     zmqworkers and ``preload`` (module names) once (``start_method=
     "forkserver"``, the default on Linux), or start as new interpreters
     (``"spawn"``); see docs/cluster.md.
+    ``dashboard="127.0.0.1:8787"`` serves a read-only web page, JSON and
+    Prometheus metrics (port 0 picks a free port; ``dashboard_url`` is the
+    link); ``forward_logs="WARNING"`` brings the log records tasks emit on
+    workers to the ``zmqworkers.remote`` logger here (docs/monitoring.md).
     """
 
     def __init__(
@@ -68,6 +72,8 @@ class Cluster(Executor):
         sign_buffers: bool = EngineOptions.sign_buffers,
         start_method: str = EngineOptions.start_method,
         preload: Sequence[str] = EngineOptions.preload,
+        dashboard: str | None = EngineOptions.dashboard,
+        forward_logs: str | None = EngineOptions.forward_logs,
     ) -> None:
         if n_workers is None:
             n_workers = os.cpu_count() or 1
@@ -91,6 +97,8 @@ class Cluster(Executor):
             sign_buffers=sign_buffers,
             start_method=start_method,
             preload=preload,
+            dashboard=dashboard,
+            forward_logs=forward_logs,
         )
         self._futures: dict[int, Future[Any]] = {}
         # Done-callbacks are user code: never on the engine thread.
@@ -356,8 +364,25 @@ class Cluster(Executor):
 
     # -- more --------------------------------------------------------------
 
+    @property
+    def dashboard_url(self) -> str | None:
+        """The dashboard's link (with its token off loopback), or None without one."""
+        return self._engine.dashboard_url
+
+    def _repr_html_(self) -> str:
+        """Workers, queue and the dashboard link, for a notebook."""
+        from zmqworkers.client.progress import status_html
+
+        if self._shutdown:
+            return status_html(None, None)
+        return status_html(self._engine.status(), self.dashboard_url)
+
+    def status(self) -> dict[str, Any]:
+        """What the dashboard shows, as one snapshot (see docs/monitoring.md)."""
+        return self._engine.status()
+
     def workers(self) -> list[dict[str, Any]]:
-        """Snapshot of the connected workers (host, pid, state, tasks done)."""
+        """Snapshot of the connected workers (host, pid, state, tasks done, RSS, CPU)."""
         return self._engine.workers()
 
     def counters(self) -> dict[str, Any]:

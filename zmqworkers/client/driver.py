@@ -163,6 +163,12 @@ class TaskDriver:
         self._stop = True
         self._wake()
 
+    @property
+    def dashboard_url(self) -> str | None:
+        """The dashboard's link while a run is on (or the last run's), or None."""
+        engine = self._engine or self._last_engine
+        return engine.dashboard_url if engine is not None else None
+
     def workers(
         self, timeout: float = 10.0, include_departed: bool = False
     ) -> list[dict[str, Any]]:

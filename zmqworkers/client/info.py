@@ -22,7 +22,24 @@ COLUMNS = (
     ("STATE", "state"),
     ("DONE", "tasks_done"),
     ("HELD", "in_flight"),
+    ("RSS", "rss"),
+    ("CPU", "cpu"),
 )
+
+
+def format_usage(key: str, value: Any) -> str:
+    """A worker's RSS (bytes) or CPU (percent) as a table shows it; "-" when not said."""
+    if value is None or value == "":
+        return "-" if key in ("rss", "cpu") else ""
+    if key == "cpu":
+        return f"{float(value):.0f}%"
+    if key == "rss":
+        size = float(value)
+        for unit in ("B", "KiB", "MiB", "GiB"):
+            if size < 1024 or unit == "GiB":
+                return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+            size /= 1024
+    return str(value)
 
 
 def query_info(address: str, key: bytes, timeout: float = 5.0) -> dict[str, Any]:
@@ -63,7 +80,7 @@ def format_table(answer: dict[str, Any]) -> str:
     workers = list(answer.get("workers", []))
     rows = [[h for h, _ in COLUMNS]]
     for w in sorted(workers, key=lambda w: (str(w.get("host")), str(w.get("id")))):
-        rows.append([str(w.get(k, "")) for _, k in COLUMNS])
+        rows.append([format_usage(k, w.get(k, "")) for _, k in COLUMNS])
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     lines = [
         f"controller {answer.get('controller', '?')} on {answer.get('host', '?')} "

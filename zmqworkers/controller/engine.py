@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -61,6 +62,8 @@ class Engine:
         self.id = self._loop.id
         self.host = self._loop.host
         self._thread: threading.Thread | None = None
+        self._dashboard: Any = None  # a zmqworkers.dashboard.Dashboard, when asked for
+        self.dashboard_url: str | None = None
 
     # -- commands (any thread) ----------------------------------------------
 
@@ -75,7 +78,20 @@ class Engine:
         if self._loop.start_error is not None:
             raise self._loop.start_error
         self.address = self._loop.address
+        if self.options.dashboard is not None:
+            self._start_dashboard(self.options.dashboard)
         return self.address
+
+    def _start_dashboard(self, address: str) -> None:
+        # Imported here: the HTTP side (and prometheus_client) loads only when asked for.
+        from zmqworkers.dashboard import Dashboard
+
+        try:
+            self._dashboard = Dashboard(address, self.status, controller=self.id)
+        except BaseException:
+            self.shutdown()
+            raise
+        self.dashboard_url = self._dashboard.url
 
     @property
     def local_address(self) -> str:
@@ -180,6 +196,41 @@ class Engine:
             "redispatched": self._loop.sched.redispatched,
         }
 
+    def status(self, timeout: float = 10.0) -> dict[str, Any]:
+        """One snapshot of what the dashboard shows: counts, workers, failures, throughput."""
+        loop = self._loop
+
+        def read() -> dict[str, Any]:
+            sched = loop.sched
+            now = time.monotonic()
+            loop.telemetry.tick(now)  # an idle stretch shows as such in the throughput
+            workers = [w.snapshot() for w in sched.workers.values()]
+            for w in workers:
+                w["last_heartbeat"] = round(now - w["last_heartbeat"], 2)
+            return {
+                "controller": self.id,
+                "host": self.host,
+                "address": self.address,
+                "running": not loop.closed.is_set(),
+                "paused": sched.paused,
+                "queued": sched.queued,
+                "in_flight": sum(len(w.in_flight) for w in sched.workers.values()),
+                "retried": sched.redispatched,
+                "workers": workers,
+                "departed": [dict(d) for d in list(sched.departed.values())[-20:]][::-1],
+                "dropped": dict(loop.dropped),
+                "stats": dict(loop.stats),
+                **loop.telemetry.snapshot(now),
+            }
+
+        if not loop.closed.is_set():
+            try:
+                return self.call(read, timeout)  # type: ignore[no-any-return]
+            except EngineClosed:
+                pass
+        # Closed: nothing changes any more, so it can be read from here.
+        return {**read(), "workers": [], "in_flight": 0, "queued": 0}
+
     def shutdown(self, timeout: float | None = None, *, grace: float | None = None) -> None:
         """Stop workers (each finishes its current call) and close everything.
 
@@ -187,9 +238,15 @@ class Engine:
         leave; then they are terminated, and killed 3 s later.
         """
         if self._thread is None or self._loop.closed.is_set():
+            self._stop_dashboard()
             return
         self._command("shutdown", grace)
         self._thread.join(timeout if timeout is not None else self.options.stop_timeout + 10)
+        self._stop_dashboard()
+
+    def _stop_dashboard(self) -> None:
+        if self._dashboard is not None:
+            self._dashboard.close()
 
     @property
     def running(self) -> bool:

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import zmq
 
+from zmqworkers import remote as remote_logs
 from zmqworkers._version import __version__
 from zmqworkers.controller.batching import Batcher, Spec
 from zmqworkers.controller.dispatch import Dispatcher
@@ -36,6 +37,7 @@ from zmqworkers.controller.options import EngineOptions
 from zmqworkers.controller.scheduler import Scheduler
 from zmqworkers.controller.sessions import Link, Session, SessionTable
 from zmqworkers.controller.sockets import ControllerSockets
+from zmqworkers.controller.telemetry import Telemetry
 from zmqworkers.errors import DecodeError, EngineClosed, ProtocolVersionError
 from zmqworkers.protocol import PROTOCOL_VERSION, Kind, Message, ReplayGuard, decode
 from zmqworkers.protocol.messages import NONCE_SIZE, peek_version
@@ -105,6 +107,7 @@ class EngineLoop:
         self.sched = Scheduler(max_attempts=options.max_attempts)
         self.dropped: Counter[str] = Counter()
         self.stats: Counter[str] = Counter()
+        self.telemetry = Telemetry()
         self.ready = threading.Event()
         self.closed = threading.Event()
         self.start_error: BaseException | None = None
@@ -295,8 +298,7 @@ class EngineLoop:
         self.stats["submitted"] += len(items)
 
     def _cmd_cancel_many(self, task_ids: list[int]) -> None:
-        for tid in task_ids:
-            self.sched.cancel(tid)
+        self.stats["cancelled"] += sum(map(self.sched.cancel, task_ids))
 
     def _cmd_pause(self, _: Any) -> None:
         self.sched.paused = True
@@ -410,6 +412,7 @@ class EngineLoop:
         s = self._session_of(msg.sender)
         wid = s.state.id
         kind = msg.kind
+        self.telemetry.received(msg.nbytes)
         if s.retired:
             # Left or lost: a late result is still taken, nothing else.
             if kind == Kind.RESULTS:
@@ -430,6 +433,7 @@ class EngineLoop:
 
     def _on_results_msg(self, s: Session, msg: Message) -> None:
         spec_id = self._dispatcher.take_results(s.state.id, msg.payload)
+        self.telemetry.ran(msg.header)
         if spec_id is not None and isinstance(msg.header, dict):
             self._batcher.tune(spec_id, msg.header, msg.nbytes)
 
@@ -439,6 +443,7 @@ class EngineLoop:
         if status.state is not None:
             w.state = status.state
         w.current = status.task
+        w.rss, w.cpu = (status.rss, status.cpu) if status.rss is not None else (w.rss, w.cpu)
         self._dispatcher.reconcile(w.id, status)
 
     def _on_bye(self, s: Session, msg: Message) -> None:
@@ -452,12 +457,14 @@ class EngineLoop:
         self.handler.on_event("worker_left", wid)
 
     def _on_message(self, s: Session, msg: Message) -> None:
-        self.handler.on_event("message", msg.header)
+        if not remote_logs.forwarded(s.state, msg.header):  # a task's log record
+            self.handler.on_event("message", msg.header)
 
     def _deliver(self, out: list[tuple[int, bool, Any]]) -> None:
         if not out:
             return
         self.stats["delivered"] += len(out)
+        self.telemetry.delivered(out, time.monotonic())
         try:
             self.handler.on_results(out)
         except Exception:

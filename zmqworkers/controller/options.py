@@ -84,6 +84,12 @@ class EngineOptions:
     start_method: str = DEFAULT_START_METHOD
     # Modules the fork server imports before it forks (ignored by "spawn").
     preload: tuple[str, ...] = ()
+    # "HOST:PORT" of a read-only web dashboard (page, JSON, Prometheus
+    # metrics; see docs/monitoring.md); None: no dashboard. Port 0 picks one.
+    dashboard: str | None = None
+    # The lowest level of log records that tasks emit on workers to send to
+    # the controller's "zmqworkers.remote" logger (e.g. "WARNING"); None: off.
+    forward_logs: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.worker_env, MappingProxyType):
@@ -122,6 +128,10 @@ def build_options(
     if unknown:
         raise ConfigurationError(f"unknown option(s): {', '.join(unknown)}")
     check_bind_address(rest.get("bind", EngineOptions.bind))
+    if rest.get("dashboard") is not None:
+        rest["dashboard"] = check_dashboard_address(rest["dashboard"])
+    if rest.get("forward_logs") is not None:
+        rest["forward_logs"] = check_log_level(rest["forward_logs"])
     rest.update(start_method=check_start_method(start_method), preload=check_preload(preload))
     explicit = resolve_key(key, key_file)
     if max_message_size is not None:
@@ -134,6 +144,36 @@ def build_options(
         curve_dir=os.fspath(curve_dir) if curve_dir is not None else None,
         connection_file=os.fspath(connection_file) if connection_file is not None else None,
         **rest,
+    )
+
+
+def check_dashboard_address(address: Any) -> str:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6), or a port alone for 127.0.0.1."""
+    if isinstance(address, int) and not isinstance(address, bool):
+        address = f"127.0.0.1:{address}"
+    if not isinstance(address, str):
+        raise ConfigurationError(f"dashboard must be 'HOST:PORT', not {address!r}")
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", address
+    if not port.isdigit() or int(port) > 65535 or not host.strip("[]"):
+        raise ConfigurationError(
+            f"dashboard must be 'HOST:PORT' with a port from 0 to 65535 "
+            f"(0 picks a free one), such as '127.0.0.1:8787', not {address!r}"
+        )
+    return f"{host}:{int(port)}"
+
+
+def check_log_level(level: Any) -> str:
+    """A logging level name (or number) for ``forward_logs``, as a name."""
+    if isinstance(level, int) and not isinstance(level, bool):
+        name = logging.getLevelName(level)
+        if isinstance(name, str) and not name.startswith("Level "):
+            return name
+    elif isinstance(level, str) and isinstance(logging.getLevelName(level.upper()), int):
+        return level.upper()
+    raise ConfigurationError(
+        f"forward_logs must be a logging level such as 'WARNING' or 'INFO', not {level!r}"
     )
 
 

@@ -64,6 +64,9 @@ class WorkerState:
     draining: bool = False
     # False when array buffers are signed by length only (a protected link).
     buffers_signed: bool = True
+    # From its heartbeats: resident memory (bytes), CPU (% of one core).
+    rss: int | None = None
+    cpu: float | None = None
 
     @property
     def free(self) -> int:
@@ -84,6 +87,8 @@ class WorkerState:
             "in_flight": len(self.in_flight),
             "tasks_done": self.done,
             "buffers_signed": self.buffers_signed,
+            "rss": self.rss,
+            "cpu": self.cpu,
             "last_heartbeat": self.last_seen,
         }
 

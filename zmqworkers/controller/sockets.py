@@ -217,6 +217,7 @@ class ControllerSockets:
             sign_buffers=session.key.sign_buffers,
             ipc=self.local_eps if session.via_ipc else {},
             max_message_size=opts.max_message_size,
+            forward_logs=opts.forward_logs or "",
         )
 
     def send_unsolicited(self, route: bytes, kind: Kind, header: Any, key: Key = b"") -> None:

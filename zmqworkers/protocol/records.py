@@ -98,6 +98,8 @@ class Welcome:
     ipc: dict[str, str] = field(default_factory=dict)
     # The largest message the controller accepts (0: not said).
     max_message_size: int = 0
+    # The lowest level of task log records to send back ("" for none).
+    forward_logs: str = ""
 
     def header(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,6 +133,7 @@ class Welcome:
             sign_buffers=hdr.get("sign_buffers") is not False,
             ipc=ipc if isinstance(ipc, dict) else {},
             max_message_size=_size(hdr.get("max_message_size")),
+            forward_logs=str(hdr.get("forward_logs") or ""),
         )
 
 
@@ -199,11 +202,19 @@ class Status:
     task: int | None
     held: list[int] | None = None
     received: int | None = None
+    # The worker process's resident memory (bytes) and CPU use (percent of
+    # one core since its last heartbeat), when it says them.
+    rss: int | None = None
+    cpu: float | None = None
 
     def header(self) -> dict[str, Any]:
         hdr: dict[str, Any] = {"state": self.state, "task": self.task}
         if self.held is not None and self.received is not None:
             hdr.update(held=self.held, received=self.received)
+        if self.rss is not None:
+            hdr["rss"] = self.rss
+        if self.cpu is not None:
+            hdr["cpu"] = self.cpu
         return hdr
 
     @classmethod
@@ -216,12 +227,51 @@ class Status:
             isinstance(held, list) and all(is_int(t) for t in held) and is_int(received)
         ):
             raise DecodeError("malformed", f"heartbeat from {wid} with a bad list of tasks held")
+        rss, cpu = header.get("rss"), header.get("cpu")
         return cls(
             None if state is None else str(state),
             task if is_int(task) else None,
             held,
             received if held is not None else None,
+            rss if is_int(rss) and rss >= 0 else None,  # type: ignore[operator]
+            float(cpu) if isinstance(cpu, float | int) and not isinstance(cpu, bool) else None,
         )
+
+
+@dataclass(frozen=True)
+class ForwardedLog:
+    """A log record a task emitted on a worker, under the ``log`` key of a MESSAGE.
+
+    ``dropped`` counts the records the worker dropped (over its rate) since
+    the last one it sent; a record with ``level`` 0 only says that count.
+    """
+
+    level: int
+    logger: str
+    message: str
+    created: float
+    dropped: int = 0
+
+    def header(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, log: Any, wid: str) -> ForwardedLog:
+        if not isinstance(log, dict):
+            raise DecodeError("malformed", f"log record from {wid} is not a map")
+        level, dropped, created = log.get("level"), log.get("dropped", 0), log.get("created")
+        if not (is_int(level) and is_int(dropped) and isinstance(created, float | int)):
+            raise DecodeError("malformed", f"log record from {wid} with fields of the wrong type")
+        return cls(
+            int(level),  # type: ignore[arg-type]
+            str(log.get("logger", "?"))[:200],
+            str(log.get("message", ""))[:MAX_LOG_MESSAGE],
+            float(created),
+            max(0, dropped),
+        )
+
+
+MAX_LOG_MESSAGE = 16_000
 
 
 def check_results(items: Any, wid: str) -> None:

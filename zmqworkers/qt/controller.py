@@ -63,6 +63,8 @@ class WorkerController(QtCore.QThread):
         sign_buffers: bool = EngineOptions.sign_buffers,
         start_method: str = EngineOptions.start_method,
         preload: Sequence[str] = EngineOptions.preload,
+        dashboard: str | None = EngineOptions.dashboard,
+        forward_logs: str | None = EngineOptions.forward_logs,
     ) -> None:
         super().__init__()
         options = build_options(
@@ -82,6 +84,8 @@ class WorkerController(QtCore.QThread):
             sign_buffers=sign_buffers,
             start_method=start_method,
             preload=preload,
+            dashboard=dashboard,
+            forward_logs=forward_logs,
         )
         self._driver = TaskDriver(self._emit, options)
         self.n_workers = (os.cpu_count() or 1) if n_workers is None else n_workers
@@ -113,6 +117,11 @@ class WorkerController(QtCore.QThread):
     def address(self) -> str:
         """The address workers connect to (known once ``start()`` returned)."""
         return self._driver.address
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """The dashboard's link while running, if ``dashboard=`` was given."""
+        return self._driver.dashboard_url
 
     def change_function(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Call ``func(task, *args, **kwargs)`` for tasks added from now on.

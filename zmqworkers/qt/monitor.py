@@ -22,6 +22,7 @@ from typing import Any
 
 from qtpy import QtCore, QtGui, QtWidgets
 
+from zmqworkers.client.info import format_usage
 from zmqworkers.qt.controller import WorkerController
 
 COLUMNS = (
@@ -32,10 +33,12 @@ COLUMNS = (
     "current task",
     "in flight",
     "tasks done",
+    "RSS",
+    "CPU",
     "last heartbeat",
 )
 _TASK_COLUMN = 4
-_NUMERIC = {2, 5, 6, 7}
+_NUMERIC = {2, 5, 6, 7, 8, 9}
 # Rows of workers that left stay (greyed) so a departure can be seen; only
 # this many, so a long-lived controller whose daemons come and go stays small.
 MAX_GONE_ROWS = 20
@@ -116,6 +119,9 @@ class WorkerTableModel(QtCore.QAbstractTableModel):
             return "" if gone else str(row.get("in_flight", 0))
         if col == 6:
             return str(row.get("tasks_done", 0))
+        if col in (7, 8):
+            key = "rss" if col == 7 else "cpu"
+            return "" if gone else format_usage(key, row.get(key))
         seen = row.get("last_heartbeat")
         if not isinstance(seen, (int, float)):
             return ""

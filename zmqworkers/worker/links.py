@@ -15,6 +15,7 @@ from zmqworkers.protocol.liveness import ping_times
 from zmqworkers.protocol.messages import Key
 from zmqworkers.security import curve
 from zmqworkers.worker.group import kill_rest_of_group
+from zmqworkers.worker.usage import Usage
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,18 @@ def beat(
     sender: str,
     status: Callable[[], tuple[int, dict[str, Any]]],
 ) -> None:
-    """Send ``status()`` as a heartbeat every ``interval`` until ``stop`` is set."""
+    """Send ``status()`` as a heartbeat every ``interval`` until ``stop`` is set.
+
+    Each carries the process's RSS and CPU use too (:mod:`.usage`).
+    """
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, 4)
     redial_quickly(sock)
     sock.connect(endpoint)
+    usage = Usage()
     while not stop.is_set():
         seq, header = status()
+        header = {**header, **usage.sample()}
         frames = encode(Kind.HEARTBEAT, sender, seq, key, header)
         try:
             sock.send_multipart(frames, flags=zmq.NOBLOCK)

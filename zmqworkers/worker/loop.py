@@ -48,7 +48,7 @@ from zmqworkers.protocol.session import (
 )
 from zmqworkers.security import curve
 from zmqworkers.security.connection import is_local_link
-from zmqworkers.worker import current, links
+from zmqworkers.worker import current, links, logforward
 from zmqworkers.worker.calls import (
     FunctionCache,
     describe_exception,
@@ -122,6 +122,7 @@ class Worker:
         self._hb_seq = 0
         self._results_ep: str | None = None
         self._controller_id: str | None = None
+        self._forward_logs = ""  # the level the session's welcome names, or ""
         # Set when heartbeats of another controller arrive: a new one bound
         # the address after ours died, and the session must start over.
         self._other_controller = False
@@ -259,7 +260,7 @@ class Worker:
             # replayed old STOP is refused like any other replay.
             guard.check(f"{welcome.controller}/pub", welcome.pub_seq)
             self._results_ep = results_ep
-            self._controller_id = welcome.controller
+            self._controller_id, self._forward_logs = welcome.controller, welcome.forward_logs
             self._other_controller = False
             interval = self._status_every = welcome.heartbeat_interval or opts.heartbeat_interval
             self._tasks_seq = 0  # the last TASKS message received in this session
@@ -365,17 +366,18 @@ class Worker:
         self._serving_thread = threading.get_ident()
         current.serving = self
         try:
-            return self._serve_loop(tasks, results, control, guard, lost_after)
+            with logforward.forwarding(self._forward_logs, self.send_message):
+                return self._serve_loop(tasks, results, control, guard, lost_after)
         finally:
             current.serving = None
             self._results_sock = None
 
-    def send_message(self, text: str) -> bool:
-        """Send a text to the controller; only from the thread running the tasks."""
+    def send_message(self, text: str, log: dict[str, Any] | None = None) -> bool:
+        """Send a text (or a task's log record) to the controller, from the task thread."""
         sock = self._results_sock
         if sock is None or threading.get_ident() != self._serving_thread:
             return False
-        text_msg = {"worker": self.id, "text": str(text)}
+        text_msg = {"worker": self.id, "text": str(text), **({"log": log} if log else {})}
         frames = within(encode(Kind.MESSAGE, *self._signing(), text_msg), self._limit)
         sock.send_multipart(frames)
         return True

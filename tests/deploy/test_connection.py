@@ -78,7 +78,7 @@ def test_info_lists_daemon_and_local_workers(tmp_path: Path) -> None:
         assert out.returncode == 0, out.stderr
         lines = out.stdout.splitlines()
         assert "3 worker(s)" in lines[0]
-        assert lines[1].split() == ["ID", "HOST", "PID", "STATE", "DONE", "HELD"]
+        assert lines[1].split() == ["ID", "HOST", "PID", "STATE", "DONE", "HELD", "RSS", "CPU"]
         rows = {r.split()[0]: r.split() for r in lines[2:]}
         for w in c.workers():
             row = rows[w["id"]]

@@ -295,28 +295,36 @@ def test_request_interruption_ends_a_workflow_run_and_leaves_no_worker(
 
     from zmqworkers.pydidas.workflow import WorkflowAppRunner
 
-    workflow = wf.real_workflow(tmp_path / "in")
+    # Enough points that a run on warm workers is still going when its
+    # first result comes; the interruption is asked for right then.
+    n_frames = 400
+    workflow = wf.real_workflow(tmp_path / "in", n_frames)
     _load_contexts(workflow)
     app = ExecuteWorkflowApp()
     runner = WorkflowAppRunner(app, n_workers=N_WORKERS)
     seen: list[int] = []
-    runner.sig_results.connect(lambda index, _frame: seen.append(index))
+    workers_then: list[int] = []
+
+    def on_result(index: int, _frame: object) -> None:
+        seen.append(index)
+        if len(seen) == 1:
+            workers_then.append(len(worker_processes()))
+            runner.requestInterruption()
+
+    runner.sig_results.connect(on_result)
     final: list[object] = []
     runner.sig_final_app_state.connect(final.append)
     try:
         with qtbot.waitSignal(runner.finished, timeout=60_000):
             runner.start()
-            # Results reach the lambda through the event loop: waitUntil runs it.
-            qtbot.waitUntil(lambda: len(seen) >= 1, timeout=60_000)
-            assert len(worker_processes()) == N_WORKERS
-            runner.requestInterruption()
     finally:
         if runner.isRunning():
             runner.requestInterruption()
             runner.wait(30_000)
+    assert workers_then == [N_WORKERS]
     assert runner.error is None
     assert len(final) == 1
-    assert len(seen) < wf.N_FRAMES, "the run was not cut short"
+    assert len(seen) < n_frames, "the run was not cut short"
     wait_for(lambda: not worker_processes(), timeout=15)
     app.deleteLater()
 

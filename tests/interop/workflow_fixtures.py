@@ -66,13 +66,13 @@ def _write_contexts(
     return folder / "scan.yml", folder / "exp.yml"
 
 
-def real_workflow(folder: Path) -> Workflow:
+def real_workflow(folder: Path, n_frames: int = N_FRAMES) -> Workflow:
     from pydidas.plugins import PluginCollection
     from pydidas.workflow import ProcessingTree
 
     frames_dir = folder / "frames"
     frames_dir.mkdir(parents=True, exist_ok=True)
-    images = [frame(i) for i in range(N_FRAMES)]
+    images = [frame(i) for i in range(n_frames)]
     for i, image in enumerate(images):
         np.save(frames_dir / f"frame_{i:03d}.npy", image)
     plugins = PluginCollection()
@@ -98,7 +98,7 @@ def real_workflow(folder: Path) -> Workflow:
     tree.export_to_file(folder / "tree.yml", overwrite=True)
     scan, exp = _write_contexts(
         folder,
-        (N_FRAMES,),
+        (n_frames,),
         scan_base_directory=frames_dir,
         scan_name_pattern="frame_###.npy",
         pattern_number_offset=0,

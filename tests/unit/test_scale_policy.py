@@ -53,7 +53,9 @@ class SimulatedSlurm:
             del self.jobs[j]
 
 
-def run(policy: AdaptPolicy, bursts: list[tuple[float, int]], until: float) -> tuple[list, SimulatedSlurm]:
+def run(
+    policy: AdaptPolicy, bursts: list[tuple[float, int]], until: float
+) -> tuple[list, SimulatedSlurm]:
     sim = SimulatedSlurm()
     mem = Memory()
     actions: list[tuple[float, Decision]] = []

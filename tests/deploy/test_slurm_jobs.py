@@ -1,0 +1,230 @@
+"""SlurmJobs on a real Slurm (tests/deploy/slurm_helpers.py): submit, scale, adapt, retire.
+
+The controller is a Cluster in this test process, outside any allocation;
+the jobs' daemons are started by slurmd and reach it on loopback through a
+connection file. Every job is cancelled at teardown.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.deploy.slurm_helpers import SlurmCluster, slurm_cluster
+from zmqworkers import Cluster
+from zmqworkers.slurm import SlurmCommands, SlurmJobs
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    yield from slurm_cluster(tmp_path_factory)
+
+
+@pytest.fixture
+def share(slurm: SlurmCluster, tmp_path: Path) -> Iterator[Path]:
+    """A folder standing for the shared filesystem; no job outlives the test."""
+    d = tmp_path / "share"
+    d.mkdir(mode=0o700)
+    yield d
+    slurm.cancel_every_job()
+
+
+def nap_square(x: int) -> int:
+    time.sleep(0.1)
+    return x * x
+
+
+def _cluster(share: Path, key: str, **kw: object) -> Cluster:
+    return Cluster(
+        0, bind="tcp://127.0.0.1:0", key=key, connection_file=share / "conn.json", **kw
+    )
+
+
+def _jobs(cluster: Cluster | None, slurm: SlurmCluster, share: Path, **kw: object) -> SlurmJobs:
+    options: dict[str, object] = {
+        "processes": 1,
+        "walltime": "10:00",
+        "drain_timeout": 10,
+        "death_timeout": 60,
+        "interval": 0.5,
+        "output": str(share / "job-%j.out"),
+        "commands": SlurmCommands(timeout=30, env=slurm.env),
+    }
+    options.update(kw)
+    return SlurmJobs(cluster, share / "conn.json", **options)
+
+
+class JobSampler:
+    """The most jobs whose workers were connected at once, sampled from the face."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.most = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                ids = {re.sub(r"-\d+(r\d+)?$", "", w["id"]) for w in self.cluster.workers()}
+            except Exception:  # noqa: BLE001 - the cluster closed under the sampler
+                return
+            self.most = max(self.most, len(ids))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def _log_of(share: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in sorted(share.glob("job-*.out")))
+
+
+def test_job_script_passes_sbatch_test_only_and_holds_no_key(
+    slurm: SlurmCluster, share: Path
+) -> None:
+    key = secrets.token_hex(32)
+    with _cluster(share, key) as cluster:
+        jobs = _jobs(
+            cluster,
+            slurm,
+            share,
+            processes=2,
+            partition="debug",
+            job_name="zmqw-check",
+            directives=["--comment=zmqworkers"],
+            setup=["echo setting up"],
+        )
+        try:
+            script = jobs.job_script()
+            answer = jobs.commands.submit(script, test_only=True)
+        finally:
+            jobs.close()
+    assert re.search(r"to start at", answer), answer
+    assert key not in script and "--key" not in script
+    assert f"--connection-file {share / 'conn.json'}" in script
+    assert "#SBATCH --cpus-per-task=2" in script and "#SBATCH --comment=zmqworkers" in script
+    assert jobs.submitted == []  # a test submission is not a job
+
+
+def test_adapt_grows_from_0_to_3_jobs_then_retires_them_all(
+    slurm: SlurmCluster, share: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="zmqworkers.slurm")
+    with _cluster(share, secrets.token_hex(32)) as cluster:
+        jobs = _jobs(cluster, slurm, share)
+        sampler = JobSampler(cluster)
+        try:
+            jobs.adapt(minimum=0, maximum=3, cooldown=2, idle_wait=3)
+            t0 = time.monotonic()
+            results = list(cluster.map(nap_square, range(600), timeout=150))
+            ran = time.monotonic() - t0
+            assert results == [x * x for x in range(600)]
+            counters = cluster.counters()
+            assert counters["delivered"] == 600, counters
+            t1 = time.monotonic()
+            # Drained and gone from squeue within a bound once the queue is empty.
+            wait_for(lambda: not jobs.jobs(), timeout=60, interval=0.2)
+            gone = time.monotonic() - t1
+            alive = slurm.live_jobs()
+            assert not set(jobs.submitted) & set(alive), alive
+        finally:
+            sampler.stop()
+            jobs.close()
+    assert sampler.most == 3, sampler.most
+    assert len(jobs.submitted) == 3
+    decisions = [r.getMessage() for r in caplog.records if "decision=" in r.getMessage()]
+    assert any("decision=submit" in d and "submit 3" in d for d in decisions), decisions
+    assert sum("decision=retire" in d for d in decisions) >= 1, decisions
+    assert "event=drained" in _log_of(share)
+    print(f"600 tasks on 0->3 jobs: {ran:.1f} s; all jobs gone {gone:.1f} s after the last result")
+
+
+def test_a_job_killed_mid_run_costs_no_attempt_and_is_replaced(
+    slurm: SlurmCluster, share: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="zmqworkers.slurm")
+    # Two attempts: a loss blamed on its task would still leave it an attempt,
+    # and only the count of attempts taken back tells the two apart.
+    with _cluster(share, secrets.token_hex(32), max_attempts=2) as cluster:
+        jobs = _jobs(cluster, slurm, share)
+        try:
+            jobs.scale(jobs=2)
+            stream = cluster.imap_unordered(nap_square, range(300))
+            got = [next(stream) for _ in range(20)]
+            wait_for(lambda: len({w["id"] for w in cluster.workers()}) == 2, timeout=60)
+            victim = next(
+                w["id"] for w in cluster.workers() if w["in_flight"] and w["id"].startswith("slurm")
+            )
+            job_id = victim[len("slurm") :].split("-")[0]
+            killed = slurm.run("scancel", "--signal=KILL", job_id)
+            assert killed.returncode == 0, killed.stderr
+            got += list(stream)
+            wait_for(lambda: len(jobs.submitted) == 3, timeout=30)
+            counters = cluster.counters()
+        finally:
+            jobs.close()
+    assert sorted(got) == [x * x for x in range(300)]  # each exactly once, none failed
+    assert counters["attempts_excused"] >= 1, counters
+    log_text = "\n".join(r.getMessage() for r in caplog.records)
+    assert re.search(rf"event=ended job={job_id} state=\S+ early", log_text), log_text
+
+
+def test_a_job_at_its_walltime_drains_first_and_is_replaced(
+    slurm: SlurmCluster, share: Path
+) -> None:
+    with _cluster(share, secrets.token_hex(32)) as cluster:
+        # One minute: the daemon leaves at 50 s, draining from 40 s.
+        jobs = _jobs(cluster, slurm, share, walltime="1", drain_timeout=10)
+        try:
+            jobs.scale(jobs=1)
+            results = list(cluster.map(nap_square, range(600), timeout=170))
+            first = jobs.submitted[0]
+            states = jobs.commands.states([first])
+        finally:
+            jobs.close()
+    assert results == [x * x for x in range(600)]
+    assert states[first] == "COMPLETED", states  # not TIMEOUT: it left by itself
+    assert len(jobs.submitted) >= 2
+    out = _log_of(share)
+    assert "reason=lifetime" in out or "event=drain" in out, out[-2000:]
+
+
+def test_close_cancels_pending_jobs_too(slurm: SlurmCluster, share: Path) -> None:
+    (share / "conn.json").write_text("{}")
+    (share / "conn.json").chmod(0o600)
+    jobs = _jobs(None, slurm, share, directives=["--begin=now+3600"])
+    jobs.scale(jobs=2)
+    wait_for(lambda: len(jobs.submitted) == 2, timeout=30, interval=0.1)
+    ids = jobs.submitted
+    assert set(jobs.commands.states(ids).values()) == {"PENDING"}
+    jobs.close()
+    assert set(jobs.commands.states(ids).values()) == {"CANCELLED"}
+
+
+def test_a_dead_controller_leaves_no_job_beyond_the_death_timeout(
+    slurm: SlurmCluster, share: Path
+) -> None:
+    with _cluster(share, secrets.token_hex(32)) as cluster:
+        jobs = _jobs(cluster, slurm, share, death_timeout=5)
+        script = jobs.job_script()
+        jobs.close()
+        job_id = jobs.commands.submit(script)
+        wait_for(lambda: cluster.workers(), timeout=60)
+    # The controller is gone (as if killed): nothing cancels the job.
+    t0 = time.monotonic()
+    wait_for(lambda: job_id not in slurm.live_jobs(), timeout=60, interval=0.2)
+    took = time.monotonic() - t0
+    assert took < 5 + 20, took
+    print(f"job left {took:.1f} s after its controller (death timeout 5 s)")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from zmqworkers.errors import ConfigurationError
 
@@ -102,6 +102,8 @@ class Decision:
     reason: str
     submit: int = 0
     retire: tuple[str, ...] = ()
+    want: int = 0
+    have: int = 0
 
 
 def wanted_jobs(policy: AdaptPolicy, pool: Pool) -> int:
@@ -113,6 +115,13 @@ def wanted_jobs(policy: AdaptPolicy, pool: Pool) -> int:
 
 def decide(policy: AdaptPolicy, pool: Pool, now: float, memory: Memory) -> tuple[Decision, Memory]:
     """The decision for this moment, and the memory for the next call."""
+    decision, mem = _decide(policy, pool, now, memory)
+    return replace(decision, want=wanted_jobs(policy, pool), have=len(pool.jobs)), mem
+
+
+def _decide(
+    policy: AdaptPolicy, pool: Pool, now: float, memory: Memory
+) -> tuple[Decision, Memory]:
     want = wanted_jobs(policy, pool)
     have = len(pool.jobs)
     n_pending = sum(1 for j in pool.jobs if j.state == PENDING)

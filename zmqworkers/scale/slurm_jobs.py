@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -102,7 +103,7 @@ class SlurmJobs:
         self.excused = 0
         self._policy: AdaptPolicy | None = None
         self._memory = Memory()
-        self._last_logged: tuple[str, str] | None = None
+        self._last_logged: tuple[object, ...] | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -246,7 +247,10 @@ class SlurmJobs:
         decision, memory = decide(policy, pool, now, memory)
         with self._lock:
             self._memory = memory
-        key = (decision.kind, decision.reason.split(":")[0])
+        # One line per decision that changes something, or per change of
+        # what is held and why: not one per tick while nothing changes.
+        why = re.sub(r"[\d.]+", "", decision.reason.rpartition(":")[2])
+        key = (decision.kind, decision.want, decision.have, why)
         if decision.kind in ("submit", "retire") or key != self._last_logged:
             log.info("slurm-jobs decision=%s %s", decision.kind, decision.reason)
             self._last_logged = key

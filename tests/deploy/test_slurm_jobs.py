@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import secrets
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -47,9 +49,7 @@ def nap_square(x: int) -> int:
 
 
 def _cluster(share: Path, key: str, **kw: object) -> Cluster:
-    return Cluster(
-        0, bind="tcp://127.0.0.1:0", key=key, connection_file=share / "conn.json", **kw
-    )
+    return Cluster(0, bind="tcp://127.0.0.1:0", key=key, connection_file=share / "conn.json", **kw)
 
 
 def _jobs(cluster: Cluster | None, slurm: SlurmCluster, share: Path, **kw: object) -> SlurmJobs:
@@ -120,6 +120,7 @@ def test_job_script_passes_sbatch_test_only_and_holds_no_key(
     assert jobs.submitted == []  # a test submission is not a job
 
 
+@pytest.mark.timeout(240)
 def test_adapt_grows_from_0_to_3_jobs_then_retires_them_all(
     slurm: SlurmCluster, share: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -188,6 +189,7 @@ def test_a_job_killed_mid_run_costs_no_attempt_and_is_replaced(
     assert re.search(rf"event=ended job={job_id} state=\S+ early", log_text), log_text
 
 
+@pytest.mark.timeout(240)
 def test_a_job_at_its_walltime_drains_first_and_is_replaced(
     slurm: SlurmCluster, share: Path
 ) -> None:
@@ -235,3 +237,41 @@ def test_a_dead_controller_leaves_no_job_beyond_the_death_timeout(
     took = time.monotonic() - t0
     assert took < 5 + 20, took
     print(f"job left {took:.1f} s after its controller (death timeout 5 s)")
+
+
+CONTROLLER = """\
+import os, secrets, sys
+from zmqworkers import Cluster
+
+with Cluster(0, bind="tcp://127.0.0.1:0", key=secrets.token_hex(32),
+             connection_file=os.environ["ZMQWORKERS_CONNECTION_FILE"]) as cluster:
+    cluster.wait_for_workers(int(os.environ["ZMQWORKERS_WORKERS"]), timeout=90)
+    hosts = {w["id"].split("-")[0] for w in cluster.workers()}
+    total = sum(cluster.map(abs, range(-100, 100)))
+print(f"total={total} jobs={len(hosts)}")
+"""
+
+
+@pytest.mark.timeout(200)
+def test_the_slurm_command_runs_a_controller_with_its_jobs_and_cancels_them(
+    slurm: SlurmCluster, share: Path
+) -> None:
+    script = share / "controller.py"
+    script.write_text(CONTROLLER)
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "zmqworkers", "--log-level", "INFO", "slurm",
+            "--jobs", "2", "--connection-file", str(share / "conn.json"),
+            "--walltime", "10:00", "--death-timeout", "60",
+            "--output", str(share / "job-%j.out"),
+            "--", sys.executable, str(script),
+        ],
+        env=slurm.env, capture_output=True, text=True, timeout=150,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "total=10000 jobs=2" in done.stdout, (done.stdout, done.stderr)
+    submitted = re.findall(r"event=submitted job=(\d+)", done.stderr)
+    assert len(submitted) == 2, done.stderr
+    assert "event=cancelled" in done.stderr
+    # Cancelled when the controller ended: no job is left holding the node.
+    wait_for(lambda: not set(submitted) & set(slurm.live_jobs()), timeout=30, interval=0.2)

@@ -119,9 +119,7 @@ def decide(policy: AdaptPolicy, pool: Pool, now: float, memory: Memory) -> tuple
     return replace(decision, want=wanted_jobs(policy, pool), have=len(pool.jobs)), mem
 
 
-def _decide(
-    policy: AdaptPolicy, pool: Pool, now: float, memory: Memory
-) -> tuple[Decision, Memory]:
+def _decide(policy: AdaptPolicy, pool: Pool, now: float, memory: Memory) -> tuple[Decision, Memory]:
     want = wanted_jobs(policy, pool)
     have = len(pool.jobs)
     n_pending = sum(1 for j in pool.jobs if j.state == PENDING)

@@ -109,7 +109,7 @@ class SlurmCommands:
         return {j: found.get(j, GONE) for j in ids}
 
     def cancel(self, job_ids: Iterable[str], signal: str | None = None) -> None:
-        """scancel the jobs; with ``signal`` (``"TERM"``), signal the batch step and its children."""
+        """scancel the jobs; with ``signal`` (``"TERM"``), only signal their batch steps."""
         ids = sorted(set(job_ids))
         if not ids:
             return

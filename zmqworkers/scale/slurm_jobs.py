@@ -118,7 +118,7 @@ class SlurmJobs:
         return job_script(self.options, self.connection_file)
 
     def scale(self, jobs: int | None = None, *, processes: int | None = None) -> None:
-        """Keep ``jobs`` jobs (or enough for ``processes`` worker processes), replacing any that end."""
+        """Keep ``jobs`` jobs (or enough for ``processes`` processes); replace any that end."""
         if (jobs is None) == (processes is None):
             raise ConfigurationError("scale() takes jobs=N or processes=N")
         if processes is not None:

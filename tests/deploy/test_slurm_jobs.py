@@ -7,6 +7,7 @@ connection file. Every job is cancelled at teardown.
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import re
@@ -275,3 +276,59 @@ def test_the_slurm_command_runs_a_controller_with_its_jobs_and_cancels_them(
     assert "event=cancelled" in done.stderr
     # Cancelled when the controller ended: no job is left holding the node.
     wait_for(lambda: not set(submitted) & set(slurm.live_jobs()), timeout=30, interval=0.2)
+
+
+SEED_ON_SLURM = """\
+import os, secrets, sys, time
+import numpy as np
+from qtpy import QtTest
+import zmqworkers
+from zmqworkers.slurm import SlurmCommands, SlurmJobs
+
+def test_func(task, slope, offset):
+    return task * slope + offset
+
+conn = sys.argv[1]
+worker_controller = zmqworkers.WorkerController(
+    0, bind="tcp://127.0.0.1:0", key=secrets.token_hex(32), connection_file=conn)
+jobs = SlurmJobs(worker_controller, conn, processes=2, walltime="10:00", death_timeout=60,
+                 interval=0.5, output=sys.argv[2])
+worker_controller.change_function(test_func, 2, 5)
+result_spy = QtTest.QSignalSpy(worker_controller.sig_results)
+worker_controller.add_tasks(np.arange(10))
+worker_controller.finalize_tasks()
+worker_controller.start()
+jobs.scale(jobs=1)
+deadline = time.monotonic() + 90
+while worker_controller.progress < 1 and time.monotonic() < deadline:
+    time.sleep(0.2)
+workers = {w["id"] for w in worker_controller.workers(include_departed=True)}
+print("results", sorted((int(a), int(b)) for a, b in result_spy))
+print("workers", sorted(workers))
+print("jobs", jobs.submitted)
+worker_controller.shutdown()
+jobs.close()
+"""
+
+
+@pytest.mark.timeout(200)
+def test_a_worker_controller_runs_the_seed_example_on_slurm_workers(
+    slurm: SlurmCluster, share: Path
+) -> None:
+    pytest.importorskip("qtpy", reason="needs a Qt binding")
+    script = share / "seed_on_slurm.py"
+    script.write_text(SEED_ON_SLURM)
+    env = dict(slurm.env, QT_QPA_PLATFORM="offscreen")
+    done = subprocess.run(
+        [sys.executable, str(script), str(share / "conn.json"), str(share / "job-%j.out")],
+        env=env, capture_output=True, text=True, timeout=150,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"results {[(i, 2 * i + 5) for i in range(10)]}" in done.stdout, done.stdout
+    (job_id,) = re.findall(r"jobs \['(\d+)'\]", done.stdout)
+    # Every result came from the job's two worker processes, none local.
+    workers = re.search(r"workers (\[.*\])", done.stdout)
+    assert workers, done.stdout
+    seen = set(ast.literal_eval(workers.group(1)))
+    assert seen and seen <= {f"slurm{job_id}-0", f"slurm{job_id}-1"}, seen
+    wait_for(lambda: job_id not in slurm.live_jobs(), timeout=30, interval=0.2)

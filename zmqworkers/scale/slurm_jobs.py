@@ -88,10 +88,12 @@ class SlurmJobs:
         except TypeError as exc:
             raise ConfigurationError(f"SlurmJobs: {exc}") from exc
         path = os.path.abspath(os.fspath(connection_file))
-        if face is not None and not os.path.exists(path):
+        if not os.path.isdir(os.path.dirname(path)):
+            # The face writes the file when it starts (a WorkerController
+            # only at start()), and the daemons wait for it: the folder must be there.
             raise ConfigurationError(
-                f"connection file {path} does not exist: create the face with "
-                "connection_file= on a directory the compute nodes share"
+                f"connection file {path}: no folder {os.path.dirname(path)}; give a path on "
+                "a directory the compute nodes share, as the face's connection_file="
             )
         if not interval > 0:
             raise ConfigurationError(f"interval must be more than 0 seconds, not {interval!r}")

@@ -286,6 +286,7 @@ import zmqworkers
 from zmqworkers.slurm import SlurmCommands, SlurmJobs
 
 def test_func(task, slope, offset):
+    time.sleep(0.1)  # long enough for the loop below to see who runs it
     return task * slope + offset
 
 conn = sys.argv[1]
@@ -300,9 +301,10 @@ worker_controller.finalize_tasks()
 worker_controller.start()
 jobs.scale(jobs=1)
 deadline = time.monotonic() + 90
+workers = set()
 while worker_controller.progress < 1 and time.monotonic() < deadline:
-    time.sleep(0.2)
-workers = {w["id"] for w in worker_controller.workers(include_departed=True)}
+    workers |= {w["id"] for w in worker_controller.workers() if w["tasks_done"] or w["in_flight"]}
+    time.sleep(0.05)
 print("results", sorted((int(a), int(b)) for a, b in result_spy))
 print("workers", sorted(workers))
 print("jobs", jobs.submitted)

@@ -334,3 +334,14 @@ def test_a_worker_controller_runs_the_seed_example_on_slurm_workers(
     seen = set(ast.literal_eval(workers.group(1)))
     assert seen and seen <= {f"slurm{job_id}-0", f"slurm{job_id}-1"}, seen
     wait_for(lambda: job_id not in slurm.live_jobs(), timeout=30, interval=0.2)
+
+
+def test_the_faces_shutdown_cancels_the_jobs(slurm: SlurmCluster, share: Path) -> None:
+    with _cluster(share, secrets.token_hex(32)) as cluster:
+        jobs = _jobs(cluster, slurm, share, directives=["--begin=now+3600"])
+        jobs.scale(jobs=1)
+        wait_for(lambda: jobs.jobs(), timeout=30, interval=0.1)
+        (job_id,) = jobs.submitted
+    # No close(): the watch thread sees the cluster closed within an interval.
+    wait_for(lambda: job_id not in slurm.live_jobs(), timeout=15, interval=0.2)
+    assert jobs.commands.states([job_id]) == {job_id: "CANCELLED"}

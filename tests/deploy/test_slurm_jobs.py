@@ -375,3 +375,9 @@ def test_the_faces_shutdown_cancels_the_jobs(slurm: SlurmCluster, share: Path) -
     # No close(): the watch thread sees the cluster closed within an interval.
     wait_for(lambda: job_id not in slurm.live_jobs(), timeout=15, interval=0.2)
     assert jobs.commands.states([job_id]) == {job_id: "CANCELLED"}
+
+
+def test_a_job_slurm_no_longer_knows_is_gone(slurm: SlurmCluster) -> None:
+    commands = SlurmCommands(timeout=30, env=slurm.env)
+    # squeue refuses a list of purged ids outright; sacct has no accounting here.
+    assert commands.states(["999999"]) == {"999999": "GONE"}

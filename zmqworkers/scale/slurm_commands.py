@@ -87,7 +87,14 @@ class SlurmCommands:
         if not ids:
             return {}
         found: dict[str, str] = {}
-        out = self._run(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i|%T"])
+        try:
+            out = self._run(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i|%T"])
+        except SlurmError as exc:
+            # Every id asked for has been purged (MinJobAge): squeue refuses
+            # the list instead of printing nothing.
+            if "Invalid job id" not in str(exc):
+                raise
+            out = ""
         for line in out.splitlines():
             job, _, state = line.strip().partition("|")
             if job in ids:

@@ -277,7 +277,13 @@ class SlurmJobs:
         job_id = self.commands.submit(self.job_script())
         with self._lock:
             self.records[job_id] = JobRecord(job_id)
+            closed = self._closed
         log.info("slurm-jobs event=submitted job=%s", job_id)
+        if closed:
+            # close() gave up waiting for this round and cancelled the
+            # others: this one must not outlive it.
+            self.commands.cancel([job_id])
+            log.info("slurm-jobs event=cancelled jobs=%s", job_id)
 
     def _retire(self, job_ids: tuple[str, ...]) -> None:
         with self._lock:

@@ -125,7 +125,7 @@ def test_job_script_passes_sbatch_test_only_and_holds_no_key(
 def test_adapt_grows_from_0_to_3_jobs_then_retires_them_all(
     slurm: SlurmCluster, share: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="zmqworkers.slurm")
+    caplog.set_level(logging.INFO, logger="zmqworkers.scale.slurm_jobs")
     with _cluster(share, secrets.token_hex(32)) as cluster:
         jobs = _jobs(cluster, slurm, share)
         sampler = JobSampler(cluster)
@@ -158,7 +158,7 @@ def test_adapt_grows_from_0_to_3_jobs_then_retires_them_all(
 def test_a_job_killed_mid_run_costs_no_attempt_and_is_replaced(
     slurm: SlurmCluster, share: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="zmqworkers.slurm")
+    caplog.set_level(logging.INFO, logger="zmqworkers.scale.slurm_jobs")
     # Two attempts: a loss blamed on its task would still leave it an attempt,
     # and only the count of attempts taken back tells the two apart.
     with _cluster(share, secrets.token_hex(32), max_attempts=2) as cluster:

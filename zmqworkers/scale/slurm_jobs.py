@@ -34,7 +34,7 @@ from zmqworkers.scale.jobscript import WORKER_PREFIX, JobOptions, job_script
 from zmqworkers.scale.policy import PENDING, RUNNING, AdaptPolicy, JobView, Memory, Pool, decide
 from zmqworkers.scale.slurm_commands import ALIVE_STATES, PENDING_STATES, SlurmCommands
 
-log = logging.getLogger("zmqworkers.slurm")
+log = logging.getLogger(__name__)
 
 
 class Face(Protocol):

@@ -13,6 +13,7 @@
     ├── WorkerLost              a task was running on workers that died (or lost
     │                           its result), too often
     ├── ClusterShutdown         work was submitted to, or cut short by, a closed cluster
+    ├── SlurmError              sbatch, squeue, sacct or scancel failed or did not answer
     └── EngineClosed            a command reached a controller engine that has closed
 
 ``DecodeError`` is the only exception the protocol layer raises for bad input:
@@ -79,6 +80,10 @@ class ProtocolVersionError(DecodeError):
 
 class ClusterShutdown(ZmqWorkersError, RuntimeError):
     """The cluster was shut down before, or while, the work was done."""
+
+
+class SlurmError(ZmqWorkersError, RuntimeError):
+    """A Slurm command failed or did not answer in time; the message holds its output."""
 
 
 class EngineClosed(ZmqWorkersError, RuntimeError):

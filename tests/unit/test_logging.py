@@ -26,6 +26,7 @@ COMMAND_MODULES = {
     "cli/main.py",
     "cli/demo.py",
     "cli/runjob.py",
+    "cli/slurm.py",
     "pydidas/command.py",
     "worker/args.py",
 }

@@ -101,7 +101,10 @@ def _parser() -> argparse.ArgumentParser:
         "worker's, which is added to DIR/authorized_workers",
     )
     k.add_argument("--name", default="worker", help="with --curve: the worker's name")
+    from zmqworkers.cli import slurm as slurm_command
     from zmqworkers.pydidas import command as pydidas_command  # imports no pydidas
+
+    slurm_command.add_parser(sub)
 
     pydidas_command.add_parser(sub)
     return p
@@ -145,6 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _curve_keygen(args.file, args.name)
     if args.command == "run":
         return _run(args)
+    if args.command == "slurm":
+        from zmqworkers.cli.slurm import run as run_slurm
+
+        return run_slurm(args)
     if args.command == "pydidas-workflow":
         from zmqworkers.pydidas.command import run as run_pydidas_workflow
 

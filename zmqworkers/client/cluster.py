@@ -389,6 +389,11 @@ class Cluster(Executor):
         """Tasks queued, running, delivered, failed; drops by reason."""
         return self._engine.counters()
 
+    def excuse_workers(self, prefix: str) -> int:
+        """Workers named ``prefix...`` were ended from outside (their batch job
+        ended): their tasks count no attempt. Returns the attempts taken back."""
+        return self._engine.excuse_workers(prefix)
+
     def wait_for_workers(self, n: int, timeout: float = 30.0) -> None:
         """Block until at least ``n`` workers have joined."""
         deadline = time.monotonic() + timeout

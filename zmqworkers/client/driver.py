@@ -224,6 +224,13 @@ class TaskDriver:
         out["done"] = counts.get("delivered", 0)
         return out
 
+    def excuse_workers(self, prefix: str, timeout: float = 10.0) -> int:
+        """Workers named ``prefix...`` were ended from outside: their tasks count no attempt."""
+        engine = self._engine
+        if engine is None:
+            return 0
+        return engine.excuse_workers(prefix, timeout)
+
     def _wake(self) -> None:
         self._events.put(("wake", self._generation, None))
 

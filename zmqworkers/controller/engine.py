@@ -140,6 +140,13 @@ class Engine:
         """Drop every task not yet handed to a worker; return their ids."""
         return self.call(self._loop.sched.drop_pending, timeout)  # type: ignore[no-any-return]
 
+    def excuse_workers(self, prefix: str, timeout: float = 10.0) -> int:
+        """Workers named ``prefix...`` were ended from outside (their batch job
+        ended): their tasks go back without counting an attempt, retroactively
+        too. Returns the attempts taken back now."""
+        sched = self._loop.sched
+        return self.call(lambda: sched.excuse(prefix), timeout)  # type: ignore[no-any-return]
+
     def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
         """Run ``fn`` on the engine thread and return what it returns."""
         if threading.current_thread() is self._thread:
@@ -181,6 +188,7 @@ class Engine:
                 "queued": self._loop.sched.queued,
                 "running": sum(len(w.in_flight) for w in self._loop.sched.workers.values()),
                 "redispatched": self._loop.sched.redispatched,
+                "attempts_excused": self._loop.sched.attempts_excused,
                 "dropped": dict(self._loop.dropped),
                 **dict(self._loop.stats),
             }

@@ -113,6 +113,11 @@ class Scheduler:
         # Last snapshots of workers that left or were lost, newest last;
         # bounded, as daemons may come and go for as long as a controller runs.
         self.departed: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        # Worker id prefixes whose loss is not their tasks' doing (a batch
+        # job that ended: walltime, preemption, scancel), and how many
+        # attempts that took back.
+        self.excused: set[str] = set()
+        self.attempts_excused = 0
 
     # -- tasks -------------------------------------------------------------
 
@@ -287,10 +292,16 @@ class Scheduler:
             return []
         self._remember(w, f"lost: {how}")
         failed: list[tuple[int, WorkerLost]] = []
+        excused = self._is_excused(worker_id)
         back: list[int] = []
         for i, tid in enumerate(w.in_flight):
             rec = self.tasks.get(tid)
             if rec is None or rec.worker != worker_id:
+                continue
+            if excused:
+                # Ended from outside: no suspect, no attempt.
+                self.attempts_excused += i == 0
+                back.append(tid)
                 continue
             if rec.deaths is None:
                 rec.deaths = []  # a suspect now
@@ -306,6 +317,34 @@ class Scheduler:
             back.append(tid)
         self._requeue_front(back)
         return failed
+
+    def _is_excused(self, worker_id: str) -> bool:
+        return any(worker_id.startswith(p) for p in self.excused)
+
+    def excuse(self, prefix: str) -> int:
+        """Workers named ``prefix...`` were ended from outside: never blame their tasks.
+
+        Attempts their loss has already counted are taken back (a batch
+        system's word that a job ended often arrives after the controller
+        has lost its workers); losses still to come count none. A task that
+        has already failed for lack of attempts stays failed. Returns the
+        attempts taken back now.
+        """
+        if not prefix:
+            raise ValueError("an empty prefix would excuse every worker")
+        self.excused.add(prefix)
+        back = 0
+        for rec in self.tasks.values():
+            if not rec.deaths:
+                continue
+            keep = [d for d in rec.deaths if not d[0].startswith(prefix)]
+            if len(keep) != len(rec.deaths):
+                taken = len(rec.deaths) - len(keep)
+                rec.attempts = max(0, rec.attempts - taken)
+                rec.deaths = keep or None  # no longer a suspect
+                back += taken
+        self.attempts_excused += back
+        return back
 
     def reconcile(
         self, worker_id: str, received: int, held: Iterable[int]

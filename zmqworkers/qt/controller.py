@@ -242,6 +242,11 @@ class WorkerController(QtCore.QThread):
         """
         return self._driver.counters(timeout)
 
+    def excuse_workers(self, prefix: str, timeout: float = 10.0) -> int:
+        """Workers named ``prefix...`` were ended from outside (their batch job
+        ended): their tasks count no attempt. Returns the attempts taken back."""
+        return self._driver.excuse_workers(prefix, timeout)
+
     # -- QThread ------------------------------------------------------------
 
     def start(self, *args: Any, **kwargs: Any) -> None:

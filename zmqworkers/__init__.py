@@ -17,6 +17,7 @@ from zmqworkers.errors import (
     EngineClosed,
     ProtocolVersionError,
     RemoteError,
+    TaskTimeout,
     WorkerLost,
     ZmqWorkersError,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "EngineClosed",
     "ProtocolVersionError",
     "RemoteError",
+    "TaskTimeout",
     "WorkerController",
     "WorkerLost",
     "ZmqWorkersError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import logging
 import os
@@ -10,11 +11,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, InvalidStateError
-from typing import Any, NamedTuple
+from typing import Any
 
 from zmqworkers.client.callbacks import CallbackThread, ClusterFuture
 from zmqworkers.client.streams import SUBMIT_CHUNK, Feed, Stream, StreamTable, chunks
-from zmqworkers.controller.engine import Engine, Spec, make_spec
+from zmqworkers.client.views import Outcome, TaskView, cancel_futures, task_options
+from zmqworkers.controller.engine import Engine, Spec, TaskOptions, make_spec
 from zmqworkers.controller.options import EngineOptions, build_options
 from zmqworkers.errors import ClusterShutdown, ConfigurationError, EngineClosed
 
@@ -46,6 +48,11 @@ class Cluster(Executor):
     zmqworkers and ``preload`` (module names) once (``start_method=
     "forkserver"``, the default on Linux), or start as new interpreters
     (``"spawn"``); see docs/cluster.md.
+    Control (docs/cluster.md): ``future.cancel()`` takes back a task not yet
+    started, ``cancel(futures, force=True)`` interrupts running ones;
+    ``task_timeout`` seconds, and per call :meth:`with_options` (timeout,
+    priority, max_attempts); local workers are recycled after
+    ``max_tasks_per_worker`` tasks or over ``max_worker_memory`` (``"2GiB"``).
     """
 
     def __init__(
@@ -68,6 +75,9 @@ class Cluster(Executor):
         sign_buffers: bool = EngineOptions.sign_buffers,
         start_method: str = EngineOptions.start_method,
         preload: Sequence[str] = EngineOptions.preload,
+        task_timeout: float | None = EngineOptions.task_timeout,
+        max_tasks_per_worker: int | None = EngineOptions.max_tasks_per_worker,
+        max_worker_memory: int | str | None = EngineOptions.max_worker_memory,
     ) -> None:
         if n_workers is None:
             n_workers = os.cpu_count() or 1
@@ -91,6 +101,9 @@ class Cluster(Executor):
             sign_buffers=sign_buffers,
             start_method=start_method,
             preload=preload,
+            task_timeout=task_timeout,
+            max_tasks_per_worker=max_tasks_per_worker,
+            max_worker_memory=max_worker_memory,
         )
         self._futures: dict[int, Future[Any]] = {}
         # Done-callbacks are user code: never on the engine thread.
@@ -103,6 +116,7 @@ class Cluster(Executor):
         self._progress = threading.Condition()
         self._batches = 0
         self._stop_timeout = options.stop_timeout
+        self._task_timeout = options.task_timeout
         self._shutdown_why = "the cluster shut down before the task was done"
         self._engine = Engine(options, self)
         self.address = self._engine.start()
@@ -161,8 +175,41 @@ class Cluster(Executor):
     # -- Executor API ------------------------------------------------------
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return self._submit_with(None, fn, args, kwargs)
+
+    def _submit_with(
+        self, opts: TaskOptions | None, fn: Callable[..., Any], args: Any, kwargs: Any
+    ) -> Future[Any]:
         spec = self._spec("call", fn, (), None)
-        return self._submit_many(spec, [(args, kwargs)])[0]
+        return self._submit_many(spec, [(args, kwargs)], opts)[0]
+
+    def with_options(
+        self,
+        *,
+        timeout: float | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+    ) -> TaskView:
+        """A view whose ``submit``, ``map`` and ``imap_unordered`` give their tasks these options.
+
+        ``timeout``: seconds a task may run before its worker process is
+        replaced and it fails with ``TaskTimeout`` (default: ``task_timeout``).
+        ``priority``: queued tasks of a higher priority go out first, in
+        order within one level. ``max_attempts``: workers that may die
+        running a task before it fails with ``WorkerLost``.
+        """
+        return TaskView(self, task_options(timeout, priority, max_attempts, self._task_timeout))
+
+    def cancel(self, futures: Iterable[Future[Any]], force: bool = False) -> int:
+        """Cancel tasks by their futures; return how many were cancelled.
+
+        Queued and prefetched tasks are taken back and never run. With
+        ``force=True`` running ones are interrupted: their worker process is
+        replaced (a local one killed with its process group, a daemon's by
+        its supervisor), and the tasks it had prefetched go back to the
+        queue. Cancelled futures raise ``CancelledError``.
+        """
+        return cancel_futures(self._engine, self._futures, futures, force)
 
     def map(
         self,
@@ -180,6 +227,16 @@ class Cluster(Executor):
         and not yet yielded: N are read at once, then more as results are
         taken, so an endless iterable streams in bounded memory.
         """
+        return self._map(None, fn, iterables, timeout, buffersize)
+
+    def _map(
+        self,
+        opts: TaskOptions | None,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        buffersize: int | None,
+    ) -> Iterator[Any]:
         _check_buffersize(buffersize)
         if len(iterables) == 1:
             spec = self._spec("task", fn, (), None)
@@ -191,9 +248,9 @@ class Cluster(Executor):
         ranges: collections.deque[range] = collections.deque()
         if buffersize is None:
             for chunk in chunks(args, SUBMIT_CHUNK):
-                ranges.append(self._submit_stream(spec, chunk, stream))
+                ranges.append(self._submit_stream(spec, chunk, stream, opts))
             return self._ordered(stream, ranges, timeout, None)
-        feed = Feed(args, buffersize, lambda chunk: self._submit_stream(spec, chunk, stream))
+        feed = Feed(args, buffersize, lambda chunk: self._submit_stream(spec, chunk, stream, opts))
         ranges.extend(feed.top_up(0))
         return self._ordered(stream, ranges, timeout, feed)
 
@@ -247,6 +304,16 @@ class Cluster(Executor):
         Yields an :class:`Outcome` per task as it completes; the run goes on
         past failures (what ``zmqworkers run`` uses).
         """
+        return self._imap(None, func, tasks, args, kwargs)
+
+    def _imap(
+        self,
+        opts: TaskOptions | None,
+        func: Callable[..., Any],
+        tasks: Iterable[Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Iterator[Outcome]:
         spec = self._spec("task", func, args, kwargs)
         stream = self._streams.new()
         pending: dict[int, Any] = {}
@@ -260,7 +327,7 @@ class Cluster(Executor):
                     if not chunk:
                         exhausted = True
                         break
-                    ids = self._submit_stream(spec, chunk, stream)
+                    ids = self._submit_stream(spec, chunk, stream, opts)
                     pending.update(zip(ids, chunk))
                 if not pending:
                     return
@@ -282,7 +349,7 @@ class Cluster(Executor):
             for tid in dropped:
                 fut = self._futures.pop(tid, None)
                 if fut is not None:
-                    fut.cancel()
+                    Future.cancel(fut)  # taken back already
             # What is left of map/imap calls ends with ClusterShutdown.
             self._cut_short(dropped, on_engine=False)
         if wait:
@@ -384,12 +451,14 @@ class Cluster(Executor):
             raise TypeError(f"{fn!r} is not callable")
         return make_spec(convention, fn, args, kwargs)
 
-    def _submit_stream(self, spec: Spec, args: list[Any], stream: Stream) -> range:
+    def _submit_stream(
+        self, spec: Spec, args: list[Any], stream: Stream, opts: TaskOptions | None = None
+    ) -> range:
         if self._shutdown:
             raise ClusterShutdown("cannot submit to a cluster that was shut down")
         ids = self._engine.new_task_ids(len(args))
         self._streams.add(ids, stream)
-        self._engine.submit(spec, list(zip(ids, args)))
+        self._engine.submit(spec, list(zip(ids, args)), opts)
         return ids
 
     def _abandon(self, stream: Stream) -> None:
@@ -401,17 +470,20 @@ class Cluster(Executor):
             except EngineClosed:
                 pass  # closed meanwhile
 
-    def _submit_many(self, spec: Spec, args: list[Any]) -> list[Future[Any]]:
+    def _submit_many(
+        self, spec: Spec, args: list[Any], opts: TaskOptions | None = None
+    ) -> list[Future[Any]]:
         if self._shutdown:
             raise ClusterShutdown("cannot submit to a cluster that was shut down")
         ids = self._engine.new_task_ids(len(args))
         futures: list[Future[Any]] = []
         callbacks = self._callbacks
         for tid in ids:
-            fut: Future[Any] = ClusterFuture(callbacks)
+            take_back = functools.partial(cancel_futures, self._engine, self._futures, tid=tid)
+            fut = ClusterFuture(callbacks, take_back, tid)
             self._futures[tid] = fut
             futures.append(fut)
-        self._engine.submit(spec, list(zip(ids, args)))
+        self._engine.submit(spec, list(zip(ids, args)), opts)
         return futures
 
 
@@ -422,14 +494,6 @@ def _check_buffersize(buffersize: Any) -> None:
         raise TypeError(f"buffersize must be a whole number or None, not {buffersize!r}")
     if buffersize < 1:
         raise ValueError(f"buffersize must be 1 or more (or None for no bound), not {buffersize}")
-
-
-class Outcome(NamedTuple):
-    """One finished task: ``error`` is None when it succeeded."""
-
-    task: Any
-    result: Any
-    error: BaseException | None
 
 
 def _star(args: tuple[Any, ...], fn: Callable[..., Any]) -> Any:

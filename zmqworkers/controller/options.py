@@ -24,6 +24,7 @@ from zmqworkers.protocol.messages import DEFAULT_MAX_MESSAGE_SIZE, check_limit
 from zmqworkers.security import curve
 from zmqworkers.security.connection import check_bind_address, is_local_link
 from zmqworkers.security.keys import INSECURE_KEY, resolve_key
+from zmqworkers.worker.options import parse_size
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,15 @@ class EngineOptions:
     start_method: str = DEFAULT_START_METHOD
     # Modules the fork server imports before it forks (ignored by "spawn").
     preload: tuple[str, ...] = ()
+    # Seconds a task may run before its worker process is replaced and the
+    # task fails with TaskTimeout; None: no limit. Per call: with_options.
+    task_timeout: float | None = None
+    # Recycling of local workers: a process leaves and is replaced after
+    # this many tasks, or when its resident memory is over
+    # max_worker_memory bytes after a task (over it by 25% during a task,
+    # it is ended and the task counts an attempt). None: never.
+    max_tasks_per_worker: int | None = None
+    max_worker_memory: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.worker_env, MappingProxyType):
@@ -109,6 +119,9 @@ def build_options(
     max_message_size: int | None = None,
     start_method: str = EngineOptions.start_method,
     preload: Sequence[str] = EngineOptions.preload,
+    task_timeout: float | None = EngineOptions.task_timeout,
+    max_tasks_per_worker: int | None = EngineOptions.max_tasks_per_worker,
+    max_worker_memory: int | str | None = EngineOptions.max_worker_memory,
     **rest: Any,
 ) -> EngineOptions:
     """Engine options from a face's keywords: one place for key and checks.
@@ -123,6 +136,11 @@ def build_options(
         raise ConfigurationError(f"unknown option(s): {', '.join(unknown)}")
     check_bind_address(rest.get("bind", EngineOptions.bind))
     rest.update(start_method=check_start_method(start_method), preload=check_preload(preload))
+    rest.update(
+        task_timeout=check_timeout(task_timeout, "task_timeout"),
+        max_tasks_per_worker=check_count(max_tasks_per_worker, "max_tasks_per_worker"),
+        max_worker_memory=check_memory(max_worker_memory),
+    )
     explicit = resolve_key(key, key_file)
     if max_message_size is not None:
         # Below the floor even a heartbeat is refused, and every job hangs.
@@ -135,6 +153,32 @@ def build_options(
         connection_file=os.fspath(connection_file) if connection_file is not None else None,
         **rest,
     )
+
+
+def check_timeout(value: Any, what: str) -> float | None:
+    """Seconds more than 0, or None for no limit."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigurationError(f"{what} must be a number of seconds > 0, or None, not {value!r}")
+    return float(value)
+
+
+def check_count(value: Any, what: str) -> int | None:
+    """A whole number of 1 or more, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{what} must be a whole number >= 1, or None, not {value!r}")
+    return value
+
+
+def check_memory(value: Any) -> int | None:
+    """Bytes from a number or a size such as ``"2GiB"``, or None."""
+    try:
+        return parse_size(value, "max_worker_memory")
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def check_start_method(method: str) -> str:

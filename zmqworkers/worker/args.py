@@ -252,13 +252,21 @@ def run(args: argparse.Namespace) -> int:
     if args.heartbeat_misses is None:
         args.heartbeat_misses = WorkerOptions.heartbeat_misses
     # Asked for by name, or implied by an option only the supervisor has.
-    supervised = args.parent_pid is None and (
-        args.supervise
-        or args.processes > 1
-        or args.lifetime is not None
-        or args.drain_timeout is not None
-        or args.status_file is not None
-        or args.max_restarts is not None
+    # Never a supervisor's own child, which gets --max-tasks and the like too.
+    supervised = (
+        args.parent_pid is None
+        and _supervisor_pid() is None
+        and (
+            args.supervise
+            or args.processes > 1
+            or args.lifetime is not None
+            or args.drain_timeout is not None
+            or args.status_file is not None
+            or args.max_restarts is not None
+            # Recycled processes need someone to start the next one.
+            or args.max_tasks is not None
+            or args.max_memory is not None
+        )
     )
     if supervised:
         from zmqworkers.worker.daemon import DaemonOptions, child_args, run_daemon

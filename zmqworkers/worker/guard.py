@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import sys
 import threading
 from typing import Any, Protocol
 
@@ -123,6 +124,11 @@ def _end(worker: Guarded, code: int, why: str, failed: bool = False) -> None:
         links.send_goodbye(ep, worker._curve, sender, worker._skey, bye.header())
     log.warning("worker %s: %s, leaving in the middle of task %s", worker.id, why, worker._current)
     kill_rest_of_group()  # the abandoned call's children go with it
+    if worker.options.daemon and worker.options.parent_pid is None:
+        # A daemon without a supervisor: nobody would start the next
+        # process, so this one becomes it, with the same command line.
+        logging.shutdown()
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
     os._exit(code)
 
 

@@ -15,13 +15,14 @@ EXIT_REFUSED = 3
 # A worker that left to be replaced by a fresh process: after max_tasks
 # calls, or over its memory limit after a call. Whoever started it starts
 # another, and counts no crash.
-EXIT_RECYCLED = 5
+# (Numbers far from the small ones a task's own os._exit() tends to use.)
+EXIT_RECYCLED = 85
 # A worker whose running call was cancelled or timed out: ended on the
 # controller's word (an INTERRUPT) and replaced, no crash either.
-EXIT_INTERRUPTED = 6
+EXIT_INTERRUPTED = 86
 # A worker that went over its memory limit, by more than the margin, in the
 # middle of a call: the call counts an attempt, as if the worker had died.
-EXIT_MEMORY = 7
+EXIT_MEMORY = 87
 # Within a call, a process may go this far over max_memory before it is
 # killed; between calls, anything over the limit recycles it.
 MEMORY_MARGIN = 1.25

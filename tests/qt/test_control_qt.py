@@ -48,10 +48,8 @@ def test_interrupting_ends_a_hung_call_at_once(controllers, how: str) -> None:
     wait_for(lambda: not _alive(pid), timeout=10)
 
 
-def test_a_daemon_without_supervisor_restarts_in_place_and_serves_on(
-    controllers, daemons
-) -> None:
-    wc = WorkerController(0, time.sleep, task_timeout=1)
+def test_a_daemon_without_supervisor_restarts_in_place(controllers, daemons, key) -> None:
+    wc = WorkerController(0, time.sleep, task_timeout=1, key=key)
     controllers.append(wc)
     results, errors = Spy(wc.sig_results), Spy(wc.sig_error)
     wc.add_tasks([30, 0.01, 0.02])

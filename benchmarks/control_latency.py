@@ -8,8 +8,7 @@ On 2 local workers, in one cluster:
   without asking anyone (the peer);
 - ``cancel([f], force=True)`` of a running task: until the call returns with
   the future cancelled, and until the replacement process has joined;
-- a timeout: how long past its deadline a hung task's ``TaskTimeout`` arrives;
-- the rate again while a hung task times out and one is cancelled with force.
+- a timeout: how long past its deadline a hung task's ``TaskTimeout`` arrives.
 
 Prints medians of ``--repeat`` rounds.
 
@@ -76,25 +75,6 @@ def timeout_late(c: Cluster) -> float:
     raise AssertionError("no timeout")
 
 
-def disturbed_rate(c: Cluster, n: int) -> float:
-    hung = c.with_options(timeout=TIMEOUT).submit(time.sleep, 60)
-    stuck = c.submit(time.sleep, 60)
-    t0 = time.perf_counter()
-    total = 0
-    for i, x in enumerate(c.map(abs, range(n))):
-        total += x
-        if i == n // 2:
-            c.cancel([stuck], force=True)
-    if total != n * (n - 1) // 2:
-        raise AssertionError("results missing or wrong")
-    elapsed = time.perf_counter() - t0
-    try:
-        hung.result(30)
-    except TaskTimeout:
-        pass
-    return n / elapsed
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
@@ -111,16 +91,10 @@ def main() -> None:
             rows.setdefault("forced cancel, call returns (ms)", []).append(1000 * ret)
             rows.setdefault("forced cancel, replacement joined (ms)", []).append(1000 * joined)
             rows.setdefault("timeout, past the deadline (ms)", []).append(1000 * timeout_late(c))
-            rows.setdefault("rate with a timeout and a forced cancel (tasks/s)", []).append(
-                disturbed_rate(c, args.tasks)
-            )
     with ProcessPoolExecutor(2) as pool:
         rows["ProcessPoolExecutor: queued cancel (ms)"] = [1000 * queued_cancel(pool.submit)]
     for name, values in rows.items():
         print(f"{name:55s} {statistics.median(values):10.3f}")
-    base = statistics.median(rows["undisturbed rate (tasks/s)"])
-    hit = statistics.median(rows["rate with a timeout and a forced cancel (tasks/s)"])
-    print(f"{'disturbed / undisturbed rate':55s} {hit / base:10.2f}")
 
 
 if __name__ == "__main__":

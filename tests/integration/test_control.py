@@ -68,12 +68,12 @@ def markers(folder: Path) -> set[int]:
 
 
 def test_cancelled_tasks_never_run(make_cluster: MakeCluster, tmp_path: Path) -> None:
-    # Prefetch 4: up to 8 tasks sit on the workers, whose CANCEL must reach them.
-    c = make_cluster(2, prefetch=4, daemon_args=())
+    # Prefetch 8: up to 16 tasks sit on the workers, whose CANCEL must reach them.
+    c = make_cluster(2, prefetch=8)
     folder = tmp_path / "marks"
     folder.mkdir()
     futures = [c.submit(mark, i, str(folder), 0.05) for i in range(200)]
-    wait_for(lambda: 46 in markers(folder), timeout=60)
+    wait_for(lambda: 44 in markers(folder), timeout=60)
     asked = set(range(50, 200))
     before = markers(folder) & asked
     n = c.cancel([futures[i] for i in sorted(asked)])
@@ -81,6 +81,13 @@ def test_cancelled_tasks_never_run(make_cluster: MakeCluster, tmp_path: Path) ->
     assert n >= len(asked) - 2
     for i in range(50):
         assert futures[i].result(timeout=60) > 0
+    # Tasks sent after the cancel, run by both processes: each has gone
+    # through everything it held before.
+    pids: set[int] = set()
+    deadline = time.monotonic() + 60
+    while len(pids) < 2 and time.monotonic() < deadline:
+        pids |= {f.result(timeout=30) for f in [c.submit(os.getpid) for _ in range(4)]}
+    assert len(pids) == 2
     for i in asked:
         if futures[i].cancelled():
             with pytest.raises(CancelledError):

@@ -15,7 +15,7 @@ from typing import Any
 
 from zmqworkers.client.callbacks import CallbackThread, ClusterFuture
 from zmqworkers.client.streams import SUBMIT_CHUNK, Feed, Stream, StreamTable, chunks
-from zmqworkers.client.views import Outcome, TaskView, cancel_futures, task_options
+from zmqworkers.client.views import Outcome, TaskView, take_back_futures, task_options
 from zmqworkers.controller.engine import Engine, Spec, TaskOptions, make_spec
 from zmqworkers.controller.options import EngineOptions, build_options
 from zmqworkers.errors import ClusterShutdown, ConfigurationError, EngineClosed
@@ -209,7 +209,7 @@ class Cluster(Executor):
         its supervisor), and the tasks it had prefetched go back to the
         queue. Cancelled futures raise ``CancelledError``.
         """
-        return cancel_futures(self._engine, self._futures, futures, force)
+        return take_back_futures(self._engine, self._futures, futures, force)
 
     def map(
         self,
@@ -479,7 +479,7 @@ class Cluster(Executor):
         futures: list[Future[Any]] = []
         callbacks = self._callbacks
         for tid in ids:
-            take_back = functools.partial(cancel_futures, self._engine, self._futures, tid=tid)
+            take_back = functools.partial(take_back_futures, self._engine, self._futures, tid=tid)
             fut = ClusterFuture(callbacks, take_back, tid)
             self._futures[tid] = fut
             futures.append(fut)

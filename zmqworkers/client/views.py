@@ -100,7 +100,7 @@ class TaskView:
         return self._cluster._imap(self.options, func, tasks, args, kwargs)
 
 
-def cancel_futures(
+def take_back_futures(
     engine: Engine,
     pending: dict[int, Future[Any]],
     futures: Iterable[Future[Any]] = (),

@@ -148,6 +148,21 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def test_shutdown_cancel_futures_takes_back_prefetched_tasks(tmp_path: Path) -> None:
+    c = Cluster(1, prefetch=3)
+    try:
+        c.wait_for_workers(1)
+        running = c.submit(mark, 0, str(tmp_path), 0.5)
+        rest = [c.submit(mark, i, str(tmp_path), 0.0) for i in range(1, 6)]
+        wait_for(lambda: 0 in markers(tmp_path), timeout=30)
+        c.shutdown(wait=True, cancel_futures=True)
+    finally:
+        c.shutdown(wait=False)
+    assert running.result() > 0
+    assert all(f.cancelled() for f in rest)
+    assert markers(tmp_path) == {0}  # the three prefetched never ran either
+
+
 def test_a_task_past_its_timeout_fails_and_the_others_complete(
     make_cluster: MakeCluster,
 ) -> None:

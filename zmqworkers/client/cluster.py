@@ -350,6 +350,8 @@ class Cluster(Executor):
                 fut = self._futures.pop(tid, None)
                 if fut is not None:
                     Future.cancel(fut)  # taken back already
+            # Prefetched ones are taken back from their workers too.
+            take_back_futures(self._engine, self._futures, list(self._futures.values()))
             # What is left of map/imap calls ends with ClusterShutdown.
             self._cut_short(dropped, on_engine=False)
         if wait:

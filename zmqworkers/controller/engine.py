@@ -11,8 +11,8 @@
    │  liveness: heartbeats, local process exits                      │
    └──┬──────────────────────────┬───────────────────────┬───────────┘
       │ ROUTER ⇄ DEALER          │ PULL ◀── PUSH          │ PUB ──▶ SUB
-      │ HELLO/WELCOME, FUNC,     │ RESULTS, BYE,          │ HEARTBEAT,
-      │ TASKS, STOP              │ HEARTBEAT, MESSAGE     │ STOP (broadcast)
+      │ HELLO/WELCOME, FUNC,     │ RESULTS, BYE,          │ HEARTBEAT, STOP,
+      │ TASKS, CANCEL, STOP      │ HEARTBEAT, MESSAGE     │ INTERRUPT (broadcast)
       ▼                          ▼                        ▼
    workers: local subprocesses on loopback, or daemons on other hosts
 

@@ -17,6 +17,7 @@ from zmqworkers.errors import (
     EngineClosed,
     ProtocolVersionError,
     RemoteError,
+    TaskTimeout,
     WorkerLost,
     ZmqWorkersError,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "EngineClosed",
     "ProtocolVersionError",
     "RemoteError",
+    "TaskTimeout",
     "WorkerController",
     "WorkerLost",
     "ZmqWorkersError",

@@ -12,6 +12,7 @@
     │                           exception class, so ``except ValueError`` works)
     ├── WorkerLost              a task was running on workers that died (or lost
     │                           its result), too often
+    ├── TaskTimeout             a task ran past its timeout; its worker was replaced
     ├── ClusterShutdown         work was submitted to, or cut short by, a closed cluster
     ├── SlurmError              sbatch, squeue, sacct or scancel failed or did not answer
     └── EngineClosed            a command reached a controller engine that has closed
@@ -225,4 +226,23 @@ class WorkerLost(ZmqWorkersError):
         super().__init__(
             f"task {task_id} was running on {len(deaths)} worker(s) {which} "
             f"and is not retried again ({lines})"
+        )
+
+
+class TaskTimeout(ZmqWorkersError, TimeoutError):
+    """A task ran longer than its timeout, so its worker process was replaced.
+
+    Names the task, the worker, its host and the seconds. Not retried: a
+    task that hangs once is likely to hang again (submit it again to retry).
+    """
+
+    def __init__(self, task_id: int, worker: str, host: str, seconds: float) -> None:
+        self.task_id = task_id
+        self.worker = worker
+        self.host = host
+        self.seconds = seconds
+        where = f" on host {host}" if host else ""
+        super().__init__(
+            f"task {task_id} ran past its timeout of {seconds:g} s on worker {worker}{where}; "
+            "the worker process was replaced and the task is not retried"
         )

@@ -106,11 +106,30 @@ def _run(q: _Queue) -> None:
 
 
 class ClusterFuture(Future[Any]):
-    """A ``Future`` whose done-callbacks never run on the engine thread."""
+    """A ``Future`` whose done-callbacks never run on the engine thread.
 
-    def __init__(self, callbacks: CallbackThread) -> None:
+    ``cancel()`` asks the engine first (``take_back``): a task still queued,
+    or prefetched by a worker that has not started it, is taken back and
+    never runs; one that runs is not cancelled, as ``concurrent.futures``
+    has it (``Cluster.cancel(force=True)`` interrupts it).
+    """
+
+    def __init__(
+        self,
+        callbacks: CallbackThread,
+        take_back: Callable[[], int] | None = None,
+        task_id: int | None = None,
+    ) -> None:
         super().__init__()
         self._callbacks = callbacks
+        self._take_back = take_back
+        self.task_id = task_id
+
+    def cancel(self) -> bool:
+        take_back = self._take_back
+        if take_back is not None and not self.done() and not take_back():
+            return False
+        return super().cancel()
 
     def add_done_callback(self, fn: Callback) -> None:
         callbacks = self._callbacks

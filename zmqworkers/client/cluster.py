@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import logging
 import os
@@ -10,11 +11,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, InvalidStateError
-from typing import Any, NamedTuple
+from typing import Any
 
 from zmqworkers.client.callbacks import CallbackThread, ClusterFuture
+from zmqworkers.client.readouts import ClusterReadouts
 from zmqworkers.client.streams import SUBMIT_CHUNK, Feed, Stream, StreamTable, chunks
-from zmqworkers.controller.engine import Engine, Spec, make_spec
+from zmqworkers.client.views import Outcome, TaskView, take_back_futures, task_options
+from zmqworkers.controller.engine import Engine, Spec, TaskOptions, make_spec
 from zmqworkers.controller.options import EngineOptions, build_options
 from zmqworkers.errors import ClusterShutdown, ConfigurationError, EngineClosed
 
@@ -26,7 +29,7 @@ log = logging.getLogger(__name__)
 DEFAULT_WINDOW = 100_000
 
 
-class Cluster(Executor):
+class Cluster(Executor, ClusterReadouts):
     """Run functions on local worker processes and on daemons that connect.
 
     ``n_workers=None`` starts ``os.cpu_count()`` local workers; ``0`` starts
@@ -50,6 +53,11 @@ class Cluster(Executor):
     Prometheus metrics (port 0 picks a free port; ``dashboard_url`` is the
     link); ``forward_logs="WARNING"`` brings the log records tasks emit on
     workers to the ``zmqworkers.remote`` logger here (docs/monitoring.md).
+    Control (docs/cluster.md): ``future.cancel()`` takes back a task not yet
+    started, ``cancel(futures, force=True)`` interrupts running ones;
+    ``task_timeout`` seconds, and per call :meth:`with_options` (timeout,
+    priority, max_attempts); local workers are recycled after
+    ``max_tasks_per_worker`` tasks or over ``max_worker_memory`` (``"2GiB"``).
     """
 
     def __init__(
@@ -74,6 +82,9 @@ class Cluster(Executor):
         preload: Sequence[str] = EngineOptions.preload,
         dashboard: str | None = EngineOptions.dashboard,
         forward_logs: str | None = EngineOptions.forward_logs,
+        task_timeout: float | None = EngineOptions.task_timeout,
+        max_tasks_per_worker: int | None = EngineOptions.max_tasks_per_worker,
+        max_worker_memory: int | str | None = EngineOptions.max_worker_memory,
     ) -> None:
         if n_workers is None:
             n_workers = os.cpu_count() or 1
@@ -99,6 +110,9 @@ class Cluster(Executor):
             preload=preload,
             dashboard=dashboard,
             forward_logs=forward_logs,
+            task_timeout=task_timeout,
+            max_tasks_per_worker=max_tasks_per_worker,
+            max_worker_memory=max_worker_memory,
         )
         self._futures: dict[int, Future[Any]] = {}
         # Done-callbacks are user code: never on the engine thread.
@@ -111,6 +125,7 @@ class Cluster(Executor):
         self._progress = threading.Condition()
         self._batches = 0
         self._stop_timeout = options.stop_timeout
+        self._task_timeout = options.task_timeout
         self._shutdown_why = "the cluster shut down before the task was done"
         self._engine = Engine(options, self)
         self.address = self._engine.start()
@@ -169,8 +184,41 @@ class Cluster(Executor):
     # -- Executor API ------------------------------------------------------
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return self._submit_with(None, fn, args, kwargs)
+
+    def _submit_with(
+        self, opts: TaskOptions | None, fn: Callable[..., Any], args: Any, kwargs: Any
+    ) -> Future[Any]:
         spec = self._spec("call", fn, (), None)
-        return self._submit_many(spec, [(args, kwargs)])[0]
+        return self._submit_many(spec, [(args, kwargs)], opts)[0]
+
+    def with_options(
+        self,
+        *,
+        timeout: float | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+    ) -> TaskView:
+        """A view whose ``submit``, ``map`` and ``imap_unordered`` give their tasks these options.
+
+        ``timeout``: seconds a task may run before its worker process is
+        replaced and it fails with ``TaskTimeout`` (default: ``task_timeout``).
+        ``priority``: queued tasks of a higher priority go out first, in
+        order within one level. ``max_attempts``: workers that may die
+        running a task before it fails with ``WorkerLost``.
+        """
+        return TaskView(self, task_options(timeout, priority, max_attempts, self._task_timeout))
+
+    def cancel(self, futures: Iterable[Future[Any]], force: bool = False) -> int:
+        """Cancel tasks by their futures; return how many were cancelled.
+
+        Queued and prefetched tasks are taken back and never run. With
+        ``force=True`` running ones are interrupted: their worker process is
+        replaced (a local one killed with its process group, a daemon's by
+        its supervisor), and the tasks it had prefetched go back to the
+        queue. Cancelled futures raise ``CancelledError``.
+        """
+        return take_back_futures(self._engine, self._futures, futures, force)
 
     def map(
         self,
@@ -188,6 +236,16 @@ class Cluster(Executor):
         and not yet yielded: N are read at once, then more as results are
         taken, so an endless iterable streams in bounded memory.
         """
+        return self._map(None, fn, iterables, timeout, buffersize)
+
+    def _map(
+        self,
+        opts: TaskOptions | None,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        buffersize: int | None,
+    ) -> Iterator[Any]:
         _check_buffersize(buffersize)
         if len(iterables) == 1:
             spec = self._spec("task", fn, (), None)
@@ -199,9 +257,9 @@ class Cluster(Executor):
         ranges: collections.deque[range] = collections.deque()
         if buffersize is None:
             for chunk in chunks(args, SUBMIT_CHUNK):
-                ranges.append(self._submit_stream(spec, chunk, stream))
+                ranges.append(self._submit_stream(spec, chunk, stream, opts))
             return self._ordered(stream, ranges, timeout, None)
-        feed = Feed(args, buffersize, lambda chunk: self._submit_stream(spec, chunk, stream))
+        feed = Feed(args, buffersize, lambda chunk: self._submit_stream(spec, chunk, stream, opts))
         ranges.extend(feed.top_up(0))
         return self._ordered(stream, ranges, timeout, feed)
 
@@ -255,6 +313,16 @@ class Cluster(Executor):
         Yields an :class:`Outcome` per task as it completes; the run goes on
         past failures (what ``zmqworkers run`` uses).
         """
+        return self._imap(None, func, tasks, args, kwargs)
+
+    def _imap(
+        self,
+        opts: TaskOptions | None,
+        func: Callable[..., Any],
+        tasks: Iterable[Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Iterator[Outcome]:
         spec = self._spec("task", func, args, kwargs)
         stream = self._streams.new()
         pending: dict[int, Any] = {}
@@ -268,7 +336,7 @@ class Cluster(Executor):
                     if not chunk:
                         exhausted = True
                         break
-                    ids = self._submit_stream(spec, chunk, stream)
+                    ids = self._submit_stream(spec, chunk, stream, opts)
                     pending.update(zip(ids, chunk))
                 if not pending:
                     return
@@ -290,7 +358,9 @@ class Cluster(Executor):
             for tid in dropped:
                 fut = self._futures.pop(tid, None)
                 if fut is not None:
-                    fut.cancel()
+                    Future.cancel(fut)  # taken back already
+            # Prefetched ones are taken back from their workers too.
+            take_back_futures(self._engine, self._futures, list(self._futures.values()))
             # What is left of map/imap calls ends with ClusterShutdown.
             self._cut_short(dropped, on_engine=False)
         if wait:
@@ -364,44 +434,6 @@ class Cluster(Executor):
 
     # -- more --------------------------------------------------------------
 
-    @property
-    def dashboard_url(self) -> str | None:
-        """The dashboard's link (with its token off loopback), or None without one."""
-        return self._engine.dashboard_url
-
-    def _repr_html_(self) -> str:
-        """Workers, queue and the dashboard link, for a notebook."""
-        from zmqworkers.client.progress import status_html
-
-        if self._shutdown:
-            return status_html(None, None)
-        return status_html(self._engine.status(), self.dashboard_url)
-
-    def status(self) -> dict[str, Any]:
-        """What the dashboard shows, as one snapshot (see docs/monitoring.md)."""
-        return self._engine.status()
-
-    def workers(self) -> list[dict[str, Any]]:
-        """Snapshot of the connected workers (host, pid, state, tasks done, RSS, CPU)."""
-        return self._engine.workers()
-
-    def counters(self) -> dict[str, Any]:
-        """Tasks queued, running, delivered, failed; drops by reason."""
-        return self._engine.counters()
-
-    def excuse_workers(self, prefix: str) -> int:
-        """Workers named ``prefix...`` were ended from outside (their batch job
-        ended): their tasks count no attempt. Returns the attempts taken back."""
-        return self._engine.excuse_workers(prefix)
-
-    def wait_for_workers(self, n: int, timeout: float = 30.0) -> None:
-        """Block until at least ``n`` workers have joined."""
-        deadline = time.monotonic() + timeout
-        while len(self.workers()) < n:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"fewer than {n} workers joined within {timeout} s")
-            time.sleep(0.02)
-
     def __enter__(self) -> Cluster:
         return self
 
@@ -414,12 +446,14 @@ class Cluster(Executor):
             raise TypeError(f"{fn!r} is not callable")
         return make_spec(convention, fn, args, kwargs)
 
-    def _submit_stream(self, spec: Spec, args: list[Any], stream: Stream) -> range:
+    def _submit_stream(
+        self, spec: Spec, args: list[Any], stream: Stream, opts: TaskOptions | None = None
+    ) -> range:
         if self._shutdown:
             raise ClusterShutdown("cannot submit to a cluster that was shut down")
         ids = self._engine.new_task_ids(len(args))
         self._streams.add(ids, stream)
-        self._engine.submit(spec, list(zip(ids, args)))
+        self._engine.submit(spec, list(zip(ids, args)), opts)
         return ids
 
     def _abandon(self, stream: Stream) -> None:
@@ -431,17 +465,20 @@ class Cluster(Executor):
             except EngineClosed:
                 pass  # closed meanwhile
 
-    def _submit_many(self, spec: Spec, args: list[Any]) -> list[Future[Any]]:
+    def _submit_many(
+        self, spec: Spec, args: list[Any], opts: TaskOptions | None = None
+    ) -> list[Future[Any]]:
         if self._shutdown:
             raise ClusterShutdown("cannot submit to a cluster that was shut down")
         ids = self._engine.new_task_ids(len(args))
         futures: list[Future[Any]] = []
         callbacks = self._callbacks
         for tid in ids:
-            fut: Future[Any] = ClusterFuture(callbacks)
+            take_back = functools.partial(take_back_futures, self._engine, self._futures, tid=tid)
+            fut = ClusterFuture(callbacks, take_back, tid)
             self._futures[tid] = fut
             futures.append(fut)
-        self._engine.submit(spec, list(zip(ids, args)))
+        self._engine.submit(spec, list(zip(ids, args)), opts)
         return futures
 
 
@@ -452,14 +489,6 @@ def _check_buffersize(buffersize: Any) -> None:
         raise TypeError(f"buffersize must be a whole number or None, not {buffersize!r}")
     if buffersize < 1:
         raise ValueError(f"buffersize must be 1 or more (or None for no bound), not {buffersize}")
-
-
-class Outcome(NamedTuple):
-    """One finished task: ``error`` is None when it succeeded."""
-
-    task: Any
-    result: Any
-    error: BaseException | None
 
 
 def _star(args: tuple[Any, ...], fn: Callable[..., Any]) -> Any:

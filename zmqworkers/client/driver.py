@@ -158,8 +158,21 @@ class TaskDriver:
                 self._engine.pause()
                 self._engine.stop_workers()
 
-    def stop(self) -> None:
-        """End the job: workers stop, tasks not yet done are dropped."""
+    def stop(self, interrupt: bool = False) -> None:
+        """End the job: workers stop, tasks not yet done are dropped.
+
+        ``interrupt``: tasks prefetched by workers are taken back and the
+        running ones interrupted (their worker processes replaced), instead
+        of each worker finishing its current call.
+        """
+        with self._lock:
+            engine = self._engine
+            outstanding = list(self._tasks)
+        if interrupt and engine is not None and outstanding:
+            try:
+                engine.cancel(outstanding, force=True)
+            except (EngineClosed, FutureTimeout):
+                pass  # closing anyway: what it held is dropped with it
         self._stop = True
         self._wake()
 

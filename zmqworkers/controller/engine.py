@@ -11,8 +11,8 @@
    │  liveness: heartbeats, local process exits                      │
    └──┬──────────────────────────┬───────────────────────┬───────────┘
       │ ROUTER ⇄ DEALER          │ PULL ◀── PUSH          │ PUB ──▶ SUB
-      │ HELLO/WELCOME, FUNC,     │ RESULTS, BYE,          │ HEARTBEAT,
-      │ TASKS, STOP              │ HEARTBEAT, MESSAGE     │ STOP (broadcast)
+      │ HELLO/WELCOME, FUNC,     │ RESULTS, BYE,          │ HEARTBEAT, STOP,
+      │ TASKS, CANCEL, STOP      │ HEARTBEAT, MESSAGE     │ INTERRUPT (broadcast)
       ▼                          ▼                        ▼
    workers: local subprocesses on loopback, or daemons on other hosts
 
@@ -35,9 +35,10 @@ from typing import Any
 from zmqworkers.controller.batching import Spec, make_spec
 from zmqworkers.controller.loop import EngineHandler, EngineLoop
 from zmqworkers.controller.options import EngineOptions, apply_bind_policy
+from zmqworkers.controller.scheduler import TaskOptions
 from zmqworkers.errors import EngineClosed
 
-__all__ = ["Engine", "EngineHandler", "EngineOptions", "Spec", "make_spec"]
+__all__ = ["Engine", "EngineHandler", "EngineOptions", "Spec", "TaskOptions", "make_spec"]
 
 
 class Engine:
@@ -115,12 +116,22 @@ class Engine:
             self._next_id += n
         return range(start, start + n)
 
-    def submit(self, spec: Spec, items: list[tuple[int, Any]]) -> None:
-        self._command("submit", (spec, items))
+    def submit(
+        self, spec: Spec, items: list[tuple[int, Any]], opts: TaskOptions | None = None
+    ) -> None:
+        """Queue tasks; ``opts`` (priority, timeout, attempts) for all of them."""
+        self._command("submit", (spec, items, opts))
 
     def cancel_many(self, task_ids: list[int]) -> None:
         """Drop these tasks if still queued (no answer; running ones finish)."""
         self._command("cancel_many", task_ids)
+
+    def cancel(self, task_ids: list[int], force: bool = False, timeout: float = 10.0) -> list[bool]:
+        """Take tasks back before they run (from the queue, or from the worker
+        that prefetched them); with ``force``, interrupt running ones by
+        replacing their worker process. Whether each was cancelled."""
+        control = self._loop.control
+        return self.call(lambda: control.cancel(task_ids, force), timeout)  # type: ignore[no-any-return]
 
     def pause(self) -> None:
         self._command("pause", None)

@@ -316,6 +316,7 @@ def fork_worker(
     env: Mapping[str, str],
     preload: Sequence[str],
     extra_env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> ForkedProcess:
     """A local worker forked from this process's fork server for ``env``.
 
@@ -332,7 +333,11 @@ def fork_worker(
         except OSError as exc:
             raise ForkServerUnavailable(f"cannot start a fork server: {exc}") from exc
         # The worker's parent is the server: that is the process it watches.
-        argv = [address, "--parent-pid", str(server.pid), "--prefetch", str(prefetch)]
+        argv = [
+            address,
+            *("--parent-pid", str(server.pid), "--prefetch", str(prefetch)),
+            *extra_args,
+        ]
         try:
             return server.fork(argv, env, wanted)
         except ForkServerUnavailable as exc:

@@ -25,6 +25,12 @@ from zmqworkers.controller.options import EngineOptions
 from zmqworkers.security.keys import KEY_ENV
 from zmqworkers.worker.group import kill_group
 from zmqworkers.worker.mp_authkey import MP_AUTHKEY_ENV
+from zmqworkers.worker.options import (
+    EXIT_INTERRUPTED,
+    EXIT_MEMORY,
+    EXIT_RECYCLED,
+    format_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +49,12 @@ def local_worker_env(key: bytes, extra_env: Mapping[str, str] | None = None) -> 
 
 
 def start_local_worker(
-    address: str, key: bytes, *, prefetch: int = 1, extra_env: Mapping[str, str] | None = None
+    address: str,
+    key: bytes,
+    *,
+    prefetch: int = 1,
+    extra_env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
     """Start one worker process connected to ``address``.
 
@@ -61,14 +72,22 @@ def start_local_worker(
         str(os.getpid()),
         "--prefetch",
         str(prefetch),
+        *extra_args,
     ]
     return subprocess.Popen(
         cmd, env=env, stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True
     )
 
 
-def describe_exit(returncode: int) -> str:
+def describe_exit(returncode: int, max_memory: int | None = None) -> str:
     """Say how a process ended, and the likely cause where there is one."""
+    if returncode == EXIT_MEMORY:
+        limit = f" of {format_size(max_memory)}" if max_memory else ""
+        return f"exceeded the memory limit{limit} during a task"
+    if returncode == EXIT_RECYCLED:
+        return "left to be replaced (max_tasks_per_worker or max_worker_memory)"
+    if returncode == EXIT_INTERRUPTED:
+        return "ended to interrupt its task"
     if returncode < 0:
         signo = -returncode
         try:
@@ -89,11 +108,13 @@ def describe_exit(returncode: int) -> str:
 
 @dataclass(frozen=True)
 class Exit:
-    """A local worker process that ended, and whether it was asked to."""
+    """A local worker process that ended, whether it was asked to, and whether
+    it is replaced by design (recycled, or ended to interrupt its task)."""
 
     pid: int
     how: str
     expected: bool
+    renew: bool = False
 
 
 # A crash loop ends here: past this many replacements a dead worker stays dead.
@@ -111,6 +132,8 @@ class LocalWorkers:
         target: int,
         start_method: str = "spawn",
         preload: Sequence[str] = (),
+        max_tasks: int | None = None,
+        max_memory: int | None = None,
     ) -> None:
         self._key = key
         self._prefetch = prefetch
@@ -120,7 +143,13 @@ class LocalWorkers:
         self.procs: dict[int, WorkerProcess] = {}
         self.target = target  # how many should run
         self._expected: set[int] = set()
+        self._interrupted: set[int] = set()
         self._replacements = 0
+        self.max_memory = max_memory
+        self._args = [
+            *(["--max-tasks", str(max_tasks)] if max_tasks else ()),
+            *(["--max-memory", str(max_memory)] if max_memory else ()),
+        ]
 
     @classmethod
     def for_engine(cls, options: EngineOptions) -> LocalWorkers:
@@ -131,6 +160,8 @@ class LocalWorkers:
             options.n_workers,
             options.start_method,
             options.preload,
+            options.max_tasks_per_worker,
+            options.max_worker_memory,
         )
 
     def __len__(self) -> int:
@@ -146,17 +177,36 @@ class LocalWorkers:
             env = local_worker_env(self._key, self._env)
             try:
                 return forkserver.fork_worker(
-                    address, self._prefetch, env, self._preload, self._env
+                    address, self._prefetch, env, self._preload, self._env, self._args
                 )
             except ForkServerUnavailable as exc:
                 log.warning("local workers: %s; spawning them instead", exc)
                 self._start_method = "spawn"
-        return start_local_worker(address, self._key, prefetch=self._prefetch, extra_env=self._env)
+        return start_local_worker(
+            address, self._key, prefetch=self._prefetch, extra_env=self._env, extra_args=self._args
+        )
 
     def stopping(self) -> None:
         """Every running process was asked to leave: its exit is no failure."""
         self.target = 0
         self._expected.update(self.procs)
+
+    def interrupt(self, pid: int) -> bool:
+        """Kill a worker process (and its group) to stop its call; it is replaced.
+
+        Killed, not asked: its main thread is in the user's call, which may
+        hold the GIL or wait on a stuck file system.
+        """
+        proc = self.procs.get(pid)
+        if proc is None or proc.poll() is not None:
+            return False
+        self._interrupted.add(pid)
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+        kill_group(pid)
+        return True
 
     def asked_to_leave(self, pid: int) -> bool:
         """Whether this local process was asked to leave (by a stop) and has not yet."""
@@ -181,7 +231,11 @@ class LocalWorkers:
             kill_group(pid)  # what its tasks left running
             expected = pid in self._expected
             self._expected.discard(pid)
-            out.append(Exit(pid, describe_exit(rc), expected))
+            killed = pid in self._interrupted
+            self._interrupted.discard(pid)
+            renew = killed or rc in (EXIT_RECYCLED, EXIT_INTERRUPTED, EXIT_MEMORY)
+            how = "ended to interrupt its task" if killed else describe_exit(rc, self.max_memory)
+            out.append(Exit(pid, how, expected, renew and not expected))
         return out
 
     def may_replace(self) -> bool:
@@ -198,7 +252,7 @@ class LocalWorkers:
         # A local worker's connection closes as its process dies: wait a
         # moment for the exit status, which says far more.
         try:
-            return describe_exit(proc.wait(0.2))
+            return describe_exit(proc.wait(0.2), self.max_memory)
         except subprocess.TimeoutExpired:
             return None
 

@@ -95,7 +95,10 @@ class LivenessWatch:
             wid = self._worker_by_pid(gone.pid)
             if wid is not None:
                 self._lose(wid, gone.how)
-            if not gone.expected and not closing:
+            if gone.renew and not closing:
+                # Replaced by design: counts against no crash-loop limit.
+                self._local.start(self._sockets.local_address, 1)
+            elif not gone.expected and not closing:
                 log.warning("local worker pid %d %s", gone.pid, gone.how)
                 if self.options.replace_dead_workers and self._local.may_replace():
                     self._local.start(self._sockets.local_address, 1)

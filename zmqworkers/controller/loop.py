@@ -30,11 +30,12 @@ import zmq
 from zmqworkers import remote as remote_logs
 from zmqworkers._version import __version__
 from zmqworkers.controller.batching import Batcher, Spec
+from zmqworkers.controller.control import TaskControl
 from zmqworkers.controller.dispatch import Dispatcher
 from zmqworkers.controller.launcher import LocalWorkers
 from zmqworkers.controller.liveness_watch import LivenessWatch
 from zmqworkers.controller.options import EngineOptions
-from zmqworkers.controller.scheduler import Scheduler
+from zmqworkers.controller.scheduler import Scheduler, TaskOptions
 from zmqworkers.controller.sessions import Link, Session, SessionTable
 from zmqworkers.controller.sockets import ControllerSockets
 from zmqworkers.controller.telemetry import Telemetry
@@ -133,6 +134,10 @@ class EngineLoop:
         self._watch = LivenessWatch(
             options, self.id, self.sched, self._sockets, self._local, self._send, self._lose
         )
+        self.control = TaskControl(
+            options.task_timeout, self.sched, self._local, self._send, self._sockets.publish
+        )
+        self.control.wire(self._retire, self._deliver, self.stats)
         self._on_command: dict[str, Callable[[Any], None]] = {
             "submit": self._cmd_submit,
             "cancel_many": self._cmd_cancel_many,
@@ -213,6 +218,7 @@ class EngineLoop:
         while True:
             now = time.monotonic()
             wake_at = min(next_beat, next_check, *self._watch.next_probe())
+            wake_at = min(wake_at, self.control.next_deadline())
             timeout_ms = 0 if backlog else int(max(0.0, wake_at - now) * 1000) + 1
             events = dict(poller.poll(timeout_ms))
             if backlog or self._wake_r in events:
@@ -225,6 +231,7 @@ class EngineLoop:
                 self._watch.on_disconnect()
             self._dispatcher.run()
             now = time.monotonic()
+            self.control.check(now)
             self._watch.probe_if_due(now)
             if now >= next_beat:
                 self._sockets.publish(Kind.HEARTBEAT, {"controller": self.id})
@@ -248,18 +255,12 @@ class EngineLoop:
             try:
                 handle(frames)
             except DecodeError as exc:
-                self._count_drop(exc)
+                count_drop(self.dropped, exc)
             except Exception as exc:
                 # A signed message this code cannot handle (a bug, or a peer
                 # of another release): dropped like any other, never fatal.
                 log.debug("message handler raised", exc_info=True)
-                self._count_drop(DecodeError("invalid", repr(exc)))
-
-    def _count_drop(self, exc: DecodeError) -> None:
-        self.dropped[exc.reason] += 1
-        n = self.dropped[exc.reason]
-        if n & (n - 1) == 0:  # 1, 2, 4, 8, ...: rate-limited
-            log.warning("dropped message (%s); %d dropped for this reason", exc, n)
+                count_drop(self.dropped, DecodeError("invalid", repr(exc)))
 
     def _decode(self, frames: list[Any], key: Any) -> Any:
         msg = decode(frames, key, max_size=self.options.max_message_size)
@@ -289,16 +290,17 @@ class EngineLoop:
             self._on_command[name](arg)
         return False
 
-    def _cmd_submit(self, arg: tuple[Spec, list[tuple[int, Any]]]) -> None:
-        spec, items = arg
+    def _cmd_submit(self, arg: tuple[Spec, list[tuple[int, Any]], TaskOptions | None]) -> None:
+        spec, items, opts = arg
+        opts = self.control.options_for(opts)
         self._batcher.add(spec, self.sched.spec_refs)
         add = self.sched.add
         for tid, task_arg in items:
-            add(tid, spec.id, task_arg)
+            add(tid, spec.id, task_arg, opts)
         self.stats["submitted"] += len(items)
 
     def _cmd_cancel_many(self, task_ids: list[int]) -> None:
-        self.stats["cancelled"] += sum(map(self.sched.cancel, task_ids))
+        self.control.cancel(task_ids, force=False)
 
     def _cmd_pause(self, _: Any) -> None:
         self.sched.paused = True
@@ -450,6 +452,9 @@ class EngineLoop:
         wid = s.state.id
         bye = Bye.parse(msg.header, wid)
         self.sched.hand_back(wid, bye.returned)
+        if bye.failed is not None:  # ends mid-call (memory): the call counts an attempt
+            self._lose(wid, bye.failed)
+            return
         self.sched.leave(wid)
         self._end_session(wid)
         self._watch.heartbeat.forget(wid)
@@ -490,6 +495,10 @@ class EngineLoop:
             # stop went only to the workers that had joined, so tell it now.
             s.state.draining = True
             self._send(wid, Kind.STOP, {"worker": wid})
+
+    def _retire(self, wid: str) -> None:  # its process is being replaced
+        self._end_session(wid)
+        self._watch.lost(wid)
 
     def _end_session(self, wid: str) -> None:
         assert self._sessions is not None
@@ -533,14 +542,27 @@ class EngineLoop:
         self._sockets.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
-        # Whatever commands came in after the last drain are answered too.
-        while True:
-            try:
-                name, arg = self._commands.get_nowait()
-            except queue.Empty:
-                break
-            if name == "submit":
-                abandoned.extend(tid for tid, _ in arg[1])
-            elif name == "call":
-                arg[1].set_exception(EngineClosed("the controller engine is closed"))
+        abandoned.extend(_answer_late_commands(self._commands))
         self.handler.on_event("closed", abandoned)
+
+
+def _answer_late_commands(commands: queue.SimpleQueue[tuple[str, Any]]) -> list[int]:
+    """Answer the commands that came in after the last drain; the tasks they submitted."""
+    abandoned: list[int] = []
+    while True:
+        try:
+            name, arg = commands.get_nowait()
+        except queue.Empty:
+            return abandoned
+        if name == "submit":
+            abandoned.extend(tid for tid, _ in arg[1])
+        elif name == "call":
+            arg[1].set_exception(EngineClosed("the controller engine is closed"))
+
+
+def count_drop(dropped: Counter[str], exc: DecodeError) -> None:
+    """Count a dropped message by its reason; log the 1st, 2nd, 4th, 8th, ..."""
+    dropped[exc.reason] += 1
+    n = dropped[exc.reason]
+    if n & (n - 1) == 0:
+        log.warning("dropped message (%s); %d dropped for this reason", exc, n)

@@ -24,6 +24,7 @@ from zmqworkers.protocol.messages import DEFAULT_MAX_MESSAGE_SIZE, check_limit
 from zmqworkers.security import curve
 from zmqworkers.security.connection import check_bind_address, is_local_link
 from zmqworkers.security.keys import INSECURE_KEY, resolve_key
+from zmqworkers.worker.options import parse_size
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,15 @@ class EngineOptions:
     # The lowest level of log records that tasks emit on workers to send to
     # the controller's "zmqworkers.remote" logger (e.g. "WARNING"); None: off.
     forward_logs: str | None = None
+    # Seconds a task may run before its worker process is replaced and the
+    # task fails with TaskTimeout; None: no limit. Per call: with_options.
+    task_timeout: float | None = None
+    # Recycling of local workers: a process leaves and is replaced after
+    # this many tasks, or when its resident memory is over
+    # max_worker_memory bytes after a task (over it by 25% during a task,
+    # it is ended and the task counts an attempt). None: never.
+    max_tasks_per_worker: int | None = None
+    max_worker_memory: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.worker_env, MappingProxyType):
@@ -115,6 +125,9 @@ def build_options(
     max_message_size: int | None = None,
     start_method: str = EngineOptions.start_method,
     preload: Sequence[str] = EngineOptions.preload,
+    task_timeout: float | None = EngineOptions.task_timeout,
+    max_tasks_per_worker: int | None = EngineOptions.max_tasks_per_worker,
+    max_worker_memory: int | str | None = EngineOptions.max_worker_memory,
     **rest: Any,
 ) -> EngineOptions:
     """Engine options from a face's keywords: one place for key and checks.
@@ -133,6 +146,11 @@ def build_options(
     if rest.get("forward_logs") is not None:
         rest["forward_logs"] = check_log_level(rest["forward_logs"])
     rest.update(start_method=check_start_method(start_method), preload=check_preload(preload))
+    rest.update(
+        task_timeout=check_timeout(task_timeout, "task_timeout"),
+        max_tasks_per_worker=check_count(max_tasks_per_worker, "max_tasks_per_worker"),
+        max_worker_memory=check_memory(max_worker_memory),
+    )
     explicit = resolve_key(key, key_file)
     if max_message_size is not None:
         # Below the floor even a heartbeat is refused, and every job hangs.
@@ -175,6 +193,32 @@ def check_log_level(level: Any) -> str:
     raise ConfigurationError(
         f"forward_logs must be a logging level such as 'WARNING' or 'INFO', not {level!r}"
     )
+
+
+def check_timeout(value: Any, what: str) -> float | None:
+    """Seconds more than 0, or None for no limit."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigurationError(f"{what} must be a number of seconds > 0, or None, not {value!r}")
+    return float(value)
+
+
+def check_count(value: Any, what: str) -> int | None:
+    """A whole number of 1 or more, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{what} must be a whole number >= 1, or None, not {value!r}")
+    return value
+
+
+def check_memory(value: Any) -> int | None:
+    """Bytes from a number or a size such as ``"2GiB"``, or None."""
+    try:
+        return parse_size(value, "max_worker_memory")
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def check_start_method(method: str) -> str:

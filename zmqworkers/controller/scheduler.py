@@ -9,13 +9,16 @@ Invariants:
 - a task id is in exactly one of ``pending`` or some worker's ``in_flight``,
   until it is delivered, after which it is in neither;
 - :meth:`Scheduler.complete` reports a task as delivered at most once;
-- a worker never holds more than ``capacity`` undelivered tasks.
+- a worker never holds more than ``capacity`` undelivered tasks;
+- queued tasks go out by ``priority``, highest first, in order within a level;
+- a cancelled task is forgotten at once and never assigned again.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,11 +27,22 @@ from zmqworkers.errors import RESULT_NEVER_ARRIVED, WorkerLost
 MAX_DEPARTED = 100
 
 
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """What one call asked for its tasks; shared by every task of the call."""
+
+    priority: int = 0
+    timeout: float | None = None  # seconds running; None: no limit
+    max_attempts: int | None = None  # None: the scheduler's
+
+
 @dataclass(slots=True)
 class TaskRecord:
     spec_id: str
     arg: Any
     worker: str | None = None  # None: queued
+    # None for the defaults: one pointer per task, the value shared by a call.
+    opts: TaskOptions | None = None
     attempts: int = 0
     # None until a worker dies holding it: an empty list per queued task
     # would cost 56 bytes each, a million times over.
@@ -93,6 +107,69 @@ class WorkerState:
         }
 
 
+class PendingQueue:
+    """Queued task ids by priority: the highest level first, in order within one.
+
+    Only levels that hold ids are kept, highest last in ``_order``, so the
+    next id is found in O(1) however many levels were ever used.
+    """
+
+    def __init__(self) -> None:
+        self._levels: dict[int, collections.deque[int]] = {}
+        self._order: list[int] = []  # ascending: the top level is the last
+
+    def _level(self, priority: int) -> collections.deque[int]:
+        q = self._levels.get(priority)
+        if q is None:
+            q = self._levels[priority] = collections.deque()
+            bisect.insort(self._order, priority)
+        return q
+
+    def append(self, task_id: int, priority: int = 0) -> None:
+        self._level(priority).append(task_id)
+
+    def extend(self, task_ids: Iterable[int], priority: int = 0) -> None:
+        self._level(priority).extend(task_ids)
+
+    def put_front(self, task_ids: list[int], priority: int = 0) -> None:
+        """Put ``task_ids`` at the front of their level, in their order."""
+        if task_ids:
+            self._level(priority).extendleft(reversed(task_ids))
+
+    def top(self) -> collections.deque[int] | None:
+        """The highest level's ids (not empty), or None; empty levels are dropped."""
+        while self._order:
+            q = self._levels[self._order[-1]]
+            if q:
+                return q
+            del self._levels[self._order.pop()]
+        return None
+
+    def popleft(self) -> int:
+        q = self.top()
+        if q is None:
+            raise IndexError("no queued task")
+        return q.popleft()
+
+    def clear(self) -> None:
+        self._levels.clear()
+        self._order.clear()
+
+    def __iter__(self) -> Iterator[int]:
+        for priority in reversed(self._order):
+            yield from self._levels[priority]
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._levels.values())
+
+    def __bool__(self) -> bool:
+        return self.top() is not None
+
+
+def _priority(rec: TaskRecord) -> int:
+    return 0 if rec.opts is None else rec.opts.priority
+
+
 class Scheduler:
     """Demand-driven dispatch with exactly-once delivery and bounded retries.
 
@@ -104,7 +181,7 @@ class Scheduler:
     def __init__(self, max_attempts: int = 3) -> None:
         self.max_attempts = max_attempts
         self.tasks: dict[int, TaskRecord] = {}
-        self.pending: collections.deque[int] = collections.deque()
+        self.pending = PendingQueue()
         self.queued = 0
         self.workers: dict[str, WorkerState] = {}
         self.spec_refs: collections.Counter[str] = collections.Counter()
@@ -121,24 +198,82 @@ class Scheduler:
 
     # -- tasks -------------------------------------------------------------
 
-    def add(self, task_id: int, spec_id: str, arg: Any) -> None:
-        self.tasks[task_id] = TaskRecord(spec_id, arg)
+    def add(self, task_id: int, spec_id: str, arg: Any, opts: TaskOptions | None = None) -> None:
+        self.tasks[task_id] = TaskRecord(spec_id, arg, opts=opts)
         self.spec_refs[spec_id] += 1
-        self.pending.append(task_id)
+        self.pending.append(task_id, 0 if opts is None else opts.priority)
         self.queued += 1
 
-    def cancel(self, task_id: int) -> bool:
-        """Drop a task that has not been sent anywhere yet."""
+    def cancel(self, task_id: int) -> tuple[str, str | None]:
+        """Take a task back before it runs, if it has not started.
+
+        Returns what it was and the worker that holds it:
+
+        - ``("queued", None)``: forgotten, it never went out;
+        - ``("prefetched", wid)``: forgotten; ``wid`` holds it behind the task
+          it runs, and must be told to drop it (a CANCEL message);
+        - ``("running", wid)``: left alone, it is the first ``wid`` holds;
+        - ``("unknown", None)``: delivered already, or never added.
+        """
         rec = self.tasks.get(task_id)
-        if rec is None or rec.worker is not None:
-            return False
+        if rec is None:
+            return "unknown", None
+        wid = rec.worker
+        if wid is None:
+            self._forget(task_id, rec)
+            return "queued", None
+        w = self.workers.get(wid)
+        if w is not None and next(iter(w.in_flight), None) == task_id:
+            return "running", wid
+        if w is not None:
+            w.in_flight.pop(task_id, None)
+        rec.worker = None
+        self.queued += 1  # _forget counts it out of the queue
         self._forget(task_id, rec)
-        return True
+        return "prefetched", wid
+
+    def running(self, worker_id: str) -> int | None:
+        """The task a worker runs now: the first it holds."""
+        w = self.workers.get(worker_id)
+        return None if w is None else next(iter(w.in_flight), None)
+
+    def interrupt(self, worker_id: str) -> int | None:
+        """A worker's process is replaced to stop the task it runs.
+
+        That task is forgotten and returned (its caller says how it ends:
+        cancelled, timed out); the tasks prefetched behind it go back to the
+        front of the queue, once, counting no attempt and blaming no one.
+        """
+        w = self.workers.pop(worker_id, None)
+        if w is None:
+            return None
+        self._remember(w, "interrupted")
+        running: int | None = None
+        back: list[int] = []
+        for i, tid in enumerate(w.in_flight):
+            rec = self.tasks.get(tid)
+            if rec is None or rec.worker != worker_id:
+                continue
+            if i == 0:
+                running = tid
+                rec.worker = None
+                self.queued += 1  # _forget counts it out of the queue
+                self._forget(tid, rec)
+            else:
+                back.append(tid)
+        self._requeue_front(back)
+        return running
+
+    def attempts_left(self, rec: TaskRecord) -> bool:
+        limit = self.max_attempts
+        if rec.opts is not None and rec.opts.max_attempts is not None:
+            limit = rec.opts.max_attempts
+        return rec.attempts < limit
 
     def drop_pending(self) -> list[int]:
         """Forget every queued (not yet dispatched) task; return their ids."""
         dropped = []
-        for tid in self.pending:
+        for tid in list(self.pending):
             rec = self.tasks.get(tid)
             if rec is not None and rec.worker is None:
                 self._forget(tid, rec)
@@ -155,9 +290,13 @@ class Scheduler:
             del self.spec_refs[rec.spec_id]
 
     def _requeue_front(self, task_ids: list[int], count: bool = True) -> None:
+        by_level: dict[int, list[int]] = {}
         for tid in task_ids:
-            self.tasks[tid].worker = None
-        self.pending.extendleft(reversed(task_ids))
+            rec = self.tasks[tid]
+            rec.worker = None
+            by_level.setdefault(_priority(rec), []).append(tid)
+        for priority, tids in by_level.items():
+            self.pending.put_front(tids, priority)
         self.queued += len(task_ids)
         if count:
             self.redispatched += len(task_ids)
@@ -193,18 +332,25 @@ class Scheduler:
         ready = [w for w in self.workers.values() if w.free > 0 and not self._isolated(w)]
         ready.sort(key=lambda w: -w.free)
         tasks = self.tasks
-        deferred: list[int] = []
+        pending = self.pending
+        deferred: list[tuple[int, int]] = []
+        level = pending.top()
         for w in ready:
             n = w.free if max_per_worker is None else min(w.free, max_per_worker)
             taken: list[int] = []
-            while len(taken) < n and self.pending:
-                tid = self.pending.popleft()
+            while len(taken) < n and level is not None:
+                # The top level's deque, popped directly: this loop is hot.
+                if not level:
+                    level = pending.top()
+                    continue
+                tid = level.popleft()
                 rec = tasks.get(tid)
                 if rec is None or rec.worker is not None:
                     continue  # stale: delivered or cancelled while queued
                 if rec.deaths is not None:  # a suspect (not a property: hot loop)
                     if taken or w.in_flight:
-                        deferred.append(tid)  # keeps its place for an idle worker
+                        # Keeps its place for an idle worker.
+                        deferred.append((tid, _priority(rec)))
                         continue
                     n = 1
                 rec.worker = w.id
@@ -215,8 +361,8 @@ class Scheduler:
                 out.append((w.id, taken))
             if self.queued == len(deferred):
                 break
-        if deferred:
-            self.pending.extendleft(reversed(deferred))
+        for tid, priority in reversed(deferred):
+            pending.put_front([tid], priority)
         return out
 
     def _isolated(self, w: WorkerState) -> bool:
@@ -308,7 +454,7 @@ class Scheduler:
             if i == 0:
                 rec.attempts += 1
                 rec.deaths = [*(rec.deaths or ()), (worker_id, how)]
-                if rec.attempts >= self.max_attempts:
+                if not self.attempts_left(rec):
                     failed.append((tid, WorkerLost(tid, rec.deaths)))
                     rec.worker = None
                     self.queued += 1  # _forget counts it out of the queue
@@ -375,7 +521,7 @@ class Scheduler:
                 continue
             rec.attempts += 1
             rec.deaths = [*(rec.deaths or ()), (worker_id, RESULT_NEVER_ARRIVED)]
-            if rec.attempts >= self.max_attempts:
+            if not self.attempts_left(rec):
                 failed.append((tid, WorkerLost(tid, rec.deaths)))
                 rec.worker = None
                 self.queued += 1  # _forget counts it out of the queue

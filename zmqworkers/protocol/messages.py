@@ -106,6 +106,8 @@ class Kind(enum.IntEnum):
     MESSAGE = 9  # worker -> controller: a text for the user (sig_message_from_worker)
     REFUSED = 10  # controller -> worker: you may not join, and why
     INFO = 11  # client -> controller (task channel) and back: the worker table
+    CANCEL = 12  # controller -> worker: drop these prefetched tasks, unrun
+    INTERRUPT = 13  # controller -> workers (broadcast): this worker's process must end now
 
 
 @dataclass(slots=True)

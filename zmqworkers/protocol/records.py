@@ -171,20 +171,74 @@ class Refused:
 
 @dataclass(frozen=True)
 class Bye:
-    """A worker leaves and hands back the tasks it held."""
+    """A worker leaves and hands back the tasks it held.
+
+    ``failed`` is set when it leaves in the middle of a call that cannot
+    finish (it went over its memory limit): the call counts an attempt,
+    as when a worker dies, and the text says why.
+    """
 
     id: str
     returned: list[int]
+    failed: str | None = None
 
     def header(self) -> dict[str, Any]:
-        return {"id": self.id, "returned": self.returned}
+        hdr: dict[str, Any] = {"id": self.id, "returned": self.returned}
+        if self.failed is not None:
+            hdr["failed"] = self.failed
+        return hdr
 
     @classmethod
     def parse(cls, header: Any, wid: str) -> Bye:
         returned = header.get("returned", []) if isinstance(header, dict) else []
         if not isinstance(returned, list) or not all(is_int(t) for t in returned):
             raise DecodeError("malformed", f"bye from {wid} with a bad task list")
-        return cls(wid, returned)
+        failed = header.get("failed") if isinstance(header, dict) else None
+        return cls(wid, returned, failed[:500] if isinstance(failed, str) else None)
+
+
+def _task_ids(value: Any, what: str) -> list[int]:
+    if not isinstance(value, list) or not all(is_int(t) for t in value):
+        raise DecodeError("malformed", f"{what} without a list of task ids")
+    return value
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """The controller takes back tasks a worker holds but has not started."""
+
+    tasks: list[int]
+
+    def header(self) -> dict[str, Any]:
+        return {"tasks": self.tasks}
+
+    @classmethod
+    def parse(cls, header: Any) -> Cancel:
+        return cls(_task_ids(_map(header, "cancel").get("tasks"), "cancel"))
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    """A worker's process must end now: the call it runs was cancelled or timed out.
+
+    Broadcast on the control channel, which the worker reads on a thread of
+    its own while its main thread is in the call. It exits with
+    ``EXIT_INTERRUPTED`` and whoever started it starts another.
+    """
+
+    worker: str
+    task: int | None
+
+    def header(self) -> dict[str, Any]:
+        return {"worker": self.worker, "task": self.task}
+
+    @classmethod
+    def parse(cls, header: Any) -> Interrupt:
+        hdr = _map(header, "interrupt")
+        worker, task = hdr.get("worker"), hdr.get("task")
+        if not isinstance(worker, str) or not (task is None or is_int(task)):
+            raise DecodeError("malformed", "interrupt without a worker id")
+        return cls(worker, task)
 
 
 @dataclass(frozen=True)

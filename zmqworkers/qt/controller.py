@@ -65,6 +65,9 @@ class WorkerController(QtCore.QThread):
         preload: Sequence[str] = EngineOptions.preload,
         dashboard: str | None = EngineOptions.dashboard,
         forward_logs: str | None = EngineOptions.forward_logs,
+        task_timeout: float | None = EngineOptions.task_timeout,
+        max_tasks_per_worker: int | None = EngineOptions.max_tasks_per_worker,
+        max_worker_memory: int | str | None = EngineOptions.max_worker_memory,
     ) -> None:
         super().__init__()
         options = build_options(
@@ -86,6 +89,9 @@ class WorkerController(QtCore.QThread):
             preload=preload,
             dashboard=dashboard,
             forward_logs=forward_logs,
+            task_timeout=task_timeout,
+            max_tasks_per_worker=max_tasks_per_worker,
+            max_worker_memory=max_worker_memory,
         )
         self._driver = TaskDriver(self._emit, options)
         self.n_workers = (os.cpu_count() or 1) if n_workers is None else n_workers
@@ -168,9 +174,13 @@ class WorkerController(QtCore.QThread):
         self._driver.send_stop_signal()
 
     @QtCore.Slot()
-    def stop(self) -> None:
-        """End the thread: workers stop, tasks not yet done are dropped."""
-        self._driver.stop()
+    def stop(self, interrupt: bool = False) -> None:
+        """End the thread: workers stop, tasks not yet done are dropped.
+
+        Running calls finish first, unless ``interrupt=True``: then their
+        worker processes are replaced at once (see :meth:`requestInterruption`).
+        """
+        self._driver.stop(interrupt)
 
     def is_alive(self) -> bool:
         return bool(self.isRunning())
@@ -181,15 +191,17 @@ class WorkerController(QtCore.QThread):
         """Wait up to ``timeout`` s for the run's workers to be stopped; True if they are."""
         return self._driver.served.wait(timeout)
 
-    def requestInterruption(self) -> None:
+    def requestInterruption(self, interrupt: bool = False) -> None:
         """Abort the run: queued tasks are dropped and workers stopped.
 
         Tasks already on workers are not waited for; ``sig_finished`` and
         ``finished`` are still emitted (an ``AppRunner`` also runs the app's
-        post-run and emits its final state first).
+        post-run and emits its final state first). ``interrupt=True`` also
+        ends the running calls now, by replacing their worker processes, as
+        ``stop(interrupt=True)`` does.
         """
         self._driver.reset_task_list()
-        self._driver.stop()
+        self._driver.stop(interrupt)
         super().requestInterruption()
 
     def exit(self, code: int = 0) -> None:

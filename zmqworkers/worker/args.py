@@ -152,6 +152,19 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         "a session uses the smaller of this and the controller's",
     )
     parser.add_argument(
+        "--max-tasks",
+        type=_max_tasks,
+        help="recycling: each worker process is replaced after N tasks (it hands back "
+        "what it holds first)",
+    )
+    parser.add_argument(
+        "--max-memory",
+        type=_max_memory,
+        help="recycling: a process over this resident memory after a task (2GiB, 300MB, "
+        "bytes) is replaced; one over it by 25%% during a task is ended, and the task "
+        "counts an attempt",
+    )
+    parser.add_argument(
         "--death-timeout",
         type=positive_seconds,
         default=None,
@@ -239,13 +252,21 @@ def run(args: argparse.Namespace) -> int:
     if args.heartbeat_misses is None:
         args.heartbeat_misses = WorkerOptions.heartbeat_misses
     # Asked for by name, or implied by an option only the supervisor has.
-    supervised = args.parent_pid is None and (
-        args.supervise
-        or args.processes > 1
-        or args.lifetime is not None
-        or args.drain_timeout is not None
-        or args.status_file is not None
-        or args.max_restarts is not None
+    # Never a supervisor's own child, which gets --max-tasks and the like too.
+    supervised = (
+        args.parent_pid is None
+        and _supervisor_pid() is None
+        and (
+            args.supervise
+            or args.processes > 1
+            or args.lifetime is not None
+            or args.drain_timeout is not None
+            or args.status_file is not None
+            or args.max_restarts is not None
+            # Recycled processes need someone to start the next one.
+            or args.max_tasks is not None
+            or args.max_memory is not None
+        )
     )
     if supervised:
         from zmqworkers.worker.daemon import DaemonOptions, child_args, run_daemon
@@ -275,6 +296,8 @@ def run(args: argparse.Namespace) -> int:
                         if args.max_message_size is not None
                         else ()
                     ),
+                    *(["--max-tasks", str(args.max_tasks)] if args.max_tasks else ()),
+                    *(["--max-memory", str(args.max_memory)] if args.max_memory else ()),
                 ],
             ),
         )
@@ -300,6 +323,8 @@ def run(args: argparse.Namespace) -> int:
         # A daemon given --drain-timeout runs under the supervisor, which
         # hands its children theirs through the environment.
         drain_timeout=_drain_timeout(args.drain_timeout),
+        max_tasks=args.max_tasks,
+        max_memory=args.max_memory,
     )
     if args.max_message_size is not None:
         options.max_message_size = args.max_message_size
@@ -323,6 +348,27 @@ def run(args: argparse.Namespace) -> int:
         return worker.run()
     finally:
         kill_rest_of_group()  # its parent may be gone: what its tasks started ends here
+
+
+def _max_tasks(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 1 or more, not {text!r}")
+    return n
+
+
+def _max_memory(text: str) -> int:
+    from zmqworkers.worker.options import parse_size
+
+    try:
+        size = parse_size(text, "--max-memory")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    assert size is not None
+    return size
 
 
 def _supervisor_pid() -> int | None:

@@ -41,6 +41,7 @@ from zmqworkers.security.keys import KEY_ENV
 from zmqworkers.worker.group import kill_group
 from zmqworkers.worker.loop import EXIT_REFUSED
 from zmqworkers.worker.mp_authkey import MP_AUTHKEY_ENV
+from zmqworkers.worker.options import EXIT_INTERRUPTED, EXIT_MEMORY, EXIT_RECYCLED
 from zmqworkers.worker.silence import EXIT_NO_CONTROLLER
 
 log = logging.getLogger(__name__)
@@ -218,6 +219,12 @@ class Supervisor:
                 continue
             if code == 0:
                 continue  # it chose to leave: not a crash
+            if code in (EXIT_RECYCLED, EXIT_INTERRUPTED, EXIT_MEMORY) and not self._drain_reason:
+                # Replaced by design (task count or memory, a call cancelled
+                # or timed out): no crash, so no restart counted.
+                self._start(slot)
+                event("child_renewed", slot=slot, old_pid=pid, code=code)
+                continue
             if code == EXIT_NO_CONTROLLER:
                 # Its death timeout ran out: not a crash, but the daemon
                 # says so in its own status once every process has left.

@@ -18,6 +18,7 @@ keeps its worker looking alive without ever sharing a socket across threads.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import secrets
@@ -60,6 +61,7 @@ from zmqworkers.worker.calls import (
 from zmqworkers.worker.calls import make_call as make_call
 from zmqworkers.worker.current import send_message as send_message
 from zmqworkers.worker.drain import Drain
+from zmqworkers.worker.guard import drop_cancelled, recycle_reason, start_guard
 from zmqworkers.worker.handshake import (
     Dialling,
     Joined,
@@ -68,6 +70,7 @@ from zmqworkers.worker.handshake import (
     side_endpoint,
     version_refusal,
 )
+from zmqworkers.worker.options import EXIT_RECYCLED
 from zmqworkers.worker.options import EXIT_REFUSED as EXIT_REFUSED
 from zmqworkers.worker.options import WorkerOptions as WorkerOptions
 from zmqworkers.worker.silence import EXIT_NO_CONTROLLER
@@ -100,7 +103,7 @@ class Worker:
         # "<id>" for hellos, "<id>@<session>/r" for results, ".../hb" heartbeats.
         # Hellos count from the wall clock in milliseconds, so a worker that
         # restarts under the same name is not taken for a replay of itself.
-        self._seq = time.time_ns() // 1_000_000
+        self._next_seq = itertools.count(time.time_ns() // 1_000_000 + 1).__next__
         self._result_seq = 0
         self._result_sender = sender_name(self.id, None, RESULTS_CHANNEL)
         self._hb_sender = sender_name(self.id, None, HEARTBEAT_CHANNEL)
@@ -116,6 +119,7 @@ class Worker:
         self._stop_requested = False  # by the controller (STOP)
         self._rejoin = False  # ... asking for a new hello
         self._terminate = False  # by a signal: drain and leave for good
+        self._recycle: str | None = None  # why this process leaves to be replaced
         self._hb_stop = threading.Event()
         # Heartbeat numbers go on across sessions: a controller that saw this
         # worker before refuses numbers it has seen as replays.
@@ -143,7 +147,9 @@ class Worker:
             Kind.TASKS: self._on_tasks,
             Kind.FUNC: self._on_func,
             Kind.STOP: self._on_stop,
+            Kind.CANCEL: lambda msg, hdr: drop_cancelled(self._queue, hdr),
             Kind.HEARTBEAT: lambda msg, hdr: True,
+            Kind.INTERRUPT: lambda msg, hdr: True,  # the guard thread's
         }
 
     def install_signal_handlers(self) -> None:
@@ -154,7 +160,8 @@ class Worker:
     def run(self) -> int:
         """Serve controllers; 0 when done, 3 when the controller's protocol differs."""
         try:
-            return self._run()
+            code = self._run()
+            return EXIT_RECYCLED if code == 0 and self._recycle else code
         except ProtocolVersionError as exc:
             log.error("worker %s: %s", self.id, version_refusal(exc))
             return EXIT_REFUSED
@@ -175,7 +182,7 @@ class Worker:
                 if self._rejoin and not self._terminate and not self._should_exit():
                     self._rejoin = False
                     continue
-                if outcome == "exit" or self._terminate or not self.options.daemon:
+                if outcome == "exit" or self._terminate or self._recycle or not self.options.daemon:
                     return 0
                 if outcome == "served":
                     backoff = 0.1
@@ -188,10 +195,6 @@ class Worker:
                 backoff = min(backoff * 2, 5.0)
         finally:
             self._ctx.destroy(linger=0)
-
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
 
     def _signing(self) -> tuple[str, int, bytes | SessionKey]:
         """Sender, next number and key of a message on the results socket."""
@@ -229,6 +232,7 @@ class Worker:
         results: zmq.Socket[Any] | None = None
         control: zmq.Socket[Any] | None = None
         hb_thread: threading.Thread | None = None
+        guard_thread: threading.Thread | None = None
         guard = ReplayGuard()
         try:
             answer = self._handshake(tasks, guard)
@@ -268,23 +272,19 @@ class Worker:
             self._hb_stop.clear()
             hb_thread = threading.Thread(
                 target=self._heartbeat_loop,
-                args=(
-                    results_ep,
-                    interval,
-                    self._skey,
-                    self._hb_sender,
-                ),
+                args=(results_ep, interval, self._skey, self._hb_sender),
                 name="zmqworkers-heartbeat",
                 daemon=True,
             )
             hb_thread.start()
+            guard_thread = start_guard(self, self._socket(zmq.SUB), welcome, self._hb_stop)
             log.info("worker %s: joined controller %s", self.id, welcome.controller)
             return self._serve(tasks, results, control, guard, interval * misses)
         finally:
             self._hb_stop.set()
             self._results_ep = None
-            if hb_thread is not None:
-                hb_thread.join(timeout=5)
+            for thread in filter(None, (hb_thread, guard_thread)):
+                thread.join(timeout=5)
             for s in (tasks, results, control):
                 if s is not None:
                     s.close()
@@ -307,16 +307,13 @@ class Worker:
             link_protected=self._curve is not None or is_local_link(self.address),
             dialled=self.address,
         )
+        dt = self.options.death_timeout
         dialling = Dialling(
             worker_id=self.id,
             address=self.address,
             key=self.key,
             curve_name=self.options.curve_name if self._curve is not None else None,
-            give_up_at=(
-                None
-                if self.options.death_timeout is None
-                else self._waiting_since + self.options.death_timeout
-            ),
+            give_up_at=None if dt is None else self._waiting_since + dt,
             silence_after=self.options.heartbeat_interval * self.options.heartbeat_misses,
             should_exit=self._should_exit,
             next_seq=self._next_seq,
@@ -430,7 +427,7 @@ class Worker:
                 next_status = time.monotonic() + self._status_every
                 held = holding(self._id_and_counts(), self._queue, batch, self._tasks_seq)
                 results.send_multipart(encode(Kind.HEARTBEAT, *self._signing(), held))
-            if self._terminate or self._stop_requested:
+            if self._terminate or self._stop_requested or self._recycle:
                 break
             if self._should_exit():
                 self._terminate = True
@@ -458,11 +455,13 @@ class Worker:
             t0 = time.perf_counter()
             batch.append(self._run_one(task_id, spec_id, arg))
             busy += time.perf_counter() - t0
+            self._recycle = self._recycle or recycle_reason(self.options, self._done)
             # Results go back as their message's tasks are done (the
             # controller sized that message), so its slot frees at once and a
             # large result is not held while the next task runs.
             if (
                 last
+                or self._recycle
                 or not self._queue
                 or len(batch) >= RESULT_BATCH_MAX
                 or time.monotonic() - batch_started > RESULT_BATCH_SECONDS
@@ -476,8 +475,9 @@ class Worker:
         self._queue.clear()
         bye = Bye(self.id, returned).header()
         results.send_multipart(encode(Kind.BYE, *self._signing(), bye))
-        log.info("worker %s: leaving, %d task(s) handed back", self.id, len(returned))
-        if self._terminate:
+        why = f" ({self._recycle}), to be replaced" if self._recycle else ""
+        log.info("worker %s: leaving%s, %d task(s) handed back", self.id, why, len(returned))
+        if self._terminate or self._recycle:
             return "exit"
         self._stop_requested = False
         return "served" if served else "lost"

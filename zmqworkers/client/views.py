@@ -1,0 +1,137 @@
+"""``Cluster.with_options(...)``: a view whose calls give their tasks options.
+
+The view takes none of the user function's keyword names: options are
+fixed when the view is made, and ``submit(fn, *args, **kwargs)`` passes
+every keyword to ``fn``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from typing import Any, NamedTuple, Protocol
+
+from zmqworkers.client.callbacks import ClusterFuture
+from zmqworkers.controller.engine import Engine, TaskOptions
+from zmqworkers.controller.options import check_count, check_timeout
+from zmqworkers.errors import ConfigurationError, EngineClosed
+
+
+class Outcome(NamedTuple):
+    """One finished task: ``error`` is None when it succeeded."""
+
+    task: Any
+    result: Any
+    error: BaseException | None
+
+
+class Calls(Protocol):
+    """What a view calls on its cluster: the calls with options."""
+
+    def _submit_with(
+        self, opts: TaskOptions | None, fn: Callable[..., Any], args: Any, kwargs: Any
+    ) -> Future[Any]: ...
+
+    def _map(
+        self,
+        opts: TaskOptions | None,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        buffersize: int | None,
+    ) -> Iterator[Any]: ...
+
+    def _imap(
+        self,
+        opts: TaskOptions | None,
+        func: Callable[..., Any],
+        tasks: Iterable[Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Iterator[Outcome]: ...
+
+
+def task_options(
+    timeout: float | None, priority: int, max_attempts: int | None, default_timeout: float | None
+) -> TaskOptions:
+    """Checked options for a call's tasks; ``timeout`` None takes the cluster's."""
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ConfigurationError(f"priority must be a whole number, not {priority!r}")
+    timeout = check_timeout(timeout, "timeout")
+    return TaskOptions(
+        priority=priority,
+        timeout=default_timeout if timeout is None else timeout,
+        max_attempts=check_count(max_attempts, "max_attempts"),
+    )
+
+
+class TaskView:
+    """``submit``, ``map``, ``imap_unordered`` and ``imap_outcomes`` of a cluster, with options."""
+
+    def __init__(self, cluster: Calls, opts: TaskOptions) -> None:
+        self._cluster = cluster
+        self.options = opts
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return self._cluster._submit_with(self.options, fn, args, kwargs)
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[Any]:
+        """As ``Cluster.map``; ``timeout`` here bounds the whole iteration, as there."""
+        return self._cluster._map(self.options, fn, iterables, timeout, buffersize)
+
+    def imap_unordered(
+        self, func: Callable[..., Any], tasks: Iterable[Any], *args: Any, **kwargs: Any
+    ) -> Iterator[tuple[Any, Any]]:
+        for outcome in self.imap_outcomes(func, tasks, *args, **kwargs):
+            if outcome.error is not None:
+                raise outcome.error
+            yield outcome.task, outcome.result
+
+    def imap_outcomes(
+        self, func: Callable[..., Any], tasks: Iterable[Any], *args: Any, **kwargs: Any
+    ) -> Iterator[Outcome]:
+        return self._cluster._imap(self.options, func, tasks, args, kwargs)
+
+
+def take_back_futures(
+    engine: Engine,
+    pending: dict[int, Future[Any]],
+    futures: Iterable[Future[Any]] = (),
+    force: bool = False,
+    tid: int | None = None,
+) -> int:
+    """Ask the engine to take back the tasks of ``futures`` (or task ``tid``).
+
+    The ones it took back leave ``pending`` (a late result finds no future)
+    and are cancelled here, but for ``tid`` alone: its ``Future.cancel()``
+    does that itself. Returns how many were taken back.
+    """
+    if tid is not None:
+        ids = [tid]
+    else:
+        ids = [
+            f.task_id
+            for f in futures
+            if isinstance(f, ClusterFuture) and f.task_id is not None and not f.done()
+        ]
+    if not ids:
+        return 0
+    try:
+        taken = engine.cancel(ids, force)
+    except (EngineClosed, TimeoutError):
+        return 0
+    n = 0
+    for task_id, ok in zip(ids, taken, strict=True):
+        fut = pending.pop(task_id, None) if ok else None
+        if tid is not None:
+            n += ok
+        elif fut is not None and Future.cancel(fut):
+            n += 1
+    return n

@@ -1,0 +1,138 @@
+"""Control over running tasks: cancel, interrupt, timeouts. Runs on the engine thread.
+
+Where a task is, and what a cancel takes back, is the scheduler's
+(:meth:`~.scheduler.Scheduler.cancel`, pure). What needs a clock or a
+process lives here:
+
+- a prefetched task taken back is dropped by its worker on a CANCEL message;
+- a running task is interrupted by replacing its worker process: a local
+  one is killed by the launcher (with its process group), a daemon's ends
+  itself on an INTERRUPT broadcast and its supervisor starts another. The
+  tasks prefetched behind it go back to the queue once, counting no attempt;
+- a task's running time is counted from when it became the first its worker
+  holds (the one it runs): never early, late by at most the time its
+  result takes to arrive. Past its timeout it is interrupted and fails with
+  :class:`~zmqworkers.errors.TaskTimeout`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from zmqworkers.controller.launcher import LocalWorkers
+from zmqworkers.controller.scheduler import Scheduler, TaskOptions
+from zmqworkers.errors import TaskTimeout
+from zmqworkers.protocol import Kind
+from zmqworkers.protocol.records import Cancel, Interrupt
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[[list[tuple[int, bool, Any]]], None]
+
+
+class TaskControl:
+    """Cancels, interrupts and timeouts for one engine."""
+
+    def __init__(
+        self,
+        task_timeout: float | None,
+        sched: Scheduler,
+        local: LocalWorkers,
+        send: Callable[..., bool],
+        publish: Callable[[Kind, Any], None],
+    ) -> None:
+        self._sched = sched
+        self._local = local
+        self._send = send
+        self._publish = publish
+        self._retire: Callable[[str], None] = lambda wid: None
+        self._deliver: Deliver = lambda out: None
+        self._stats: Counter[str] = Counter()
+        # What a task submitted without options of its own gets.
+        self._default = TaskOptions(timeout=task_timeout) if task_timeout else None
+        # Per worker: the task it runs and since when (engine clock).
+        self._running: dict[str, tuple[int, float]] = {}
+        self.timed = False  # some task was given a timeout: watch the clock
+        self._next_deadline = float("inf")
+
+    def wire(self, retire: Callable[[str], None], deliver: Deliver, stats: Counter[str]) -> None:
+        """What the engine does when a worker is retired and a task fails; its counts."""
+        self._retire, self._deliver, self._stats = retire, deliver, stats
+
+    def options_for(self, opts: TaskOptions | None) -> TaskOptions | None:
+        """The options submitted tasks get: their own, else the default."""
+        opts = opts or self._default
+        if opts is not None and opts.timeout is not None:
+            self.timed = True
+        return opts
+
+    def cancel(self, task_ids: list[int], force: bool) -> list[bool]:
+        """Take tasks back; with ``force`` interrupt running ones. Whether each was cancelled."""
+        out: list[bool] = []
+        tell: dict[str, list[int]] = {}
+        for tid in task_ids:
+            what, wid = self._sched.cancel(tid)
+            if what == "prefetched" and wid is not None:
+                tell.setdefault(wid, []).append(tid)
+            elif what == "running" and force and wid is not None:
+                self.interrupt(wid, "cancelled with force")
+                what = "interrupted"
+            out.append(what in ("queued", "prefetched", "interrupted"))
+        for wid, tids in tell.items():
+            self._send(wid, Kind.CANCEL, Cancel(tids).header())
+        self._stats["cancelled"] += sum(out)
+        return out
+
+    def interrupt(self, wid: str, why: str) -> int | None:
+        """Replace a worker's process to stop its running task; return that task's id."""
+        w = self._sched.workers.get(wid)
+        if w is None:
+            return None
+        tid = self._sched.interrupt(wid)
+        self._running.pop(wid, None)
+        self._retire(wid)
+        killed = w.local and self._local.interrupt(w.pid)
+        if not killed:
+            self._publish(Kind.INTERRUPT, Interrupt(wid, tid).header())
+        log.info("worker %s (pid %d) replaced to interrupt task %s: %s", wid, w.pid, tid, why)
+        self._stats["interrupted"] += 1
+        return tid
+
+    def next_deadline(self) -> float:
+        return self._next_deadline if self.timed else float("inf")
+
+    def check(self, now: float) -> None:
+        """Note when each worker's running task started; interrupt those past their timeout."""
+        if not self.timed:
+            return
+        sched = self._sched
+        running = self._running
+        nearest = float("inf")
+        late: list[tuple[str, int, float]] = []
+        for wid, w in sched.workers.items():
+            head = next(iter(w.in_flight), None)
+            if head is None:
+                running.pop(wid, None)
+                continue
+            seen = running.get(wid)
+            if seen is None or seen[0] != head:
+                seen = running[wid] = (head, now)
+            rec = sched.tasks.get(head)
+            if rec is None or rec.opts is None or rec.opts.timeout is None:
+                continue
+            deadline = seen[1] + rec.opts.timeout
+            if now >= deadline:
+                late.append((wid, head, rec.opts.timeout))
+            else:
+                nearest = min(nearest, deadline)
+        for wid in [wid for wid in running if wid not in sched.workers]:
+            del running[wid]
+        self._next_deadline = nearest
+        for wid, tid, seconds in late:
+            host = sched.workers[wid].host
+            if self.interrupt(wid, f"past its timeout of {seconds:g} s") == tid:
+                self._stats["timed_out"] += 1
+                self._deliver([(tid, False, TaskTimeout(tid, wid, host, seconds))])

@@ -1,0 +1,176 @@
+"""A worker's guard thread: ends the process on the controller's word, or over its memory.
+
+::
+
+    controller PUB ──INTERRUPT──▶ SUB ── guard thread (own socket, own context-free loop)
+                                          │ the worker it names is this one:
+                                          └─ exit EXIT_INTERRUPTED (the call is abandoned)
+    every GUARD_SECONDS, during a call:   resident memory over max_memory * margin:
+                                          └─ goodbye naming why, exit EXIT_MEMORY
+
+The main thread is in the user's call and reads no socket until it returns,
+so a call that must stop now (cancelled with force, or past its timeout) is
+ended by replacing the process: whoever started it (the controller's
+launcher, or a daemon's supervisor) sees the exit status and starts another.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import sys
+import threading
+from typing import Any, Protocol
+
+import zmq
+
+from zmqworkers.errors import DecodeError
+from zmqworkers.protocol import Kind, ReplayGuard, SessionKey, decode
+from zmqworkers.protocol.records import Bye, Cancel, Interrupt, Welcome
+from zmqworkers.protocol.session import DRAIN_CHANNEL
+from zmqworkers.security.curve import ClientKeys
+from zmqworkers.worker import links
+from zmqworkers.worker.group import kill_rest_of_group
+from zmqworkers.worker.handshake import side_endpoint
+from zmqworkers.worker.options import (
+    EXIT_INTERRUPTED,
+    EXIT_MEMORY,
+    MEMORY_MARGIN,
+    WorkerOptions,
+    format_size,
+)
+
+log = logging.getLogger(__name__)
+
+GUARD_SECONDS = 0.05
+
+try:
+    _PAGE = os.sysconf("SC_PAGE_SIZE")
+except (AttributeError, ValueError, OSError):  # not POSIX
+    _PAGE = 4096
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux ``/proc``; else the peak so far)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+def memory_exceeded(limit: int) -> str:
+    return f"exceeded the memory limit of {format_size(limit)}"
+
+
+class Guarded(Protocol):
+    """The worker state the guard reads."""
+
+    id: str
+    address: str
+    options: WorkerOptions
+    _pub_key: bytes
+    _current: int | None
+    _queue: collections.deque[tuple[int, str, Any, bool]]
+    _results_ep: str | None
+    _result_sender: str
+    _skey: bytes | SessionKey
+    _curve: ClientKeys | None
+
+
+def guard_loop(
+    worker: Guarded,
+    sock: zmq.Socket[Any],
+    endpoint: str,
+    pub_key: bytes,
+    guard: ReplayGuard,
+    stop: threading.Event,
+) -> None:
+    """Serve one session: until ``stop`` is set, or the process ends here."""
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
+    links.redial_quickly(sock)
+    sock.connect(endpoint)
+    limit = worker.options.max_memory
+    while not stop.is_set():
+        if sock.poll(int(GUARD_SECONDS * 1000)):
+            try:
+                msg = decode(sock.recv_multipart(copy=False), pub_key, max_size=1 << 20)
+                guard.check(msg.sender, msg.seq)
+                if msg.kind == Kind.INTERRUPT:
+                    if Interrupt.parse(msg.header).worker == worker.id:
+                        _end(worker, EXIT_INTERRUPTED, "interrupted by the controller")
+            except Exception:  # noqa: BLE001 - anything unreadable is the main thread's to count
+                continue
+        busy = worker._current is not None
+        if limit is not None and busy and rss_bytes() > limit * MEMORY_MARGIN:
+            _end(worker, EXIT_MEMORY, memory_exceeded(limit), failed=True)
+
+
+def _end(worker: Guarded, code: int, why: str, failed: bool = False) -> None:
+    """Leave in the middle of the call: hand back what is queued, say why, exit."""
+    returned = [t[0] for t in list(worker._queue)]
+    ep = worker._results_ep
+    if failed and ep is not None:
+        # The call is not handed back: it counts an attempt, as a death does.
+        sender = worker._result_sender.rpartition("/")[0] + "/" + DRAIN_CHANNEL
+        bye = Bye(worker.id, returned, failed=why)
+        links.send_goodbye(ep, worker._curve, sender, worker._skey, bye.header())
+    log.warning("worker %s: %s, leaving in the middle of task %s", worker.id, why, worker._current)
+    kill_rest_of_group()  # the abandoned call's children go with it
+    if worker.options.daemon and worker.options.parent_pid is None:
+        # A daemon without a supervisor: nobody would start the next
+        # process, so this one becomes it, with the same command line.
+        logging.shutdown()
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    os._exit(code)
+
+
+def start_guard(
+    worker: Guarded, sock: zmq.Socket[Any], welcome: Welcome, stop: threading.Event
+) -> threading.Thread:
+    """Start the guard thread of a session; it closes ``sock`` when ``stop`` is set."""
+    guard = ReplayGuard()
+    # Broadcasts published before the welcome are not for this session.
+    guard.check(f"{welcome.controller}/pub", welcome.pub_seq)
+    endpoint = side_endpoint(worker.address, welcome, "control")
+
+    def run() -> None:
+        try:
+            guard_loop(worker, sock, endpoint, worker._pub_key, guard, stop)
+        finally:
+            sock.close()
+
+    thread = threading.Thread(target=run, name="zmqworkers-guard", daemon=True)
+    thread.start()
+    return thread
+
+
+def drop_cancelled(queue: collections.deque[tuple[int, str, Any, bool]], header: Any) -> bool:
+    """A CANCEL: drop the tasks it names from the queue, unrun; False if malformed.
+
+    One already run has its result on the way, which the controller drops.
+    """
+    try:
+        gone = set(Cancel.parse(header).tasks)
+    except DecodeError:
+        return False
+    kept = [t for t in queue if t[0] not in gone]
+    queue.clear()
+    queue.extend(kept)
+    return True
+
+
+def recycle_reason(options: WorkerOptions, done: int) -> str | None:
+    """Why this process should leave and be replaced after a call, if it should."""
+    if options.max_tasks is not None and done >= options.max_tasks:
+        return f"ran {done} task(s), max_tasks={options.max_tasks}"
+    if options.max_memory is not None and (rss := rss_bytes()) > options.max_memory:
+        return f"resident memory {rss} bytes after a task, over {format_size(options.max_memory)}"
+    return None

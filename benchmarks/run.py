@@ -13,7 +13,8 @@ Peers: multiprocessing.Pool, ProcessPoolExecutor, Dask distributed
 (LocalCluster) and a raw pyzmq ceiling, over loopback TCP (``raw``) and over
 Unix sockets (``raw_ipc``, the transport of zmqworkers' local workers).
 Missing peers are installed into ``benchmarks/.venv`` (which also sees the
-packages already installed) and the run continues there.
+packages of the interpreter that runs this script, a virtual environment's
+included) and the run continues there.
 
 Scenarios:
   a  tiny no-op tasks per second (Cluster.imap_unordered, Cluster.map,
@@ -535,13 +536,50 @@ def ensure_peers() -> None:
         pass
     if Path(sys.prefix) == VENV:
         raise SystemExit("peers are still missing inside benchmarks/.venv")
-    if not (VENV / "bin" / "python").exists():
-        subprocess.run(
-            [sys.executable, "-m", "venv", "--system-site-packages", str(VENV)], check=True
-        )
-    py = str(VENV / "bin" / "python")
+    py = make_peer_venv(VENV)
     subprocess.run([py, "-m", "pip", "install", "--quiet", *PEER_PACKAGES], check=True)
     os.execv(py, [py, __file__, *sys.argv[1:]])
+
+
+PARENT_PTH = "_zmqworkers_benchmark_parent.pth"
+
+
+def make_peer_venv(venv: Path) -> str:
+    """A venv at ``venv`` that sees this interpreter's packages; its python.
+
+    ``venv --system-site-packages`` would see the *base* interpreter's
+    packages: run from a virtual environment, that is not where the user
+    installed pyzmq and numpy. So the venv is isolated, and a ``.pth`` file
+    in it adds this interpreter's site folders (processing their own
+    ``.pth`` files, which editable installs rely on) after its own.
+    Rewritten on every call, so the venv follows whichever interpreter runs
+    the benchmark.
+    """
+    py = venv / "bin" / "python"
+    cfg = venv / "pyvenv.cfg"
+    if cfg.exists() and "include-system-site-packages = true" in cfg.read_text():
+        shutil.rmtree(venv)  # made by an older run.py: it would see the base packages
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    own = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    lines = [f"import site; site.addsitedir({d!r})" for d in _site_dirs()]
+    (Path(own) / PARENT_PTH).write_text("\n".join(lines) + "\n")
+    return str(py)
+
+
+def _site_dirs() -> list[str]:
+    """This interpreter's site folders: its environment's, then the user's."""
+    import site
+
+    dirs = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    return [d for d in dict.fromkeys(dirs) if Path(d).is_dir()]
 
 
 def main() -> None:

@@ -42,6 +42,9 @@ class Cluster(Executor):
     64 KiB or more are signed by length only on loopback, ipc and CURVE links,
     which nothing can change in transit; ``sign_buffers=True`` hashes them
     too, for a plain relay that carries a loopback port across a network.
+    Arrays of 512 KiB or more travel between the controller and its local
+    workers through shared memory (``/dev/shm``) rather than the socket;
+    ``shared_memory=False`` sends them through the socket (docs/cluster.md).
     Local workers are forked from a fork server that has imported
     zmqworkers and ``preload`` (module names) once (``start_method=
     "forkserver"``, the default on Linux), or start as new interpreters
@@ -66,6 +69,7 @@ class Cluster(Executor):
         max_message_size: int | None = EngineOptions.max_message_size,
         connection_file: str | os.PathLike[str] | None = None,
         sign_buffers: bool = EngineOptions.sign_buffers,
+        shared_memory: bool = EngineOptions.shared_memory,
         start_method: str = EngineOptions.start_method,
         preload: Sequence[str] = EngineOptions.preload,
     ) -> None:
@@ -89,6 +93,7 @@ class Cluster(Executor):
             replace_dead_workers=replace_dead_workers,
             stop_timeout=stop_timeout,
             sign_buffers=sign_buffers,
+            shared_memory=shared_memory,
             start_method=start_method,
             preload=preload,
         )

@@ -34,6 +34,7 @@ from zmqworkers.controller.launcher import LocalWorkers
 from zmqworkers.controller.liveness_watch import LivenessWatch
 from zmqworkers.controller.options import EngineOptions
 from zmqworkers.controller.scheduler import Scheduler
+from zmqworkers.controller.segments import end_segments
 from zmqworkers.controller.sessions import Link, Session, SessionTable
 from zmqworkers.controller.sockets import ControllerSockets
 from zmqworkers.errors import DecodeError, EngineClosed, ProtocolVersionError
@@ -188,6 +189,7 @@ class EngineLoop:
                 local_address=socks.local_address,
                 hello_ttl=opts.heartbeat_interval * opts.heartbeat_misses + 2,
                 max_message_size=opts.max_message_size,
+                segments=socks.segments.prefix if socks.segments is not None else "",
             )
         )
         if opts.connection_file:
@@ -486,8 +488,11 @@ class EngineLoop:
 
     def _end_session(self, wid: str) -> None:
         assert self._sessions is not None
+        session = self._sessions.live.get(wid)
         for sender in self._sessions.end(wid):
             self._guard.forget(sender)
+        if session is not None and session.key.segments is not None:
+            end_segments(session.key.segments)
 
     # -- liveness (the rules are in .liveness_watch) -----------------------
 

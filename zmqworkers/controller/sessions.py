@@ -68,6 +68,9 @@ class Link:
     hello_ttl: float
     # The largest message the controller accepts.
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    # The controller's shared-memory segment prefix ("": none), for local
+    # workers on the ipc folder (controller/segments.py).
+    segments: str = ""
 
 
 class SessionTable:
@@ -134,10 +137,19 @@ class SessionTable:
         ours_ok = link.protected or (via_ipc and not link.sign_buffers)
         protected = ours_ok and hello.link_protected
         w.buffers_signed = not protected
+        # Large buffers through shared memory: a local worker on the ipc
+        # folder that offered it, in a session that does not hash buffers.
+        shm = via_ipc and protected and hello.shm and bool(link.segments)
         session = Session(
             tag=nonce.hex(),
             route=route,
-            key=session_key(link.key, hello.nonce, nonce, sign_buffers=not protected),
+            key=session_key(
+                link.key,
+                hello.nonce,
+                nonce,
+                sign_buffers=not protected,
+                segments=f"{link.segments}{nonce.hex()[:12]}-" if shm else "",
+            ),
             state=w,
             expires=now + link.hello_ttl,
             worker_nonce=hello.nonce,

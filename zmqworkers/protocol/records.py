@@ -13,6 +13,7 @@ from typing import Any
 
 from zmqworkers.errors import DecodeError, make_remote_error
 from zmqworkers.protocol.messages import MAX_SENDER_LENGTH, NONCE_SIZE
+from zmqworkers.protocol.segments import valid_prefix
 
 
 def is_int(value: Any) -> bool:
@@ -49,6 +50,8 @@ class Hello:
     # The largest message it accepts (0: not said); neither side of the
     # session sends more than the smaller of the two sides' limits.
     max_message_size: int = 0
+    # It can take and send large buffers as shared-memory segments.
+    shm: bool = False
 
     def header(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,6 +80,7 @@ class Hello:
             link_protected=hdr.get("link_protected") is True,
             dialled=dialled if isinstance(dialled, str) else "",
             max_message_size=_size(hdr.get("max_message_size")),
+            shm=hdr.get("shm") is True,
         )
 
 
@@ -98,6 +102,8 @@ class Welcome:
     ipc: dict[str, str] = field(default_factory=dict)
     # The largest message the controller accepts (0: not said).
     max_message_size: int = 0
+    # The prefix of the session's shared-memory segments ("": none).
+    shm_prefix: str = ""
 
     def header(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,6 +137,7 @@ class Welcome:
             sign_buffers=hdr.get("sign_buffers") is not False,
             ipc=ipc if isinstance(ipc, dict) else {},
             max_message_size=_size(hdr.get("max_message_size")),
+            shm_prefix=prefix if valid_prefix(prefix := hdr.get("shm_prefix")) else "",
         )
 
 

@@ -61,6 +61,7 @@ class WorkerController(QtCore.QThread):
         connection_file: str | os.PathLike[str] | None = None,
         max_message_size: int | None = EngineOptions.max_message_size,
         sign_buffers: bool = EngineOptions.sign_buffers,
+        shared_memory: bool = EngineOptions.shared_memory,
         start_method: str = EngineOptions.start_method,
         preload: Sequence[str] = EngineOptions.preload,
     ) -> None:
@@ -80,6 +81,7 @@ class WorkerController(QtCore.QThread):
             replace_dead_workers=replace_dead_workers,
             stop_timeout=stop_timeout,
             sign_buffers=sign_buffers,
+            shared_memory=shared_memory,
             start_method=start_method,
             preload=preload,
         )

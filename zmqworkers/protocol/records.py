@@ -32,6 +32,11 @@ def _size(value: Any) -> int:
     return value if is_int(value) and value > 0 else 0
 
 
+def _prefix(value: Any) -> str:
+    """A shared-memory segment prefix from a header, or "" for none."""
+    return value if isinstance(value, str) and valid_prefix(value) else ""
+
+
 @dataclass(frozen=True)
 class Hello:
     """A worker asks to join (task channel, signed with the shared key)."""
@@ -137,7 +142,7 @@ class Welcome:
             sign_buffers=hdr.get("sign_buffers") is not False,
             ipc=ipc if isinstance(ipc, dict) else {},
             max_message_size=_size(hdr.get("max_message_size")),
-            shm_prefix=prefix if valid_prefix(prefix := hdr.get("shm_prefix")) else "",
+            shm_prefix=_prefix(hdr.get("shm_prefix")),
         )
 
 

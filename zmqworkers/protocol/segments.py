@@ -155,7 +155,7 @@ class SegmentLink:
         """``header`` with the peer's segments whose views went here, if any."""
         if not self._freed or not isinstance(header, dict):
             return header
-        freed = []
+        freed: list[str] = []
         while self._freed and len(freed) < MAX_SEGMENTS:
             freed.append(self._freed.popleft())
         return {**header, FREED_KEY: freed}
@@ -336,6 +336,5 @@ def sweep(prefix: str) -> int:
 
 def release(frames: Sequence[Any]) -> None:
     """Free again the segments of ``frames`` (from a stash): they will not be sent."""
-    link = getattr(frames, "link", None)
-    if link is not None:
-        link.give_back(frames.names)
+    if isinstance(frames, Frames) and frames.link is not None:
+        frames.link.give_back(frames.names)

@@ -18,9 +18,11 @@ included) and the run continues there.
 
 Scenarios:
   a  tiny no-op tasks per second (Cluster.imap_unordered, Cluster.map,
-     WorkerController; Pool.imap_unordered(chunksize=1), ProcessPoolExecutor,
+     WorkerController, two daemons on loopback TCP; Pool.imap_unordered(chunksize=1), ProcessPoolExecutor,
      Dask, raw PUSH/PULL over TCP and ipc)
-  b  round trips of 8 MiB float64 arrays, GB/s moved (both directions)
+  b  round trips of 8 MiB float64 arrays, GB/s moved (both directions); zmq:
+     local workers through shared memory, zmq_socket: the same through the
+     socket, zmq_daemons: two daemons on loopback TCP
   c  heterogeneous durations: makespan against the ideal list schedule
   d  time to first result, from constructing the pool with 2 fresh workers
      (zmq: the default start, forked from a fork server that the run starts;
@@ -57,8 +59,8 @@ RESULTS = HERE / "results"
 PEER_PACKAGES = ["dask[distributed]", "matplotlib", "psutil"]
 
 SYSTEMS: dict[str, list[str]] = {
-    "a": ["zmq_imap", "zmq_map", "zmq_qt", "pool", "ppe", "dask", "raw", "raw_ipc"],
-    "b": ["zmq", "pool", "ppe", "dask", "raw", "raw_ipc", "memcpy"],
+    "a": ["zmq_imap", "zmq_map", "zmq_qt", "zmq_daemons", "pool", "ppe", "dask", "raw", "raw_ipc"],
+    "b": ["zmq", "zmq_socket", "zmq_daemons", "pool", "ppe", "dask", "raw", "raw_ipc", "memcpy"],
     "c": ["zmq", "pool", "dask"],
     "d": ["zmq", "zmq_spawn", "zmq_warm", "pool_spawn", "pool_fork", "dask"],
     "e": ["zmq_queued", "zmq_soak"],
@@ -141,7 +143,9 @@ def raw_round_trips(payloads: list[Any], n_workers: int = 2, system: str = "raw"
             push.send(b"w")
         for _ in range(n_workers * 20):
             pull.recv()
-        window = 2 * n_workers if len(payloads) < 1000 else 1000
+        # Pipelined: up to 1,000 messages (every array of scenario b) in
+        # flight, so that this really is the transport's ceiling.
+        window = min(len(payloads), 1000)
         t0 = time.perf_counter()
         sent = got = 0
         n = len(payloads)
@@ -212,10 +216,8 @@ def _with_pool(system: str, body: Any, warm: bool = True, warm_items: Any = ()) 
 @contextmanager
 def _runner(system: str, warm: bool) -> Iterator[Any]:
     """A started 2-worker pool of ``system``, as ``run(fn, xs, unordered)``."""
-    if system in ("zmq_imap", "zmq_map", "zmq"):
-        from zmqworkers import Cluster
-
-        with Cluster(2) as c:
+    if system in ("zmq_imap", "zmq_map", "zmq", "zmq_socket", "zmq_daemons"):
+        with _zmq_cluster(system) as c:
             c.wait_for_workers(2)
             if warm:
                 list(c.map(noop, range(100)))
@@ -269,6 +271,38 @@ def _runner(system: str, warm: bool) -> Iterator[Any]:
             yield run_dask
     else:
         raise ValueError(f"unknown system {system}")
+
+
+@contextmanager
+def _zmq_cluster(system: str) -> Iterator[Any]:
+    """A 2-worker Cluster: local workers (through shared memory, or with
+    ``zmq_socket`` through the socket), or ``zmq_daemons``: two daemons on
+    loopback TCP, as daemons on other hosts would dial."""
+    import secrets
+
+    from zmqworkers import Cluster
+    from zmqworkers.security.keys import KEY_ENV
+
+    if system != "zmq_daemons":
+        with Cluster(2, shared_memory=system != "zmq_socket") as c:
+            yield c
+        return
+    key = secrets.token_hex(32)
+    env = dict(os.environ, **{KEY_ENV: key})
+    with Cluster(0, key=key) as c:
+        cmd = [sys.executable, "-m", "zmqworkers", "worker", c.address]
+        daemons = [subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL) for _ in range(2)]
+        try:
+            yield c
+        finally:
+            for d in daemons:
+                d.terminate()
+            for d in daemons:
+                try:
+                    d.wait(10)
+                except subprocess.TimeoutExpired:
+                    d.kill()
+                    d.wait()
 
 
 def _qt_run(body: Any) -> float:

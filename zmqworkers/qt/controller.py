@@ -85,13 +85,16 @@ class WorkerController(QtCore.QThread):
             start_method=start_method,
             preload=preload,
         )
-        self._driver = TaskDriver(self._emit, options)
+        self._driver = TaskDriver(self._emit, options, self._emitter)
         self.n_workers = (os.cpu_count() or 1) if n_workers is None else n_workers
         if function is not None:
             self.change_function(function, *func_args, **(func_kwargs or {}))
 
     def _emit(self, name: str, *args: Any) -> None:
         getattr(self, f"sig_{name}").emit(*args)
+
+    def _emitter(self, name: str) -> Callable[..., None]:
+        return getattr(self, f"sig_{name}").emit  # type: ignore[no-any-return]
 
     # -- the seed's API -----------------------------------------------------
 

@@ -645,9 +645,14 @@ def main() -> None:
             params = sizes(a.quick)["g"]
         out: dict[str, Any] = {}
         for param in params:
+            # Interleaved (each system once per round), so that a change in
+            # the machine's load falls on every system alike, not on one.
+            runs: dict[str, list[float | None]] = {system: [] for system in systems}
+            for _ in range(a.repeat):
+                for system in systems:
+                    runs[system].append(run_child(sc, system, a.quick, param))
             for system in systems:
-                runs = [run_child(sc, system, a.quick, param) for _ in range(a.repeat)]
-                good = [r for r in runs if r is not None]
+                good = [r for r in runs[system] if r is not None]
                 label = system if param is None else f"{system}@{param}"
                 out[label] = {
                     "median": statistics.median(good) if good else None,
@@ -676,6 +681,11 @@ def print_ratios(report: dict[str, Any]) -> None:
                     continue
                 r = ov / qv if HIGHER_IS_BETTER[sc] else qv / ov
                 print(f"  {sc}: {o:22s} vs {q:22s} {r:6.2f}x")
+        # zmqworkers against itself: the Qt face against Cluster, and local
+        # workers through shared memory against the same through the socket.
+        for o, q in (("zmq_qt", "zmq_imap"), ("zmq", "zmq_socket")):
+            if o in meds and q in meds and HIGHER_IS_BETTER[sc]:
+                print(f"  {sc}: {o:22s} vs {q:22s} {meds[o] / meds[q]:6.2f}x")
         if sc == "d" and "zmq_spawn" in meds:
             # The start methods against each other: spawn's time over each.
             for o in ("zmq", "zmq_warm"):

@@ -18,8 +18,8 @@ included) and the run continues there.
 
 Scenarios:
   a  tiny no-op tasks per second (Cluster.imap_unordered, Cluster.map,
-     WorkerController, two daemons on loopback TCP; Pool.imap_unordered(chunksize=1), ProcessPoolExecutor,
-     Dask, raw PUSH/PULL over TCP and ipc)
+     WorkerController, two daemons on loopback TCP; Pool.imap_unordered
+     (chunksize=1), ProcessPoolExecutor, Dask, raw PUSH/PULL over TCP and ipc)
   b  round trips of 8 MiB float64 arrays, GB/s moved (both directions); zmq:
      local workers through shared memory, zmq_socket: the same through the
      socket, zmq_daemons: two daemons on loopback TCP

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def test_peer_venv_made_from_a_venv_sees_that_venvs_packages(tmp_path: Path) -> None:
     # A user's venv, isolated from the base interpreter, holding a package
@@ -54,3 +56,37 @@ def test_peer_venv_made_from_a_venv_sees_that_venvs_packages(tmp_path: Path) -> 
     )
     assert seen.returncode == 0, seen.stderr
     assert seen.stdout.split() == ["7", "8"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_quick_benchmark_runs_with_what_the_test_command_installs() -> None:
+    # Every scenario the README quotes, each system once; a measurement
+    # that fails makes the run exit non-zero.
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "run.py"),
+            "--quick",
+            "--installed-only",
+            "--repeat",
+            "1",
+            "--scenarios",
+            "a,b,c,d,g",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=840,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    for ours, peer in (
+        ("zmq_qt", "zmq_imap"),
+        ("zmq", "raw_ipc"),
+        ("zmq", "memcpy"),
+        ("zmq_daemons", "raw"),
+        ("zmq", "pool_fork"),
+    ):
+        shown = f"{ours:22s} vs {peer:22s}"
+        assert shown in out, f"{shown!r} missing from the ratios:\n{out}"

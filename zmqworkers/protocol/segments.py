@@ -156,9 +156,13 @@ class SegmentLink:
         if not self._freed or not isinstance(header, dict):
             return header
         freed: list[str] = []
-        while self._freed and len(freed) < MAX_SEGMENTS:
-            freed.append(self._freed.popleft())
-        return {**header, FREED_KEY: freed}
+        # A worker's heartbeat thread says them too: popleft alone is atomic.
+        while len(freed) < MAX_SEGMENTS:
+            try:
+                freed.append(self._freed.popleft())
+            except IndexError:
+                break
+        return {**header, FREED_KEY: freed} if freed else header
 
     def _free_segment(self, size: int) -> _Segment:
         # The smallest idle segment that holds it without wasting half.

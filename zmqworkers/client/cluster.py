@@ -42,7 +42,7 @@ class Cluster(Executor):
     64 KiB or more are signed by length only on loopback, ipc and CURVE links,
     which nothing can change in transit; ``sign_buffers=True`` hashes them
     too, for a plain relay that carries a loopback port across a network.
-    Arrays of 512 KiB or more travel between the controller and its local
+    Arrays of 128 KiB or more travel between the controller and its local
     workers through shared memory (``/dev/shm``) rather than the socket;
     ``shared_memory=False`` sends them through the socket (docs/cluster.md).
     Local workers are forked from a fork server that has imported

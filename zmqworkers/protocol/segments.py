@@ -36,17 +36,17 @@ import re
 import secrets
 import sys
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import Any
 
 from zmqworkers.errors import DecodeError
 
 SHM_DIR = "/dev/shm"
-# Below this a buffer goes through the socket: opening, writing and mapping
-# a file costs about as much as copying a few hundred KiB through a Unix
-# socket (measured: benchmarks/run.py scenario g).
-SEGMENT_THRESHOLD = 512 * 1024
+# Below this a buffer goes through the socket. Measured with scenario g of
+# benchmarks/run.py: from 128 KiB segments beat raw pyzmq over ipc; at
+# 64 KiB they were slower than the socket (7,000 against 10,900 tasks/s).
+SEGMENT_THRESHOLD = 128 * 1024
 # Every segment name starts with this, then the controller's pid.
 ROOT_PREFIX = "zmqw-"
 HEADER_KEY = "segments"
@@ -54,6 +54,9 @@ FREED_KEY = "shm_freed"
 # Idle segments a pool keeps for reuse, beyond which it removes them.
 MAX_IDLE_SEGMENTS = 16
 MAX_IDLE_BYTES = 512 * 1024 * 1024
+# Mappings of the peer's segments a receiver keeps (its pool's idle ones, and
+# some busy).
+MAX_MAPPED = 32
 # zmqw-<controller pid>-<engine token>-<session>-<random>
 _NAME = re.compile(r"zmqw-[0-9]+-[0-9a-f]+-[0-9a-f]+-[0-9a-f]+\Z")
 _PREFIX = re.compile(r"zmqw-[0-9]+-[0-9a-f]+-[0-9a-f]+-\Z")
@@ -113,6 +116,8 @@ class SegmentLink:
         self.prefix = prefix
         self._pool: dict[str, _Segment] = {}
         self._freed: deque[str] = deque()  # the peer's segments whose views went
+        # The peer's segments, mapped read-only, most recently used last.
+        self._mapped: OrderedDict[str, mmap.mmap] = OrderedDict()
         self.closed = False
 
     # -- sending --------------------------------------------------------------
@@ -249,7 +254,34 @@ class SegmentLink:
                 raise DecodeError("malformed", f"segment {name} cannot be used ({exc})") from exc
         return out
 
-    def _map(self, name: str, size: int) -> memoryview:
+    def _map(self, name: str, size: int) -> Any:
+        """A read-only view of ``size`` bytes of the peer's segment ``name``.
+
+        When the last view of it goes, the name is queued to be said back.
+        With numpy loaded, the segment is mapped once and kept (mapping and
+        unmapping 8 MiB with its page faults cost more than the copy the
+        segment saves), and each message gets a uint8 array over it, whose
+        end is watched. Without numpy, each message maps it afresh.
+        """
+        np = sys.modules.get("numpy")
+        if np is None:
+            fresh = self._open(name, size)
+            weakref.finalize(fresh, self._freed.append, name)
+            return memoryview(fresh)
+        mapped = self._mapped.get(name)
+        if mapped is None or len(mapped) < size:
+            mapped = self._mapped[name] = self._open(name, size)
+            while len(self._mapped) > MAX_MAPPED:
+                # The peer's pool reuses its segments: the oldest mapping
+                # is most likely one it has removed. Views keep theirs.
+                self._mapped.popitem(last=False)
+        else:
+            self._mapped.move_to_end(name)
+        view = np.frombuffer(mapped, dtype=np.uint8, count=size)
+        weakref.finalize(view, self._freed.append, name)
+        return view
+
+    def _open(self, name: str, size: int) -> mmap.mmap:
         fd = os.open(os.path.join(SHM_DIR, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             st = os.fstat(fd)
@@ -258,18 +290,17 @@ class SegmentLink:
             if st.st_size < size:
                 raise ValueError(f"{st.st_size} bytes, the message says {size}")
             # Read-only: a task's input and a result are views the writer
-            # may reuse once this mapping has gone, never before.
-            mapped = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            # may reuse once this view has gone, never before.
+            return mmap.mmap(fd, st.st_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
         finally:
             os.close(fd)
-        weakref.finalize(mapped, self._freed.append, name)
-        return memoryview(mapped)
 
     def close(self) -> None:
         """Remove this end's segments (views still out keep their memory)."""
         self.closed = True
         for seg in list(self._pool.values()):
             self._drop(seg)
+        self._mapped.clear()
 
 
 def declared_size(header: Any) -> int:

@@ -176,3 +176,35 @@ def test_a_daemon_on_tcp_keeps_the_socket_beside_local_workers_on_segments() -> 
         finally:
             daemon.kill()
             daemon.wait(10)
+
+
+FULL_SHM = """
+import numpy as np
+from zmqworkers import Cluster
+with Cluster(1) as c:
+    a = np.arange(4 * 1024 * 1024 // 8, dtype=np.float64)  # 4 MiB, /dev/shm holds 1
+    back = c.submit(lambda x: x + 1, a).result(timeout=60)
+    assert np.array_equal(back, a + 1)
+print("intact", flush=True)
+"""
+
+
+def test_a_full_dev_shm_sends_through_the_socket_instead() -> None:
+    # A container's /dev/shm is often 64 MiB. Here a private mount
+    # namespace puts a 1 MiB tmpfs over /dev/shm for one controller and its
+    # worker: a segment that does not fit must fail cleanly (then the socket
+    # carries the array), not kill a process with SIGBUS on its first write.
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /dev/shm"],
+        capture_output=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip("cannot make a private mount namespace here (needs root)")
+    script = f'mount -t tmpfs -o size=1m tmpfs /dev/shm && exec {sys.executable} -c "$0"'
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, FULL_SHM],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and "intact" in proc.stdout, proc.stderr[-3000:]

@@ -185,7 +185,11 @@ class SegmentLink:
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(path, flags, 0o600)
         try:
-            os.ftruncate(fd, size)
+            # Allocated now, not at the first write: a full /dev/shm (64 MiB
+            # in a default container) then fails here with ENOSPC, and the
+            # buffer takes the socket, where writing into a sparse mapping
+            # would kill the process with SIGBUS.
+            os.posix_fallocate(fd, 0, size)
             mapped = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
         except BaseException:
             os.close(fd)

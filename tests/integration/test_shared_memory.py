@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import wait_for
-from zmqworkers.protocol.segments import SEGMENT_THRESHOLD, available
+from zmqworkers.protocol.segments import SEGMENT_THRESHOLD, available, owner_prefix
 
 pytestmark = pytest.mark.skipif(not available(), reason="no POSIX shared memory in /dev/shm")
 
@@ -28,7 +28,7 @@ ELEMENTS = SEGMENT_THRESHOLD // 8 * 2  # 1 MiB of float64: over the threshold
 
 def ours() -> list[str]:
     """Segments of controllers in this process (their names carry its pid)."""
-    return [n for n in os.listdir("/dev/shm") if n.startswith(f"zmqw-{os.getpid()}-")]
+    return [n for n in os.listdir("/dev/shm") if n.startswith(owner_prefix())]
 
 
 def from_segment(a: Any) -> bool:
@@ -110,7 +110,8 @@ def test_segments_of_a_killed_controller_are_swept_by_the_next() -> None:
         "from zmqworkers import Cluster\n"
         "c = Cluster(1)\n"
         f"r = c.submit(lambda x: x, np.ones({ELEMENTS})).result(timeout=60)\n"
-        "names = [n for n in os.listdir('/dev/shm') if n.startswith(f'zmqw-{os.getpid()}-')]\n"
+        "from zmqworkers.protocol.segments import owner_prefix\n"
+        "names = [n for n in os.listdir('/dev/shm') if n.startswith(owner_prefix())]\n"
         "print(os.getpid(), len(names), flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
@@ -125,7 +126,7 @@ def test_segments_of_a_killed_controller_are_swept_by_the_next() -> None:
     assert left >= 1, "the killed controller held no segment: nothing is shown"
 
     def leftover() -> list[str]:
-        return [n for n in os.listdir("/dev/shm") if n.startswith(f"zmqw-{pid}-")]
+        return [n for n in os.listdir("/dev/shm") if n.startswith(owner_prefix(pid))]
 
     # Its worker ends by itself (its parent is gone); until then it may write.
     from zmqworkers import Cluster

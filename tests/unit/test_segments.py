@@ -17,6 +17,7 @@ from zmqworkers.protocol.segments import (
     SEGMENT_THRESHOLD,
     SegmentLink,
     available,
+    owner_prefix,
     sweep,
 )
 
@@ -28,7 +29,7 @@ BIG = np.arange(SEGMENT_THRESHOLD // 8 * 2, dtype=np.float64)
 
 @pytest.fixture
 def prefix() -> Iterator[str]:
-    p = f"zmqw-{os.getpid()}-{secrets.token_hex(6)}-{secrets.token_hex(6)}-"
+    p = f"{owner_prefix()}{secrets.token_hex(6)}-{secrets.token_hex(6)}-"
     yield p
     left = sweep(p)
     assert left == 0, f"{left} segment(s) left under {p}"
@@ -84,7 +85,7 @@ def test_a_name_outside_the_session_is_refused(prefix: str) -> None:
     other = SessionKey(
         SECRET,
         sign_buffers=False,
-        segments=SegmentLink(f"zmqw-{os.getpid()}-{secrets.token_hex(6)}-abcdef-"),
+        segments=SegmentLink(f"{owner_prefix()}{secrets.token_hex(6)}-abcdef-"),
     )
     frames = encode(Kind.TASKS, "ctl", 1, sender, {"spec": "s"}, [BIG], has_payload=True)
     with pytest.raises(DecodeError, match="outside the session"):
@@ -107,3 +108,29 @@ def test_a_session_that_signs_buffers_never_uses_segments(prefix: str) -> None:
     frames = encode(Kind.TASKS, "ctl", 1, key, {"spec": "s"}, [BIG], has_payload=True)
     assert sum(memoryview(f).nbytes for f in frames) > BIG.nbytes
     assert names(prefix) == []
+
+
+def test_the_orphan_sweep_judges_only_names_of_its_own_pid_namespace() -> None:
+    import subprocess
+    import sys
+
+    from zmqworkers.controller.segments import sweep_orphans
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs (here)
+    here = f"{owner_prefix(gone.pid)}{secrets.token_hex(6)}-ab-cd"
+    ns = owner_prefix(0).split(".")[0].removeprefix("zmqw-")
+    other_ns = str(int(ns) + 1)
+    elsewhere = f"zmqw-{other_ns}.{gone.pid}-{secrets.token_hex(6)}-ab-cd"
+    for name in (here, elsewhere):
+        with open(f"/dev/shm/{name}", "xb") as f:
+            f.write(b"x")
+    try:
+        sweep_orphans()
+        left = set(os.listdir("/dev/shm"))
+        assert here not in left, "a dead controller's segment of this namespace stayed"
+        assert elsewhere in left, "another pid namespace's segment was judged by our pids"
+    finally:
+        for name in (here, elsewhere):
+            if os.path.exists(f"/dev/shm/{name}"):
+                os.unlink(f"/dev/shm/{name}")

@@ -1,7 +1,7 @@
 """The controller's shared-memory segments: one prefix per engine, swept at close.
 
 Every segment of a session with a local worker, written by either side, is
-named ``zmqw-<controller pid>-<engine token>-<session>-<random>``
+named ``zmqw-<pid namespace>.<controller pid>-<engine token>-<session>-<random>``
 (protocol/segments.py). A receiver removes each name as it maps it, so what
 is left under the engine's prefix is only what nobody will read: messages
 dropped, or a worker killed before it read its tasks or while it wrote a
@@ -25,14 +25,14 @@ from zmqworkers.protocol import segments
 
 log = logging.getLogger(__name__)
 
-_OWNER = re.compile(r"zmqw-([0-9]+)-")
+_OWNER = re.compile(r"zmqw-([0-9]+)\.([0-9]+)-")
 
 
 class SegmentSpace:
     """The segment prefix of one engine, and its sweep."""
 
     def __init__(self) -> None:
-        self.prefix = f"{segments.ROOT_PREFIX}{os.getpid()}-{secrets.token_hex(6)}-"
+        self.prefix = f"{segments.owner_prefix()}{secrets.token_hex(6)}-"
         self._finalizer = weakref.finalize(self, segments.sweep, self.prefix)
         sweep_orphans()
 
@@ -51,18 +51,22 @@ class SegmentSpace:
 
 
 def sweep_orphans() -> int:
-    """Remove this user's segments whose controller process no longer runs."""
+    """Remove this user's segments whose controller process no longer runs.
+
+    Only names of this pid namespace: another one's pids mean nothing here.
+    """
     try:
         names = os.listdir(segments.SHM_DIR)
     except OSError:
         return 0
+    ours = segments.owner_prefix(0).split(".")[0]  # zmqw-<pid namespace>
     dead: list[str] = []
     alive: dict[int, bool] = {}
     for name in names:
         m = _OWNER.match(name)
-        if m is None:
+        if m is None or f"zmqw-{m.group(1)}" != ours:
             continue
-        pid = int(m.group(1))
+        pid = int(m.group(2))
         if pid not in alive:
             alive[pid] = _running(pid)
         if not alive[pid]:

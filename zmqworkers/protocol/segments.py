@@ -47,7 +47,7 @@ SHM_DIR = "/dev/shm"
 # benchmarks/run.py: from 128 KiB segments beat raw pyzmq over ipc; at
 # 64 KiB they were slower than the socket (7,000 against 10,900 tasks/s).
 SEGMENT_THRESHOLD = 128 * 1024
-# Every segment name starts with this, then the controller's pid.
+# Every segment name starts with this, then its controller's pid namespace and pid.
 ROOT_PREFIX = "zmqw-"
 HEADER_KEY = "segments"
 FREED_KEY = "shm_freed"
@@ -57,9 +57,9 @@ MAX_IDLE_BYTES = 512 * 1024 * 1024
 # Mappings of the peer's segments a receiver keeps (its pool's idle ones, and
 # some busy).
 MAX_MAPPED = 32
-# zmqw-<controller pid>-<engine token>-<session>-<random>
-_NAME = re.compile(r"zmqw-[0-9]+-[0-9a-f]+-[0-9a-f]+-[0-9a-f]+\Z")
-_PREFIX = re.compile(r"zmqw-[0-9]+-[0-9a-f]+-[0-9a-f]+-\Z")
+# zmqw-<pid namespace>.<controller pid>-<engine token>-<session>-<random>
+_NAME = re.compile(r"zmqw-[0-9]+\.[0-9]+-[0-9a-f]+-[0-9a-f]+-[0-9a-f]+\Z")
+_PREFIX = re.compile(r"zmqw-[0-9]+\.[0-9]+-[0-9a-f]+-[0-9a-f]+-\Z")
 MAX_SEGMENTS = 4096
 
 
@@ -74,6 +74,24 @@ class Frames(list):  # type: ignore[type-arg]
     stashed: int = 0
     names: tuple[str, ...] = ()
     link: SegmentLink | None = None
+
+
+def owner_prefix(pid: int | None = None) -> str:
+    """``zmqw-<pid namespace>.<pid>-``: the start of a controller's segment names.
+
+    The pid namespace is in it because containers that share one
+    ``/dev/shm`` (the containers of one pod) each number their own
+    processes: a pid that does not run here may run there, so only a
+    controller of the same namespace may judge a name's owner gone.
+    """
+    return f"{ROOT_PREFIX}{_pid_namespace()}.{os.getpid() if pid is None else pid}-"
+
+
+def _pid_namespace() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
 
 
 def available() -> bool:

@@ -13,13 +13,16 @@ Peers: multiprocessing.Pool, ProcessPoolExecutor, Dask distributed
 (LocalCluster) and a raw pyzmq ceiling, over loopback TCP (``raw``) and over
 Unix sockets (``raw_ipc``, the transport of zmqworkers' local workers).
 Missing peers are installed into ``benchmarks/.venv`` (which also sees the
-packages already installed) and the run continues there.
+packages of the interpreter that runs this script, a virtual environment's
+included) and the run continues there.
 
 Scenarios:
   a  tiny no-op tasks per second (Cluster.imap_unordered, Cluster.map,
-     WorkerController; Pool.imap_unordered(chunksize=1), ProcessPoolExecutor,
-     Dask, raw PUSH/PULL over TCP and ipc)
-  b  round trips of 8 MiB float64 arrays, GB/s moved (both directions)
+     WorkerController, two daemons on loopback TCP; Pool.imap_unordered
+     (chunksize=1), ProcessPoolExecutor, Dask, raw PUSH/PULL over TCP and ipc)
+  b  round trips of 8 MiB float64 arrays, GB/s moved (both directions); zmq:
+     local workers through shared memory, zmq_socket: the same through the
+     socket, zmq_daemons: two daemons on loopback TCP
   c  heterogeneous durations: makespan against the ideal list schedule
   d  time to first result, from constructing the pool with 2 fresh workers
      (zmq: the default start, forked from a fork server that the run starts;
@@ -56,8 +59,8 @@ RESULTS = HERE / "results"
 PEER_PACKAGES = ["dask[distributed]", "matplotlib", "psutil"]
 
 SYSTEMS: dict[str, list[str]] = {
-    "a": ["zmq_imap", "zmq_map", "zmq_qt", "pool", "ppe", "dask", "raw", "raw_ipc"],
-    "b": ["zmq", "pool", "ppe", "dask", "raw", "raw_ipc", "memcpy"],
+    "a": ["zmq_imap", "zmq_map", "zmq_qt", "zmq_daemons", "pool", "ppe", "dask", "raw", "raw_ipc"],
+    "b": ["zmq", "zmq_socket", "zmq_daemons", "pool", "ppe", "dask", "raw", "raw_ipc", "memcpy"],
     "c": ["zmq", "pool", "dask"],
     "d": ["zmq", "zmq_spawn", "zmq_warm", "pool_spawn", "pool_fork", "dask"],
     "e": ["zmq_queued", "zmq_soak"],
@@ -140,7 +143,9 @@ def raw_round_trips(payloads: list[Any], n_workers: int = 2, system: str = "raw"
             push.send(b"w")
         for _ in range(n_workers * 20):
             pull.recv()
-        window = 2 * n_workers if len(payloads) < 1000 else 1000
+        # Pipelined: up to 1,000 messages (every array of scenario b) in
+        # flight, so that this really is the transport's ceiling.
+        window = min(len(payloads), 1000)
         t0 = time.perf_counter()
         sent = got = 0
         n = len(payloads)
@@ -211,10 +216,8 @@ def _with_pool(system: str, body: Any, warm: bool = True, warm_items: Any = ()) 
 @contextmanager
 def _runner(system: str, warm: bool) -> Iterator[Any]:
     """A started 2-worker pool of ``system``, as ``run(fn, xs, unordered)``."""
-    if system in ("zmq_imap", "zmq_map", "zmq"):
-        from zmqworkers import Cluster
-
-        with Cluster(2) as c:
+    if system in ("zmq_imap", "zmq_map", "zmq", "zmq_socket", "zmq_daemons"):
+        with _zmq_cluster(system) as c:
             c.wait_for_workers(2)
             if warm:
                 list(c.map(noop, range(100)))
@@ -268,6 +271,38 @@ def _runner(system: str, warm: bool) -> Iterator[Any]:
             yield run_dask
     else:
         raise ValueError(f"unknown system {system}")
+
+
+@contextmanager
+def _zmq_cluster(system: str) -> Iterator[Any]:
+    """A 2-worker Cluster: local workers (through shared memory, or with
+    ``zmq_socket`` through the socket), or ``zmq_daemons``: two daemons on
+    loopback TCP, as daemons on other hosts would dial."""
+    import secrets
+
+    from zmqworkers import Cluster
+    from zmqworkers.security.keys import KEY_ENV
+
+    if system != "zmq_daemons":
+        with Cluster(2, shared_memory=system != "zmq_socket") as c:
+            yield c
+        return
+    key = secrets.token_hex(32)
+    env = dict(os.environ, **{KEY_ENV: key})
+    with Cluster(0, key=key) as c:
+        cmd = [sys.executable, "-m", "zmqworkers", "worker", c.address]
+        daemons = [subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL) for _ in range(2)]
+        try:
+            yield c
+        finally:
+            for d in daemons:
+                d.terminate()
+            for d in daemons:
+                try:
+                    d.wait(10)
+                except subprocess.TimeoutExpired:
+                    d.kill()
+                    d.wait()
 
 
 def _qt_run(body: Any) -> float:
@@ -535,13 +570,50 @@ def ensure_peers() -> None:
         pass
     if Path(sys.prefix) == VENV:
         raise SystemExit("peers are still missing inside benchmarks/.venv")
-    if not (VENV / "bin" / "python").exists():
-        subprocess.run(
-            [sys.executable, "-m", "venv", "--system-site-packages", str(VENV)], check=True
-        )
-    py = str(VENV / "bin" / "python")
+    py = make_peer_venv(VENV)
     subprocess.run([py, "-m", "pip", "install", "--quiet", *PEER_PACKAGES], check=True)
     os.execv(py, [py, __file__, *sys.argv[1:]])
+
+
+PARENT_PTH = "_zmqworkers_benchmark_parent.pth"
+
+
+def make_peer_venv(venv: Path) -> str:
+    """A venv at ``venv`` that sees this interpreter's packages; its python.
+
+    ``venv --system-site-packages`` would see the *base* interpreter's
+    packages: run from a virtual environment, that is not where the user
+    installed pyzmq and numpy. So the venv is isolated, and a ``.pth`` file
+    in it adds this interpreter's site folders (processing their own
+    ``.pth`` files, which editable installs rely on) after its own.
+    Rewritten on every call, so the venv follows whichever interpreter runs
+    the benchmark.
+    """
+    py = venv / "bin" / "python"
+    cfg = venv / "pyvenv.cfg"
+    if cfg.exists() and "include-system-site-packages = true" in cfg.read_text():
+        shutil.rmtree(venv)  # made by an older run.py: it would see the base packages
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    own = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    lines = [f"import site; site.addsitedir({d!r})" for d in _site_dirs()]
+    (Path(own) / PARENT_PTH).write_text("\n".join(lines) + "\n")
+    return str(py)
+
+
+def _site_dirs() -> list[str]:
+    """This interpreter's site folders: its environment's, then the user's."""
+    import site
+
+    dirs = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    return [d for d in dict.fromkeys(dirs) if Path(d).is_dir()]
 
 
 def main() -> None:
@@ -551,12 +623,19 @@ def main() -> None:
     p.add_argument("--scenarios", default="a,b,c,d,e,f,g")
     p.add_argument("--one", nargs=2, metavar=("SCENARIO", "SYSTEM"))
     p.add_argument("--param", type=int)
+    p.add_argument(
+        "--installed-only",
+        action="store_true",
+        help="install nothing: leave out the peers that are not installed (Dask), "
+        "and the plot without matplotlib (how the test suite runs it)",
+    )
     a = p.parse_args()
     if a.one:
         value = one(a.one[0], a.one[1], a.quick, a.param)
         print(json.dumps({"value": value}))
         return
-    ensure_peers()
+    if not a.installed_only:
+        ensure_peers()
     RESULTS.mkdir(exist_ok=True)
     report: dict[str, Any] = {
         "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
@@ -566,16 +645,21 @@ def main() -> None:
     }
     for sc in a.scenarios.split(","):
         params: list[Any] = [None]
-        systems = SYSTEMS[sc]
+        systems = [s for s in SYSTEMS[sc] if not a.installed_only or _installed(s)]
         if sc == "f":
             params = sizes(a.quick)["f"]
         if sc == "g":
             params = sizes(a.quick)["g"]
         out: dict[str, Any] = {}
         for param in params:
+            # Interleaved (each system once per round), so that a change in
+            # the machine's load falls on every system alike, not on one.
+            runs: dict[str, list[float | None]] = {system: [] for system in systems}
+            for _ in range(a.repeat):
+                for system in systems:
+                    runs[system].append(run_child(sc, system, a.quick, param))
             for system in systems:
-                runs = [run_child(sc, system, a.quick, param) for _ in range(a.repeat)]
-                good = [r for r in runs if r is not None]
+                good = [r for r in runs[system] if r is not None]
                 label = system if param is None else f"{system}@{param}"
                 out[label] = {
                     "median": statistics.median(good) if good else None,
@@ -587,8 +671,31 @@ def main() -> None:
         report["scenarios"][sc] = out
     (RESULTS / "results.json").write_text(json.dumps(report, indent=2))
     print_ratios(report)
-    if "g" in report["scenarios"]:
+    if "g" in report["scenarios"] and (not a.installed_only or _importable("matplotlib")):
         plot_payload(report["scenarios"]["g"])
+    failed = [
+        f"{sc}/{label}"
+        for sc, out in report["scenarios"].items()
+        for label, v in out.items()
+        if v["median"] is None
+    ]
+    if failed:
+        # A broken benchmark fails the run (the test suite runs it --quick).
+        raise SystemExit(f"failed measurements: {', '.join(failed)}")
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # its parent package is missing
+        return False
+
+
+def _installed(system: str) -> bool:
+    """Whether ``system``'s peer is installed here (only Dask may be missing)."""
+    return system != "dask" or _importable("dask.distributed")
 
 
 def print_ratios(report: dict[str, Any]) -> None:
@@ -604,6 +711,11 @@ def print_ratios(report: dict[str, Any]) -> None:
                     continue
                 r = ov / qv if HIGHER_IS_BETTER[sc] else qv / ov
                 print(f"  {sc}: {o:22s} vs {q:22s} {r:6.2f}x")
+        # zmqworkers against itself: the Qt face against Cluster, and local
+        # workers through shared memory against the same through the socket.
+        for o, q in (("zmq_qt", "zmq_imap"), ("zmq", "zmq_socket")):
+            if o in meds and q in meds and HIGHER_IS_BETTER[sc]:
+                print(f"  {sc}: {o:22s} vs {q:22s} {meds[o] / meds[q]:6.2f}x")
         if sc == "d" and "zmq_spawn" in meds:
             # The start methods against each other: spawn's time over each.
             for o in ("zmq", "zmq_warm"):

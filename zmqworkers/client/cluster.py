@@ -45,6 +45,9 @@ class Cluster(Executor, ClusterReadouts):
     64 KiB or more are signed by length only on loopback, ipc and CURVE links,
     which nothing can change in transit; ``sign_buffers=True`` hashes them
     too, for a plain relay that carries a loopback port across a network.
+    Arrays of 128 KiB or more travel between the controller and its local
+    workers through shared memory (``/dev/shm``) rather than the socket;
+    ``shared_memory=False`` sends them through the socket (docs/cluster.md).
     Local workers are forked from a fork server that has imported
     zmqworkers and ``preload`` (module names) once (``start_method=
     "forkserver"``, the default on Linux), or start as new interpreters
@@ -78,6 +81,7 @@ class Cluster(Executor, ClusterReadouts):
         max_message_size: int | None = EngineOptions.max_message_size,
         connection_file: str | os.PathLike[str] | None = None,
         sign_buffers: bool = EngineOptions.sign_buffers,
+        shared_memory: bool = EngineOptions.shared_memory,
         start_method: str = EngineOptions.start_method,
         preload: Sequence[str] = EngineOptions.preload,
         dashboard: str | None = EngineOptions.dashboard,
@@ -106,6 +110,7 @@ class Cluster(Executor, ClusterReadouts):
             replace_dead_workers=replace_dead_workers,
             stop_timeout=stop_timeout,
             sign_buffers=sign_buffers,
+            shared_memory=shared_memory,
             start_method=start_method,
             preload=preload,
             dashboard=dashboard,

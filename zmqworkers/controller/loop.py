@@ -36,6 +36,7 @@ from zmqworkers.controller.launcher import LocalWorkers
 from zmqworkers.controller.liveness_watch import LivenessWatch
 from zmqworkers.controller.options import EngineOptions
 from zmqworkers.controller.scheduler import Scheduler, TaskOptions
+from zmqworkers.controller.segments import end_segments
 from zmqworkers.controller.sessions import Link, Session, SessionTable
 from zmqworkers.controller.sockets import ControllerSockets
 from zmqworkers.controller.telemetry import Telemetry
@@ -48,7 +49,6 @@ from zmqworkers.protocol.records import (
     Refused,
     Status,
 )
-from zmqworkers.protocol.session import session_tag
 from zmqworkers.security.connection import is_local_link
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,7 @@ class EngineLoop:
                 local_address=socks.local_address,
                 hello_ttl=opts.heartbeat_interval * opts.heartbeat_misses + 2,
                 max_message_size=opts.max_message_size,
+                segments=socks.segments.prefix if socks.segments is not None else "",
             )
         )
         if opts.connection_file:
@@ -266,14 +267,6 @@ class EngineLoop:
         msg = decode(frames, key, max_size=self.options.max_message_size)
         self._guard.check(msg.sender, msg.seq)
         return msg
-
-    def _session_of(self, sender: str) -> Session:
-        assert self._sessions is not None
-        s = self._sessions.get(session_tag(sender))
-        if s is None:
-            # No key to check it with: as good as a bad signature.
-            raise DecodeError("signature", f"{sender[:80]!r} is in no session")
-        return s
 
     # -- command handlers ---------------------------------------------------
 
@@ -410,8 +403,10 @@ class EngineLoop:
     # -- the result channel: results, heartbeats, goodbyes, messages --------
 
     def _on_result_channel(self, frames: list[Any]) -> None:
-        msg = self._decode(frames, lambda sender: self._session_of(sender).key)
-        s = self._session_of(msg.sender)
+        assert self._sessions is not None
+        sessions = self._sessions
+        msg = self._decode(frames, lambda sender: sessions.of_sender(sender).key)
+        s = sessions.of_sender(msg.sender)
         wid = s.state.id
         kind = msg.kind
         self.telemetry.received(msg.nbytes)
@@ -502,8 +497,11 @@ class EngineLoop:
 
     def _end_session(self, wid: str) -> None:
         assert self._sessions is not None
+        session = self._sessions.live.get(wid)
         for sender in self._sessions.end(wid):
             self._guard.forget(sender)
+        if session is not None and session.key.segments is not None:
+            end_segments(session.key.segments)
 
     # -- liveness (the rules are in .liveness_watch) -----------------------
 

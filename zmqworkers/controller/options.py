@@ -78,6 +78,10 @@ class EngineOptions:
     # agrees; True hashes them everywhere (for a plain TCP relay
     # that carries a loopback port across a network).
     sign_buffers: bool = False
+    # Large array buffers between the controller and its local workers
+    # (ipc, buffers not hashed) go through shared-memory segments rather
+    # than the socket. Daemons always use the socket.
+    shared_memory: bool = True
     # How local workers start: "forkserver" forks each from a template
     # process that has imported zmqworkers and ``preload`` once (the default
     # on Linux: a warm start takes milliseconds), "spawn" starts a new

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from zmqworkers._version import __version__
 from zmqworkers.controller.scheduler import WorkerState
+from zmqworkers.errors import DecodeError
 from zmqworkers.protocol.messages import (
     DEFAULT_MAX_MESSAGE_SIZE,
     SessionKey,
@@ -22,7 +23,7 @@ from zmqworkers.protocol.messages import (
     session_limit,
 )
 from zmqworkers.protocol.records import Hello, Refused
-from zmqworkers.protocol.session import SEQUENCED_CHANNELS, sender_name, session_key
+from zmqworkers.protocol.session import SEQUENCED_CHANNELS, sender_name, session_key, session_tag
 
 # Hellos waiting for their worker's first signed message: bounded, so replayed
 # hellos cannot grow the controller's memory.
@@ -68,6 +69,9 @@ class Link:
     hello_ttl: float
     # The largest message the controller accepts.
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    # The controller's shared-memory segment prefix ("": none), for local
+    # workers on the ipc folder (controller/segments.py).
+    segments: str = ""
 
 
 class SessionTable:
@@ -134,10 +138,19 @@ class SessionTable:
         ours_ok = link.protected or (via_ipc and not link.sign_buffers)
         protected = ours_ok and hello.link_protected
         w.buffers_signed = not protected
+        # Large buffers through shared memory: a local worker on the ipc
+        # folder that offered it, in a session that does not hash buffers.
+        shm = via_ipc and protected and hello.shm and bool(link.segments)
         session = Session(
             tag=nonce.hex(),
             route=route,
-            key=session_key(link.key, hello.nonce, nonce, sign_buffers=not protected),
+            key=session_key(
+                link.key,
+                hello.nonce,
+                nonce,
+                sign_buffers=not protected,
+                segments=f"{link.segments}{nonce.hex()[:12]}-" if shm else "",
+            ),
             state=w,
             expires=now + link.hello_ttl,
             worker_nonce=hello.nonce,
@@ -158,6 +171,14 @@ class SessionTable:
 
     def get(self, tag: str) -> Session | None:
         return self.by_tag.get(tag)
+
+    def of_sender(self, sender: str) -> Session:
+        """The session a sender name (``<id>@<tag>/<channel>``) belongs to."""
+        s = self.by_tag.get(session_tag(sender))
+        if s is None:
+            # No key to check it with: as good as a bad signature.
+            raise DecodeError("signature", f"{sender[:80]!r} is in no session")
+        return s
 
     def leave_pending(self, s: Session) -> None:
         """The session's first signed message came: it is no longer waiting."""

@@ -28,12 +28,14 @@ from urllib.parse import urlsplit
 import zmq
 
 from zmqworkers.controller.options import EngineOptions
+from zmqworkers.controller.segments import SegmentSpace
 from zmqworkers.controller.sessions import Session
 from zmqworkers.errors import MessageTooLarge
 from zmqworkers.protocol import Kind, encode_frames
 from zmqworkers.protocol.liveness import ping_times
 from zmqworkers.protocol.messages import NONCE_SIZE, Key, encode_unsigned, frames_size
 from zmqworkers.protocol.records import Welcome
+from zmqworkers.protocol.segments import release
 from zmqworkers.protocol.session import broadcast_key
 from zmqworkers.security import curve
 from zmqworkers.security.cleanup import Leftovers
@@ -71,6 +73,8 @@ class ControllerSockets:
         self.endpoints: dict[str, str] = {}
         # The ipc folder and the connection file, removed at close, exit or SIGTERM.
         self.leftovers = Leftovers()
+        # Shared-memory segments for local workers on ipc, if any.
+        self.segments: SegmentSpace | None = None
 
     def bind(self) -> None:
         ctx = self.ctx = zmq.Context()
@@ -169,6 +173,8 @@ class ControllerSockets:
             return
         # Gone with the sockets, or at exit or SIGTERM if they never closed.
         self.leftovers.add(folder)
+        if opts.shared_memory:
+            self.segments = SegmentSpace.open()
         self.local_address = f"ipc://{folder}/tasks"
         self.local_eps = {
             "results": f"ipc://{folder}/results",
@@ -193,12 +199,17 @@ class ControllerSockets:
         frames = encode_frames(kind, self.controller_id, self._seq, key, header, body)
         size = frames_size(frames)
         if limit and size > limit:
+            release(frames)
             raise MessageTooLarge(
                 f"a {kind.name} message of {size} bytes is over the limit of {limit}",
                 size,
                 limit,
             )
-        self.router.send_multipart([route, *frames], copy=False)
+        try:
+            self.router.send_multipart([route, *frames], copy=False)
+        except zmq.ZMQError:
+            release(frames)  # not sent: its segments have no reader
+            raise
         return size
 
     def welcome(self, nonce: bytes, session: Session) -> Welcome:
@@ -218,6 +229,7 @@ class ControllerSockets:
             ipc=self.local_eps if session.via_ipc else {},
             max_message_size=opts.max_message_size,
             forward_logs=opts.forward_logs or "",
+            shm_prefix=session.key.segments.prefix if session.key.segments else "",
         )
 
     def send_unsolicited(self, route: bytes, kind: Kind, header: Any, key: Key = b"") -> None:
@@ -283,6 +295,8 @@ class ControllerSockets:
         if self.ctx is not None:
             self.ctx.term()
         self.leftovers.remove_all()
+        if self.segments is not None:
+            self.segments.close()
 
 
 def monitor_event(frames: list[bytes]) -> int:

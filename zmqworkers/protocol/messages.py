@@ -44,7 +44,7 @@ from typing import Any
 import msgpack
 
 from zmqworkers.errors import ConfigurationError, DecodeError, ProtocolVersionError
-from zmqworkers.protocol import serialize
+from zmqworkers.protocol import segments, serialize
 
 # 2: session keys (nonces in HELLO and WELCOME), per-session routing ids.
 # 3: buffers signed by length on protected links; BLAKE3 digests from 16 KiB.
@@ -88,8 +88,11 @@ def session_limit(ours: int, theirs: object) -> int:
 
 
 def frames_size(frames: Sequence[Any]) -> int:
-    """The bytes of a message's frames together, as the limit counts them."""
-    return sum(memoryview(f).nbytes for f in frames)
+    """The bytes of a message's frames together, as the limit counts them.
+
+    Buffers that went to shared-memory segments count as if they travelled.
+    """
+    return sum(memoryview(f).nbytes for f in frames) + getattr(frames, "stashed", 0)
 
 
 class Kind(enum.IntEnum):
@@ -149,6 +152,10 @@ class SessionKey:
 
     secret: bytes
     sign_buffers: bool = True
+    # This end's shared-memory segments of the session (None: none): a
+    # local worker's session, buffers signed by length only
+    # (protocol/segments.py).
+    segments: segments.SegmentLink | None = field(default=None, compare=False)
 
 
 Key = bytes | SessionKey
@@ -222,13 +229,30 @@ def encode(
 def encode_frames(
     kind: Kind, sender: str, seq: int, key: Key, header: Any, body: Sequence[Any]
 ) -> list[Any]:
-    """Like :func:`encode` with the payload already serialized (``dumps``)."""
+    """Like :func:`encode` with the payload already serialized (``dumps``).
+
+    In a session with segments, large buffers go to shared memory: the
+    frames returned are then :class:`~.segments.Frames`, which count them.
+    """
+    stashed: tuple[int, list[str]] | None = None
+    link = key.segments if isinstance(key, SessionKey) and not key.sign_buffers else None
+    if link is not None:
+        if len(body) > 1:
+            header, body, moved, names = link.stash(header, body)
+            if names:
+                stashed = (moved, names)
+        else:
+            header = link.say_freed(header)
     envelope = msgpack.packb(
         [PROTOCOL_VERSION, int(kind), sender, seq, header, len(body)],
         use_bin_type=True,
     )
     frames = [envelope, *body]
-    return [_mac(key, frames), *frames]
+    if stashed is None:
+        return [_mac(key, frames), *frames]
+    out = segments.Frames([_mac(key, frames), *frames])
+    out.stashed, out.names, out.link = stashed[0], tuple(stashed[1]), link
+    return out
 
 
 def encode_unsigned(kind: Kind, sender: str, seq: int, header: Any = None) -> list[Any]:
@@ -324,9 +348,18 @@ def decode(
         raise DecodeError("malformed", "kind, seq or payload count is not an integer")
     if n_payload != len(views) - 2:
         raise DecodeError("malformed", f"declares {n_payload} payload frames, has {len(views) - 2}")
+    if total + segments.declared_size(header) > max_size:
+        raise DecodeError("size", f"segments take it over the limit of {max_size}")
     secret = key(sender) if callable(key) else key
     if not hmac.compare_digest(bytes(sig), _mac(secret, views[1:])):
         raise DecodeError("signature", "signature does not match the key")
+    if isinstance(header, dict) and (segments.HEADER_KEY in header or segments.FREED_KEY in header):
+        # Signed: the names are the sender's. Their bytes count as buffers
+        # on a protected link, so only such a session may use them.
+        link = secret.segments if isinstance(secret, SessionKey) else None
+        if link is None or secret.sign_buffers:  # type: ignore[union-attr]
+            raise DecodeError("unexpected", "segments in a session that did not agree on them")
+        views[2:] = link.receive(header, views[2:])
     # Signed by a holder of the key from here on: checks below guard
     # against bugs and version skew, not against forgery.
     try:

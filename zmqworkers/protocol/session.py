@@ -12,6 +12,7 @@ that checks a message, from the tag alone.
 from __future__ import annotations
 
 from zmqworkers.protocol.messages import SessionKey, derive_key
+from zmqworkers.protocol.segments import SegmentLink
 
 RESULTS_CHANNEL = "r"
 HEARTBEAT_CHANNEL = "hb"
@@ -21,11 +22,22 @@ SEQUENCED_CHANNELS = (RESULTS_CHANNEL, HEARTBEAT_CHANNEL)
 
 
 def session_key(
-    key: bytes, worker_nonce: bytes, controller_nonce: bytes, *, sign_buffers: bool
+    key: bytes,
+    worker_nonce: bytes,
+    controller_nonce: bytes,
+    *,
+    sign_buffers: bool,
+    segments: str = "",
 ) -> SessionKey:
-    """The key that signs a session's messages, both ways."""
+    """The key that signs a session's messages, both ways.
+
+    ``segments``: the prefix of the shared-memory segments the session may
+    use, only where buffers are not hashed (see protocol/segments.py).
+    """
     return SessionKey(
-        derive_key(key, b"session", worker_nonce, controller_nonce), sign_buffers=sign_buffers
+        derive_key(key, b"session", worker_nonce, controller_nonce),
+        sign_buffers=sign_buffers,
+        segments=SegmentLink(segments) if segments and not sign_buffers else None,
     )
 
 

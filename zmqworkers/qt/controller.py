@@ -61,6 +61,7 @@ class WorkerController(QtCore.QThread):
         connection_file: str | os.PathLike[str] | None = None,
         max_message_size: int | None = EngineOptions.max_message_size,
         sign_buffers: bool = EngineOptions.sign_buffers,
+        shared_memory: bool = EngineOptions.shared_memory,
         start_method: str = EngineOptions.start_method,
         preload: Sequence[str] = EngineOptions.preload,
         dashboard: str | None = EngineOptions.dashboard,
@@ -85,6 +86,7 @@ class WorkerController(QtCore.QThread):
             replace_dead_workers=replace_dead_workers,
             stop_timeout=stop_timeout,
             sign_buffers=sign_buffers,
+            shared_memory=shared_memory,
             start_method=start_method,
             preload=preload,
             dashboard=dashboard,
@@ -93,13 +95,16 @@ class WorkerController(QtCore.QThread):
             max_tasks_per_worker=max_tasks_per_worker,
             max_worker_memory=max_worker_memory,
         )
-        self._driver = TaskDriver(self._emit, options)
+        self._driver = TaskDriver(self._emit, options, self._emitter)
         self.n_workers = (os.cpu_count() or 1) if n_workers is None else n_workers
         if function is not None:
             self.change_function(function, *func_args, **(func_kwargs or {}))
 
     def _emit(self, name: str, *args: Any) -> None:
         getattr(self, f"sig_{name}").emit(*args)
+
+    def _emitter(self, name: str) -> Callable[..., None]:
+        return getattr(self, f"sig_{name}").emit  # type: ignore[no-any-return]
 
     # -- the seed's API -----------------------------------------------------
 

@@ -15,6 +15,7 @@ from typing import Any
 from zmqworkers.errors import MessageTooLarge
 from zmqworkers.protocol import Kind, SessionKey, dumps, encode
 from zmqworkers.protocol.messages import frames_size
+from zmqworkers.protocol.segments import release
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,7 @@ def result_messages(
     if size <= limit:
         yield frames
         return
+    release(frames)  # not sent: its shared-memory segments have no reader
     if len(batch) > 1:
         half = len(batch) // 2
         share = busy * half / len(batch)

@@ -22,6 +22,7 @@ from zmqworkers.errors import DecodeError, ProtocolVersionError
 from zmqworkers.protocol import PROTOCOL_VERSION, Kind, encode
 from zmqworkers.protocol.messages import NONCE_SIZE, SessionKey
 from zmqworkers.protocol.records import Hello, Refused, Welcome
+from zmqworkers.protocol.segments import available as segments_available
 from zmqworkers.protocol.session import broadcast_key, sender_name, session_key
 from zmqworkers.worker.options import WorkerOptions
 from zmqworkers.worker.silence import SilenceReport
@@ -68,6 +69,8 @@ def make_hello(
         link_protected=link_protected,
         dialled=dialled,
         max_message_size=options.max_message_size,
+        # Large buffers through shared memory, on an ipc link (this host).
+        shm=dialled.startswith("ipc://") and link_protected and segments_available(),
     )
 
 
@@ -86,7 +89,14 @@ def answer_to(msg: Any, hello: Hello, key: bytes) -> Joined | Refused | None:
     unhashed = not welcome.sign_buffers and hello.link_protected
     return Joined(
         welcome,
-        session_key(key, hello.nonce, welcome.session, sign_buffers=not unhashed),
+        session_key(
+            key,
+            hello.nonce,
+            welcome.session,
+            sign_buffers=not unhashed,
+            # Segments only if this side offered them.
+            segments=welcome.shm_prefix if hello.shm else "",
+        ),
         broadcast_key(key, welcome.pub_nonce),
         welcome.session.hex(),
     )
@@ -209,3 +219,9 @@ def version_refusal(exc: ProtocolVersionError) -> str:
         "install the same zmqworkers release on both sides (this "
         f"worker runs zmqworkers {__version__})"
     )
+
+
+def end_segments(key: bytes | SessionKey) -> None:
+    """Remove this worker's shared-memory segments of a session that is over."""
+    if isinstance(key, SessionKey) and key.segments is not None:
+        key.segments.close()

@@ -65,6 +65,7 @@ from zmqworkers.worker.guard import drop_cancelled, recycle_reason, start_guard
 from zmqworkers.worker.handshake import (
     Dialling,
     Joined,
+    end_segments,
     greet,
     make_hello,
     side_endpoint,
@@ -194,6 +195,7 @@ class Worker:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
         finally:
+            end_segments(self._skey)
             self._ctx.destroy(linger=0)
 
     def _signing(self) -> tuple[str, int, bytes | SessionKey]:
@@ -322,6 +324,7 @@ class Worker:
         )
         answer = greet(tasks, hello, dialling)
         if isinstance(answer, Joined):
+            end_segments(self._skey)  # the last session's, if any
             self._skey, self._pub_key = answer.key, answer.pub_key
             self._limit = session_limit(
                 self.options.max_message_size, answer.welcome.max_message_size

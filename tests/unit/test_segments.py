@@ -1,0 +1,136 @@
+"""Shared-memory segments in the protocol: who may name them, and their lifetimes."""
+
+from __future__ import annotations
+
+import gc
+import os
+import secrets
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from zmqworkers.errors import DecodeError
+from zmqworkers.protocol import Kind, SessionKey, decode, encode
+from zmqworkers.protocol.messages import frames_size
+from zmqworkers.protocol.segments import (
+    SEGMENT_THRESHOLD,
+    SegmentLink,
+    available,
+    owner_prefix,
+    sweep,
+)
+
+pytestmark = pytest.mark.skipif(not available(), reason="no POSIX shared memory in /dev/shm")
+
+SECRET = b"s" * 32
+BIG = np.arange(SEGMENT_THRESHOLD // 8 * 2, dtype=np.float64)
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    p = f"{owner_prefix()}{secrets.token_hex(6)}-{secrets.token_hex(6)}-"
+    yield p
+    left = sweep(p)
+    assert left == 0, f"{left} segment(s) left under {p}"
+
+
+def pair(prefix: str) -> tuple[SessionKey, SessionKey]:
+    """The two ends of one session with segments."""
+    return (
+        SessionKey(SECRET, sign_buffers=False, segments=SegmentLink(prefix)),
+        SessionKey(SECRET, sign_buffers=False, segments=SegmentLink(prefix)),
+    )
+
+
+def names(prefix: str) -> list[str]:
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(prefix))
+
+
+def test_a_large_buffer_travels_as_a_segment_and_is_reused_once_freed(prefix: str) -> None:
+    sender, receiver = pair(prefix)
+    frames = encode(Kind.TASKS, "ctl", 1, sender, {"spec": "s"}, [BIG], has_payload=True)
+    # Counted as if it travelled, but the socket carries only a little.
+    assert frames_size(frames) > BIG.nbytes
+    assert sum(memoryview(f).nbytes for f in frames) < 64 * 1024
+    msg = decode(frames, receiver)
+    (got,) = msg.payload
+    assert np.array_equal(got, BIG) and not got.flags.writeable
+    first = names(prefix)
+    assert len(first) == 1
+    # Busy until the receiver's views go and it says so in a message.
+    encode(Kind.TASKS, "ctl", 2, sender, {"spec": "s"}, [BIG + 1], has_payload=True)
+    assert len(names(prefix)) == 2
+    del msg, got
+    gc.collect()
+    back = encode(Kind.HEARTBEAT, "w", 1, receiver, {"id": "w"})
+    decode(back, sender)
+    encode(Kind.TASKS, "ctl", 3, sender, {"spec": "s"}, [BIG + 2], has_payload=True)
+    assert len(names(prefix)) == 2, "a freed segment is written again, not a new one"
+    sender.segments.close()  # type: ignore[union-attr]
+
+
+def test_a_session_without_segments_refuses_a_message_that_names_one(prefix: str) -> None:
+    sender, _ = pair(prefix)
+    frames = encode(Kind.TASKS, "ctl", 1, sender, {"spec": "s"}, [BIG], has_payload=True)
+    for key in (SessionKey(SECRET, sign_buffers=False), SessionKey(SECRET, sign_buffers=True)):
+        with pytest.raises(DecodeError) as err:
+            decode(frames, key)
+        assert err.value.reason in ("unexpected", "signature")
+    sender.segments.close()  # type: ignore[union-attr]
+
+
+def test_a_name_outside_the_session_is_refused(prefix: str) -> None:
+    sender, _ = pair(prefix)
+    other = SessionKey(
+        SECRET,
+        sign_buffers=False,
+        segments=SegmentLink(f"{owner_prefix()}{secrets.token_hex(6)}-abcdef-"),
+    )
+    frames = encode(Kind.TASKS, "ctl", 1, sender, {"spec": "s"}, [BIG], has_payload=True)
+    with pytest.raises(DecodeError, match="outside the session"):
+        decode(frames, other)
+    sender.segments.close()  # type: ignore[union-attr]
+
+
+def test_a_segment_others_could_write_is_refused(prefix: str) -> None:
+    sender, receiver = pair(prefix)
+    frames = encode(Kind.TASKS, "ctl", 1, sender, {"spec": "s"}, [BIG], has_payload=True)
+    (name,) = names(prefix)
+    os.chmod(f"/dev/shm/{name}", 0o644)
+    with pytest.raises(DecodeError, match="private"):
+        decode(frames, receiver)
+    sender.segments.close()  # type: ignore[union-attr]
+
+
+def test_a_session_that_signs_buffers_never_uses_segments(prefix: str) -> None:
+    key = SessionKey(SECRET, sign_buffers=True, segments=SegmentLink(prefix))
+    frames = encode(Kind.TASKS, "ctl", 1, key, {"spec": "s"}, [BIG], has_payload=True)
+    assert sum(memoryview(f).nbytes for f in frames) > BIG.nbytes
+    assert names(prefix) == []
+
+
+def test_the_orphan_sweep_judges_only_names_of_its_own_pid_namespace() -> None:
+    import subprocess
+    import sys
+
+    from zmqworkers.controller.segments import sweep_orphans
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs (here)
+    here = f"{owner_prefix(gone.pid)}{secrets.token_hex(6)}-ab-cd"
+    ns = owner_prefix(0).split(".")[0].removeprefix("zmqw-")
+    other_ns = str(int(ns) + 1)
+    elsewhere = f"zmqw-{other_ns}.{gone.pid}-{secrets.token_hex(6)}-ab-cd"
+    for name in (here, elsewhere):
+        with open(f"/dev/shm/{name}", "xb") as f:
+            f.write(b"x")
+    try:
+        sweep_orphans()
+        left = set(os.listdir("/dev/shm"))
+        assert here not in left, "a dead controller's segment of this namespace stayed"
+        assert elsewhere in left, "another pid namespace's segment was judged by our pids"
+    finally:
+        for name in (here, elsewhere):
+            if os.path.exists(f"/dev/shm/{name}"):
+                os.unlink(f"/dev/shm/{name}")

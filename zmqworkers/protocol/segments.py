@@ -1,0 +1,397 @@
+"""Shared-memory segments: large buffers between a controller and its local workers.
+
+On a session that both ends agreed to carry through shared memory (a local
+worker on the private ipc folder, buffers signed by length only), an
+out-of-band buffer of :data:`SEGMENT_THRESHOLD` bytes or more does not go
+through the socket. The sender writes it once into a new file in
+``/dev/shm`` (mode 0600, a name under the session's prefix with 96 random
+bits), and the message carries an empty frame in its place; the header's
+``segments`` entry lists ``[frame, name, size]`` for each. The header is
+signed like any other, so the names and sizes are; the bytes in the segment
+count as an out-of-band buffer on a protected link does (signed by length
+only, docs/protocol.md "Buffers on protected links"): nothing but this
+user's processes can write them.
+
+Lifetimes: the receiver opens the segment, checks owner, mode and size,
+*unlinks its name at once* and maps it read-only. From then on the kernel
+frees the memory when the last view of it goes (the array the payload
+unpickled into), exactly once, whatever happens to either process. Only a
+segment written but never opened keeps a name: its message was dropped,
+or its receiver died before reading it. Those are all under the
+controller's prefix, which the controller sweeps when it closes
+(``controller/segments.py``); a controller killed with SIGKILL has its
+segments swept by the next controller to start on the host.
+
+This module is the protocol's one contact with the operating system: the
+pure parts (names, the header entry, their checks) and the few system calls
+that write, map and remove a segment sit together so that both ends use the
+same rules.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import secrets
+import sys
+import weakref
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from typing import Any
+
+from zmqworkers.errors import DecodeError
+
+SHM_DIR = "/dev/shm"
+# Below this a buffer goes through the socket. Measured with scenario g of
+# benchmarks/run.py: from 128 KiB segments beat raw pyzmq over ipc; at
+# 64 KiB they were slower than the socket (7,000 against 10,900 tasks/s).
+SEGMENT_THRESHOLD = 128 * 1024
+# Every segment name starts with this, then its controller's pid namespace and pid.
+ROOT_PREFIX = "zmqw-"
+HEADER_KEY = "segments"
+FREED_KEY = "shm_freed"
+# Idle segments a pool keeps for reuse, beyond which it removes them.
+MAX_IDLE_SEGMENTS = 16
+MAX_IDLE_BYTES = 512 * 1024 * 1024
+# Mappings of the peer's segments a receiver keeps (its pool's idle ones, and
+# some busy).
+MAX_MAPPED = 32
+# zmqw-<pid namespace>.<controller pid>-<engine token>-<session>-<random>
+_NAME = re.compile(r"zmqw-[0-9]+\.[0-9]+-[0-9a-f]+-[0-9a-f]+-[0-9a-f]+\Z")
+_PREFIX = re.compile(r"zmqw-[0-9]+\.[0-9]+-[0-9a-f]+-[0-9a-f]+-\Z")
+MAX_SEGMENTS = 4096
+
+
+class Frames(list):  # type: ignore[type-arg]
+    """A message's frames, some of whose buffers went to segments.
+
+    ``stashed`` counts their bytes, which the size limit counts as if they
+    had travelled in the message; a sender that does not send after all
+    hands ``names`` back to ``link`` (:func:`release`).
+    """
+
+    stashed: int = 0
+    names: tuple[str, ...] = ()
+    link: SegmentLink | None = None
+
+
+def owner_prefix(pid: int | None = None) -> str:
+    """``zmqw-<pid namespace>.<pid>-``: the start of a controller's segment names.
+
+    The pid namespace is in it because containers that share one
+    ``/dev/shm`` (the containers of one pod) each number their own
+    processes: a pid that does not run here may run there, so only a
+    controller of the same namespace may judge a name's owner gone.
+    """
+    return f"{ROOT_PREFIX}{_pid_namespace()}.{os.getpid() if pid is None else pid}-"
+
+
+def _pid_namespace() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def available() -> bool:
+    """Whether this host has POSIX shared memory as files (Linux)."""
+    return sys.platform.startswith("linux") and os.access(SHM_DIR, os.W_OK | os.X_OK)
+
+
+def valid_prefix(prefix: object) -> bool:
+    """Whether ``prefix`` is a session prefix as a controller makes them."""
+    return isinstance(prefix, str) and len(prefix) < 80 and bool(_PREFIX.match(prefix))
+
+
+class _Segment:
+    __slots__ = ("name", "mapped", "busy")
+
+    def __init__(self, name: str, mapped: mmap.mmap) -> None:
+        self.name = name
+        self.mapped = mapped
+        self.busy = True
+
+
+class SegmentLink:
+    """One session's segments, as seen from one end.
+
+    The segments this end writes form a pool: each is created once, mapped
+    once, and written again whenever the peer says (``shm_freed`` in a later
+    message's header) that the last view of it has gone on its side. Fresh
+    tmpfs pages cost more than the copy itself (zeroed on allocation, freed
+    after), so reuse is what makes shared memory beat the socket. Segments
+    the peer wrote are mapped read-only for each message; when the last
+    view of such a mapping goes, its name is queued to be said back.
+
+    Used by one thread per end (the engine's, or the worker's loop), but
+    views die in any thread: the queue of freed names is a deque.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        if not valid_prefix(prefix):
+            raise ValueError(f"not a segment prefix: {prefix!r}")
+        self.prefix = prefix
+        self._pool: dict[str, _Segment] = {}
+        self._freed: deque[str] = deque()  # the peer's segments whose views went
+        # The peer's segments, mapped read-only, most recently used last.
+        self._mapped: OrderedDict[str, mmap.mmap] = OrderedDict()
+        self.closed = False
+
+    # -- sending --------------------------------------------------------------
+
+    def stash(self, header: Any, body: Sequence[Any]) -> tuple[Any, list[Any], int, list[str]]:
+        """Move ``body``'s large buffers (frame 1 on) to segments.
+
+        Returns the header (with ``segments`` and ``shm_freed`` entries), the
+        body with empty frames in their place, the bytes moved and the names
+        used. Nothing moves when the header is not a map, or when the host
+        has no room (a full ``/dev/shm``): the socket carries them as before.
+        """
+        if not isinstance(header, dict) or self.closed:
+            return header, list(body), 0, []
+        out = list(body)
+        entries: list[list[Any]] = []
+        names: list[str] = []
+        moved = 0
+        try:
+            for i in range(1, len(body)):
+                view = memoryview(body[i])
+                if view.nbytes < SEGMENT_THRESHOLD:
+                    continue
+                seg = self._free_segment(view.nbytes)
+                names.append(seg.name)
+                data = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+                memoryview(seg.mapped)[: data.nbytes] = data
+                entries.append([i, seg.name, view.nbytes])
+                out[i] = b""
+                moved += view.nbytes
+        except (OSError, ValueError):
+            self.give_back(names)
+            return self.say_freed(header), list(body), 0, []
+        header = self.say_freed(header)
+        if entries:
+            header = {**header, HEADER_KEY: entries}
+        return header, out, moved, names
+
+    def say_freed(self, header: Any) -> Any:
+        """``header`` with the peer's segments whose views went here, if any."""
+        if not self._freed or not isinstance(header, dict):
+            return header
+        freed: list[str] = []
+        # A worker's heartbeat thread says them too: popleft alone is atomic.
+        while len(freed) < MAX_SEGMENTS:
+            try:
+                freed.append(self._freed.popleft())
+            except IndexError:
+                break
+        return {**header, FREED_KEY: freed} if freed else header
+
+    def _free_segment(self, size: int) -> _Segment:
+        # The smallest idle segment that holds it without wasting half.
+        best = None
+        for seg in self._pool.values():
+            cap = len(seg.mapped)
+            if not seg.busy and size <= cap <= 2 * size:
+                if best is None or cap < len(best.mapped):
+                    best = seg
+        if best is not None:
+            best.busy = True
+            return best
+        name = self.prefix + secrets.token_hex(12)
+        path = os.path.join(SHM_DIR, name)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o600)
+        try:
+            # Allocated now, not at the first write: a full /dev/shm (64 MiB
+            # in a default container) then fails here with ENOSPC, and the
+            # buffer takes the socket, where writing into a sparse mapping
+            # would kill the process with SIGBUS.
+            os.posix_fallocate(fd, 0, size)
+            mapped = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+        except BaseException:
+            os.close(fd)
+            _unlink(path)
+            raise
+        os.close(fd)
+        seg = self._pool[name] = _Segment(name, mapped)
+        self._trim()
+        return seg
+
+    def give_back(self, names: Sequence[str]) -> None:
+        """Segments of ours free again: their message was not sent, or the peer let go."""
+        for name in names:
+            seg = self._pool.get(name)
+            if seg is not None:
+                seg.busy = False
+        self._trim()
+
+    def _trim(self) -> None:
+        idle = [s for s in self._pool.values() if not s.busy]
+        excess = sum(len(s.mapped) for s in idle) - MAX_IDLE_BYTES
+        for seg in idle:
+            if excess <= 0 and len(idle) <= MAX_IDLE_SEGMENTS:
+                break
+            excess -= len(seg.mapped)
+            self._drop(seg)
+            idle.remove(seg)
+
+    def _drop(self, seg: _Segment) -> None:
+        del self._pool[seg.name]
+        _unlink(os.path.join(SHM_DIR, seg.name))
+        try:
+            seg.mapped.close()
+        except BufferError:
+            pass  # a view of it is still out (a send in flight): freed with it
+
+    # -- receiving ------------------------------------------------------------
+
+    def receive(self, header: dict[str, Any], views: list[Any]) -> list[Any]:
+        """``views`` (payload frames) with the named segments mapped; the freed taken.
+
+        Called only on a signed message. Raises :class:`DecodeError` for a
+        name outside the session, or a segment that is not this user's,
+        private and at least the size named.
+        """
+        freed = header.get(FREED_KEY)
+        if freed is not None:
+            if not isinstance(freed, list):
+                raise DecodeError("malformed", "shm_freed is not a list")
+            self.give_back([n for n in freed if isinstance(n, str)])
+        entries = header.get(HEADER_KEY)
+        if entries is None:
+            return views
+        if not isinstance(entries, list) or len(entries) > MAX_SEGMENTS:
+            raise DecodeError("malformed", "segments is not a short list")
+        out = list(views)
+        for entry in entries:
+            if not _entry_ok(entry, len(views)) or not entry[1].startswith(self.prefix):
+                raise DecodeError("malformed", f"segment entry {entry!r} is outside the session")
+            i, name, size = entry
+            if memoryview(out[i]).nbytes:
+                raise DecodeError("malformed", f"frame {i} is not empty where a segment goes")
+            try:
+                out[i] = self._map(name, size)
+            except (OSError, ValueError) as exc:
+                raise DecodeError("malformed", f"segment {name} cannot be used ({exc})") from exc
+        return out
+
+    def _map(self, name: str, size: int) -> Any:
+        """A read-only view of ``size`` bytes of the peer's segment ``name``.
+
+        When the last view of it goes, the name is queued to be said back.
+        With numpy loaded, the segment is mapped once and kept (mapping and
+        unmapping 8 MiB with its page faults cost more than the copy the
+        segment saves), and each message gets a uint8 array over it, whose
+        end is watched. Without numpy, each message maps it afresh.
+        """
+        np = sys.modules.get("numpy")
+        if np is None:
+            fresh = self._open(name, size)
+            weakref.finalize(fresh, self._freed.append, name)
+            return memoryview(fresh)
+        mapped = self._mapped.get(name)
+        if mapped is None or len(mapped) < size:
+            mapped = self._mapped[name] = self._open(name, size)
+            while len(self._mapped) > MAX_MAPPED:
+                # The peer's pool reuses its segments: the oldest mapping
+                # is most likely one it has removed. Views keep theirs.
+                self._mapped.popitem(last=False)
+        else:
+            self._mapped.move_to_end(name)
+        view = np.frombuffer(mapped, dtype=np.uint8, count=size)
+        weakref.finalize(view, self._freed.append, name)
+        return view
+
+    def _open(self, name: str, size: int) -> mmap.mmap:
+        fd = os.open(os.path.join(SHM_DIR, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.getuid() or st.st_mode & 0o077:
+                raise ValueError("not this user's private segment")
+            if st.st_size < size:
+                raise ValueError(f"{st.st_size} bytes, the message says {size}")
+            # Read-only: a task's input and a result are views the writer
+            # may reuse once this view has gone, never before.
+            return mmap.mmap(fd, st.st_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Remove this end's segments (views still out keep their memory)."""
+        self.closed = True
+        for seg in list(self._pool.values()):
+            self._drop(seg)
+        self._mapped.clear()
+
+
+def declared_size(header: Any) -> int:
+    """The bytes a header's segments claim (0 if it names none or is malformed)."""
+    entries = header.get(HEADER_KEY) if isinstance(header, dict) else None
+    if not isinstance(entries, list):
+        return 0
+    return sum(
+        e[2]
+        for e in entries
+        if isinstance(e, list) and len(e) == 3 and isinstance(e[2], int) and e[2] > 0
+    )
+
+
+def _name_ok(name: Any) -> bool:
+    return isinstance(name, str) and len(name) < 160 and bool(_NAME.match(name))
+
+
+def _entry_ok(entry: Any, n_views: int) -> bool:
+    return (
+        isinstance(entry, list)
+        and len(entry) == 3
+        and isinstance(entry[0], int)
+        and 1 <= entry[0] < n_views
+        and _name_ok(entry[1])
+        and isinstance(entry[2], int)
+        and entry[2] > 0
+    )
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def remove(names: Sequence[str]) -> None:
+    """Remove segments this process wrote and will not send."""
+    for name in names:
+        _unlink(os.path.join(SHM_DIR, name))
+
+
+def remove_owned(names: Sequence[str]) -> None:
+    """Remove the named segments that are this user's (a refused message's)."""
+    uid = os.getuid()
+    for name in names:
+        path = os.path.join(SHM_DIR, name)
+        try:
+            if os.lstat(path).st_uid == uid:
+                os.unlink(path)
+        except OSError:
+            pass
+
+
+def sweep(prefix: str) -> int:
+    """Remove every segment of this user under ``prefix``; how many there were."""
+    if not prefix.startswith(ROOT_PREFIX):
+        raise ValueError(f"not a segment prefix: {prefix!r}")
+    try:
+        names = [n for n in os.listdir(SHM_DIR) if n.startswith(prefix)]
+    except OSError:
+        return 0
+    before = len(names)
+    remove_owned(names)
+    return before
+
+
+def release(frames: Sequence[Any]) -> None:
+    """Free again the segments of ``frames`` (from a stash): they will not be sent."""
+    if isinstance(frames, Frames) and frames.link is not None:
+        frames.link.give_back(frames.names)

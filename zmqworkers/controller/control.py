@@ -10,9 +10,19 @@ process lives here:
   itself on an INTERRUPT broadcast and its supervisor starts another. The
   tasks prefetched behind it go back to the queue once, counting no attempt;
 - a task's running time is counted from when it became the first its worker
-  holds (the one it runs): never early, late by at most the time its
-  result takes to arrive. Past its timeout it is interrupted and fails with
-  :class:`~zmqworkers.errors.TaskTimeout`.
+  holds. That is the one it runs because TASKS messages with a task that
+  has a timeout are marked ``watch``, and the worker then sends the results
+  it holds back before it starts each of their tasks (elsewhere it holds
+  them for a batch, and the first task the controller sees held may be done
+  while another runs). So the clock starts no earlier than the call, and
+  late by the time the previous result takes to arrive. Past its timeout,
+  and with no result of it waiting unread, the task is interrupted and
+  fails with :class:`~zmqworkers.errors.TaskTimeout`. A result the worker
+  sends in that very moment is lost with the process: the task had run
+  for its whole timeout.
+- a task cancelled with force that the controller sees as prefetched may
+  have started (held-back results again): the worker is told, drops it if
+  it has not, and ends its process if it runs it (see ``worker/guard.py``).
 """
 
 from __future__ import annotations
@@ -50,6 +60,8 @@ class TaskControl:
         self._publish = publish
         self._retire: Callable[[str], None] = lambda wid: None
         self._deliver: Deliver = lambda out: None
+        self._on_event: Callable[[str, Any], None] = lambda name, data: None
+        self._take_results: Callable[[], None] = lambda: None
         self._stats: Counter[str] = Counter()
         # What a task submitted without options of its own gets.
         self._default = TaskOptions(timeout=task_timeout) if task_timeout else None
@@ -58,9 +70,18 @@ class TaskControl:
         self.timed = False  # some task was given a timeout: watch the clock
         self._next_deadline = float("inf")
 
-    def wire(self, retire: Callable[[str], None], deliver: Deliver, stats: Counter[str]) -> None:
-        """What the engine does when a worker is retired and a task fails; its counts."""
+    def wire(
+        self,
+        retire: Callable[[str], None],
+        deliver: Deliver,
+        stats: Counter[str],
+        on_event: Callable[[str, Any], None],
+        take_results: Callable[[], None],
+    ) -> None:
+        """What the engine does when a worker is retired and a task fails, its
+        counts, its handler's events, and how it reads the results that wait."""
         self._retire, self._deliver, self._stats = retire, deliver, stats
+        self._on_event, self._take_results = on_event, take_results
 
     def options_for(self, opts: TaskOptions | None) -> TaskOptions | None:
         """The options submitted tasks get: their own, else the default."""
@@ -70,7 +91,11 @@ class TaskControl:
         return opts
 
     def cancel(self, task_ids: list[int], force: bool) -> list[bool]:
-        """Take tasks back; with ``force`` interrupt running ones. Whether each was cancelled."""
+        """Take tasks back; with ``force`` interrupt running ones. Whether each was cancelled.
+
+        The tasks taken back reach the faces as cancelled (the ``cancelled``
+        event), whether or not whoever asked still waits for this answer.
+        """
         out: list[bool] = []
         tell: dict[str, list[int]] = {}
         for tid in task_ids:
@@ -83,7 +108,16 @@ class TaskControl:
             out.append(what in ("queued", "prefetched", "interrupted"))
         for wid, tids in tell.items():
             self._send(wid, Kind.CANCEL, Cancel(tids).header())
+            if force:
+                # Prefetched as far as the controller knows; but the worker
+                # holds results back for a batch, so it may have moved on
+                # to one of these already. It knows: its guard thread ends
+                # the process if it runs one, and it never starts one.
+                self._publish(Kind.INTERRUPT, Interrupt(wid, None, tuple(tids)).header())
         self._stats["cancelled"] += sum(out)
+        if any(out):
+            taken = [tid for tid, ok in zip(task_ids, out, strict=True) if ok]
+            self._on_event("cancelled", taken)
         return out
 
     def interrupt(self, wid: str, why: str) -> int | None:
@@ -131,6 +165,11 @@ class TaskControl:
         for wid in [wid for wid in running if wid not in sched.workers]:
             del running[wid]
         self._next_deadline = nearest
+        if late:
+            # A result that waits unread says the task is done: read them
+            # first, and interrupt only a task still the first its worker holds.
+            self._take_results()
+            late = [t for t in late if sched.running(t[0]) == t[1]]
         for wid, tid, seconds in late:
             host = sched.workers[wid].host
             if self.interrupt(wid, f"past its timeout of {seconds:g} s") == tid:

@@ -134,10 +134,10 @@ class Engine:
         return self.call(lambda: control.cancel(task_ids, force), timeout)  # type: ignore[no-any-return]
 
     def pause(self) -> None:
-        self._command("pause", None)
+        self._command("pause", True)
 
     def resume(self) -> None:
-        self._command("resume", None)
+        self._command("pause", False)
 
     def stop_workers(self) -> None:
         """Every worker finishes its current call, hands back the rest, leaves."""

@@ -124,3 +124,42 @@ def test_a_cancel_that_stops_waiting_still_ends_its_futures(
             with pytest.raises(CancelledError):
                 f.result(timeout=10)
         assert running.result(timeout=30) is None
+
+
+def _write_segments_then_sleep(seconds: float) -> int:
+    """In the worker: a thread keeps creating segments under the session's prefix,
+    as the result writer does, while the call sleeps."""
+    import os
+    import threading as th
+
+    from zmqworkers.worker import current
+
+    worker = current.serving
+    assert worker is not None and worker._skey.segments is not None
+    prefix = worker._skey.segments.prefix
+
+    def write() -> None:
+        for i in range(10**9):
+            with open(f"/dev/shm/{prefix}late{i % 4}", "wb") as f:
+                f.write(b"x")
+
+    th.Thread(target=write, daemon=True).start()
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_a_forced_interrupt_leaves_no_segment_of_its_session() -> None:
+    import os
+
+    before = set(os.listdir("/dev/shm"))
+    with Cluster(1, prefetch=0) as c:
+        c.wait_for_workers(1, timeout=60)
+        f = c.submit(_write_segments_then_sleep, 60)
+        wait_for(lambda: any("late" in n for n in set(os.listdir("/dev/shm")) - before), 30)
+        pid = c.workers()[0]["pid"]
+        assert c.cancel([f], force=True) == 1
+        wait_for(lambda: not _alive(pid), timeout=10)
+        # Reaped (a new worker joins), and still open: nothing of it is left.
+        wait_for(lambda: c.workers() and c.workers()[0]["pid"] != pid, timeout=30)
+        left = [n for n in set(os.listdir("/dev/shm")) - before if "late" in n]
+        assert left == []

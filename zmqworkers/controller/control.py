@@ -127,8 +127,10 @@ class TaskControl:
             return None
         tid = self._sched.interrupt(wid)
         self._running.pop(wid, None)
-        self._retire(wid)
+        # Killed before its session ends: the session's segments then go
+        # once the process is reaped (LocalWorkers.end_segments_at_exit).
         killed = w.local and self._local.interrupt(w.pid)
+        self._retire(wid)
         if not killed:
             self._publish(Kind.INTERRUPT, Interrupt(wid, tid).header())
         log.info("worker %s (pid %d) replaced to interrupt task %s: %s", wid, w.pid, tid, why)

@@ -36,7 +36,6 @@ from zmqworkers.controller.launcher import LocalWorkers
 from zmqworkers.controller.liveness_watch import LivenessWatch
 from zmqworkers.controller.options import EngineOptions
 from zmqworkers.controller.scheduler import Scheduler, TaskOptions
-from zmqworkers.controller.segments import end_segments
 from zmqworkers.controller.sessions import Link, Session, SessionTable
 from zmqworkers.controller.sockets import ControllerSockets
 from zmqworkers.controller.telemetry import Telemetry
@@ -501,7 +500,7 @@ class EngineLoop:
         for sender in self._sessions.end(wid):
             self._guard.forget(sender)
         if session is not None and session.key.segments is not None:
-            end_segments(session.key.segments)
+            self._local.end_segments_at_exit(session.state, session.key.segments)
 
     # -- liveness (the rules are in .liveness_watch) -----------------------
 

@@ -163,3 +163,30 @@ def test_a_forced_interrupt_leaves_no_segment_of_its_session() -> None:
         wait_for(lambda: c.workers() and c.workers()[0]["pid"] != pid, timeout=30)
         left = [n for n in set(os.listdir("/dev/shm")) - before if "late" in n]
         assert left == []
+
+
+def _fail() -> None:
+    raise ValueError("on purpose")
+
+
+def test_counters_and_the_dashboard_count_the_same_things(tmp_path: Path) -> None:
+    with Cluster(1, prefetch=2) as c:
+        c.wait_for_workers(1, timeout=60)
+        with pytest.raises(ValueError):
+            c.submit(_fail).result(timeout=30)
+        with pytest.raises(TaskTimeout):  # failed, interrupted, timed out
+            c.with_options(timeout=0.5).submit(time.sleep, 30).result(timeout=30)
+        folder = str(tmp_path)
+        running = c.submit(mark, 0, folder, 60)
+        behind = [c.submit(mark, i, folder, 0.0) for i in (1, 2)]
+        wait_for(lambda: 0 in markers(tmp_path), timeout=30)
+        wait_for(lambda: c.counters()["queued"] == 0, timeout=10)  # both prefetched
+        assert c.cancel([running], force=True) == 1  # cancelled and interrupted
+        assert [f.result(timeout=60) > 0 for f in behind] == [True, True]
+        counts, status = c.counters(), c.status()
+    # Before, counters()["failed"] left out the timeout (1 against 2), and the
+    # two tasks prefetched behind each interrupted call counted as retried.
+    assert counts["failed"] == status["failed"] == 2
+    assert counts["redispatched"] == status["retried"] == 0
+    assert counts["cancelled"] == 1
+    assert counts["interrupted"] == 2 and counts["timed_out"] == 1

@@ -165,7 +165,6 @@ class Dispatcher:
                 exc.limit,
             )
             out.append((tid, False, err))
-        self._stats["failed"] += len(out)
         self._stats["too_large"] += len(out)
         self._deliver(out)
 
@@ -207,7 +206,6 @@ class Dispatcher:
             spec_id = rec.spec_id
             if not ok:
                 value = remote_error(value, wid, host)
-                self._stats["failed"] += 1
             out.append((tid, ok, value))
         self._deliver(out)
         return spec_id

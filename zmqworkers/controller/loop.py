@@ -444,7 +444,7 @@ class EngineLoop:
     def _on_bye(self, s: Session, msg: Message) -> None:
         wid = s.state.id
         bye = Bye.parse(msg.header, wid)
-        self.sched.hand_back(wid, bye.returned)
+        self.sched.hand_back(wid, bye.returned, count=False)
         if bye.failed is not None:  # ends mid-call (memory): the call counts an attempt
             self._lose(wid, bye.failed, bye.task)
             return

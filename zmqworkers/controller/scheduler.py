@@ -185,6 +185,9 @@ class Scheduler:
         self.queued = 0
         self.workers: dict[str, WorkerState] = {}
         self.spec_refs: collections.Counter[str] = collections.Counter()
+        # Tasks queued again after a worker held them, lost, or left without
+        # handing them back or sending their result (not those it handed
+        # back, nor those prefetched behind an interrupted call).
         self.redispatched = 0
         self.paused = False
         # Last snapshots of workers that left or were lost, newest last;
@@ -261,7 +264,7 @@ class Scheduler:
                 self._forget(tid, rec)
             else:
                 back.append(tid)
-        self._requeue_front(back)
+        self._requeue_front(back, count=False)  # never started: not a retry
         return running
 
     def attempts_left(self, rec: TaskRecord) -> bool:
@@ -387,8 +390,12 @@ class Scheduler:
         self._forget(task_id, rec)
         return rec
 
-    def hand_back(self, worker_id: str, task_ids: Iterable[int]) -> int:
-        """A leaving worker returns tasks it never started: queue them first."""
+    def hand_back(self, worker_id: str, task_ids: Iterable[int], count: bool = True) -> int:
+        """A leaving worker returns tasks it never started: queue them first.
+
+        ``count``: whether they count as sent again (``redispatched``); a
+        worker's own goodbye hands back tasks that never started, which do not.
+        """
         w = self.workers.get(worker_id)
         back = []
         for tid in task_ids:
@@ -397,7 +404,7 @@ class Scheduler:
             rec = self.tasks.get(tid)
             if rec is not None and rec.worker == worker_id:
                 back.append(tid)
-        self._requeue_front(back)
+        self._requeue_front(back, count)
         return len(back)
 
     def unassign(self, worker_id: str, task_ids: list[int]) -> None:

@@ -190,3 +190,33 @@ def test_counters_and_the_dashboard_count_the_same_things(tmp_path: Path) -> Non
     assert counts["redispatched"] == status["retried"] == 0
     assert counts["cancelled"] == 1
     assert counts["interrupted"] == 2 and counts["timed_out"] == 1
+
+
+def test_a_daemon_that_missed_the_interrupt_still_ends_the_call(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tests.deploy.helpers import Daemon
+
+    # The daemon's worker processes take the first INTERRUPT for them as
+    # missed, as a subscriber whose link was being re-made would.
+    monkeypatch.setenv("ZMQWORKERS_TEST_MISS_INTERRUPTS", "1")
+    conn = tmp_path / "conn.json"
+    folder = tmp_path / "marks"
+    folder.mkdir()
+    with Cluster(0, connection_file=conn, prefetch=2) as c:
+        args = ["--connection-file", str(conn), "--name", "d", "--processes", "1"]
+        daemon = Daemon([*args, "--supervise", "--prefetch", "2"], tmp_path / "daemon.log")
+        try:
+            c.wait_for_workers(1, timeout=60)
+            sleeper = c.submit(mark, 0, str(folder), 60)
+            behind = [c.submit(mark, i, str(folder), 0.0) for i in (1, 2)]
+            wait_for(lambda: 0 in markers(folder) and (folder / "0").read_text(), timeout=30)
+            old_pid = int((folder / "0").read_text())
+            assert c.cancel([sleeper], force=True) == 1
+            # Before, the one broadcast was all: the call ran its 60 s.
+            wait_for(lambda: not _alive(old_pid), timeout=10)
+            # The tasks it held ran once (a second run fails on its marker).
+            assert all(f.result(timeout=60) != old_pid for f in behind)
+            assert markers(folder) == {0, 1, 2}
+        finally:
+            daemon.stop()

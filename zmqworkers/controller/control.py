@@ -28,6 +28,7 @@ process lives here:
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,10 @@ from zmqworkers.protocol import Kind
 from zmqworkers.protocol.records import Cancel, Interrupt
 
 log = logging.getLogger(__name__)
+
+# An INTERRUPT goes out again this often, for this long (see _broadcast).
+REPEAT_EVERY = 0.2
+REPEAT_FOR = 5.0
 
 Deliver = Callable[[list[tuple[int, bool, Any]]], None]
 
@@ -68,6 +73,9 @@ class TaskControl:
         # Per worker: the task it runs and since when (engine clock).
         self._running: dict[str, tuple[int, float]] = {}
         self.timed = False  # some task was given a timeout: watch the clock
+        # Interrupt orders to publish again (header, until when), and when next.
+        self._repeats: list[tuple[dict[str, Any], float]] = []
+        self._next_repeat = float("inf")
         self._next_deadline = float("inf")
 
     def wire(
@@ -113,7 +121,8 @@ class TaskControl:
                 # holds results back for a batch, so it may have moved on
                 # to one of these already. It knows: its guard thread ends
                 # the process if it runs one, and it never starts one.
-                self._publish(Kind.INTERRUPT, Interrupt(wid, None, tuple(tids)).header())
+                session = w.session if (w := self._sched.workers.get(wid)) else ""
+                self._broadcast(Interrupt(wid, None, tuple(tids), session))
         self._stats["cancelled"] += sum(out)
         if any(out):
             taken = [tid for tid, ok in zip(task_ids, out, strict=True) if ok]
@@ -132,16 +141,41 @@ class TaskControl:
         killed = w.local and self._local.interrupt(w.pid)
         self._retire(wid)
         if not killed:
-            self._publish(Kind.INTERRUPT, Interrupt(wid, tid).header())
+            self._broadcast(Interrupt(wid, tid, session=w.session))
         log.info("worker %s (pid %d) replaced to interrupt task %s: %s", wid, w.pid, tid, why)
         self._stats["interrupted"] += 1
         return tid
 
+    def _broadcast(self, order: Interrupt) -> None:
+        """Publish an order, and again every REPEAT_EVERY for REPEAT_FOR seconds.
+
+        A broadcast is missed by a subscriber not connected at that moment
+        (its link was being re-made), and then the call would run to its
+        end and the tasks handed back would run twice. Repeats are harmless:
+        the order names the worker's session, so it never reaches the next
+        process under the same name, and a guard acts on the first it reads.
+        """
+        header = order.header()
+        self._publish(Kind.INTERRUPT, header)
+        now = time.monotonic()
+        self._repeats.append((header, now + REPEAT_FOR))
+        self._next_repeat = min(self._next_repeat, now + REPEAT_EVERY)
+
+    def _repeat(self, now: float) -> None:
+        if now < self._next_repeat:
+            return
+        self._repeats = [(h, until) for h, until in self._repeats if until > now]
+        for header, _ in self._repeats:
+            self._publish(Kind.INTERRUPT, header)
+        self._next_repeat = now + REPEAT_EVERY if self._repeats else float("inf")
+
     def next_deadline(self) -> float:
-        return self._next_deadline if self.timed else float("inf")
+        return min(self._next_deadline if self.timed else float("inf"), self._next_repeat)
 
     def check(self, now: float) -> None:
-        """Note when each worker's running task started; interrupt those past their timeout."""
+        """Note when each worker's running task started; interrupt those past their
+        timeout; repeat the interrupt orders still within their time."""
+        self._repeat(now)
         if not self.timed:
             return
         sched = self._sched

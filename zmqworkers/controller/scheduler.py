@@ -78,6 +78,7 @@ class WorkerState:
     draining: bool = False
     # False when array buffers are signed by length only (a protected link).
     buffers_signed: bool = True
+    session: str = ""  # the tag of its session (what an INTERRUPT names)
     # From its heartbeats: resident memory (bytes), CPU (% of one core).
     rss: int | None = None
     cpu: float | None = None

@@ -258,11 +258,16 @@ class Interrupt:
     worker: str
     task: int | None
     cancel: tuple[int, ...] = ()
+    # The tag of the worker's session: an order repeated (a broadcast can
+    # be missed) never reaches the next process under the same name.
+    session: str = ""
 
     def header(self) -> dict[str, Any]:
         hdr: dict[str, Any] = {"worker": self.worker, "task": self.task}
         if self.cancel:
             hdr["cancel"] = list(self.cancel)
+        if self.session:
+            hdr["session"] = self.session
         return hdr
 
     @classmethod
@@ -271,8 +276,10 @@ class Interrupt:
         worker, task = hdr.get("worker"), hdr.get("task")
         if not isinstance(worker, str) or not (task is None or is_int(task)):
             raise DecodeError("malformed", "interrupt without a worker id")
-        cancel = hdr.get("cancel")
-        return cls(worker, task, tuple(_task_ids(cancel, "interrupt")) if cancel else ())
+        cancel, session = hdr.get("cancel"), hdr.get("session", "")
+        if not isinstance(session, str):
+            raise DecodeError("malformed", "interrupt with a bad session tag")
+        return cls(worker, task, tuple(_task_ids(cancel, "interrupt")) if cancel else (), session)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,13 @@ from typing import Any
 from zmqworkers.client.callbacks import CallbackThread, ClusterFuture
 from zmqworkers.client.readouts import ClusterReadouts
 from zmqworkers.client.streams import SUBMIT_CHUNK, Feed, Stream, StreamTable, chunks
-from zmqworkers.client.views import Outcome, TaskView, take_back_futures, task_options
+from zmqworkers.client.views import (
+    Outcome,
+    TaskView,
+    end_cancelled,
+    take_back_futures,
+    task_options,
+)
 from zmqworkers.controller.engine import Engine, Spec, TaskOptions, make_spec
 from zmqworkers.controller.options import EngineOptions, build_options
 from zmqworkers.errors import ClusterShutdown, ConfigurationError, EngineClosed
@@ -163,6 +169,9 @@ class Cluster(Executor, ClusterReadouts):
     def on_event(self, name: str, data: Any) -> None:
         if name == "closed":
             self._cut_short(data, on_engine=True)
+        elif name == "cancelled":
+            end_cancelled(self._futures, self._callbacks, data)
+            self._made_progress()
 
     def _cut_short(self, task_ids: list[int], on_engine: bool) -> None:
         """These tasks end with ClusterShutdown: their futures and their streams.
@@ -223,7 +232,7 @@ class Cluster(Executor, ClusterReadouts):
         its supervisor), and the tasks it had prefetched go back to the
         queue. Cancelled futures raise ``CancelledError``.
         """
-        return take_back_futures(self._engine, self._futures, futures, force)
+        return take_back_futures(self._engine, futures, force)
 
     def map(
         self,
@@ -365,7 +374,7 @@ class Cluster(Executor, ClusterReadouts):
                 if fut is not None:
                     Future.cancel(fut)  # taken back already
             # Prefetched ones are taken back from their workers too.
-            take_back_futures(self._engine, self._futures, list(self._futures.values()))
+            take_back_futures(self._engine, list(self._futures.values()))
             # What is left of map/imap calls ends with ClusterShutdown.
             self._cut_short(dropped, on_engine=False)
         if wait:
@@ -479,7 +488,7 @@ class Cluster(Executor, ClusterReadouts):
         futures: list[Future[Any]] = []
         callbacks = self._callbacks
         for tid in ids:
-            take_back = functools.partial(take_back_futures, self._engine, self._futures, tid=tid)
+            take_back = functools.partial(take_back_futures, self._engine, tid=tid)
             fut = ClusterFuture(callbacks, take_back, tid)
             self._futures[tid] = fut
             futures.append(fut)

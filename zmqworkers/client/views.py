@@ -11,10 +11,13 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any, NamedTuple, Protocol
 
-from zmqworkers.client.callbacks import ClusterFuture
+from zmqworkers.client.callbacks import CallbackThread, ClusterFuture
 from zmqworkers.controller.engine import Engine, TaskOptions
 from zmqworkers.controller.options import check_count, check_timeout
 from zmqworkers.errors import ConfigurationError, EngineClosed
+
+# How long a cancel waits for the engine's answer (its futures end anyway).
+CANCEL_WAIT = 10.0
 
 
 class Outcome(NamedTuple):
@@ -102,16 +105,16 @@ class TaskView:
 
 def take_back_futures(
     engine: Engine,
-    pending: dict[int, Future[Any]],
     futures: Iterable[Future[Any]] = (),
     force: bool = False,
     tid: int | None = None,
 ) -> int:
     """Ask the engine to take back the tasks of ``futures`` (or task ``tid``).
 
-    The ones it took back leave ``pending`` (a late result finds no future)
-    and are cancelled here, but for ``tid`` alone: its ``Future.cancel()``
-    does that itself. Returns how many were taken back.
+    The engine ends the futures of the tasks it took back itself (the
+    cluster's ``cancelled`` event), also when this call stops waiting for
+    its answer after ``CANCEL_WAIT`` seconds and returns 0: the command
+    still runs. Returns how many were taken back.
     """
     if tid is not None:
         ids = [tid]
@@ -124,14 +127,25 @@ def take_back_futures(
     if not ids:
         return 0
     try:
-        taken = engine.cancel(ids, force)
+        taken = engine.cancel(ids, force, timeout=CANCEL_WAIT)
     except (EngineClosed, TimeoutError):
         return 0
-    n = 0
-    for task_id, ok in zip(ids, taken, strict=True):
-        fut = pending.pop(task_id, None) if ok else None
-        if tid is not None:
-            n += ok
-        elif fut is not None and Future.cancel(fut):
-            n += 1
-    return n
+    return sum(taken)
+
+
+def end_cancelled(
+    futures: dict[int, Future[Any]], callbacks: CallbackThread, task_ids: list[int]
+) -> None:
+    """The engine took these tasks back: their futures end cancelled (engine thread).
+
+    Here, not in whoever asked: a cancel whose caller stopped waiting for
+    the engine's answer still ends its futures.
+    """
+    callbacks.completing(True)
+    try:
+        for tid in task_ids:
+            fut = futures.pop(tid, None)
+            if fut is not None:
+                Future.cancel(fut)  # taken back already: not asked again
+    finally:
+        callbacks.completing(False)

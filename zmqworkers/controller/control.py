@@ -10,14 +10,25 @@ process lives here:
   itself on an INTERRUPT broadcast and its supervisor starts another. The
   tasks prefetched behind it go back to the queue once, counting no attempt;
 - a task's running time is counted from when it became the first its worker
-  holds (the one it runs): never early, late by at most the time its
-  result takes to arrive. Past its timeout it is interrupted and fails with
-  :class:`~zmqworkers.errors.TaskTimeout`.
+  holds. That is the one it runs because TASKS messages with a task that
+  has a timeout are marked ``watch``, and the worker then sends the results
+  it holds back before it starts each of their tasks (elsewhere it holds
+  them for a batch, and the first task the controller sees held may be done
+  while another runs). So the clock starts no earlier than the call, and
+  late by the time the previous result takes to arrive. Past its timeout,
+  and with no result of it waiting unread, the task is interrupted and
+  fails with :class:`~zmqworkers.errors.TaskTimeout`. A result the worker
+  sends in that very moment is lost with the process: the task had run
+  for its whole timeout.
+- a task cancelled with force that the controller sees as prefetched may
+  have started (held-back results again): the worker is told, drops it if
+  it has not, and ends its process if it runs it (see ``worker/guard.py``).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +40,10 @@ from zmqworkers.protocol import Kind
 from zmqworkers.protocol.records import Cancel, Interrupt
 
 log = logging.getLogger(__name__)
+
+# An INTERRUPT goes out again this often, for this long (see _broadcast).
+REPEAT_EVERY = 0.2
+REPEAT_FOR = 5.0
 
 Deliver = Callable[[list[tuple[int, bool, Any]]], None]
 
@@ -50,17 +65,31 @@ class TaskControl:
         self._publish = publish
         self._retire: Callable[[str], None] = lambda wid: None
         self._deliver: Deliver = lambda out: None
+        self._on_event: Callable[[str, Any], None] = lambda name, data: None
+        self._take_results: Callable[[], None] = lambda: None
         self._stats: Counter[str] = Counter()
         # What a task submitted without options of its own gets.
         self._default = TaskOptions(timeout=task_timeout) if task_timeout else None
         # Per worker: the task it runs and since when (engine clock).
         self._running: dict[str, tuple[int, float]] = {}
         self.timed = False  # some task was given a timeout: watch the clock
+        # Interrupt orders to publish again (header, until when), and when next.
+        self._repeats: list[tuple[dict[str, Any], float]] = []
+        self._next_repeat = float("inf")
         self._next_deadline = float("inf")
 
-    def wire(self, retire: Callable[[str], None], deliver: Deliver, stats: Counter[str]) -> None:
-        """What the engine does when a worker is retired and a task fails; its counts."""
+    def wire(
+        self,
+        retire: Callable[[str], None],
+        deliver: Deliver,
+        stats: Counter[str],
+        on_event: Callable[[str, Any], None],
+        take_results: Callable[[], None],
+    ) -> None:
+        """What the engine does when a worker is retired and a task fails, its
+        counts, its handler's events, and how it reads the results that wait."""
         self._retire, self._deliver, self._stats = retire, deliver, stats
+        self._on_event, self._take_results = on_event, take_results
 
     def options_for(self, opts: TaskOptions | None) -> TaskOptions | None:
         """The options submitted tasks get: their own, else the default."""
@@ -70,7 +99,11 @@ class TaskControl:
         return opts
 
     def cancel(self, task_ids: list[int], force: bool) -> list[bool]:
-        """Take tasks back; with ``force`` interrupt running ones. Whether each was cancelled."""
+        """Take tasks back; with ``force`` interrupt running ones. Whether each was cancelled.
+
+        The tasks taken back reach the faces as cancelled (the ``cancelled``
+        event), whether or not whoever asked still waits for this answer.
+        """
         out: list[bool] = []
         tell: dict[str, list[int]] = {}
         for tid in task_ids:
@@ -83,7 +116,17 @@ class TaskControl:
             out.append(what in ("queued", "prefetched", "interrupted"))
         for wid, tids in tell.items():
             self._send(wid, Kind.CANCEL, Cancel(tids).header())
+            if force:
+                # Prefetched as far as the controller knows; but the worker
+                # holds results back for a batch, so it may have moved on
+                # to one of these already. It knows: its guard thread ends
+                # the process if it runs one, and it never starts one.
+                session = w.session if (w := self._sched.workers.get(wid)) else ""
+                self._broadcast(Interrupt(wid, None, tuple(tids), session))
         self._stats["cancelled"] += sum(out)
+        if any(out):
+            taken = [tid for tid, ok in zip(task_ids, out, strict=True) if ok]
+            self._on_event("cancelled", taken)
         return out
 
     def interrupt(self, wid: str, why: str) -> int | None:
@@ -93,19 +136,46 @@ class TaskControl:
             return None
         tid = self._sched.interrupt(wid)
         self._running.pop(wid, None)
-        self._retire(wid)
+        # Killed before its session ends: the session's segments then go
+        # once the process is reaped (LocalWorkers.end_segments_at_exit).
         killed = w.local and self._local.interrupt(w.pid)
+        self._retire(wid)
         if not killed:
-            self._publish(Kind.INTERRUPT, Interrupt(wid, tid).header())
+            self._broadcast(Interrupt(wid, tid, session=w.session))
         log.info("worker %s (pid %d) replaced to interrupt task %s: %s", wid, w.pid, tid, why)
         self._stats["interrupted"] += 1
         return tid
 
+    def _broadcast(self, order: Interrupt) -> None:
+        """Publish an order, and again every REPEAT_EVERY for REPEAT_FOR seconds.
+
+        A broadcast is missed by a subscriber not connected at that moment
+        (its link was being re-made), and then the call would run to its
+        end and the tasks handed back would run twice. Repeats are harmless:
+        the order names the worker's session, so it never reaches the next
+        process under the same name, and a guard acts on the first it reads.
+        """
+        header = order.header()
+        self._publish(Kind.INTERRUPT, header)
+        now = time.monotonic()
+        self._repeats.append((header, now + REPEAT_FOR))
+        self._next_repeat = min(self._next_repeat, now + REPEAT_EVERY)
+
+    def _repeat(self, now: float) -> None:
+        if now < self._next_repeat:
+            return
+        self._repeats = [(h, until) for h, until in self._repeats if until > now]
+        for header, _ in self._repeats:
+            self._publish(Kind.INTERRUPT, header)
+        self._next_repeat = now + REPEAT_EVERY if self._repeats else float("inf")
+
     def next_deadline(self) -> float:
-        return self._next_deadline if self.timed else float("inf")
+        return min(self._next_deadline if self.timed else float("inf"), self._next_repeat)
 
     def check(self, now: float) -> None:
-        """Note when each worker's running task started; interrupt those past their timeout."""
+        """Note when each worker's running task started; interrupt those past their
+        timeout; repeat the interrupt orders still within their time."""
+        self._repeat(now)
         if not self.timed:
             return
         sched = self._sched
@@ -131,6 +201,11 @@ class TaskControl:
         for wid in [wid for wid in running if wid not in sched.workers]:
             del running[wid]
         self._next_deadline = nearest
+        if late:
+            # A result that waits unread says the task is done: read them
+            # first, and interrupt only a task still the first its worker holds.
+            self._take_results()
+            late = [t for t in late if sched.running(t[0]) == t[1]]
         for wid, tid, seconds in late:
             host = sched.workers[wid].host
             if self.interrupt(wid, f"past its timeout of {seconds:g} s") == tid:

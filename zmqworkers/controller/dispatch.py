@@ -48,6 +48,8 @@ class Dispatcher:
         self._host = host
         self._stats = stats
         self._last_seq = last_seq
+        # Whether any task was given a timeout (the engine's TaskControl says).
+        self.timed: Callable[[], bool] = lambda: False
 
     def run(self) -> None:
         """Send what the scheduler assigns: each function once per worker, tasks in batches."""
@@ -114,9 +116,16 @@ class Dispatcher:
         too large together go out in smaller messages; one task too large
         alone fails at once with :class:`MessageTooLarge`.
         """
+        header: dict[str, Any] = {"spec": spec_id}
+        if self.timed():
+            # A task here with a timeout: the worker sends held results
+            # before each task starts, so the controller knows which runs.
+            tasks = self._sched.tasks
+            if any((r := tasks.get(t)) and r.opts and r.opts.timeout for t, _ in items):
+                header["watch"] = True
         while True:
             try:
-                if not self._send(wid, Kind.TASKS, {"spec": spec_id}, body):
+                if not self._send(wid, Kind.TASKS, header, body):
                     return False
             except MessageTooLarge as exc:
                 if len(items) == 1:
@@ -156,7 +165,6 @@ class Dispatcher:
                 exc.limit,
             )
             out.append((tid, False, err))
-        self._stats["failed"] += len(out)
         self._stats["too_large"] += len(out)
         self._deliver(out)
 
@@ -198,7 +206,6 @@ class Dispatcher:
             spec_id = rec.spec_id
             if not ok:
                 value = remote_error(value, wid, host)
-                self._stats["failed"] += 1
             out.append((tid, ok, value))
         self._deliver(out)
         return spec_id

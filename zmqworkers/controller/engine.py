@@ -134,10 +134,10 @@ class Engine:
         return self.call(lambda: control.cancel(task_ids, force), timeout)  # type: ignore[no-any-return]
 
     def pause(self) -> None:
-        self._command("pause", None)
+        self._command("pause", True)
 
     def resume(self) -> None:
-        self._command("resume", None)
+        self._command("pause", False)
 
     def stop_workers(self) -> None:
         """Every worker finishes its current call, hands back the rest, leaves."""
@@ -192,7 +192,11 @@ class Engine:
         return [], read()[1]
 
     def counters(self, timeout: float = 10.0) -> dict[str, Any]:
-        """Tasks queued, running, redispatched; drops by reason; the engine's counts."""
+        """Tasks queued, running, redispatched; drops by reason; the engine's counts.
+
+        ``failed`` counts every task that ended in an error, as the
+        dashboard's: raised, lost with its workers, timed out, too large.
+        """
 
         def read() -> dict[str, Any]:
             return {
@@ -202,6 +206,7 @@ class Engine:
                 "attempts_excused": self._loop.sched.attempts_excused,
                 "dropped": dict(self._loop.dropped),
                 **dict(self._loop.stats),
+                "failed": self._loop.telemetry.failed,
             }
 
         if not self._loop.closed.is_set():
@@ -213,6 +218,7 @@ class Engine:
             "dropped": dict(self._loop.dropped),
             **dict(self._loop.stats),
             "redispatched": self._loop.sched.redispatched,
+            "failed": self._loop.telemetry.failed,
         }
 
     def status(self, timeout: float = 10.0) -> dict[str, Any]:

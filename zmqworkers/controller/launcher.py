@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from zmqworkers.controller import forkserver
 from zmqworkers.controller.forkserver import ForkedProcess, ForkServerUnavailable
 from zmqworkers.controller.options import EngineOptions
+from zmqworkers.controller.scheduler import WorkerState
+from zmqworkers.controller.segments import end_segments
+from zmqworkers.protocol.segments import SegmentLink
 from zmqworkers.security.keys import KEY_ENV
 from zmqworkers.worker.group import kill_group
 from zmqworkers.worker.mp_authkey import MP_AUTHKEY_ENV
@@ -144,6 +147,8 @@ class LocalWorkers:
         self.target = target  # how many should run
         self._expected: set[int] = set()
         self._interrupted: set[int] = set()
+        # Segment links of sessions that ended while their process still ran.
+        self._segments: dict[int, SegmentLink] = {}
         self._replacements = 0
         self.max_memory = max_memory
         self._args = [
@@ -208,6 +213,19 @@ class LocalWorkers:
         kill_group(pid)
         return True
 
+    def end_segments_at_exit(self, worker: WorkerState, link: SegmentLink) -> None:
+        """A session's segments go; if its local process still runs, once it has ended.
+
+        A process killed to interrupt it (or lost while alive) may be writing
+        a result segment in the moment its session ends: removed before it
+        is gone, that one would stay until the engine closes.
+        """
+        proc = self.procs.get(worker.pid) if worker.local else None
+        if proc is not None and proc.poll() is None:
+            self._segments[worker.pid] = link
+        else:
+            end_segments(link)
+
     def asked_to_leave(self, pid: int) -> bool:
         """Whether this local process was asked to leave (by a stop) and has not yet."""
         return pid in self._expected and pid in self.procs
@@ -229,6 +247,8 @@ class LocalWorkers:
                 continue
             del self.procs[pid]
             kill_group(pid)  # what its tasks left running
+            if (link := self._segments.pop(pid, None)) is not None:
+                end_segments(link)
             expected = pid in self._expected
             self._expected.discard(pid)
             killed = pid in self._interrupted
@@ -270,3 +290,6 @@ class LocalWorkers:
                 proc.wait()
             kill_group(proc.pid)
         self.procs.clear()
+        for link in self._segments.values():
+            end_segments(link)
+        self._segments.clear()

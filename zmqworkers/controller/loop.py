@@ -36,7 +36,6 @@ from zmqworkers.controller.launcher import LocalWorkers
 from zmqworkers.controller.liveness_watch import LivenessWatch
 from zmqworkers.controller.options import EngineOptions
 from zmqworkers.controller.scheduler import Scheduler, TaskOptions
-from zmqworkers.controller.segments import end_segments
 from zmqworkers.controller.sessions import Link, Session, SessionTable
 from zmqworkers.controller.sockets import ControllerSockets
 from zmqworkers.controller.telemetry import Telemetry
@@ -137,12 +136,14 @@ class EngineLoop:
         self.control = TaskControl(
             options.task_timeout, self.sched, self._local, self._send, self._sockets.publish
         )
-        self.control.wire(self._retire, self._deliver, self.stats)
+        self.control.wire(
+            self._retire, self._deliver, self.stats, handler.on_event, self._take_results
+        )
+        self._dispatcher.timed = lambda: self.control.timed
         self._on_command: dict[str, Callable[[Any], None]] = {
             "submit": self._cmd_submit,
             "cancel_many": self._cmd_cancel_many,
             "pause": self._cmd_pause,
-            "resume": self._cmd_resume,
             "call": self._cmd_call,
             "stop_workers": self._cmd_stop_workers,
             "start_workers": self._cmd_start_workers,
@@ -295,11 +296,8 @@ class EngineLoop:
     def _cmd_cancel_many(self, task_ids: list[int]) -> None:
         self.control.cancel(task_ids, force=False)
 
-    def _cmd_pause(self, _: Any) -> None:
-        self.sched.paused = True
-
-    def _cmd_resume(self, _: Any) -> None:
-        self.sched.paused = False
+    def _cmd_pause(self, paused: bool) -> None:
+        self.sched.paused = paused
 
     def _cmd_call(self, arg: tuple[Callable[[], Any], Future[Any]]) -> None:
         fn, fut = arg
@@ -446,10 +444,11 @@ class EngineLoop:
     def _on_bye(self, s: Session, msg: Message) -> None:
         wid = s.state.id
         bye = Bye.parse(msg.header, wid)
-        self.sched.hand_back(wid, bye.returned)
+        self.sched.hand_back(wid, bye.returned, count=False)
         if bye.failed is not None:  # ends mid-call (memory): the call counts an attempt
-            self._lose(wid, bye.failed)
+            self._lose(wid, bye.failed, bye.task)
             return
+        self.stats["interrupted"] += bye.task is not None  # a task cancelled with force ran
         self.sched.leave(wid)
         self._end_session(wid)
         self._watch.heartbeat.forget(wid)
@@ -501,7 +500,7 @@ class EngineLoop:
         for sender in self._sessions.end(wid):
             self._guard.forget(sender)
         if session is not None and session.key.segments is not None:
-            end_segments(session.key.segments)
+            self._local.end_segments_at_exit(session.state, session.key.segments)
 
     # -- liveness (the rules are in .liveness_watch) -----------------------
 
@@ -512,17 +511,20 @@ class EngineLoop:
         if expired:
             self.stats["hellos_expired"] += expired
 
-    def _lose(self, wid: str, how: str) -> None:
+    def _take_results(self) -> None:
+        self._recv_all(self._sockets.pull, self._on_result_channel)
+
+    def _lose(self, wid: str, how: str, running: int | None = None) -> None:
         if wid not in self.sched.workers:
             return
         # Results it sent before dying may wait unread: take them first, so
         # the blame for the death falls on the task it was really running.
-        self._recv_all(self._sockets.pull, self._on_result_channel)
+        self._take_results()
         if wid not in self.sched.workers:
             return  # it said goodbye after all
         log.warning("worker %s lost: %s", wid, how)
         self._watch.lost(wid)
-        failed = self.sched.lose(wid, how)
+        failed = self.sched.lose(wid, how, running)
         self._end_session(wid)
         self.stats["workers_lost"] += 1
         self.handler.on_event("worker_lost", {"id": wid, "how": how})

@@ -78,6 +78,7 @@ class WorkerState:
     draining: bool = False
     # False when array buffers are signed by length only (a protected link).
     buffers_signed: bool = True
+    session: str = ""  # the tag of its session (what an INTERRUPT names)
     # From its heartbeats: resident memory (bytes), CPU (% of one core).
     rss: int | None = None
     cpu: float | None = None
@@ -185,6 +186,9 @@ class Scheduler:
         self.queued = 0
         self.workers: dict[str, WorkerState] = {}
         self.spec_refs: collections.Counter[str] = collections.Counter()
+        # Tasks queued again after a worker held them, lost, or left without
+        # handing them back or sending their result (not those it handed
+        # back, nor those prefetched behind an interrupted call).
         self.redispatched = 0
         self.paused = False
         # Last snapshots of workers that left or were lost, newest last;
@@ -261,7 +265,7 @@ class Scheduler:
                 self._forget(tid, rec)
             else:
                 back.append(tid)
-        self._requeue_front(back)
+        self._requeue_front(back, count=False)  # never started: not a retry
         return running
 
     def attempts_left(self, rec: TaskRecord) -> bool:
@@ -387,8 +391,12 @@ class Scheduler:
         self._forget(task_id, rec)
         return rec
 
-    def hand_back(self, worker_id: str, task_ids: Iterable[int]) -> int:
-        """A leaving worker returns tasks it never started: queue them first."""
+    def hand_back(self, worker_id: str, task_ids: Iterable[int], count: bool = True) -> int:
+        """A leaving worker returns tasks it never started: queue them first.
+
+        ``count``: whether they count as sent again (``redispatched``); a
+        worker's own goodbye hands back tasks that never started, which do not.
+        """
         w = self.workers.get(worker_id)
         back = []
         for tid in task_ids:
@@ -397,7 +405,7 @@ class Scheduler:
             rec = self.tasks.get(tid)
             if rec is not None and rec.worker == worker_id:
                 back.append(tid)
-        self._requeue_front(back)
+        self._requeue_front(back, count)
         return len(back)
 
     def unassign(self, worker_id: str, task_ids: list[int]) -> None:
@@ -425,17 +433,26 @@ class Scheduler:
         while len(self.departed) > MAX_DEPARTED:
             self.departed.popitem(last=False)
 
-    def lose(self, worker_id: str, how: str) -> list[tuple[int, WorkerLost]]:
+    def lose(
+        self, worker_id: str, how: str, running: int | None = None
+    ) -> list[tuple[int, WorkerLost]]:
         """A worker died or went silent.
 
         Its tasks go back to the front of the queue. The one it was running
-        (the first in flight) counts an attempt; a task that has now been
-        running on ``max_attempts`` dead workers fails with ``WorkerLost``.
-        Returns the failed ``(task_id, error)`` pairs, already forgotten.
+        counts an attempt; a task that has now been running on
+        ``max_attempts`` dead workers fails with ``WorkerLost``. Returns the
+        failed ``(task_id, error)`` pairs, already forgotten.
+
+        ``running``: the task the worker said it ran as it went (its guard's
+        goodbye). Then that one alone is blamed, and the others go back as
+        they were. Otherwise the first in flight is blamed, and every task
+        it held becomes a suspect (see :meth:`assign`).
         """
         w = self.workers.pop(worker_id, None)
         if w is None:
             return []
+        if running is not None and running in w.in_flight:
+            return self._lose_named(w, how, running)
         self._remember(w, f"lost: {how}")
         failed: list[tuple[int, WorkerLost]] = []
         excused = self._is_excused(worker_id)
@@ -463,6 +480,27 @@ class Scheduler:
             back.append(tid)
         self._requeue_front(back)
         return failed
+
+    def _lose_named(self, w: WorkerState, how: str, running: int) -> list[tuple[int, WorkerLost]]:
+        self._remember(w, f"lost: {how}")
+        back = [
+            t
+            for t in w.in_flight
+            if t != running and (r := self.tasks.get(t)) is not None and r.worker == w.id
+        ]
+        self._requeue_front(back)
+        rec = self.tasks.get(running)
+        if rec is None or rec.worker != w.id:
+            return []
+        rec.attempts += 1
+        rec.deaths = [*(rec.deaths or ()), (w.id, how)]
+        if self.attempts_left(rec):
+            self._requeue_front([running])
+            return []
+        rec.worker = None
+        self.queued += 1  # _forget counts it out of the queue
+        self._forget(running, rec)
+        return [(running, WorkerLost(running, rec.deaths))]
 
     def _is_excused(self, worker_id: str) -> bool:
         return any(worker_id.startswith(p) for p in self.excused)

@@ -138,6 +138,7 @@ class SessionTable:
         ours_ok = link.protected or (via_ipc and not link.sign_buffers)
         protected = ours_ok and hello.link_protected
         w.buffers_signed = not protected
+        w.session = nonce.hex()
         # Large buffers through shared memory: a local worker on the ipc
         # folder that offered it, in a session that does not hash buffers.
         shm = via_ipc and protected and hello.shm and bool(link.segments)

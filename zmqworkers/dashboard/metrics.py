@@ -36,12 +36,22 @@ class _SnapshotCollector(Collector):
         counters = {
             "tasks_submitted": ("Tasks submitted", stats.get("submitted", 0)),
             "tasks_done": ("Tasks that returned a result", s.get("done", 0)),
-            "tasks_failed": ("Tasks that ended in an error", s.get("failed", 0)),
+            "tasks_failed": (
+                "Tasks that ended in an error (raised, lost, timed out, too large)",
+                s.get("failed", 0),
+            ),
             "tasks_retried": (
-                "Tasks sent again after their worker was lost",
+                "Tasks queued again after their worker was lost holding them",
                 s.get("retried", 0),
             ),
-            "tasks_cancelled": ("Tasks cancelled before they ran", stats.get("cancelled", 0)),
+            "tasks_cancelled": (
+                "Tasks cancelled: queued, prefetched, or running and interrupted with force",
+                stats.get("cancelled", 0),
+            ),
+            "tasks_interrupted": (
+                "Calls interrupted by replacing their worker process (forced cancel, timeout)",
+                stats.get("interrupted", 0),
+            ),
             "tasks_timed_out": ("Tasks that ran past their timeout", stats.get("timed_out", 0)),
             "bytes_sent": ("Bytes sent to workers", stats.get("bytes_sent", 0)),
             "bytes_received": ("Bytes received from workers", s.get("bytes_received", 0)),

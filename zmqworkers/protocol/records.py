@@ -187,17 +187,22 @@ class Bye:
 
     ``failed`` is set when it leaves in the middle of a call that cannot
     finish (it went over its memory limit): the call counts an attempt,
-    as when a worker dies, and the text says why.
+    as when a worker dies, and the text says why. ``task`` names the call
+    it leaves in the middle of: the one to blame, whatever the controller
+    took for running (results held back for a batch die with the process).
     """
 
     id: str
     returned: list[int]
     failed: str | None = None
+    task: int | None = None
 
     def header(self) -> dict[str, Any]:
         hdr: dict[str, Any] = {"id": self.id, "returned": self.returned}
         if self.failed is not None:
             hdr["failed"] = self.failed
+        if self.task is not None:
+            hdr["task"] = self.task
         return hdr
 
     @classmethod
@@ -206,7 +211,13 @@ class Bye:
         if not isinstance(returned, list) or not all(is_int(t) for t in returned):
             raise DecodeError("malformed", f"bye from {wid} with a bad task list")
         failed = header.get("failed") if isinstance(header, dict) else None
-        return cls(wid, returned, failed[:500] if isinstance(failed, str) else None)
+        task = header.get("task") if isinstance(header, dict) else None
+        return cls(
+            wid,
+            returned,
+            failed[:500] if isinstance(failed, str) else None,
+            task if is_int(task) else None,
+        )
 
 
 def _task_ids(value: Any, what: str) -> list[int]:
@@ -236,13 +247,28 @@ class Interrupt:
     Broadcast on the control channel, which the worker reads on a thread of
     its own while its main thread is in the call. It exits with
     ``EXIT_INTERRUPTED`` and whoever started it starts another.
+
+    With ``cancel`` (tasks cancelled with force that the controller saw
+    as prefetched) it ends only if it runs one of them, now or later; it
+    never starts one. The controller cannot know whether the worker has
+    already moved on to such a task (results of a batch are held back),
+    the worker does.
     """
 
     worker: str
     task: int | None
+    cancel: tuple[int, ...] = ()
+    # The tag of the worker's session: an order repeated (a broadcast can
+    # be missed) never reaches the next process under the same name.
+    session: str = ""
 
     def header(self) -> dict[str, Any]:
-        return {"worker": self.worker, "task": self.task}
+        hdr: dict[str, Any] = {"worker": self.worker, "task": self.task}
+        if self.cancel:
+            hdr["cancel"] = list(self.cancel)
+        if self.session:
+            hdr["session"] = self.session
+        return hdr
 
     @classmethod
     def parse(cls, header: Any) -> Interrupt:
@@ -250,7 +276,10 @@ class Interrupt:
         worker, task = hdr.get("worker"), hdr.get("task")
         if not isinstance(worker, str) or not (task is None or is_int(task)):
             raise DecodeError("malformed", "interrupt without a worker id")
-        return cls(worker, task)
+        cancel, session = hdr.get("cancel"), hdr.get("session", "")
+        if not isinstance(session, str):
+            raise DecodeError("malformed", "interrupt with a bad session tag")
+        return cls(worker, task, tuple(_task_ids(cancel, "interrupt")) if cancel else (), session)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@
     controller PUB ──INTERRUPT──▶ SUB ── guard thread (own socket, own context-free loop)
                                           │ the worker it names is this one:
                                           └─ exit EXIT_INTERRUPTED (the call is abandoned)
+                                          │ naming tasks cancelled with force:
+                                          └─ never started; one running: goodbye, exit
     every GUARD_SECONDS, during a call:   resident memory over max_memory * margin:
                                           └─ goodbye naming why, exit EXIT_MEMORY
 
@@ -17,6 +19,7 @@ launcher, or a daemon's supervisor) sees the exit status and starts another.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import sys
@@ -28,9 +31,10 @@ import zmq
 from zmqworkers.errors import DecodeError
 from zmqworkers.protocol import Kind, ReplayGuard, SessionKey, decode
 from zmqworkers.protocol.records import Bye, Cancel, Interrupt, Welcome
-from zmqworkers.protocol.session import DRAIN_CHANNEL
+from zmqworkers.protocol.session import DRAIN_CHANNEL, session_tag
 from zmqworkers.security.curve import ClientKeys
 from zmqworkers.worker import links
+from zmqworkers.worker.calls import result_messages
 from zmqworkers.worker.group import kill_rest_of_group
 from zmqworkers.worker.handshake import side_endpoint
 from zmqworkers.worker.options import (
@@ -44,6 +48,11 @@ from zmqworkers.worker.options import (
 log = logging.getLogger(__name__)
 
 GUARD_SECONDS = 0.05
+
+# Fault injection for tests: how many INTERRUPT orders for this worker its
+# guard takes for missed (a broadcast reaches no subscriber not yet
+# connected, and PUB drops what it cannot deliver). Read once per process.
+_MISSED = {"left": int(os.environ.get("ZMQWORKERS_TEST_MISS_INTERRUPTS") or 0)}
 
 try:
     _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -68,6 +77,36 @@ def memory_exceeded(limit: int) -> str:
     return f"exceeded the memory limit of {format_size(limit)}"
 
 
+class TaskMarks:
+    """What the worker's main thread and its guard share about the tasks it holds.
+
+    - ``watched``: tasks of TASKS messages marked ``watch`` (one of them has
+      a timeout). Results held back for a batch are sent before each of
+      them starts, so the first task the controller sees held is the one
+      running, and its clock starts no earlier than the call.
+    - ``doomed``: tasks cancelled with force (the guard adds them). Never
+      started; one that runs already ends the process.
+    - ``held``: results done and not yet sent, which the guard sends
+      itself when it ends the process, so their tasks do not run again.
+    """
+
+    def __init__(self) -> None:
+        self.watched: set[int] = set()
+        self.doomed: set[int] = set()
+        self.held: list[tuple[int, bool, Any]] = []
+
+    def watch(self, header: dict[str, Any], queued: list[Any] | None) -> None:
+        if queued and header.get("watch") is True:
+            self.watched.update(t[0] for t in queued)
+
+    def flush_first(self, task_id: int) -> bool:
+        """Whether held results go out before this task starts (it is watched)."""
+        if task_id in self.watched:
+            self.watched.discard(task_id)
+            return True
+        return False
+
+
 class Guarded(Protocol):
     """The worker state the guard reads."""
 
@@ -76,6 +115,8 @@ class Guarded(Protocol):
     options: WorkerOptions
     _pub_key: bytes
     _current: int | None
+    _limit: int
+    marks: TaskMarks
     _queue: collections.deque[tuple[int, str, Any, bool]]
     _results_ep: str | None
     _result_sender: str
@@ -98,30 +139,57 @@ def guard_loop(
     links.redial_quickly(sock)
     sock.connect(endpoint)
     limit = worker.options.max_memory
+    session = session_tag(worker._result_sender)
     while not stop.is_set():
         if sock.poll(int(GUARD_SECONDS * 1000)):
             try:
                 msg = decode(sock.recv_multipart(copy=False), pub_key, max_size=1 << 20)
                 guard.check(msg.sender, msg.seq)
                 if msg.kind == Kind.INTERRUPT:
-                    if Interrupt.parse(msg.header).worker == worker.id:
+                    order = Interrupt.parse(msg.header)
+                    ours = order.worker == worker.id and order.session in ("", session)
+                    if ours and _MISSED["left"] > 0:
+                        _MISSED["left"] -= 1  # fault injection (tests): missed
+                        continue
+                    if ours and order.cancel:
+                        worker.marks.doomed.update(order.cancel)
+                    elif ours:
                         _end(worker, EXIT_INTERRUPTED, "interrupted by the controller")
             except Exception:  # noqa: BLE001 - anything unreadable is the main thread's to count
                 continue
-        busy = worker._current is not None
+        current = worker._current
+        if current is not None and current in worker.marks.doomed:
+            # Cancelled with force while the controller took it for
+            # prefetched: it has started here. The goodbye hands back the
+            # rest, so the controller takes nobody else for its culprit.
+            _end(worker, EXIT_INTERRUPTED, "cancelled with force", goodbye=True)
+        busy = current is not None
         if limit is not None and busy and rss_bytes() > limit * MEMORY_MARGIN:
             _end(worker, EXIT_MEMORY, memory_exceeded(limit), failed=True)
 
 
-def _end(worker: Guarded, code: int, why: str, failed: bool = False) -> None:
+def _end(worker: Guarded, code: int, why: str, failed: bool = False, goodbye: bool = False) -> None:
     """Leave in the middle of the call: hand back what is queued, say why, exit."""
     returned = [t[0] for t in list(worker._queue)]
     ep = worker._results_ep
-    if failed and ep is not None:
-        # The call is not handed back: it counts an attempt, as a death does.
+    if (failed or goodbye) and ep is not None:
+        # Failed: the call is not handed back and counts an attempt, as a
+        # death does. Naming the call puts the blame where it belongs.
         sender = worker._result_sender.rpartition("/")[0] + "/" + DRAIN_CHANNEL
-        bye = Bye(worker.id, returned, failed=why)
-        links.send_goodbye(ep, worker._curve, sender, worker._skey, bye.header())
+        bye = Bye(worker.id, returned, failed=why if failed else None, task=worker._current)
+        # Results done but held back for a batch would die with the process,
+        # and their tasks run again: they go first. (Their call time is not
+        # known here: reported as none; the batcher smooths it with others.)
+        numbers = itertools.count(1)
+        held = list(
+            result_messages(
+                list(worker.marks.held),
+                0.0,
+                worker._limit,
+                lambda: (sender, next(numbers), worker._skey),
+            )
+        )
+        links.send_goodbye(ep, worker._curve, sender, worker._skey, bye.header(), held)
     log.warning("worker %s: %s, leaving in the middle of task %s", worker.id, why, worker._current)
     kill_rest_of_group()  # the abandoned call's children go with it
     if worker.options.daemon and worker.options.parent_pid is None:

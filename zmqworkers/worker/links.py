@@ -90,10 +90,17 @@ def from_another_controller(header: Any, ours: str | None) -> bool:
 
 
 def send_goodbye(
-    endpoint: str, curve_keys: Any, sender: str, key: Key, header: dict[str, Any]
+    endpoint: str,
+    curve_keys: Any,
+    sender: str,
+    key: Key,
+    header: dict[str, Any],
+    before: list[list[Any]] = [],  # noqa: B006 - read only
 ) -> None:
     """Send a BYE from a thread that owns no socket (the main one is stuck in a call).
 
+    ``before``: messages signed by ``sender`` with the numbers 1, 2, ...
+    (results held back), sent first; the BYE takes the next number.
     A context of its own: its term() waits until the goodbye is out,
     without touching the sockets other threads use.
     """
@@ -103,7 +110,9 @@ def send_goodbye(
         curve.setup_client(sock, curve_keys)
     sock.setsockopt(zmq.LINGER, 1000)
     sock.connect(endpoint)
-    sock.send_multipart(encode(Kind.BYE, sender, 1, key, header))
+    for frames in before:
+        sock.send_multipart(frames, copy=False)
+    sock.send_multipart(encode(Kind.BYE, sender, len(before) + 1, key, header))
     sock.close()
     ctx.term()  # waits (up to the linger) until the goodbye is out
 

@@ -61,7 +61,7 @@ from zmqworkers.worker.calls import (
 from zmqworkers.worker.calls import make_call as make_call
 from zmqworkers.worker.current import send_message as send_message
 from zmqworkers.worker.drain import Drain
-from zmqworkers.worker.guard import drop_cancelled, recycle_reason, start_guard
+from zmqworkers.worker.guard import TaskMarks, drop_cancelled, recycle_reason, start_guard
 from zmqworkers.worker.handshake import (
     Dialling,
     Joined,
@@ -117,6 +117,7 @@ class Worker:
         self._funcs = FunctionCache()
         # (task id, spec id, argument, last of its message)
         self._queue: collections.deque[tuple[int, str, Any, bool]] = collections.deque()
+        self.marks = TaskMarks()  # watched and doomed tasks, results held (guard.py)
         self._stop_requested = False  # by the controller (STOP)
         self._rejoin = False  # ... asking for a new hello
         self._terminate = False  # by a signal: drain and leave for good
@@ -146,8 +147,10 @@ class Worker:
         # controller updates when it was last heard.
         self._on_kind: dict[Kind, Callable[[Any, dict[str, Any]], bool]] = {
             Kind.TASKS: self._on_tasks,
-            Kind.FUNC: self._on_func,
-            Kind.STOP: self._on_stop,
+            Kind.FUNC: lambda msg, hdr: self._funcs.take(
+                hdr.get("spec"), msg.payload, hdr.get("forget")
+            ),
+            Kind.STOP: lambda msg, hdr: on_stop(self, hdr),
             Kind.CANCEL: lambda msg, hdr: drop_cancelled(self._queue, hdr),
             Kind.HEARTBEAT: lambda msg, hdr: True,
             Kind.INTERRUPT: lambda msg, hdr: True,  # the guard thread's
@@ -272,6 +275,7 @@ class Worker:
             self._tasks_seq = 0  # the last TASKS message received in this session
             misses = welcome.heartbeat_misses or opts.heartbeat_misses
             self._hb_stop.clear()
+            self.marks.doomed.clear()  # task ids are the controller's: a new one reuses them
             hb_thread = threading.Thread(
                 target=self._heartbeat_loop,
                 args=(results_ep, interval, self._skey, self._hb_sender),
@@ -395,7 +399,8 @@ class Worker:
         poller.register(control, zmq.POLLIN)
         keys = {tasks: self._skey, control: self._pub_key}
         last_heard = time.monotonic()
-        batch: list[tuple[int, bool, Any]] = []
+        batch = self.marks.held  # emptied in place, never replaced: the guard reads it
+        batch.clear()
         batch_started = 0.0
         busy = 0.0  # seconds spent in calls for the results in `batch`
         next_status = time.monotonic() + self._status_every
@@ -439,9 +444,10 @@ class Worker:
                 log.warning("worker %s: another controller now holds the address", self.id)
                 return "lost"
             if not self._queue:
+                self.marks.watched.clear()  # what is left was cancelled
                 if batch:
                     self._flush(results, batch, busy)
-                    batch = []
+                    batch.clear()
                 # Silent, and another controller on the address or our
                 # connection closed (its pings went unanswered): a controller
                 # busy with a large message still answers them.
@@ -452,6 +458,11 @@ class Worker:
                 continue
             task_id, spec_id, arg, last = self._queue.popleft()
             served = True
+            if task_id in self.marks.doomed:
+                continue  # cancelled with force before it started
+            if batch and self.marks.flush_first(task_id):
+                self._flush(results, batch, busy)
+                batch.clear()
             if not batch:
                 batch_started = time.monotonic()
                 busy = 0.0
@@ -470,7 +481,7 @@ class Worker:
                 or time.monotonic() - batch_started > RESULT_BATCH_SECONDS
             ):
                 self._flush(results, batch, busy)
-                batch = []
+                batch.clear()
         if batch:
             self._flush(results, batch, busy)
         # Leaving: whatever was prefetched goes back to the controller.
@@ -507,18 +518,8 @@ class Worker:
         self._tasks_seq = msg.seq
         queued = task_entries(hdr.get("spec"), msg.payload)
         self._queue.extend(queued or ())
+        self.marks.watch(hdr, queued)
         return queued is not None
-
-    def _on_func(self, msg: Any, hdr: dict[str, Any]) -> bool:
-        return self._funcs.take(hdr.get("spec"), msg.payload, hdr.get("forget"))
-
-    def _on_stop(self, msg: Any, hdr: dict[str, Any]) -> bool:
-        if hdr.get("worker") in (None, self.id):
-            self._stop_requested = True
-            # Declared lost while it was alive (a cut link): leave the
-            # session and say hello again, local worker or daemon.
-            self._rejoin = hdr.get("rejoin") is True
-        return True
 
     def _run_one(self, task_id: int, spec_id: str, arg: Any) -> tuple[int, bool, Any]:
         call = self._funcs.get(spec_id)
@@ -544,3 +545,13 @@ class Worker:
     ) -> None:
         for frames in result_messages(batch, busy, self._limit, self._signing):
             results.send_multipart(frames, copy=False)
+
+
+def on_stop(worker: Worker, hdr: dict[str, Any]) -> bool:
+    """A STOP: leave after the current call (all workers, or this one)."""
+    if hdr.get("worker") in (None, worker.id):
+        worker._stop_requested = True
+        # Declared lost while it was alive (a cut link): leave the
+        # session and say hello again, local worker or daemon.
+        worker._rejoin = hdr.get("rejoin") is True
+    return True

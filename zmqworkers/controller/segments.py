@@ -2,11 +2,12 @@
 
 Every segment of a session with a local worker, written by either side, is
 named ``zmqw-<pid namespace>.<controller pid>-<engine token>-<session>-<random>``
-(protocol/segments.py). A receiver removes each name as it maps it, so what
-is left under the engine's prefix is only what nobody will read: messages
-dropped, or a worker killed before it read its tasks or while it wrote a
-result. The engine removes those when it closes, after its local workers
-have ended (none can write any more), and at interpreter exit.
+(protocol/segments.py). Names live as long as their session: each end
+reuses the segments it writes, and the receiver maps them without removing
+them. A session's names go when it ends (``end_segments``: the worker left
+or was lost), so what is left under the engine's prefix at close is what a
+session still held; the engine removes those when it closes, after its
+local workers have ended (none can write any more), and at interpreter exit.
 
 A controller killed with SIGKILL cannot; the next controller to start on
 the host removes the segments of this user's controllers that no longer

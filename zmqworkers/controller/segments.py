@@ -23,6 +23,7 @@ import secrets
 import weakref
 
 from zmqworkers.protocol import segments
+from zmqworkers.worker.group import pid_exists
 
 log = logging.getLogger(__name__)
 
@@ -69,21 +70,12 @@ def sweep_orphans() -> int:
             continue
         pid = int(m.group(2))
         if pid not in alive:
-            alive[pid] = _running(pid)
+            # Another user's process counts as running: its names are not ours anyway.
+            alive[pid] = pid_exists(pid)
         if not alive[pid]:
             dead.append(name)
     segments.remove_owned(dead)
     return len(dead)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process: its names are not ours anyway
-    return True
 
 
 def end_segments(link: segments.SegmentLink) -> None:

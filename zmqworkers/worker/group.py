@@ -23,6 +23,21 @@ import signal
 SIGKILL = getattr(signal, "SIGKILL", signal.SIGTERM)
 
 
+def pid_exists(pid: int) -> bool:
+    """Whether a process numbered ``pid`` exists (a zombie, not yet reaped, counts).
+
+    Another user's process exists too: signalling it is refused, not
+    unanswered.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def kill_group(pgid: int) -> None:
     """Kill what is left of the group a worker led, once the worker has ended.
 

@@ -40,28 +40,11 @@ from zmqworkers.worker.options import (
     WorkerOptions,
     format_size,
 )
+from zmqworkers.worker.usage import rss_bytes
 
 log = logging.getLogger(__name__)
 
 GUARD_SECONDS = 0.05
-
-try:
-    _PAGE = os.sysconf("SC_PAGE_SIZE")
-except (AttributeError, ValueError, OSError):  # not POSIX
-    _PAGE = 4096
-
-
-def rss_bytes() -> int:
-    """This process's resident memory now (Linux ``/proc``; else the peak so far)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        import resource
-        import sys
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024
 
 
 def memory_exceeded(limit: int) -> str:

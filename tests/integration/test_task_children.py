@@ -47,22 +47,28 @@ def spawn_spinner(pid_file: str) -> int:
     return pid
 
 
-# The controller script: one local worker runs the task, says the pid of
-# the worker, then leaves the `with` block (mode "exit") or dies (mode "die").
+# The controller script: one local worker (started as the third argument
+# says) runs the task, says the pid of the worker, then leaves the `with`
+# block (mode "exit"), dies (mode "die"), or waits for a line on its input
+# and then dies (mode "wait").
 SCRIPT = inspect.getsource(spawn_spinner) + textwrap.dedent(
     """
     import os, sys
     from zmqworkers import Cluster
 
-    pid_file, mode = sys.argv[1], sys.argv[2]
-    with Cluster(n_workers=1, stop_timeout=5) as c:
+    pid_file, mode, start_method = sys.argv[1:4]
+    with Cluster(n_workers=1, stop_timeout=5, start_method=start_method) as c:
         c.submit(spawn_spinner, pid_file).result(60)
         print("WORKER", c.workers()[0]["pid"], flush=True)
-        if mode == "die":
+        if mode == "wait":
+            sys.stdin.readline()
+        if mode in ("die", "wait"):
             os._exit(0)
     print("DONE", flush=True)
     """
 )
+
+START_METHODS = ["spawn", "forkserver"]
 
 
 def _alive(pid: int) -> bool:
@@ -87,14 +93,14 @@ def pids() -> Iterator[list[int]]:
             os.kill(pid, signal.SIGKILL)
 
 
-def _script(tmp_path: Path, mode: str) -> subprocess.Popen[str]:
+def _script(tmp_path: Path, mode: str, start_method: str = "spawn") -> subprocess.Popen[str]:
     path = tmp_path / "controller.py"
     path.write_text(SCRIPT)
     with open(tmp_path / "stderr.txt", "w") as err:
         return subprocess.Popen(
-            [sys.executable, str(path), str(tmp_path / "spinner.pid"), mode],
+            [sys.executable, str(path), str(tmp_path / "spinner.pid"), mode, start_method],
             env=subprocess_env(),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if mode == "wait" else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
@@ -116,10 +122,11 @@ def _finish(proc: subprocess.Popen[str], pids: list[int]) -> str:
     return out
 
 
+@pytest.mark.parametrize("start_method", START_METHODS)
 def test_a_task_child_ends_with_the_cluster_and_frees_the_output_pipe(
-    tmp_path: Path, pids: list[int]
+    tmp_path: Path, pids: list[int], start_method: str
 ) -> None:
-    proc = _script(tmp_path, "exit")
+    proc = _script(tmp_path, "exit", start_method)
     spinner = _spinner(tmp_path / "spinner.pid")
     pids.append(spinner)
     out = _finish(proc, pids)
@@ -127,10 +134,11 @@ def test_a_task_child_ends_with_the_cluster_and_frees_the_output_pipe(
     wait_for(lambda: not _alive(spinner), timeout=10)
 
 
+@pytest.mark.parametrize("start_method", START_METHODS)
 def test_a_task_child_ends_with_a_worker_whose_controller_died(
-    tmp_path: Path, pids: list[int]
+    tmp_path: Path, pids: list[int], start_method: str
 ) -> None:
-    proc = _script(tmp_path, "die")
+    proc = _script(tmp_path, "die", start_method)
     spinner = _spinner(tmp_path / "spinner.pid")
     pids.append(spinner)
     assert proc.stdout is not None
@@ -138,6 +146,29 @@ def test_a_task_child_ends_with_a_worker_whose_controller_died(
     pids.append(worker)
     # The worker notices on its next heartbeat (1 s) and takes the child along.
     wait_for(lambda: not _alive(worker) and not _alive(spinner), timeout=15)
+    _finish(proc, pids)
+
+
+def test_an_orphaned_fork_server_worker_ends_its_tasks_child(
+    tmp_path: Path, pids: list[int]
+) -> None:
+    # The fork server is killed outright, so it cannot kill its workers'
+    # groups: the worker, orphaned, must end its task's child itself, which
+    # only a worker leading a session of its own does (worker/group.py).
+    proc = _script(tmp_path, "wait", "forkserver")
+    spinner = _spinner(tmp_path / "spinner.pid")
+    pids.append(spinner)
+    assert proc.stdout is not None and proc.stdin is not None
+    worker = int(proc.stdout.readline().split()[1])
+    pids.append(worker)
+    server = psutil.Process(worker).ppid()
+    assert server != proc.pid, "the worker was not forked by a fork server"
+    assert os.getsid(worker) == worker, "a forked worker leads no session of its own"
+    os.kill(server, signal.SIGKILL)
+    # The worker notices on its next heartbeat (1 s) and takes the child along.
+    wait_for(lambda: not _alive(worker) and not _alive(spinner), timeout=15)
+    proc.stdin.write("end\n")
+    proc.stdin.flush()
     _finish(proc, pids)
 
 

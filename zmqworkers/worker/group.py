@@ -1,8 +1,9 @@
 """A worker's process group: the processes its tasks start end with it.
 
-A worker started by a controller (``controller/launcher.py``) or by a
-daemon's supervisor (``worker/daemon.py``) leads a session, and so a
-process group, of its own. Whatever its tasks fork joins that group, also
+A worker started by a controller (``controller/launcher.py``: spawned with
+``start_new_session``, or forked by the fork server, ``worker/zygote.py``,
+whose child calls ``setsid``) or by a daemon's supervisor
+(``worker/daemon.py``) leads a session, and so a process group, of its own. Whatever its tasks fork joins that group, also
 a child that double-forks, ignores SIGTERM or keeps the caller's output
 pipe open. When the worker ends, its parent kills the group; a worker whose
 parent died first (an orphan that ends itself) kills the rest of its group

@@ -152,24 +152,31 @@ def test_a_task_child_ends_with_a_worker_whose_controller_died(
 def test_an_orphaned_fork_server_worker_ends_its_tasks_child(
     tmp_path: Path, pids: list[int]
 ) -> None:
-    # The fork server is killed outright, so it cannot kill its workers'
-    # groups: the worker, orphaned, must end its task's child itself, which
-    # only a worker leading a session of its own does (worker/group.py).
+    # The controller is stopped (SIGSTOP) and the fork server killed
+    # outright, so neither can kill the worker's group: the worker, orphaned,
+    # must end its task's child itself, which only a worker leading a
+    # session of its own does (worker/group.py).
     proc = _script(tmp_path, "wait", "forkserver")
+    pids.append(proc.pid)
     spinner = _spinner(tmp_path / "spinner.pid")
     pids.append(spinner)
-    assert proc.stdout is not None and proc.stdin is not None
+    assert proc.stdout is not None
     worker = int(proc.stdout.readline().split()[1])
     pids.append(worker)
     server = psutil.Process(worker).ppid()
     assert server != proc.pid, "the worker was not forked by a fork server"
-    assert os.getsid(worker) == worker, "a forked worker leads no session of its own"
-    os.kill(server, signal.SIGKILL)
-    # The worker notices on its next heartbeat (1 s) and takes the child along.
-    wait_for(lambda: not _alive(worker) and not _alive(spinner), timeout=15)
-    proc.stdin.write("end\n")
-    proc.stdin.flush()
-    _finish(proc, pids)
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        os.kill(server, signal.SIGKILL)
+        # The worker notices on its next heartbeat (1 s) and takes the child along.
+        wait_for(lambda: not _alive(worker) and not _alive(spinner), timeout=15)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, signal.SIGCONT)
+        for pid in (spinner, worker):  # left only by a failure: they hold the pipe
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
 
 
 def _daemon(address: str) -> subprocess.Popen[bytes]:

@@ -29,9 +29,10 @@ KEY = "c" * 64
 
 
 def spawn_spinner(pid_file: str) -> int:
-    """Fork a child that ignores SIGTERM and spins; return its pid."""
+    """Fork a child that ignores SIGTERM and spins; return its pid once it has said it."""
     import os
     import signal
+    import time
 
     pid = os.fork()
     if pid == 0:
@@ -44,6 +45,11 @@ def spawn_spinner(pid_file: str) -> int:
                 pass
         finally:
             os._exit(0)
+    # Not before: a controller that dies as soon as the result is in (mode
+    # "die") would have the child killed before it wrote its pid.
+    deadline = time.monotonic() + 30
+    while not os.path.exists(pid_file) and time.monotonic() < deadline:
+        time.sleep(0.01)
     return pid
 
 

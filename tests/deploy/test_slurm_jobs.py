@@ -25,6 +25,7 @@ import pytest
 from tests.conftest import wait_for
 from tests.deploy.slurm_helpers import SlurmCluster, slurm_cluster
 from zmqworkers import Cluster
+from zmqworkers.errors import WorkerLost
 from zmqworkers.slurm import SlurmCommands, SlurmJobs
 
 pytestmark = pytest.mark.slow
@@ -190,6 +191,35 @@ def test_a_job_killed_mid_run_costs_no_attempt_and_is_replaced(
     assert re.search(rf"event=ended job={job_id} state=\S+ early", log_text), log_text
 
 
+def kill_my_job(_: int) -> None:
+    """A task that takes its whole job down: the daemon first, then its own process."""
+    os.kill(int(os.environ["ZMQWORKERS_SUPERVISOR_PID"]), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.timeout(240)
+def test_a_task_that_kills_its_jobs_fails_after_max_attempts(
+    slurm: SlurmCluster, share: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its jobs end FAILED: not excused, so each counts an attempt. Before,
+    # every ended job was excused and the task went to job after job.
+    caplog.set_level(logging.INFO, logger="zmqworkers.scale.slurm_jobs")
+    with _cluster(share, secrets.token_hex(32), max_attempts=2) as cluster:
+        jobs = _jobs(cluster, slurm, share)
+        try:
+            jobs.scale(jobs=1)
+            with pytest.raises(WorkerLost) as info:
+                cluster.submit(kill_my_job, 0).result(timeout=150)
+            assert cluster.submit(nap_square, 3).result(timeout=60) == 9
+            counters = cluster.counters()
+        finally:
+            jobs.close()
+    assert len(info.value.deaths) == 2, info.value.deaths
+    assert counters.get("attempts_excused", 0) == 0, counters
+    log_text = "\n".join(r.getMessage() for r in caplog.records)
+    assert re.search(r"event=ended job=\d+ state=FAILED early, not excused", log_text), log_text
+
+
 @pytest.mark.timeout(240)
 def test_a_job_at_its_walltime_drains_first_and_is_replaced(
     slurm: SlurmCluster, share: Path
@@ -313,6 +343,7 @@ import os, secrets, sys, time
 import numpy as np
 from qtpy import QtTest
 import zmqworkers
+from zmqworkers.errors import WorkerLost
 from zmqworkers.slurm import SlurmCommands, SlurmJobs
 
 def test_func(task, slope, offset):

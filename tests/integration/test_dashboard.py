@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -117,6 +118,39 @@ def test_a_dashboard_off_loopback_needs_its_token() -> None:
         req = urllib.request.Request(local + "metrics", headers=auth)
         with urllib.request.urlopen(req, timeout=10) as r:
             assert b"zmqworkers_tasks_done_total" in r.read()
+
+
+def _get_with_host(port: int, path: str, host: str | None) -> tuple[int, bytes]:
+    """GET ``path`` from 127.0.0.1:``port`` with ``host`` as the Host header (None: none)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest("GET", path, skip_host=True)
+        if host is not None:
+            conn.putheader("Host", host)
+        conn.endheaders()
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def test_a_loopback_dashboard_answers_only_requests_addressed_to_loopback() -> None:
+    # No token on loopback: a page of another site whose name was made to
+    # resolve to 127.0.0.1 (DNS rebinding) would send its own name as Host.
+    with Cluster(0, dashboard="127.0.0.1:0") as c:
+        assert c.dashboard_url is not None and "token" not in c.dashboard_url
+        port = int(c.dashboard_url.rsplit(":", 1)[1].strip("/"))
+        for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}"):
+            for path in ("/api/status", "/metrics", "/"):
+                status, body = _get_with_host(port, path, host)
+                assert status == 403, (host, path, status)
+                assert b"localhost or a loopback address" in body and host.encode() in body
+        # Any port: an SSH tunnel may forward another one to this.
+        ok = (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port + 1}", "127.0.0.1")
+        for host in ok:
+            status, body = _get_with_host(port, "/api/status", host)
+            assert status == 200, (host, status, body)
+            assert "workers" in json.loads(body)
 
 
 def test_no_dashboard_unless_asked_for() -> None:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -209,3 +210,50 @@ def test_a_full_dev_shm_sends_through_the_socket_instead() -> None:
         timeout=120,
     )
     assert proc.returncode == 0 and "intact" in proc.stdout, proc.stderr[-3000:]
+
+
+def remove_segments(prefix: str, started: str, timeout: float) -> int:
+    """In the worker: wait for the controller's next segment and remove it before it is read."""
+    import time
+
+    open(started, "w").close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        names = [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
+        if names:
+            for n in names:
+                os.unlink(os.path.join("/dev/shm", n))
+            return len(names)
+        time.sleep(0.01)
+    return 0
+
+
+def total(x: np.ndarray) -> float:
+    return float(x.sum())
+
+
+def test_tasks_whose_segment_is_gone_are_reconciled_not_left_on_the_worker(
+    tmp_path: Path,
+) -> None:
+    # The second TASKS message waits in the worker's socket while the first
+    # task runs, and that task removes the segment it names. The worker
+    # cannot map it: the message is dropped, but it is signed, so its number
+    # is known and the worker's status says it was received and its tasks
+    # are not held. They go out again. Before, a decode failure past the
+    # signature carried no number when a segment failed, and as the
+    # worker's last message its task stayed on the worker for ever.
+    from zmqworkers import Cluster
+
+    a = np.arange(ELEMENTS, dtype=np.float64)
+    with Cluster(1, prefetch=1, heartbeat_interval=0.2) as c:
+        c.wait_for_workers(1, timeout=60)
+        started = tmp_path / "started"
+        removed = c.submit(remove_segments, owner_prefix(), str(started), 20)
+        # Sent once the first task runs: the worker reads no message meanwhile.
+        wait_for(started.exists, timeout=30)
+        second = c.submit(total, a)
+        assert removed.result(timeout=60) == 1
+        assert second.result(timeout=30) == float(a.sum())
+        counters = c.counters()
+    assert counters["results_lost"] == 1, counters
+    assert counters.get("failed", 0) == 0 and counters.get("workers_lost", 0) == 0, counters

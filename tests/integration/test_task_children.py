@@ -29,9 +29,10 @@ KEY = "c" * 64
 
 
 def spawn_spinner(pid_file: str) -> int:
-    """Fork a child that ignores SIGTERM and spins; return its pid."""
+    """Fork a child that ignores SIGTERM and spins; return its pid once it has said it."""
     import os
     import signal
+    import time
 
     pid = os.fork()
     if pid == 0:
@@ -44,25 +45,36 @@ def spawn_spinner(pid_file: str) -> int:
                 pass
         finally:
             os._exit(0)
+    # Not before: a controller that dies as soon as the result is in (mode
+    # "die") would have the child killed before it wrote its pid.
+    deadline = time.monotonic() + 30
+    while not os.path.exists(pid_file) and time.monotonic() < deadline:
+        time.sleep(0.01)
     return pid
 
 
-# The controller script: one local worker runs the task, says the pid of
-# the worker, then leaves the `with` block (mode "exit") or dies (mode "die").
+# The controller script: one local worker (started as the third argument
+# says) runs the task, says the pid of the worker, then leaves the `with`
+# block (mode "exit"), dies (mode "die"), or waits for a line on its input
+# and then dies (mode "wait").
 SCRIPT = inspect.getsource(spawn_spinner) + textwrap.dedent(
     """
     import os, sys
     from zmqworkers import Cluster
 
-    pid_file, mode = sys.argv[1], sys.argv[2]
-    with Cluster(n_workers=1, stop_timeout=5) as c:
+    pid_file, mode, start_method = sys.argv[1:4]
+    with Cluster(n_workers=1, stop_timeout=5, start_method=start_method) as c:
         c.submit(spawn_spinner, pid_file).result(60)
         print("WORKER", c.workers()[0]["pid"], flush=True)
-        if mode == "die":
+        if mode == "wait":
+            sys.stdin.readline()
+        if mode in ("die", "wait"):
             os._exit(0)
     print("DONE", flush=True)
     """
 )
+
+START_METHODS = ["spawn", "forkserver"]
 
 
 def _alive(pid: int) -> bool:
@@ -87,14 +99,14 @@ def pids() -> Iterator[list[int]]:
             os.kill(pid, signal.SIGKILL)
 
 
-def _script(tmp_path: Path, mode: str) -> subprocess.Popen[str]:
+def _script(tmp_path: Path, mode: str, start_method: str = "spawn") -> subprocess.Popen[str]:
     path = tmp_path / "controller.py"
     path.write_text(SCRIPT)
     with open(tmp_path / "stderr.txt", "w") as err:
         return subprocess.Popen(
-            [sys.executable, str(path), str(tmp_path / "spinner.pid"), mode],
+            [sys.executable, str(path), str(tmp_path / "spinner.pid"), mode, start_method],
             env=subprocess_env(),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if mode == "wait" else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
@@ -116,10 +128,11 @@ def _finish(proc: subprocess.Popen[str], pids: list[int]) -> str:
     return out
 
 
+@pytest.mark.parametrize("start_method", START_METHODS)
 def test_a_task_child_ends_with_the_cluster_and_frees_the_output_pipe(
-    tmp_path: Path, pids: list[int]
+    tmp_path: Path, pids: list[int], start_method: str
 ) -> None:
-    proc = _script(tmp_path, "exit")
+    proc = _script(tmp_path, "exit", start_method)
     spinner = _spinner(tmp_path / "spinner.pid")
     pids.append(spinner)
     out = _finish(proc, pids)
@@ -127,10 +140,11 @@ def test_a_task_child_ends_with_the_cluster_and_frees_the_output_pipe(
     wait_for(lambda: not _alive(spinner), timeout=10)
 
 
+@pytest.mark.parametrize("start_method", START_METHODS)
 def test_a_task_child_ends_with_a_worker_whose_controller_died(
-    tmp_path: Path, pids: list[int]
+    tmp_path: Path, pids: list[int], start_method: str
 ) -> None:
-    proc = _script(tmp_path, "die")
+    proc = _script(tmp_path, "die", start_method)
     spinner = _spinner(tmp_path / "spinner.pid")
     pids.append(spinner)
     assert proc.stdout is not None
@@ -139,6 +153,36 @@ def test_a_task_child_ends_with_a_worker_whose_controller_died(
     # The worker notices on its next heartbeat (1 s) and takes the child along.
     wait_for(lambda: not _alive(worker) and not _alive(spinner), timeout=15)
     _finish(proc, pids)
+
+
+def test_an_orphaned_fork_server_worker_ends_its_tasks_child(
+    tmp_path: Path, pids: list[int]
+) -> None:
+    # The controller is stopped (SIGSTOP) and the fork server killed
+    # outright, so neither can kill the worker's group: the worker, orphaned,
+    # must end its task's child itself, which only a worker leading a
+    # session of its own does (worker/group.py).
+    proc = _script(tmp_path, "wait", "forkserver")
+    pids.append(proc.pid)
+    spinner = _spinner(tmp_path / "spinner.pid")
+    pids.append(spinner)
+    assert proc.stdout is not None
+    worker = int(proc.stdout.readline().split()[1])
+    pids.append(worker)
+    server = psutil.Process(worker).ppid()
+    assert server != proc.pid, "the worker was not forked by a fork server"
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        os.kill(server, signal.SIGKILL)
+        # The worker notices on its next heartbeat (1 s) and takes the child along.
+        wait_for(lambda: not _alive(worker) and not _alive(spinner), timeout=15)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, signal.SIGCONT)
+        for pid in (spinner, worker):  # left only by a failure: they hold the pipe
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
 
 
 def _daemon(address: str) -> subprocess.Popen[bytes]:

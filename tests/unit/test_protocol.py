@@ -233,3 +233,23 @@ def test_a_large_pickle_stream_is_signed_in_full_even_on_a_protected_link() -> N
     with pytest.raises(DecodeError) as info:
         decode(_flip(frames, 2), light)
     assert info.value.reason == "signature"
+
+
+def test_a_signed_message_refused_past_its_signature_says_its_kind_and_number() -> None:
+    # Segments named in a session that did not agree on them: refused after
+    # the signature check, so the number is the sender's, and a worker can
+    # count the message as received (its tasks are then sent again).
+    from zmqworkers.protocol import segments
+    from zmqworkers.protocol.messages import encode_frames
+
+    header = {segments.HEADER_KEY: [[1, "zmqw-1.2-abc-def-0", 10]]}
+    frames = encode_frames(Kind.TASKS, "ctl", 9, KEY, header, [b"", b""])
+    with pytest.raises(DecodeError) as info:
+        decode(frames, KEY)
+    assert info.value.reason == "unexpected"
+    assert (info.value.kind, info.value.seq) == (Kind.TASKS, 9)
+    # Before the signature nothing of the envelope is trusted.
+    forged = [bytes(32), *frames[1:]]
+    with pytest.raises(DecodeError) as info:
+        decode(forged, KEY)
+    assert info.value.reason == "signature" and info.value.seq is None

@@ -246,12 +246,14 @@ class TaskDriver:
         out["done"] = counts.get("delivered", 0)
         return out
 
-    def excuse_workers(self, prefix: str, timeout: float = 10.0) -> int:
-        """Workers named ``prefix...`` were ended from outside: their tasks count no attempt."""
+    def excuse_workers(
+        self, prefix: str, timeout: float = 10.0, *, lost: Iterable[str] | None = None
+    ) -> int:
+        """Workers named ``prefix...`` are ended from outside: their tasks count no attempt."""
         engine = self._engine
         if engine is None:
             return 0
-        return engine.excuse_workers(prefix, timeout)
+        return engine.excuse_workers(prefix, timeout, lost=lost)
 
     def _wake(self) -> None:
         self._events.put(("wake", self._generation, None))

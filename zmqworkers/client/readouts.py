@@ -7,6 +7,7 @@ snapshot; none changes anything.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from zmqworkers.controller.engine import Engine
@@ -43,10 +44,12 @@ class ClusterReadouts:
         """Tasks queued, running, delivered, failed; drops by reason."""
         return self._engine.counters()
 
-    def excuse_workers(self, prefix: str) -> int:
-        """Workers named ``prefix...`` were ended from outside (their batch job
-        ended): their tasks count no attempt. Returns the attempts taken back."""
-        return self._engine.excuse_workers(prefix)
+    def excuse_workers(self, prefix: str, *, lost: Iterable[str] | None = None) -> int:
+        """Workers named ``prefix...`` are ended from outside (their batch job
+        ended): their tasks count no attempt. Losses already recorded are taken
+        back for the workers in ``lost`` only (None: all of the prefix), never
+        a result that never arrived. Returns the attempts taken back."""
+        return self._engine.excuse_workers(prefix, lost=lost)
 
     def wait_for_workers(self, n: int, timeout: float = 30.0) -> None:
         """Block until at least ``n`` workers have joined."""

@@ -28,7 +28,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
 
@@ -151,12 +151,17 @@ class Engine:
         """Drop every task not yet handed to a worker; return their ids."""
         return self.call(self._loop.sched.drop_pending, timeout)  # type: ignore[no-any-return]
 
-    def excuse_workers(self, prefix: str, timeout: float = 10.0) -> int:
-        """Workers named ``prefix...`` were ended from outside (their batch job
-        ended): their tasks go back without counting an attempt, retroactively
-        too. Returns the attempts taken back now."""
+    def excuse_workers(
+        self, prefix: str, timeout: float = 10.0, *, lost: Iterable[str] | None = None
+    ) -> int:
+        """Workers named ``prefix...`` are ended from outside (their batch job
+        ended, or is drained on purpose): their tasks go back without counting
+        an attempt. Losses already recorded are taken back only for the workers
+        in ``lost`` (None: every worker named ``prefix...``), never a result
+        that never arrived. Returns the attempts taken back now."""
         sched = self._loop.sched
-        return self.call(lambda: sched.excuse(prefix), timeout)  # type: ignore[no-any-return]
+        names = None if lost is None else tuple(lost)
+        return self.call(lambda: sched.excuse(prefix, names), timeout)  # type: ignore[no-any-return]
 
     def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
         """Run ``fn`` on the engine thread and return what it returns."""

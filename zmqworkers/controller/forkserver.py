@@ -46,6 +46,7 @@ from typing import Any, NoReturn
 
 from zmqworkers.errors import ConfigurationError
 from zmqworkers.security.keys import KEY_ENV
+from zmqworkers.worker.group import pid_exists
 from zmqworkers.worker.mp_authkey import MP_AUTHKEY_ENV
 
 log = logging.getLogger(__name__)
@@ -273,23 +274,13 @@ class ForkedProcess:
         rc = self._server.exits.pop(self.pid, None)
         if rc is not None:
             self.returncode = rc
-        elif not self._server.alive() and not _pid_exists(self.pid):
+        elif not self._server.alive() and not pid_exists(self.pid):
             # Its server died first: nobody can say how this worker ended
             # (it leaves by itself once its parent is gone).
             log.warning(
                 "local worker %d ended after its fork server; exit status unknown", self.pid
             )
             self.returncode = 255
-
-
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # -- one server per process and environment -----------------------------------

@@ -195,8 +195,8 @@ class Scheduler:
         # bounded, as daemons may come and go for as long as a controller runs.
         self.departed: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         # Worker id prefixes whose loss is not their tasks' doing (a batch
-        # job that ended: walltime, preemption, scancel), and how many
-        # attempts that took back.
+        # job that ended: walltime, preemption, scancel, a drain asked for),
+        # and how many attempts that took back.
         self.excused: set[str] = set()
         self.attempts_excused = 0
 
@@ -505,23 +505,35 @@ class Scheduler:
     def _is_excused(self, worker_id: str) -> bool:
         return any(worker_id.startswith(p) for p in self.excused)
 
-    def excuse(self, prefix: str) -> int:
-        """Workers named ``prefix...`` were ended from outside: never blame their tasks.
+    def excuse(self, prefix: str, lost: Iterable[str] | None = None) -> int:
+        """Workers named ``prefix...`` are ended from outside: their losses are not their tasks'.
 
-        Attempts their loss has already counted are taken back (a batch
-        system's word that a job ended often arrives after the controller
-        has lost its workers); losses still to come count none. A task that
-        has already failed for lack of attempts stays failed. Returns the
-        attempts taken back now.
+        Their losses from now on count no attempt. Of the deaths already
+        recorded, only the losses of the workers in ``lost`` are taken back:
+        the workers the end took (a batch system's word that a job ended
+        often arrives after the controller has lost them). ``None`` takes
+        back the loss of every worker named ``prefix...``. A worker of the
+        prefix that crashed earlier keeps its death, and so does a result
+        that never arrived (:meth:`reconcile`): neither is the end's doing.
+        A task that has already failed for lack of attempts stays failed.
+        Returns the attempts taken back now.
         """
         if not prefix:
             raise ValueError("an empty prefix would excuse every worker")
         self.excused.add(prefix)
+        names = None if lost is None else set(lost)
+
+        def caused(death: tuple[str, str]) -> bool:
+            wid, how = death
+            if how == RESULT_NEVER_ARRIVED or not wid.startswith(prefix):
+                return False
+            return names is None or wid in names
+
         back = 0
         for rec in self.tasks.values():
             if not rec.deaths:
                 continue
-            keep = [d for d in rec.deaths if not d[0].startswith(prefix)]
+            keep = [d for d in rec.deaths if not caused(d)]
             if len(keep) != len(rec.deaths):
                 taken = len(rec.deaths) - len(keep)
                 rec.attempts = max(0, rec.attempts - taken)

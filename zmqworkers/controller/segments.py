@@ -2,11 +2,12 @@
 
 Every segment of a session with a local worker, written by either side, is
 named ``zmqw-<pid namespace>.<controller pid>-<engine token>-<session>-<random>``
-(protocol/segments.py). A receiver removes each name as it maps it, so what
-is left under the engine's prefix is only what nobody will read: messages
-dropped, or a worker killed before it read its tasks or while it wrote a
-result. The engine removes those when it closes, after its local workers
-have ended (none can write any more), and at interpreter exit.
+(protocol/segments.py). Names live as long as their session: each end
+reuses the segments it writes, and the receiver maps them without removing
+them. A session's names go when it ends (``end_segments``: the worker left
+or was lost), so what is left under the engine's prefix at close is what a
+session still held; the engine removes those when it closes, after its
+local workers have ended (none can write any more), and at interpreter exit.
 
 A controller killed with SIGKILL cannot; the next controller to start on
 the host removes the segments of this user's controllers that no longer
@@ -22,6 +23,7 @@ import secrets
 import weakref
 
 from zmqworkers.protocol import segments
+from zmqworkers.worker.group import pid_exists
 
 log = logging.getLogger(__name__)
 
@@ -68,21 +70,12 @@ def sweep_orphans() -> int:
             continue
         pid = int(m.group(2))
         if pid not in alive:
-            alive[pid] = _running(pid)
+            # Another user's process counts as running: its names are not ours anyway.
+            alive[pid] = pid_exists(pid)
         if not alive[pid]:
             dead.append(name)
     segments.remove_owned(dead)
     return len(dead)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process: its names are not ours anyway
-    return True
 
 
 def end_segments(link: segments.SegmentLink) -> None:

@@ -5,6 +5,13 @@ none. Bound to any other address it makes one (or takes
 ``$ZMQWORKERS_DASHBOARD_TOKEN``), prints it in its URL, and checks it on
 every request: as ``?token=...`` or an ``Authorization: Bearer ...`` (or
 ``token ...``) header. A request without it gets 403.
+
+Without a token, the ``Host`` header is checked instead: only a loopback
+address or ``localhost``, with any port (an SSH tunnel may forward
+another), is answered; anything else gets 403. A web page on another site could otherwise point
+its own name at 127.0.0.1 (DNS rebinding) and read ``/api/status`` from the
+browser of anyone on this machine; such a request names that site as its
+``Host``.
 """
 
 from __future__ import annotations
@@ -106,6 +113,26 @@ class Dashboard:
         self._thread.start()
         log.info("dashboard at %s", self.url)
 
+    def refusal(self, path: str, headers: Any) -> bytes | None:
+        """Why a request is refused (the 403's text), or None to answer it."""
+        if self.token is None:
+            host = headers.get("Host")
+            if host is None or self.addressed_here(host):
+                return None
+            return (
+                f"403: Host {host!r} refused: this dashboard has no token, so it answers "
+                f"only requests addressed to localhost or a loopback address (as "
+                f"http://localhost:{self.port}/); a page of another site cannot read it\n"
+            ).encode()
+        if self.allowed(path, headers):
+            return None
+        return b"403: this dashboard needs its token (?token=..., as printed in its URL)\n"
+
+    def addressed_here(self, host: str) -> bool:
+        """Whether a ``Host`` header names this machine's loopback, with any port or none."""
+        name, port = _split_host(host.strip())
+        return is_loopback(name.lower()) and (port == "" or port.isdigit())
+
     def allowed(self, path: str, headers: Any) -> bool:
         if self.token is None:
             return True
@@ -120,6 +147,17 @@ class Dashboard:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
+
+
+def _split_host(host: str) -> tuple[str, str]:
+    """``Host`` header to (name, port): ``[::1]:80``, ``localhost:80``, ``localhost``."""
+    if host.startswith("["):
+        name, _, rest = host[1:].partition("]")
+        return name, rest[1:] if rest.startswith(":") else rest
+    if host.count(":") == 1:
+        name, _, port = host.partition(":")
+        return name, port
+    return host, ""
 
 
 def _new_token() -> str:
@@ -153,9 +191,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, body: bool) -> None:
         dash: Dashboard = self.server.dashboard  # type: ignore[attr-defined]
-        if not dash.allowed(self.path, self.headers):
-            msg = b"403: this dashboard needs its token (?token=..., as printed in its URL)\n"
-            self._send(HTTPStatus.FORBIDDEN, msg, "text/plain; charset=utf-8", body)
+        refused = dash.refusal(self.path, self.headers)
+        if refused is not None:
+            self._send(HTTPStatus.FORBIDDEN, refused, "text/plain; charset=utf-8", body)
             return
         path = urlsplit(self.path).path
         try:

@@ -353,29 +353,50 @@ def decode(
     secret = key(sender) if callable(key) else key
     if not hmac.compare_digest(bytes(sig), _mac(secret, views[1:])):
         raise DecodeError("signature", "signature does not match the key")
+    try:
+        return _decode_signed(views, secret, kind_no, sender, seq, header, total, unpickle)
+    except DecodeError as exc:
+        # Signed: the kind and number are the sender's, so the receiver may
+        # say it got this message though it cannot use it (a segment it
+        # cannot map, a payload that does not unpickle), and the sender
+        # learns that what it carried never arrived.
+        if exc.seq is None:
+            exc.kind, exc.seq = kind_no, seq
+        raise
+
+
+def _decode_signed(
+    views: list[memoryview],
+    secret: Key,
+    kind_no: int,
+    sender: str,
+    seq: int,
+    header: Any,
+    total: int,
+    unpickle: bool,
+) -> Message:
+    """The rest of :func:`decode`, for a message whose signature checked."""
+    out: list[Any] = list(views)
     if isinstance(header, dict) and (segments.HEADER_KEY in header or segments.FREED_KEY in header):
         # Signed: the names are the sender's. Their bytes count as buffers
         # on a protected link, so only such a session may use them.
         link = secret.segments if isinstance(secret, SessionKey) else None
         if link is None or secret.sign_buffers:  # type: ignore[union-attr]
             raise DecodeError("unexpected", "segments in a session that did not agree on them")
-        views[2:] = link.receive(header, views[2:])
+        out[2:] = link.receive(header, out[2:])
     # Signed by a holder of the key from here on: checks below guard
     # against bugs and version skew, not against forgery.
     try:
         kind = Kind(kind_no)
     except ValueError as exc:
         raise DecodeError("kind", f"unknown message kind {kind_no!r}") from exc
+    n_payload = len(out) - 2
     msg = Message(kind, sender, seq, header, has_payload=n_payload > 0, nbytes=total)
     if n_payload and unpickle:
         try:
-            msg.payload = serialize.loads(views[2:])
+            msg.payload = serialize.loads(out[2:])
         except Exception as exc:
-            # Signed: the kind and number are the sender's, so the receiver
-            # may say it got this message, though it cannot read it.
-            raise DecodeError(
-                "malformed", f"payload does not unpickle ({exc!r})", kind=kind, seq=seq
-            ) from exc
+            raise DecodeError("malformed", f"payload does not unpickle ({exc!r})") from exc
     return msg
 
 

@@ -3,22 +3,23 @@
 On a session that both ends agreed to carry through shared memory (a local
 worker on the private ipc folder, buffers signed by length only), an
 out-of-band buffer of :data:`SEGMENT_THRESHOLD` bytes or more does not go
-through the socket. The sender writes it once into a new file in
-``/dev/shm`` (mode 0600, a name under the session's prefix with 96 random
-bits), and the message carries an empty frame in its place; the header's
-``segments`` entry lists ``[frame, name, size]`` for each. The header is
-signed like any other, so the names and sizes are; the bytes in the segment
-count as an out-of-band buffer on a protected link does (signed by length
-only, docs/protocol.md "Buffers on protected links"): nothing but this
-user's processes can write them.
+through the socket. The sender writes it into a segment of its pool (a file
+in ``/dev/shm``, mode 0600, a name under the session's prefix with 96
+random bits), and the message carries an empty frame in its place; the
+header's ``segments`` entry lists ``[frame, name, size]`` for each. The
+header is signed like any other, so the names and sizes are; the bytes in
+the segment count as an out-of-band buffer on a protected link does (signed
+by length only, docs/protocol.md "Buffers on protected links"): nothing but
+this user's processes can write them.
 
-Lifetimes: the receiver opens the segment, checks owner, mode and size,
-*unlinks its name at once* and maps it read-only. From then on the kernel
-frees the memory when the last view of it goes (the array the payload
-unpickled into), exactly once, whatever happens to either process. Only a
-segment written but never opened keeps a name: its message was dropped,
-or its receiver died before reading it. Those are all under the
-controller's prefix, which the controller sweeps when it closes
+Lifetimes: the receiver opens the segment, checks owner, mode and size and
+maps it read-only, *leaving its name in place*; when the last view of it
+goes, it says so in a later message's header (``shm_freed``), and the
+writer reuses the segment for another message. So names live as long as
+the session: a writer removes a segment only when its pool holds too many
+idle ones, or when its end of the session closes. What is left (a session
+whose worker was killed, a message dropped) is all under the controller's
+prefix, which the controller sweeps when a session ends and when it closes
 (``controller/segments.py``); a controller killed with SIGKILL has its
 segments swept by the next controller to start on the host.
 

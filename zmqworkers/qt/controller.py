@@ -259,10 +259,14 @@ class WorkerController(QtCore.QThread):
         """
         return self._driver.counters(timeout)
 
-    def excuse_workers(self, prefix: str, timeout: float = 10.0) -> int:
-        """Workers named ``prefix...`` were ended from outside (their batch job
-        ended): their tasks count no attempt. Returns the attempts taken back."""
-        return self._driver.excuse_workers(prefix, timeout)
+    def excuse_workers(
+        self, prefix: str, timeout: float = 10.0, *, lost: Iterable[str] | None = None
+    ) -> int:
+        """Workers named ``prefix...`` are ended from outside (their batch job
+        ended): their tasks count no attempt. Losses already recorded are taken
+        back for the workers in ``lost`` only (None: all of the prefix).
+        Returns the attempts taken back."""
+        return self._driver.excuse_workers(prefix, timeout, lost=lost)
 
     # -- QThread ------------------------------------------------------------
 

@@ -22,6 +22,15 @@ ALIVE_STATES = frozenset(
     {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
 )
 PENDING_STATES = frozenset({"PENDING", "CONFIGURING", "REQUEUED"})
+# Ends that are not the doing of the tasks a job's workers ran: its time ran
+# out (the daemon drains before its walltime and then COMPLETES; TIMEOUT or
+# DEADLINE if it did not make it), it was preempted, its node failed, or it
+# was cancelled (by this controller or by an operator). FAILED (the daemon
+# died, or gave up on children that crashed again and again),
+# OUT_OF_MEMORY, and a job Slurm no longer knows (GONE) are not among them.
+BLAMELESS_ENDS = frozenset(
+    {"COMPLETED", "TIMEOUT", "DEADLINE", "PREEMPTED", "NODE_FAIL", "CANCELLED"}
+)
 
 
 class SlurmCommands:

@@ -11,11 +11,17 @@
                                           sbatch / scancel --signal=TERM --batch
 
 A job's workers are named ``slurm<job id>-<slot>`` (jobscript.py), so the
-face's worker snapshots say which job each belongs to. A job that ended
-(walltime, preemption, node failure, scancel) or was retired is *excused*
-through the face: its workers' tasks go back to the queue without counting
-an attempt against the task. The face is read only through its public
-commands (``counters``, ``workers``, ``excuse_workers``), never its state.
+face's worker snapshots say which job each belongs to. A job retired here,
+or ended in a way that is not its tasks' doing (``BLAMELESS_ENDS``:
+walltime, preemption, node failure, scancel), is *excused* through the
+face: its workers' tasks go back to the queue without counting an attempt
+against the task. A job that FAILED or ran OUT_OF_MEMORY is not: its
+losses count, so a task that kills its job fails after ``max_attempts``.
+An excuse takes back only the losses the end caused: those of the workers
+the face showed at the last look while the job still ran (a worker that
+crashed before that, a result that never arrived, keep their attempt). The
+face is read only through its public commands (``counters``, ``workers``,
+``excuse_workers``), never its state.
 """
 
 from __future__ import annotations
@@ -26,13 +32,19 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from zmqworkers.errors import ConfigurationError, EngineClosed, SlurmError
 from zmqworkers.scale.jobscript import WORKER_PREFIX, JobOptions, job_script
 from zmqworkers.scale.policy import PENDING, RUNNING, AdaptPolicy, JobView, Memory, Pool, decide
-from zmqworkers.scale.slurm_commands import ALIVE_STATES, PENDING_STATES, SlurmCommands
+from zmqworkers.scale.slurm_commands import (
+    ALIVE_STATES,
+    BLAMELESS_ENDS,
+    PENDING_STATES,
+    SlurmCommands,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +56,7 @@ class Face(Protocol):
 
     def workers(self) -> list[dict[str, Any]]: ...
 
-    def excuse_workers(self, prefix: str) -> int: ...
+    def excuse_workers(self, prefix: str, *, lost: Iterable[str] | None = None) -> int: ...
 
 
 @dataclass
@@ -54,7 +66,11 @@ class JobRecord:
     id: str
     state: str = "PENDING"
     retiring: bool = False
-    ended: bool = False
+    ended: bool = False  # holds no resources any more (COMPLETING too)
+    settled: bool = False  # its final state is known, and excused or not
+    # Its workers the face showed at the last look while the job still ran:
+    # those its end may take.
+    seen: frozenset[str] = frozenset()
 
 
 def prefix_of(job_id: str) -> str:
@@ -230,6 +246,9 @@ class SlurmJobs:
             return False
         with self._lock:
             policy, memory = self._policy, self._memory
+            for j in self.records.values():
+                if not j.ended:
+                    j.seen = _workers_of(workers, prefix_of(j.id))
             live = [j for j in self.records.values() if not j.ended and not j.retiring]
         if policy is None:
             return True
@@ -290,7 +309,9 @@ class SlurmJobs:
             records = [self.records[j] for j in job_ids]
             for r in records:
                 r.retiring = True
-        self._excuse([r.id for r in records])
+        # A drain asked for: the losses to come are not the tasks' doing,
+        # those recorded before are not the drain's.
+        self._excuse([(r.id, ()) for r in records])
         pending = [r.id for r in records if r.state in PENDING_STATES]
         running = [r.id for r in records if r.state not in PENDING_STATES]
         # A pending job holds nothing yet: cancelled outright. A running
@@ -304,7 +325,7 @@ class SlurmJobs:
 
     def _update_states(self) -> None:
         with self._lock:
-            watched = [j.id for j in self.records.values() if not j.ended]
+            watched = [j.id for j in self.records.values() if not j.settled]
         if not watched:
             return
         states = self.commands.states(watched)
@@ -313,25 +334,34 @@ class SlurmJobs:
             for job_id, state in states.items():
                 r = self.records[job_id]
                 r.state = state
-                if state not in ALIVE_STATES or state == "COMPLETING":
+                if state == "COMPLETING":
+                    # Holds nothing for the policy now; how it ended is
+                    # known once it has completed.
                     r.ended = True
+                elif state not in ALIVE_STATES:
+                    r.ended = r.settled = True
                     ended.append(r)
+        excused: list[tuple[str, Iterable[str]]] = []
         for r in ended:
-            early = not r.retiring and not self._stop.is_set()
-            log.info(
-                "slurm-jobs event=ended job=%s state=%s%s",
-                r.id,
-                r.state,
-                " early: its tasks go back without blame" if early else "",
-            )
-        self._excuse([r.id for r in ended])
+            blameless = r.state in BLAMELESS_ENDS
+            if blameless:
+                excused.append((r.id, r.seen))
+            if r.retiring or self._stop.is_set():
+                why = ""
+            elif blameless:
+                why = " early: its tasks go back without blame"
+            else:
+                why = " early, not excused: its workers' losses count against their tasks"
+            log.info("slurm-jobs event=ended job=%s state=%s%s", r.id, r.state, why)
+        self._excuse(excused)
 
-    def _excuse(self, job_ids: list[str]) -> None:
+    def _excuse(self, jobs: list[tuple[str, Iterable[str]]]) -> None:
+        """Excuse each job's workers; of the losses recorded, those of ``lost`` only."""
         if self.face is None:
             return
-        for j in job_ids:
+        for j, lost in jobs:
             try:
-                self.excused += self.face.excuse_workers(prefix_of(j))
+                self.excused += self.face.excuse_workers(prefix_of(j), lost=tuple(lost))
             except (EngineClosed, TimeoutError):
                 return
 
@@ -344,12 +374,16 @@ class SlurmJobs:
         atexit.unregister(self._cancel_all)
         if not alive:
             return
-        self._excuse(alive)
+        self._excuse([(j, ()) for j in alive])
         try:
             self.commands.cancel(alive)
             log.info("slurm-jobs event=cancelled jobs=%s", ",".join(alive))
         except SlurmError as exc:
             log.error("slurm-jobs event=cancel_failed jobs=%s: %s", ",".join(alive), exc)
+
+
+def _workers_of(workers: list[dict[str, Any]], prefix: str) -> frozenset[str]:
+    return frozenset(w["id"] for w in workers if str(w.get("id", "")).startswith(prefix))
 
 
 def _holds_tasks(workers: list[dict[str, Any]], prefix: str) -> bool:

@@ -1,12 +1,14 @@
 """A worker's process group: the processes its tasks start end with it.
 
-A worker started by a controller (``controller/launcher.py``) or by a
-daemon's supervisor (``worker/daemon.py``) leads a session, and so a
-process group, of its own. Whatever its tasks fork joins that group, also
-a child that double-forks, ignores SIGTERM or keeps the caller's output
-pipe open. When the worker ends, its parent kills the group; a worker whose
-parent died first (an orphan that ends itself) kills the rest of its group
-on the way out. A task that means a process to outlive its worker starts
+A worker started by a controller (``controller/launcher.py``: spawned with
+``start_new_session``, or forked by the fork server, ``worker/zygote.py``,
+whose child calls ``setsid``) or by a daemon's supervisor
+(``worker/daemon.py``) leads a session, and so a process group, of its
+own. Whatever its tasks fork joins that group, also a child that
+double-forks, ignores SIGTERM or keeps the caller's output pipe open.
+When the worker ends, its parent kills the group; a worker whose parent
+died first (an orphan that ends itself) kills the rest of its group on
+the way out. A task that means a process to outlive its worker starts
 it in a session of its own (``start_new_session=True``).
 
 The group is not killed after each task: a task may keep a helper process
@@ -21,6 +23,21 @@ import os
 import signal
 
 SIGKILL = getattr(signal, "SIGKILL", signal.SIGTERM)
+
+
+def pid_exists(pid: int) -> bool:
+    """Whether a process numbered ``pid`` exists (a zombie, not yet reaped, counts).
+
+    Another user's process exists too: signalling it is refused, not
+    unanswered.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def kill_group(pgid: int) -> None:

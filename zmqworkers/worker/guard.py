@@ -44,6 +44,7 @@ from zmqworkers.worker.options import (
     WorkerOptions,
     format_size,
 )
+from zmqworkers.worker.usage import rss_bytes
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +54,6 @@ GUARD_SECONDS = 0.05
 # guard takes for missed (a broadcast reaches no subscriber not yet
 # connected, and PUB drops what it cannot deliver). Read once per process.
 _MISSED = {"left": int(os.environ.get("ZMQWORKERS_TEST_MISS_INTERRUPTS") or 0)}
-
-try:
-    _PAGE = os.sysconf("SC_PAGE_SIZE")
-except (AttributeError, ValueError, OSError):  # not POSIX
-    _PAGE = 4096
-
-
-def rss_bytes() -> int:
-    """This process's resident memory now (Linux ``/proc``; else the peak so far)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        import resource
-        import sys
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024
 
 
 def memory_exceeded(limit: int) -> str:

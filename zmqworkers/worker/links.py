@@ -14,7 +14,7 @@ from zmqworkers.protocol import Kind, encode
 from zmqworkers.protocol.liveness import ping_times
 from zmqworkers.protocol.messages import Key
 from zmqworkers.security import curve
-from zmqworkers.worker.group import kill_rest_of_group
+from zmqworkers.worker.group import kill_rest_of_group, pid_exists
 from zmqworkers.worker.usage import Usage
 
 log = logging.getLogger(__name__)
@@ -119,15 +119,9 @@ def send_goodbye(
 
 def pid_alive(pid: int) -> bool:
     """Whether the process ``pid`` (a local worker's controller) still runs."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie parent (exited, not yet reaped) still answers kill(0);
-    # being re-parented is the surer sign.
-    return os.getppid() == pid
+    # A zombie parent (exited, not yet reaped) still exists; being
+    # re-parented is the surer sign.
+    return pid_exists(pid) and os.getppid() == pid
 
 
 def exit_if_orphaned(worker_id: str, parent_pid: int | None) -> None:

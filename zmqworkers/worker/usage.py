@@ -12,11 +12,21 @@ import os
 import sys
 import time
 
+try:
+    _PAGE = os.sysconf("SC_PAGE_SIZE")
+except (AttributeError, ValueError, OSError):  # not POSIX
+    _PAGE = 4096
 
-def rss_bytes() -> int | None:
+
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux ``/proc``; else the peak so far).
+
+    0 where neither can be read: the memory limit then never triggers, and
+    heartbeats carry no ``rss``.
+    """
     try:
         with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            return int(f.read().split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         pass
     try:
@@ -24,7 +34,7 @@ def rss_bytes() -> int | None:
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     except (ImportError, OSError):
-        return None
+        return 0
     return peak if sys.platform == "darwin" else peak * 1024
 
 
@@ -47,6 +57,6 @@ class Usage:
         self._at, self._cpu = now, cpu
         out: dict[str, float | int] = {"cpu": round(max(0.0, share), 1)}
         rss = rss_bytes()
-        if rss is not None:
+        if rss:
             out["rss"] = rss
         return out

@@ -183,17 +183,21 @@ class ForkServer:
             return
         if pid == 0:
             self._child(request)  # never returns
-        # Set on both sides, so a signal sent right away finds the group.
-        try:
-            os.setpgid(pid, pid)
-        except OSError:
-            pass
+        # The child makes its own session (a process group the parent must
+        # not make first: a group leader cannot start a session). A signal
+        # sent before then reaches the worker alone (see _signal), which
+        # has started nothing yet.
         self.children.add(pid)
         self._send({"op": "forked", "id": request["id"], "pid": pid})
 
     def _child(self, request: dict[str, Any]) -> None:
         code: Any = 1
         try:
+            # Leads a session, and so a process group, of its own, as a
+            # spawned worker does (start_new_session): what its tasks start
+            # ends with it, and an orphaned worker can find and kill them
+            # (worker/group.py).
+            os.setsid()
             signal.set_wakeup_fd(-1)
             for signo in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
                 signal.signal(signo, signal.SIG_DFL)
@@ -202,7 +206,6 @@ class ForkServer:
             # The controller must see end of file when this server goes,
             # whatever its workers do.
             self.sock.close()
-            os.setpgid(0, 0)
             os.chdir(request["cwd"])
             os.environ.clear()
             os.environ.update(request["env"])

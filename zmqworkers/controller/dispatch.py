@@ -185,23 +185,25 @@ class Dispatcher:
         # Checked whole before any is taken: a bad entry late in a batch must
         # not leave earlier ones completed but never delivered.
         check_results(items, wid)
-        w = self._sched.workers.get(wid)
-        host = w.host if w is not None else ""
-        out: list[tuple[int, bool, Any]] = []
-        complete = self._sched.complete
-        spec_id = None
-        for tid, ok, value in items:
-            rec = complete(wid, tid)
-            if rec is None:
-                self._stats["duplicates"] += 1
-                continue
-            spec_id = rec.spec_id
-            if not ok:
-                value = remote_error(value, wid, host)
-                self._stats["failed"] += 1
-            out.append((tid, ok, value))
+        # One scheduler call per message, and per task only list passes.
+        recs = self._sched.complete_many(wid, [item[0] for item in items])
+        out: list[tuple[int, bool, Any]] = [
+            item if type(item) is tuple else tuple(item)
+            for item, rec in zip(items, recs, strict=True)
+            if rec is not None
+        ]
+        if len(out) < len(items):
+            self._stats["duplicates"] += len(items) - len(out)
+        if not all(item[1] for item in out):
+            w = self._sched.workers.get(wid)
+            host = w.host if w is not None else ""
+            out = [
+                item if item[1] else (item[0], False, remote_error(item[2], wid, host))
+                for item in out
+            ]
+            self._stats["failed"] += sum(1 for item in out if not item[1])
         self._deliver(out)
-        return spec_id
+        return next((rec.spec_id for rec in reversed(recs) if rec is not None), None)
 
     def reconcile(self, wid: str, status: Status) -> None:
         """Tasks the worker no longer holds whose result never came: again, or failed."""

@@ -199,10 +199,19 @@ class Scheduler:
     # -- tasks -------------------------------------------------------------
 
     def add(self, task_id: int, spec_id: str, arg: Any, opts: TaskOptions | None = None) -> None:
-        self.tasks[task_id] = TaskRecord(spec_id, arg, opts=opts)
-        self.spec_refs[spec_id] += 1
-        self.pending.append(task_id, 0 if opts is None else opts.priority)
-        self.queued += 1
+        self.add_many(spec_id, [(task_id, arg)], opts)
+
+    def add_many(
+        self, spec_id: str, items: list[tuple[int, Any]], opts: TaskOptions | None = None
+    ) -> None:
+        """Queue tasks of one call, in order: as many :meth:`add` calls, for one."""
+        if not items:
+            return
+        # One pass in C where it can be: per task, only the record is made.
+        self.tasks.update({tid: TaskRecord(spec_id, arg, None, opts) for tid, arg in items})
+        self.spec_refs[spec_id] += len(items)
+        self.pending.extend([tid for tid, _ in items], 0 if opts is None else opts.priority)
+        self.queued += len(items)
 
     def cancel(self, task_id: int) -> tuple[str, str | None]:
         """Take a task back before it runs, if it has not started.
@@ -285,9 +294,14 @@ class Scheduler:
         del self.tasks[task_id]
         if rec.worker is None:
             self.queued -= 1
-        self.spec_refs[rec.spec_id] -= 1
-        if self.spec_refs[rec.spec_id] <= 0:
-            del self.spec_refs[rec.spec_id]
+        self._unref(rec.spec_id, 1)
+
+    def _unref(self, spec_id: str, n: int) -> None:
+        left = self.spec_refs[spec_id] - n
+        if left <= 0:
+            del self.spec_refs[spec_id]
+        else:
+            self.spec_refs[spec_id] = left
 
     def _requeue_front(self, task_ids: list[int], count: bool = True) -> None:
         by_level: dict[int, list[int]] = {}
@@ -374,18 +388,42 @@ class Scheduler:
 
     def complete(self, worker_id: str, task_id: int) -> TaskRecord | None:
         """A result arrived. Returns the task's record the first time only."""
+        return self.complete_many(worker_id, [task_id])[0]
+
+    def complete_many(self, worker_id: str, task_ids: list[int]) -> list[TaskRecord | None]:
+        """Results arrived, in this order: as many :meth:`complete` calls, for one.
+
+        Each task's record comes back the first time only, else None
+        (delivered already: a late or duplicate result). A late result from
+        a worker declared lost, for a task queued again or running
+        elsewhere, is delivered now; the other copy's result, if any, is
+        then the duplicate.
+        """
         w = self.workers.get(worker_id)
-        if w is not None and task_id in w.in_flight:
-            del w.in_flight[task_id]
-            w.done += 1
-        rec = self.tasks.get(task_id)
-        if rec is None:
-            return None  # delivered already (late or duplicate result)
-        # A late result from a worker declared lost, for a task queued again
-        # or running elsewhere, is delivered now; the other copy's result, if
-        # any, is then the duplicate.
-        self._forget(task_id, rec)
-        return rec
+        if w is not None:
+            in_flight = w.in_flight
+            held = len(in_flight)
+            for tid in task_ids:
+                in_flight.pop(tid, None)
+            w.done += held - len(in_flight)
+        pop = self.tasks.pop
+        recs = [pop(tid, None) for tid in task_ids]
+        # What _forget does per task, counted once per run of one spec.
+        spec_id = None
+        n = 0
+        for rec in recs:
+            if rec is None:
+                continue
+            if rec.worker is None:
+                self.queued -= 1  # queued again (its worker was lost), not yet out
+            if rec.spec_id != spec_id:
+                if n:
+                    self._unref(spec_id, n)  # type: ignore[arg-type]
+                spec_id, n = rec.spec_id, 0
+            n += 1
+        if n:
+            self._unref(spec_id, n)  # type: ignore[arg-type]
+        return recs
 
     def hand_back(self, worker_id: str, task_ids: Iterable[int]) -> int:
         """A leaving worker returns tasks it never started: queue them first."""

@@ -139,6 +139,10 @@ class Cluster(Executor, ClusterReadouts):
 
     def on_results(self, results: list[tuple[int, bool, Any]]) -> None:
         futures = self._futures
+        if not futures:  # all of a map or imap: none has a future
+            self._streams.deliver(results)
+            self._made_progress()
+            return
         rest: list[tuple[int, bool, Any]] = []
         self._callbacks.completing(True)
         try:

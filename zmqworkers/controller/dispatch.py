@@ -64,14 +64,7 @@ class Dispatcher:
             w = sched.workers.get(wid)
             if w is None:
                 continue
-            tasks = sched.tasks
-            # Group by spec, keeping order: usually one group.
-            groups: dict[str, list[tuple[int, Any]]] = {}
-            for tid in tids:
-                rec = tasks.get(tid)
-                if rec is None:
-                    continue
-                groups.setdefault(rec.spec_id, []).append((tid, rec.arg))
+            groups = _by_spec(sched, tids)
             for spec_id, items in groups.items():
                 if spec_id not in w.specs:
                     header: dict[str, Any] = {"spec": spec_id}
@@ -134,8 +127,11 @@ class Dispatcher:
             seq = self._last_seq()
             w = self._sched.workers.get(wid)
             if w is not None:
-                for tid, _ in items:
-                    if tid in w.in_flight:
+                marks = dict.fromkeys([tid for tid, _ in items], seq)
+                if w.in_flight.keys() >= marks.keys():
+                    w.in_flight.update(marks)
+                else:  # some completed meanwhile: mark only those still held
+                    for tid in marks.keys() & w.in_flight.keys():
                         w.in_flight[tid] = seq
             self._stats["dispatched"] += len(items)
             return True
@@ -221,3 +217,19 @@ class Dispatcher:
             )
             self._stats["results_lost"] += len(back) + len(failed)
             self._deliver([(tid, False, err) for tid, err in failed])
+
+
+def _by_spec(sched: Scheduler, tids: list[int]) -> dict[str, list[tuple[int, Any]]]:
+    """Assigned tasks as ``(id, argument)`` by function, in order: usually one group."""
+    get = sched.tasks.get
+    recs = [(tid, get(tid)) for tid in tids]
+    first = next((rec.spec_id for _, rec in recs if rec is not None), None)
+    if first is None:
+        return {}
+    if all(rec is None or rec.spec_id == first for _, rec in recs):
+        return {first: [(tid, rec.arg) for tid, rec in recs if rec is not None]}
+    groups: dict[str, list[tuple[int, Any]]] = {}
+    for tid, rec in recs:
+        if rec is not None:
+            groups.setdefault(rec.spec_id, []).append((tid, rec.arg))
+    return groups

@@ -8,8 +8,10 @@ again when their payloads turn out larger than the function's so far.
 from __future__ import annotations
 
 import logging
+import operator
 from collections import Counter
 from collections.abc import Callable
+from itertools import compress
 from typing import Any
 
 from zmqworkers.controller.batching import Batcher
@@ -20,6 +22,8 @@ from zmqworkers.protocol.records import Status, check_results, remote_error
 from zmqworkers.protocol.serialize import dumps
 
 log = logging.getLogger(__name__)
+
+_task_id, _ok = operator.itemgetter(0), operator.itemgetter(1)
 
 # A worker that keeps more specs than this is told to forget idle ones.
 MAX_WORKER_SPECS = 64
@@ -181,16 +185,13 @@ class Dispatcher:
         # Checked whole before any is taken: a bad entry late in a batch must
         # not leave earlier ones completed but never delivered.
         check_results(items, wid)
-        # One scheduler call per message, and per task only list passes.
-        recs = self._sched.complete_many(wid, [item[0] for item in items])
-        out: list[tuple[int, bool, Any]] = [
-            item if type(item) is tuple else tuple(item)
-            for item, rec in zip(items, recs, strict=True)
-            if rec is not None
-        ]
+        # One scheduler call per message, and per task only passes in C:
+        # a record for each task delivered now, None for a duplicate.
+        recs = self._sched.complete_many(wid, list(map(_task_id, items)))
+        out: list[tuple[int, bool, Any]] = list(map(tuple, compress(items, recs)))
         if len(out) < len(items):
             self._stats["duplicates"] += len(items) - len(out)
-        if not all(item[1] for item in out):
+        if not all(map(_ok, out)):
             w = self._sched.workers.get(wid)
             host = w.host if w is not None else ""
             out = [

@@ -83,6 +83,24 @@ log = logging.getLogger(__name__)
 # result is never held back.
 RESULT_BATCH_MAX = 256
 RESULT_BATCH_SECONDS = 0.005
+# Between tasks, how often a local worker checks that its controller runs:
+# not before every task, as two system calls a task add up when tasks are tiny.
+PARENT_CHECK_SECONDS = 0.05
+
+
+class Every:
+    """``due()`` is True at most once per ``seconds``, the first time at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._next = 0.0
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self.seconds
+        return True
 
 
 class Worker:
@@ -401,6 +419,7 @@ class Worker:
         next_status = time.monotonic() + self._status_every
         foreign = False  # broadcasts came that our controller did not sign
         served = False
+        parent_check = Every(PARENT_CHECK_SECONDS)
 
         def ingest(timeout_ms: int) -> None:
             nonlocal last_heard, foreign
@@ -432,7 +451,7 @@ class Worker:
                 results.send_multipart(encode(Kind.HEARTBEAT, *self._signing(), held))
             if self._terminate or self._stop_requested or self._recycle:
                 break
-            if self._should_exit():
+            if parent_check.due() and self._should_exit():
                 self._terminate = True
                 break
             if self._other_controller:

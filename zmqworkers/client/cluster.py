@@ -16,7 +16,14 @@ from typing import Any
 from zmqworkers.client.callbacks import CallbackThread, ClusterFuture
 from zmqworkers.client.readouts import ClusterReadouts
 from zmqworkers.client.streams import SUBMIT_CHUNK, Feed, Stream, StreamTable, chunks
-from zmqworkers.client.views import Outcome, TaskView, take_back_futures, task_options
+from zmqworkers.client.views import (
+    Outcome,
+    TaskView,
+    outcomes,
+    pairs,
+    take_back_futures,
+    task_options,
+)
 from zmqworkers.controller.engine import Engine, Spec, TaskOptions, make_spec
 from zmqworkers.controller.options import EngineOptions, build_options
 from zmqworkers.errors import ClusterShutdown, ConfigurationError, EngineClosed
@@ -309,10 +316,7 @@ class Cluster(Executor, ClusterReadouts):
         Tasks are read from ``tasks`` lazily, at most ``DEFAULT_WINDOW`` ahead,
         so an endless iterator streams in bounded memory.
         """
-        for outcome in self.imap_outcomes(func, tasks, *args, **kwargs):
-            if outcome.error is not None:
-                raise outcome.error
-            yield outcome.task, outcome.result
+        return pairs(self._imap(None, func, tasks, args, kwargs))
 
     def imap_outcomes(
         self, func: Callable[..., Any], tasks: Iterable[Any], *args: Any, **kwargs: Any
@@ -322,7 +326,7 @@ class Cluster(Executor, ClusterReadouts):
         Yields an :class:`Outcome` per task as it completes; the run goes on
         past failures (what ``zmqworkers run`` uses).
         """
-        return self._imap(None, func, tasks, args, kwargs)
+        return outcomes(self._imap(None, func, tasks, args, kwargs))
 
     def _imap(
         self,
@@ -331,7 +335,8 @@ class Cluster(Executor, ClusterReadouts):
         tasks: Iterable[Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-    ) -> Iterator[Outcome]:
+    ) -> Iterator[list[tuple[Any, bool, Any]]]:
+        """Batches of ``(task, ok, value)`` as they arrive: a step per batch, not per task."""
         spec = self._spec("task", func, args, kwargs)
         stream = self._streams.new()
         pending: dict[int, Any] = {}
@@ -349,9 +354,8 @@ class Cluster(Executor, ClusterReadouts):
                     pending.update(zip(ids, chunk))
                 if not pending:
                     return
-                for tid, ok, value in stream.get(None):
-                    task = pending.pop(tid)
-                    yield Outcome(task, value, None) if ok else Outcome(task, None, value)
+                pop = pending.pop
+                yield [(pop(tid), ok, value) for tid, ok, value in stream.get(None)]
         finally:
             self._abandon(stream)
 

@@ -25,7 +25,8 @@ Scenarios:
      socket, zmq_daemons: two daemons on loopback TCP
   c  heterogeneous durations: makespan against the ideal list schedule
   d  time to first result, from constructing the pool with 2 fresh workers
-     (zmq: the default start, forked from a fork server that the run starts;
+     (each library imported beforehand; zmq: the default start, forked from
+     a fork server that the run starts, itself forked from the controller;
      zmq_spawn: start_method="spawn"; zmq_warm: a second Cluster in the same
      process, forked from the fork server the first one started)
   e  controller memory: 1,000,000 queued tasks, and a soak streamed through
@@ -364,10 +365,12 @@ def c_makespan(system: str, n: int) -> float:
 
 
 def d_first_result(system: str) -> float:
-    t0 = time.perf_counter()
+    # From constructing the pool: each library is imported first, as a
+    # program has imported it before it makes its pool.
     if system.startswith("zmq"):
         from zmqworkers import Cluster
 
+        t0 = time.perf_counter()
         options = {"start_method": "spawn"} if system == "zmq_spawn" else {}
         if system == "zmq_warm":
             with Cluster(2) as c:  # starts this process's fork server
@@ -379,7 +382,9 @@ def d_first_result(system: str) -> float:
         return t
     if system in ("pool_spawn", "pool_fork"):
         import multiprocessing
+        import multiprocessing.pool
 
+        t0 = time.perf_counter()
         ctx = multiprocessing.get_context(system.split("_")[1])
         with ctx.Pool(2) as pool:
             pool.apply(noop, (1,))
@@ -387,6 +392,7 @@ def d_first_result(system: str) -> float:
     if system == "dask":
         from dask.distributed import Client, LocalCluster
 
+        t0 = time.perf_counter()
         with (
             LocalCluster(
                 n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
@@ -546,6 +552,11 @@ def run_child(
     if param is not None:
         cmd += ["--param", str(param)]
     env = dict(os.environ) if python else dict(os.environ, PYTHONPATH=str(ROOT))
+    # Timed as an installed package runs, from its cached bytecode: the
+    # peers' packages have theirs from their install, and a checkout that
+    # is never allowed to cache its own would compile every module anew in
+    # each measurement (tens of milliseconds of a cold start).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=HERE)
     except subprocess.TimeoutExpired:

@@ -326,3 +326,22 @@ def test_a_slot_that_blocks_holds_only_the_controller_thread_not_the_engine() ->
     finally:
         wc.finalize_tasks()
         assert wc.wait(30_000)
+
+
+def test_a_spy_connected_between_batches_gets_every_later_signal(controllers) -> None:
+    # Signals nobody receives are skipped per batch: a spy connected after
+    # a first run sees one sig_progress and one sig_results per later result.
+    wc = WorkerController(n_workers=2)
+    controllers.append(wc)
+    first = Spy(wc.sig_results)
+    wc.change_function(jobs.linear, 1, 0)
+    wc.add_tasks(range(50))
+    wc.start()
+    wait_for(lambda: len(first) == 50, timeout=30)
+    progress, results = Spy(wc.sig_progress), Spy(wc.sig_results)
+    wc.add_tasks(range(50, 250))
+    wait_for(lambda: len(results) == 200, timeout=30)
+    wait_for(lambda: len(progress) == 200, timeout=30)
+    assert sorted(r[0] for r in results) == list(range(50, 250))
+    fractions = [p[0] for p in progress]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0

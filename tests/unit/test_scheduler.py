@@ -129,3 +129,27 @@ def test_reconcile_fails_a_task_whose_result_keeps_getting_lost() -> None:
     assert isinstance(err, WorkerLost) and "its result never arrived" in str(err)
     assert s.outstanding == 0 and s.queued == 0
     assert s.reconcile("nobody", 5, []) == ([], [])
+
+
+def test_batch_calls_keep_the_counts_of_single_ones() -> None:
+    s = Scheduler()
+    s.add_many("f", [(0, "a"), (1, "b"), (2, "c")])
+    s.add_many("g", [(3, "d")])
+    s.add_many("f", [])
+    assert (s.queued, s.spec_refs) == (4, {"f": 3, "g": 1})
+    s.join(WorkerState(id="a", capacity=4))
+    assert s.assign() == [("a", [0, 1, 2, 3])]
+    s.lose("a", "killed")  # all four back in the queue, none sent again yet
+    s.join(WorkerState(id="b", capacity=1))
+    assert s.assign() == [("b", [0])]
+    # Late results from the lost worker, one of them twice, one for a task
+    # now on another worker: each delivered once, the counts follow.
+    recs = s.complete_many("a", [3, 0, 3, 1])
+    assert [r is not None for r in recs] == [True, True, False, True]
+    assert [r.arg for r in recs if r is not None] == ["d", "a", "b"]
+    assert (s.queued, s.spec_refs, s.outstanding) == (1, {"f": 1}, 1)
+    assert s.workers["b"].in_flight == {0: None}  # its copy's result is the duplicate
+    last = s.complete_many("b", [0, 2])  # 2 was queued: delivered all the same
+    assert last[0] is None and last[1] is not None and last[1].arg == "c"
+    assert (s.queued, s.spec_refs, s.outstanding) == (0, {}, 0)
+    assert s.workers["b"].in_flight == {} and s.workers["b"].done == 1

@@ -46,8 +46,15 @@ class Model:
         self.failed: dict[int, WorkerLost] = {}
         self.kills_by: Counter[int] = Counter()
         self.sent: list[tuple[str, int]] = []
-        for tid in range(n_tasks):
-            self.sched.add(tid, "spec", tid)
+        # Queued as the engine queues calls: several at once, of two
+        # functions, the odd one alone.
+        cut = self.rng.randint(0, n_tasks)
+        self.sched.add_many("spec", [(tid, tid) for tid in range(cut)])
+        for tid in range(cut, n_tasks):
+            if tid % 2:
+                self.sched.add(tid, "other", tid)
+            else:
+                self.sched.add_many("spec", [(tid, tid)])
 
     # -- the controller's side, as the engine does it ----------------------
 
@@ -69,10 +76,21 @@ class Model:
             self.failed[tid] = err
 
     def result(self, wid: str, tid: int) -> None:
-        self.sent.append((wid, tid))
-        if self.sched.complete(wid, tid) is not None:
-            self.delivered[tid] += 1
-            self.ok.add(tid)
+        self._complete(wid, [tid])
+
+    def results(self, wid: str, tids: list[int]) -> None:
+        """One RESULTS message; now and then with an earlier result again inside."""
+        if self.sent and self.rng.random() < 0.2:
+            tids = [*tids, self.rng.choice(self.sent)[1]]
+            self.rng.shuffle(tids)
+        self._complete(wid, tids)
+
+    def _complete(self, wid: str, tids: list[int]) -> None:
+        self.sent.extend((wid, tid) for tid in tids)
+        for tid, rec in zip(tids, self.sched.complete_many(wid, tids), strict=True):
+            if rec is not None:
+                self.delivered[tid] += 1
+                self.ok.add(tid)
 
     def dispatch(self) -> None:
         for wid, tids in self.sched.assign():
@@ -105,8 +123,7 @@ class Model:
     def flush(self, w: SimWorker) -> None:
         if w.state != "up":
             return
-        for tid in w.outbox:
-            self.result(w.id, tid)
+        self.results(w.id, list(w.outbox))
         w.outbox.clear()
 
     def kill(self, w: SimWorker) -> None:
@@ -159,6 +176,10 @@ class Model:
             assert rec.attempts < MAX_ATTEMPTS
         for w in self.sched.workers.values():
             assert len(w.in_flight) <= w.capacity
+        # The counts kept beside the records agree with them.
+        sched = self.sched
+        assert sched.queued == sum(1 for r in sched.tasks.values() if r.worker is None)
+        assert sched.spec_refs == Counter(r.spec_id for r in sched.tasks.values())
 
 
 ACTIONS = ["join", "tick", "dispatch", "run", "flush", "kill", "cut", "heal", "bye", "dup"]

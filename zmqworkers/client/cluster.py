@@ -20,6 +20,8 @@ from zmqworkers.client.views import (
     Outcome,
     TaskView,
     end_cancelled,
+    outcomes,
+    pairs,
     take_back_futures,
     task_options,
 )
@@ -145,6 +147,10 @@ class Cluster(Executor, ClusterReadouts):
 
     def on_results(self, results: list[tuple[int, bool, Any]]) -> None:
         futures = self._futures
+        if not futures:  # all of a map or imap: none has a future
+            self._streams.deliver(results)
+            self._made_progress()
+            return
         rest: list[tuple[int, bool, Any]] = []
         self._callbacks.completing(True)
         try:
@@ -314,10 +320,7 @@ class Cluster(Executor, ClusterReadouts):
         Tasks are read from ``tasks`` lazily, at most ``DEFAULT_WINDOW`` ahead,
         so an endless iterator streams in bounded memory.
         """
-        for outcome in self.imap_outcomes(func, tasks, *args, **kwargs):
-            if outcome.error is not None:
-                raise outcome.error
-            yield outcome.task, outcome.result
+        return pairs(self._imap(None, func, tasks, args, kwargs))
 
     def imap_outcomes(
         self, func: Callable[..., Any], tasks: Iterable[Any], *args: Any, **kwargs: Any
@@ -327,7 +330,7 @@ class Cluster(Executor, ClusterReadouts):
         Yields an :class:`Outcome` per task as it completes; the run goes on
         past failures (what ``zmqworkers run`` uses).
         """
-        return self._imap(None, func, tasks, args, kwargs)
+        return outcomes(self._imap(None, func, tasks, args, kwargs))
 
     def _imap(
         self,
@@ -336,7 +339,8 @@ class Cluster(Executor, ClusterReadouts):
         tasks: Iterable[Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-    ) -> Iterator[Outcome]:
+    ) -> Iterator[list[tuple[Any, bool, Any]]]:
+        """Batches of ``(task, ok, value)`` as they arrive: a step per batch, not per task."""
         spec = self._spec("task", func, args, kwargs)
         stream = self._streams.new()
         pending: dict[int, Any] = {}
@@ -354,9 +358,8 @@ class Cluster(Executor, ClusterReadouts):
                     pending.update(zip(ids, chunk))
                 if not pending:
                     return
-                for tid, ok, value in stream.get(None):
-                    task = pending.pop(tid)
-                    yield Outcome(task, value, None) if ok else Outcome(task, None, value)
+                pop = pending.pop
+                yield [(pop(tid), ok, value) for tid, ok, value in stream.get(None)]
         finally:
             self._abandon(stream)
 

@@ -123,23 +123,26 @@ class StreamTable:
         if not items:
             return
         groups: dict[Stream, list[tuple[int, bool, Any]]] = {}
+        n = len(items)
         with self._lock:
-            hit: Block | None = None
-            for item in items:
-                tid = item[0]
+            i = 0
+            while i < n:
+                tid = items[i][0]
+                k = bisect.bisect_right(self._starts, tid) - 1
+                hit = self._by_start[self._starts[k]] if k >= 0 else None
                 if hit is None or tid not in hit.ids:
-                    i = bisect.bisect_right(self._starts, tid) - 1
-                    if i < 0:
-                        continue
-                    hit = self._by_start[self._starts[i]]
-                    if tid not in hit.ids:
-                        hit = None
-                        continue  # its stream was abandoned
-                groups.setdefault(hit.stream, []).append(item)
-                hit.left -= 1
+                    i += 1
+                    continue  # its stream was abandoned
+                # The run of results of this block: a batch is usually one run.
+                ids = hit.ids
+                j = i + 1
+                while j < n and items[j][0] in ids:
+                    j += 1
+                groups.setdefault(hit.stream, []).extend(items[i:j])
+                hit.left -= j - i
                 if hit.left <= 0:
                     self._forget(hit)
-                    hit = None
+                i = j
             for stream, got in groups.items():
                 stream.outstanding -= len(got)
                 if stream.outstanding <= 0:

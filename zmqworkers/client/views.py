@@ -51,7 +51,23 @@ class Calls(Protocol):
         tasks: Iterable[Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-    ) -> Iterator[Outcome]: ...
+    ) -> Iterator[list[tuple[Any, bool, Any]]]: ...
+
+
+def pairs(batches: Iterator[list[tuple[Any, bool, Any]]]) -> Iterator[tuple[Any, Any]]:
+    """``(task, result)`` per task of ``(task, ok, value)`` batches; a failure raises."""
+    for batch in batches:
+        for task, ok, value in batch:
+            if not ok:
+                raise value
+            yield task, value
+
+
+def outcomes(batches: Iterator[list[tuple[Any, bool, Any]]]) -> Iterator[Outcome]:
+    """An :class:`Outcome` per task of ``(task, ok, value)`` batches."""
+    for batch in batches:
+        for task, ok, value in batch:
+            yield Outcome(task, value, None) if ok else Outcome(task, None, value)
 
 
 def task_options(
@@ -92,15 +108,12 @@ class TaskView:
     def imap_unordered(
         self, func: Callable[..., Any], tasks: Iterable[Any], *args: Any, **kwargs: Any
     ) -> Iterator[tuple[Any, Any]]:
-        for outcome in self.imap_outcomes(func, tasks, *args, **kwargs):
-            if outcome.error is not None:
-                raise outcome.error
-            yield outcome.task, outcome.result
+        return pairs(self._cluster._imap(self.options, func, tasks, args, kwargs))
 
     def imap_outcomes(
         self, func: Callable[..., Any], tasks: Iterable[Any], *args: Any, **kwargs: Any
     ) -> Iterator[Outcome]:
-        return self._cluster._imap(self.options, func, tasks, args, kwargs)
+        return outcomes(self._cluster._imap(self.options, func, tasks, args, kwargs))
 
 
 def take_back_futures(

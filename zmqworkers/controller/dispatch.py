@@ -8,8 +8,10 @@ again when their payloads turn out larger than the function's so far.
 from __future__ import annotations
 
 import logging
+import operator
 from collections import Counter
 from collections.abc import Callable
+from itertools import compress
 from typing import Any
 
 from zmqworkers.controller.batching import Batcher
@@ -20,6 +22,8 @@ from zmqworkers.protocol.records import Status, check_results, remote_error
 from zmqworkers.protocol.serialize import dumps
 
 log = logging.getLogger(__name__)
+
+_task_id, _ok = operator.itemgetter(0), operator.itemgetter(1)
 
 # A worker that keeps more specs than this is told to forget idle ones.
 MAX_WORKER_SPECS = 64
@@ -66,14 +70,7 @@ class Dispatcher:
             w = sched.workers.get(wid)
             if w is None:
                 continue
-            tasks = sched.tasks
-            # Group by spec, keeping order: usually one group.
-            groups: dict[str, list[tuple[int, Any]]] = {}
-            for tid in tids:
-                rec = tasks.get(tid)
-                if rec is None:
-                    continue
-                groups.setdefault(rec.spec_id, []).append((tid, rec.arg))
+            groups = _by_spec(sched, tids)
             for spec_id, items in groups.items():
                 if spec_id not in w.specs:
                     header: dict[str, Any] = {"spec": spec_id}
@@ -143,8 +140,11 @@ class Dispatcher:
             seq = self._last_seq()
             w = self._sched.workers.get(wid)
             if w is not None:
-                for tid, _ in items:
-                    if tid in w.in_flight:
+                marks = dict.fromkeys([tid for tid, _ in items], seq)
+                if w.in_flight.keys() >= marks.keys():
+                    w.in_flight.update(marks)
+                else:  # some completed meanwhile: mark only those still held
+                    for tid in marks.keys() & w.in_flight.keys():
                         w.in_flight[tid] = seq
             self._stats["dispatched"] += len(items)
             return True
@@ -193,22 +193,21 @@ class Dispatcher:
         # Checked whole before any is taken: a bad entry late in a batch must
         # not leave earlier ones completed but never delivered.
         check_results(items, wid)
-        w = self._sched.workers.get(wid)
-        host = w.host if w is not None else ""
-        out: list[tuple[int, bool, Any]] = []
-        complete = self._sched.complete
-        spec_id = None
-        for tid, ok, value in items:
-            rec = complete(wid, tid)
-            if rec is None:
-                self._stats["duplicates"] += 1
-                continue
-            spec_id = rec.spec_id
-            if not ok:
-                value = remote_error(value, wid, host)
-            out.append((tid, ok, value))
+        # One scheduler call per message, and per task only passes in C:
+        # a record for each task delivered now, None for a duplicate.
+        recs = self._sched.complete_many(wid, list(map(_task_id, items)))
+        out: list[tuple[int, bool, Any]] = list(map(tuple, compress(items, recs)))
+        if len(out) < len(items):
+            self._stats["duplicates"] += len(items) - len(out)
+        if not all(map(_ok, out)):
+            w = self._sched.workers.get(wid)
+            host = w.host if w is not None else ""
+            out = [
+                item if item[1] else (item[0], False, remote_error(item[2], wid, host))
+                for item in out
+            ]
         self._deliver(out)
-        return spec_id
+        return next((rec.spec_id for rec in reversed(recs) if rec is not None), None)
 
     def reconcile(self, wid: str, status: Status) -> None:
         """Tasks the worker no longer holds whose result never came: again, or failed."""
@@ -226,3 +225,19 @@ class Dispatcher:
             )
             self._stats["results_lost"] += len(back) + len(failed)
             self._deliver([(tid, False, err) for tid, err in failed])
+
+
+def _by_spec(sched: Scheduler, tids: list[int]) -> dict[str, list[tuple[int, Any]]]:
+    """Assigned tasks as ``(id, argument)`` by function, in order: usually one group."""
+    get = sched.tasks.get
+    recs = [(tid, get(tid)) for tid in tids]
+    first = next((rec.spec_id for _, rec in recs if rec is not None), None)
+    if first is None:
+        return {}
+    if all(rec is None or rec.spec_id == first for _, rec in recs):
+        return {first: [(tid, rec.arg) for tid, rec in recs if rec is not None]}
+    groups: dict[str, list[tuple[int, Any]]] = {}
+    for tid, rec in recs:
+        if rec is not None:
+            groups.setdefault(rec.spec_id, []).append((tid, rec.arg))
+    return groups

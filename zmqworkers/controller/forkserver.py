@@ -10,9 +10,17 @@ One server per controller process (and per environment and working
 folder, which the preloaded modules may have read on import), shared by
 every engine in that process: the first local worker pays for the
 imports, every later one, of any ``Cluster`` or ``WorkerController`` in
-the process, starts warm. The server is started fresh by exec (never
-forked from the controller, whose threads and zmq context a fork would
-copy half-way), so it holds only what it imported itself.
+the process, starts warm.
+
+How the server starts: while the controller process is still a single
+thread (no engine thread yet, no Qt, no zmq context with sockets, whose
+I/O threads a fork would copy half-way), the server is forked from it: it
+then has zmqworkers, numpy and the caller's modules imported already, and
+the first worker forks in milliseconds. Otherwise the server is a fresh
+interpreter (exec), which holds only what it imported itself. A forked
+server drops its parent's exit handlers and signal handlers, and never
+touches what it inherited beyond that; like a worker forked by
+``multiprocessing``, it holds copies of the controller's open files.
 
 ::
 
@@ -44,6 +52,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
+from zmqworkers.controller.forkstart import ForkedServerProcess, fork_server, may_fork_here
 from zmqworkers.errors import ConfigurationError
 from zmqworkers.security.keys import KEY_ENV
 from zmqworkers.worker.group import pid_exists
@@ -77,22 +86,27 @@ class ForkServer:
 
     def __init__(self, env: Mapping[str, str], cwd: str) -> None:
         ours, theirs = socket.socketpair()
+        self.proc: subprocess.Popen[bytes] | ForkedServerProcess
+        self.forked = cwd == os.getcwd() and may_fork_here()
         try:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "zmqworkers.worker.zygote",
-                    str(theirs.fileno()),
-                    str(os.getpid()),
-                ],
-                env=dict(env),
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                pass_fds=[theirs.fileno()],
-                # No terminal signal reaches it: it ends with its controller.
-                start_new_session=True,
-            )
+            if self.forked:
+                self.proc = fork_server(theirs, ours, env)
+            else:
+                self.proc = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "zmqworkers.worker.zygote",
+                        str(theirs.fileno()),
+                        str(os.getpid()),
+                    ],
+                    env=dict(env),
+                    cwd=cwd,
+                    stdin=subprocess.DEVNULL,
+                    pass_fds=[theirs.fileno()],
+                    # No terminal signal reaches it: it ends with its controller.
+                    start_new_session=True,
+                )
         except BaseException:
             ours.close()
             raise
@@ -367,9 +381,30 @@ def warm_up(preload: Sequence[str] = ()) -> None:
     and no ``worker_env`` of its own, fork warm too. Later calls add modules.
     """
     names = check_preload(preload)
-    env = {k: v for k, v in os.environ.items() if k not in (KEY_ENV, MP_AUTHKEY_ENV)}
     wanted = [*names, *(["numpy"] if "numpy" in sys.modules else [])]
-    server_for(env, os.getcwd(), {}).preload([m for m in wanted if m not in _unsafe_preloads])
+    server_for(_server_env({}), os.getcwd(), {}).preload(
+        [m for m in wanted if m not in _unsafe_preloads]
+    )
+
+
+def start_server_early(extra_env: Mapping[str, str]) -> None:
+    """Start the fork server for local workers with ``extra_env`` now, if forked.
+
+    An engine calls this before it starts its thread: while this process
+    is single-threaded, the server is forked from it, already importing
+    what it imports. Later, the engine thread would make it exec.
+    """
+    if may_fork_here():
+        try:
+            server_for(_server_env(extra_env), os.getcwd(), extra_env)
+        except OSError as exc:
+            log.warning("cannot start a fork server: %s; it is started when needed", exc)
+
+
+def _server_env(extra_env: Mapping[str, str]) -> dict[str, str]:
+    # A server's environment: a local worker's, less the key and the authkey.
+    env = {**os.environ, **extra_env}
+    return {k: v for k, v in env.items() if k not in (KEY_ENV, MP_AUTHKEY_ENV)}
 
 
 def server_for(env: Mapping[str, str], cwd: str, extra_env: Mapping[str, str]) -> ForkServer:

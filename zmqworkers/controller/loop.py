@@ -288,9 +288,7 @@ class EngineLoop:
         spec, items, opts = arg
         opts = self.control.options_for(opts)
         self._batcher.add(spec, self.sched.spec_refs)
-        add = self.sched.add
-        for tid, task_arg in items:
-            add(tid, spec.id, task_arg, opts)
+        self.sched.add_many(spec.id, items, opts)
         self.stats["submitted"] += len(items)
 
     def _cmd_cancel_many(self, task_ids: list[int]) -> None:

@@ -16,12 +16,12 @@ Invariants:
 
 from __future__ import annotations
 
-import bisect
 import collections
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from zmqworkers.controller.pending import PendingQueue
 from zmqworkers.errors import RESULT_NEVER_ARRIVED, WorkerLost
 
 MAX_DEPARTED = 100
@@ -108,65 +108,6 @@ class WorkerState:
         }
 
 
-class PendingQueue:
-    """Queued task ids by priority: the highest level first, in order within one.
-
-    Only levels that hold ids are kept, highest last in ``_order``, so the
-    next id is found in O(1) however many levels were ever used.
-    """
-
-    def __init__(self) -> None:
-        self._levels: dict[int, collections.deque[int]] = {}
-        self._order: list[int] = []  # ascending: the top level is the last
-
-    def _level(self, priority: int) -> collections.deque[int]:
-        q = self._levels.get(priority)
-        if q is None:
-            q = self._levels[priority] = collections.deque()
-            bisect.insort(self._order, priority)
-        return q
-
-    def append(self, task_id: int, priority: int = 0) -> None:
-        self._level(priority).append(task_id)
-
-    def extend(self, task_ids: Iterable[int], priority: int = 0) -> None:
-        self._level(priority).extend(task_ids)
-
-    def put_front(self, task_ids: list[int], priority: int = 0) -> None:
-        """Put ``task_ids`` at the front of their level, in their order."""
-        if task_ids:
-            self._level(priority).extendleft(reversed(task_ids))
-
-    def top(self) -> collections.deque[int] | None:
-        """The highest level's ids (not empty), or None; empty levels are dropped."""
-        while self._order:
-            q = self._levels[self._order[-1]]
-            if q:
-                return q
-            del self._levels[self._order.pop()]
-        return None
-
-    def popleft(self) -> int:
-        q = self.top()
-        if q is None:
-            raise IndexError("no queued task")
-        return q.popleft()
-
-    def clear(self) -> None:
-        self._levels.clear()
-        self._order.clear()
-
-    def __iter__(self) -> Iterator[int]:
-        for priority in reversed(self._order):
-            yield from self._levels[priority]
-
-    def __len__(self) -> int:
-        return sum(len(q) for q in self._levels.values())
-
-    def __bool__(self) -> bool:
-        return self.top() is not None
-
-
 def _priority(rec: TaskRecord) -> int:
     return 0 if rec.opts is None else rec.opts.priority
 
@@ -203,10 +144,19 @@ class Scheduler:
     # -- tasks -------------------------------------------------------------
 
     def add(self, task_id: int, spec_id: str, arg: Any, opts: TaskOptions | None = None) -> None:
-        self.tasks[task_id] = TaskRecord(spec_id, arg, opts=opts)
-        self.spec_refs[spec_id] += 1
-        self.pending.append(task_id, 0 if opts is None else opts.priority)
-        self.queued += 1
+        self.add_many(spec_id, [(task_id, arg)], opts)
+
+    def add_many(
+        self, spec_id: str, items: list[tuple[int, Any]], opts: TaskOptions | None = None
+    ) -> None:
+        """Queue tasks of one call, in order: as many :meth:`add` calls, for one."""
+        if not items:
+            return
+        # One pass in C where it can be: per task, only the record is made.
+        self.tasks.update({tid: TaskRecord(spec_id, arg, None, opts) for tid, arg in items})
+        self.spec_refs[spec_id] += len(items)
+        self.pending.extend([tid for tid, _ in items], 0 if opts is None else opts.priority)
+        self.queued += len(items)
 
     def cancel(self, task_id: int) -> tuple[str, str | None]:
         """Take a task back before it runs, if it has not started.
@@ -289,9 +239,14 @@ class Scheduler:
         del self.tasks[task_id]
         if rec.worker is None:
             self.queued -= 1
-        self.spec_refs[rec.spec_id] -= 1
-        if self.spec_refs[rec.spec_id] <= 0:
-            del self.spec_refs[rec.spec_id]
+        self._unref(rec.spec_id, 1)
+
+    def _unref(self, spec_id: str, n: int) -> None:
+        left = self.spec_refs[spec_id] - n
+        if left <= 0:
+            del self.spec_refs[spec_id]
+        else:
+            self.spec_refs[spec_id] = left
 
     def _requeue_front(self, task_ids: list[int], count: bool = True) -> None:
         by_level: dict[int, list[int]] = {}
@@ -378,18 +333,42 @@ class Scheduler:
 
     def complete(self, worker_id: str, task_id: int) -> TaskRecord | None:
         """A result arrived. Returns the task's record the first time only."""
+        return self.complete_many(worker_id, [task_id])[0]
+
+    def complete_many(self, worker_id: str, task_ids: list[int]) -> list[TaskRecord | None]:
+        """Results arrived, in this order: as many :meth:`complete` calls, for one.
+
+        Each task's record comes back the first time only, else None
+        (delivered already: a late or duplicate result). A late result from
+        a worker declared lost, for a task queued again or running
+        elsewhere, is delivered now; the other copy's result, if any, is
+        then the duplicate.
+        """
         w = self.workers.get(worker_id)
-        if w is not None and task_id in w.in_flight:
-            del w.in_flight[task_id]
-            w.done += 1
-        rec = self.tasks.get(task_id)
-        if rec is None:
-            return None  # delivered already (late or duplicate result)
-        # A late result from a worker declared lost, for a task queued again
-        # or running elsewhere, is delivered now; the other copy's result, if
-        # any, is then the duplicate.
-        self._forget(task_id, rec)
-        return rec
+        if w is not None:
+            in_flight = w.in_flight
+            held = len(in_flight)
+            for tid in task_ids:
+                in_flight.pop(tid, None)
+            w.done += held - len(in_flight)
+        pop = self.tasks.pop
+        recs = [pop(tid, None) for tid in task_ids]
+        # What _forget does per task, counted once per run of one spec.
+        spec_id = None
+        n = 0
+        for rec in recs:
+            if rec is None:
+                continue
+            if rec.worker is None:
+                self.queued -= 1  # queued again (its worker was lost), not yet out
+            if rec.spec_id != spec_id:
+                if n:
+                    self._unref(spec_id, n)  # type: ignore[arg-type]
+                spec_id, n = rec.spec_id, 0
+            n += 1
+        if n:
+            self._unref(spec_id, n)  # type: ignore[arg-type]
+        return recs
 
     def hand_back(self, worker_id: str, task_ids: Iterable[int], count: bool = True) -> int:
         """A leaving worker returns tasks it never started: queue them first.

@@ -17,6 +17,9 @@ from zmqworkers.protocol import Kind, SessionKey, dumps, encode
 from zmqworkers.protocol.messages import frames_size
 from zmqworkers.protocol.segments import release
 
+# One task's outcome as a worker sends it: (task id, ok, value or error record).
+Outcome = tuple[int, bool, Any]
+
 log = logging.getLogger(__name__)
 
 
@@ -78,7 +81,7 @@ def task_entries(spec_id: Any, items: Any) -> list[tuple[int, str, Any, bool]] |
 def holding(
     status: dict[str, Any],
     queue: Iterable[tuple[int, Any, Any, Any]],
-    batch: Iterable[tuple[int, bool, Any]],
+    batch: Iterable[Outcome],
     received: int,
 ) -> dict[str, Any]:
     """A heartbeat header for the results socket: ``status`` and what the worker holds.
@@ -129,7 +132,7 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
     }
 
 
-def picklable(item: tuple[int, bool, Any]) -> tuple[int, bool, Any]:
+def picklable(item: Outcome) -> Outcome:
     try:
         dumps(item[2])
         return item
@@ -142,7 +145,7 @@ def encode_results(
     sender: str,
     seq: int,
     key: bytes | SessionKey,
-    batch: list[tuple[int, bool, Any]],
+    batch: list[Outcome],
     busy: float,
 ) -> list[Any]:
     """The frames of one RESULTS message."""
@@ -170,7 +173,7 @@ Signing = Callable[[], tuple[str, int, "bytes | SessionKey"]]
 
 
 def result_messages(
-    batch: list[tuple[int, bool, Any]], busy: float, limit: int, signing: Signing
+    batch: list[Outcome], busy: float, limit: int, signing: Signing
 ) -> Iterator[list[Any]]:
     """The RESULTS messages of ``batch``, none over ``limit`` bytes, in sending order.
 

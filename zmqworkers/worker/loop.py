@@ -52,6 +52,7 @@ from zmqworkers.security.connection import is_local_link
 from zmqworkers.worker import current, links, logforward
 from zmqworkers.worker.calls import (
     FunctionCache,
+    Outcome,
     describe_exception,
     holding,
     result_messages,
@@ -83,6 +84,24 @@ log = logging.getLogger(__name__)
 # result is never held back.
 RESULT_BATCH_MAX = 256
 RESULT_BATCH_SECONDS = 0.005
+# Between tasks, how often a local worker checks that its controller runs:
+# not before every task, as two system calls a task add up when tasks are tiny.
+PARENT_CHECK_SECONDS = 0.05
+
+
+class Every:
+    """``due()`` is True at most once per ``seconds``, the first time at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._next = 0.0
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self.seconds
+        return True
 
 
 class Worker:
@@ -406,6 +425,7 @@ class Worker:
         next_status = time.monotonic() + self._status_every
         foreign = False  # broadcasts came that our controller did not sign
         served = False
+        parent_check = Every(PARENT_CHECK_SECONDS)
 
         def ingest(timeout_ms: int) -> None:
             nonlocal last_heard, foreign
@@ -437,7 +457,7 @@ class Worker:
                 results.send_multipart(encode(Kind.HEARTBEAT, *self._signing(), held))
             if self._terminate or self._stop_requested or self._recycle:
                 break
-            if self._should_exit():
+            if parent_check.due() and self._should_exit():
                 self._terminate = True
                 break
             if self._other_controller:
@@ -521,7 +541,7 @@ class Worker:
         self.marks.watch(hdr, queued)
         return queued is not None
 
-    def _run_one(self, task_id: int, spec_id: str, arg: Any) -> tuple[int, bool, Any]:
+    def _run_one(self, task_id: int, spec_id: str, arg: Any) -> Outcome:
         call = self._funcs.get(spec_id)
         if call is None:
             err = RuntimeError(f"function spec {spec_id} was never received")
@@ -540,9 +560,7 @@ class Worker:
             self._state = "idle"
             self._current = None
 
-    def _flush(
-        self, results: zmq.Socket[Any], batch: list[tuple[int, bool, Any]], busy: float
-    ) -> None:
+    def _flush(self, results: zmq.Socket[Any], batch: list[Outcome], busy: float) -> None:
         for frames in result_messages(batch, busy, self._limit, self._signing):
             results.send_multipart(frames, copy=False)
 

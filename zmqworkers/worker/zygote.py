@@ -44,6 +44,18 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+# What a local worker imports before its first result (the function spec
+# is unpickled with cloudpickle, shared memory needs _posixshmem).
+WORKER_MODULES = (
+    "zmqworkers.worker.args",
+    "zmqworkers.worker.loop",
+    "zmqworkers.worker.mp_authkey",
+    "zmqworkers.worker.daemon",
+    "zmqworkers.logs",
+    "cloudpickle",
+    "multiprocessing.shared_memory",
+    "multiprocessing.spawn",
+)
 # How often the server looks at its parent when nothing else wakes it.
 PARENT_CHECK = 0.25
 
@@ -280,10 +292,10 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     sock = socket.socket(fileno=fd)
     sock.setblocking(True)
-    # The worker program, imported once here so that no child imports it.
-    importlib.import_module("zmqworkers.worker.args")
-    importlib.import_module("zmqworkers.worker.loop")
-    importlib.import_module("zmqworkers.worker.mp_authkey")
+    # The worker program, imported once here so that no child imports it:
+    # with what a worker imports on its way to its first task.
+    for name in WORKER_MODULES:
+        importlib.import_module(name)
     ForkServer(sock, controller_pid).serve()
     return 0
 

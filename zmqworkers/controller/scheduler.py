@@ -448,13 +448,9 @@ class Scheduler:
             if rec.deaths is None:
                 rec.deaths = []  # a suspect now
             if i == 0:
-                rec.attempts += 1
-                rec.deaths = [*(rec.deaths or ()), (worker_id, how)]
-                if not self.attempts_left(rec):
-                    failed.append((tid, WorkerLost(tid, rec.deaths)))
-                    rec.worker = None
-                    self.queued += 1  # _forget counts it out of the queue
-                    self._forget(tid, rec)
+                err = self._blame(tid, rec, worker_id, how)
+                if err is not None:
+                    failed.append((tid, err))
                     continue
             back.append(tid)
         self._requeue_front(back)
@@ -471,15 +467,22 @@ class Scheduler:
         rec = self.tasks.get(running)
         if rec is None or rec.worker != w.id:
             return []
-        rec.attempts += 1
-        rec.deaths = [*(rec.deaths or ()), (w.id, how)]
-        if self.attempts_left(rec):
+        err = self._blame(running, rec, w.id, how)
+        if err is None:
             self._requeue_front([running])
             return []
+        return [(running, err)]
+
+    def _blame(self, tid: int, rec: TaskRecord, worker_id: str, how: str) -> WorkerLost | None:
+        """Count a lost attempt; out of attempts, forget the task and return its error."""
+        rec.attempts += 1
+        rec.deaths = [*(rec.deaths or ()), (worker_id, how)]
+        if self.attempts_left(rec):
+            return None
         rec.worker = None
         self.queued += 1  # _forget counts it out of the queue
-        self._forget(running, rec)
-        return [(running, WorkerLost(running, rec.deaths))]
+        self._forget(tid, rec)
+        return WorkerLost(tid, rec.deaths)
 
     def _is_excused(self, worker_id: str) -> bool:
         return any(worker_id.startswith(p) for p in self.excused)
@@ -548,13 +551,9 @@ class Scheduler:
             rec = self.tasks.get(tid)
             if rec is None or rec.worker != worker_id:
                 continue
-            rec.attempts += 1
-            rec.deaths = [*(rec.deaths or ()), (worker_id, RESULT_NEVER_ARRIVED)]
-            if not self.attempts_left(rec):
-                failed.append((tid, WorkerLost(tid, rec.deaths)))
-                rec.worker = None
-                self.queued += 1  # _forget counts it out of the queue
-                self._forget(tid, rec)
+            err = self._blame(tid, rec, worker_id, RESULT_NEVER_ARRIVED)
+            if err is not None:
+                failed.append((tid, err))
             else:
                 back.append(tid)
         self._requeue_front(back)

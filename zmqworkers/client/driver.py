@@ -31,6 +31,7 @@ from itertools import repeat
 from typing import Any
 
 from zmqworkers.client.apps import app_state
+from zmqworkers.client.streams import SUBMIT_CHUNK
 from zmqworkers.controller.engine import Engine, Spec, make_spec
 from zmqworkers.controller.options import EngineOptions
 from zmqworkers.errors import ClusterShutdown, ConfigurationError, EngineClosed
@@ -117,13 +118,21 @@ class TaskDriver:
                     "or pass function= first"
                 )
             ids = self._take_ids(len(items))
-            batch = list(zip(ids, items))
-            self._tasks.update(batch)
-            self.target += len(batch)
-            if self._engine is None:
-                self._held.append((spec, batch))
-            elif batch:
-                self._engine.submit(spec, batch)
+            # Counted and known in full before the first goes out: a result
+            # may come back while the rest are still being handed over, and
+            # progress must not reach 1 in between.
+            self._tasks.update(zip(ids, items))
+            self.target += len(items)
+            engine = self._engine
+            # In commands of SUBMIT_CHUNK, as Cluster sends them: the engine
+            # hands out the first while the next are still being made,
+            # rather than taking all of a large call in before any.
+            for at in range(0, len(items), SUBMIT_CHUNK):
+                batch = list(zip(ids[at : at + SUBMIT_CHUNK], items[at : at + SUBMIT_CHUNK]))
+                if engine is None:
+                    self._held.append((spec, batch))
+                else:
+                    engine.submit(spec, batch)
 
     def _take_ids(self, n: int) -> range:
         # Under the lock.

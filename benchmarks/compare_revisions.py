@@ -5,16 +5,18 @@
 
 REV is checked out with ``git worktree add`` into a temporary folder and
 installed into a virtualenv of its own there; this checkout runs from the
-interpreter that runs this script (its own virtualenv). Both run the same
-scenario code (this checkout's ``benchmarks/run.py --one``), each
-measurement in a fresh process, the two revisions interleaved so that load
-from elsewhere falls on both alike. Prints the medians and ``this / REV``
+interpreter that runs this script, with this checkout on PYTHONPATH (so that
+no other install of zmqworkers there counts). Both run the same scenario
+code (this checkout's ``benchmarks/run.py --one``), each measurement in a
+fresh process, the two revisions interleaved so that load from elsewhere
+falls on both alike. Prints the medians and ``this / REV``
 ratios, oriented so that above 1 is better.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -52,7 +54,8 @@ def install_revision(rev: str, folder: Path) -> str:
 def which_zmqworkers(python: str) -> str:
     code = "import zmqworkers, os; print(os.path.dirname(zmqworkers.__file__))"
     # From the benchmarks folder: a checkout's root on sys.path would shadow the install.
-    proc = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=HERE)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=HERE, env=env)
     return proc.stdout.strip()
 
 
@@ -73,15 +76,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="zmqworkers-compare-") as tmp:
         try:
             theirs = install_revision(rev, Path(tmp))
-            # Named, so this checkout too runs from its installed package.
-            ours = sys.executable
-            print(f"this checkout: {which_zmqworkers(ours)}", file=sys.stderr)
+            # This checkout runs through PYTHONPATH, whatever this interpreter
+            # has installed; the revision from its own install only.
+            print(f"this checkout: {ROOT / 'zmqworkers'}", file=sys.stderr)
             print(f"{rev}: {which_zmqworkers(theirs)}", file=sys.stderr)
             rows = []
             for scenario, system in pairs:
                 runs: dict[str, list[float]] = {"this": [], rev: []}
                 for _ in range(a.repeat):
-                    for name, python in (("this", ours), (rev, theirs)):
+                    for name, python in (("this", None), (rev, theirs)):
                         value = run_child(scenario, system, a.quick, None, python=python)
                         if value is not None:
                             runs[name].append(value)

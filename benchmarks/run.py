@@ -316,12 +316,14 @@ def _qt_run(body: Any) -> float:
     def run(fn: Any, xs: Any, unordered: bool = False) -> None:
         xs = list(xs)
         spy = QtTest.QSignalSpy(wc.sig_results)
+        # PyQt's spy is a sequence; PySide6's has count().
+        count = spy.count if hasattr(spy, "count") else spy.__len__
         wc.change_function(fn)
         wc.add_tasks(xs)
         if not wc.isRunning():
             wc.start()
         deadline = time.monotonic() + 600
-        while len(spy) < len(xs):
+        while count() < len(xs):
             if time.monotonic() > deadline:
                 raise TimeoutError("WorkerController did not finish")
             time.sleep(0.001)
@@ -551,7 +553,10 @@ def run_child(
         cmd.append("--quick")
     if param is not None:
         cmd += ["--param", str(param)]
-    env = dict(os.environ) if python else dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if python:
+        # Its own install, not a checkout that PYTHONPATH names.
+        env.pop("PYTHONPATH")
     # Timed as an installed package runs, from its cached bytecode: the
     # peers' packages have theirs from their install, and a checkout that
     # is never allowed to cache its own would compile every module anew in

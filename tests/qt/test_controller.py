@@ -345,3 +345,25 @@ def test_a_spy_connected_between_batches_gets_every_later_signal(controllers) ->
     assert sorted(r[0] for r in results) == list(range(50, 250))
     fractions = [p[0] for p in progress]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_a_large_add_tasks_reports_each_task_once_and_progress_last(controllers) -> None:
+    # add_tasks hands a large call to the engine in several commands, and
+    # results come back while the rest still go out; progress counts every
+    # task from the start, so it reaches 1 only once every sig_results is out
+    # (the seed's examples poll progress, then read their spy).
+    from zmqworkers.client.streams import SUBMIT_CHUNK
+
+    n = 3 * SUBMIT_CHUNK + 7
+    wc = WorkerController(n_workers=2)
+    controllers.append(wc)
+    results, progress = Spy(wc.sig_results), Spy(wc.sig_progress)
+    wc.change_function(jobs.linear, 1, 0)
+    wc.start()
+    wc.add_tasks(range(n))
+    counts_at_one = wait_for(lambda: wc.progress >= 1 and [len(results)], timeout=60)
+    assert counts_at_one == [n]
+    assert sorted(r[0] for r in results) == list(range(n))
+    assert all(task == value for task, value in results)
+    fractions = [p[0] for p in progress]
+    assert len(fractions) == n and fractions == sorted(fractions) and fractions[-1] == 1.0

@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import TimeoutError as FutureTimeout
+from itertools import repeat
 from typing import Any
 
 from zmqworkers.client.apps import app_state
+from zmqworkers.client.streams import SUBMIT_CHUNK
 from zmqworkers.controller.engine import Engine, Spec, make_spec
 from zmqworkers.controller.options import EngineOptions
 from zmqworkers.errors import ClusterShutdown, ConfigurationError, EngineClosed
@@ -54,18 +56,19 @@ class TaskDriver:
         self,
         emit: Emit,
         options: EngineOptions,
-        emitter: Callable[[str], Callable[..., None]] | None = None,
+        emitter: Callable[[str], Callable[..., None] | None] | None = None,
     ) -> None:
         self._emit = emit
         # ``emitter(name)``: the face's callable that emits ``name`` directly
-        # (a bound signal's ``emit``), for the per-result hot path.
+        # (a bound signal's ``emit``), or None while nothing receives it,
+        # asked once per batch on the per-result hot path.
         self._direct = emitter
         self.options = options
         self.address = ""
         self.done = 0
         self.target = 0
         self._lock = threading.RLock()
-        self._ids = itertools.count(1)
+        self._next_id = 1  # the next task id (taken under the lock)
         self._spec: Spec | None = None
         self._tasks: dict[int, Any] = {}  # not yet delivered, by id
         self._held: list[tuple[Spec, list[tuple[int, Any]]]] = []  # added with no engine
@@ -114,14 +117,28 @@ class TaskDriver:
                     "no function to run the tasks: call change_function(func, ...) "
                     "or pass function= first"
                 )
-            ids = [next(self._ids) for _ in items]
-            batch = list(zip(ids, items))
-            self._tasks.update(batch)
-            self.target += len(batch)
-            if self._engine is None:
-                self._held.append((spec, batch))
-            elif batch:
-                self._engine.submit(spec, batch)
+            ids = self._take_ids(len(items))
+            # Counted and known in full before the first goes out: a result
+            # may come back while the rest are still being handed over, and
+            # progress must not reach 1 in between.
+            self._tasks.update(zip(ids, items))
+            self.target += len(items)
+            engine = self._engine
+            # In commands of SUBMIT_CHUNK, as Cluster sends them: the engine
+            # hands out the first while the next are still being made,
+            # rather than taking all of a large call in before any.
+            for at in range(0, len(items), SUBMIT_CHUNK):
+                batch = list(zip(ids[at : at + SUBMIT_CHUNK], items[at : at + SUBMIT_CHUNK]))
+                if engine is None:
+                    self._held.append((spec, batch))
+                else:
+                    engine.submit(spec, batch)
+
+    def _take_ids(self, n: int) -> range:
+        # Under the lock.
+        first = self._next_id
+        self._next_id = first + n
+        return range(first, first + n)
 
     def reset_task_list(self) -> None:
         """Drop every task not yet handed to a worker."""
@@ -373,7 +390,10 @@ class TaskDriver:
 
         The hot path of a Qt face: per task one ``sig_results`` (or
         ``sig_error``) and one ``sig_progress``, as the seed's API has them,
-        and nothing else. A subclass that changes :meth:`on_result` or
+        and nothing else. A signal nobody receives (the face's ``emitter``
+        says None) is not emitted. ``done`` counts the batch once its last
+        signal is out, so ``progress`` reaches 1 only after the last
+        ``sig_results``. A subclass that changes :meth:`on_result` or
         :meth:`deliver` gets them called for each result instead.
         """
         cls = type(self)
@@ -381,22 +401,39 @@ class TaskDriver:
             for tid, ok, value in results:
                 self.on_result(tid, ok, value)
             return
-        pop, emit = self._tasks.pop, self._emitter
-        on_ok, on_error, on_progress = emit("results"), emit("error"), emit("progress")
-        for tid, ok, value in results:
-            task = pop(tid, _MISSING)
+        if not results:
+            return
+        tids, oks, values = zip(*results)
+        pending = self._tasks
+        with self._lock:  # nothing else adds or drops tasks while the batch is taken
+            size = len(pending)
+            tasks = list(map(pending.pop, tids, repeat(_MISSING)))
+            found = size - len(pending)
+        emitter = self._emitter
+        on_ok, on_progress = emitter("results"), emitter("progress")
+        if found == len(tasks) and all(oks) and on_progress is None:
+            # Every task known and none failed (the common case): the emits
+            # run in one C-level pass, no Python frame per task.
+            if on_ok is not None:
+                deque(map(on_ok, tasks, values), maxlen=0)
+            self.done += found
+            return
+        on_error, done = emitter("error"), self.done
+        for task, ok, value in zip(tasks, oks, values):
             if task is _MISSING:
                 continue  # dropped by reset_task_list while it ran
-            if ok:
-                on_ok(task, value)
-            else:
-                on_error(task, value)
-            self.done += 1
-            target = self.target
-            on_progress(self.done / target if target > 0 else -1.0)
+            emit = on_ok if ok else on_error
+            if emit is not None:
+                emit(task, value)
+            done += 1
+            self.done = done
+            if on_progress is not None:
+                target = self.target
+                on_progress(done / target if target > 0 else -1.0)
 
-    def _emitter(self, name: str) -> Callable[..., None]:
-        """The callable that emits ``name``: the face's own if it offers one."""
+    def _emitter(self, name: str) -> Callable[..., None] | None:
+        """The callable that emits ``name`` (the face's own if it offers one),
+        or None when the face says nothing receives it."""
         if self._direct is not None:
             return self._direct(name)
         return functools.partial(self._emit, name)
@@ -534,6 +571,6 @@ class AppDriver(TaskDriver):
             want = TICKS_PER_WORKER * self._connected - len(self._ticks)
             if engine is None or spec is None or want <= 0:
                 return
-            ids = [next(self._ids) for _ in range(want)]
+            ids = self._take_ids(want)
             self._ticks.update(ids)
             engine.submit(spec, [(tid, -1) for tid in ids])

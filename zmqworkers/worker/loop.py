@@ -21,7 +21,6 @@ import collections
 import itertools
 import logging
 import os
-import secrets
 import socket as pysocket
 import threading
 import time
@@ -243,16 +242,7 @@ class Worker:
     def _session(self) -> str:
         """Serve one controller. Returns "exit", "served" or "lost"."""
         opts = self.options
-        tasks = self._socket(zmq.DEALER)
-        tasks.setsockopt(zmq.LINGER, 0)
-        tasks.setsockopt(zmq.IMMEDIATE, 1)  # never queue a hello for nobody
-        # A fresh routing id per session: nobody can guess it to take over
-        # this worker's place at the controller.
-        tasks.setsockopt(zmq.ROUTING_ID, f"{self.id}/{secrets.token_hex(8)}".encode())
-        tasks.setsockopt(zmq.MAXMSGSIZE, opts.max_message_size)
-        links.redial_quickly(tasks)
-        links.answer_pings(tasks, opts.heartbeat_interval, opts.heartbeat_misses)
-        tasks.connect(self.address)
+        tasks = links.dial_tasks(self._socket(zmq.DEALER), self.address, self.id, opts)
         results: zmq.Socket[Any] | None = None
         control: zmq.Socket[Any] | None = None
         hb_thread: threading.Thread | None = None
@@ -274,16 +264,9 @@ class Worker:
                 return "lost" if self.options.daemon else "exit"
             welcome = answer.welcome
             results_ep = side_endpoint(self.address, welcome, "results")
-            results = self._socket(zmq.PUSH)
-            results.setsockopt(zmq.LINGER, 2000)
-            links.redial_quickly(results)
-            results.connect(results_ep)
-            control = self._socket(zmq.SUB)
-            control.setsockopt(zmq.LINGER, 0)
-            control.setsockopt(zmq.SUBSCRIBE, b"")
-            control.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
-            links.redial_quickly(control)
-            control.connect(side_endpoint(self.address, welcome, "control"))
+            results = links.dial_results(self._socket(zmq.PUSH), results_ep)
+            control_ep = side_endpoint(self.address, welcome, "control")
+            control = links.dial_control(self._socket(zmq.SUB), control_ep)
             # Broadcasts published before this welcome are not for us: a
             # replayed old STOP is refused like any other replay.
             guard.check(f"{welcome.controller}/pub", welcome.pub_seq)

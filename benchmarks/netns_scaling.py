@@ -8,7 +8,7 @@ it, in this process, a ``Cluster(2)`` of local workers. Both take the same
 and the script prints the medians of the rates, their ratio, the
 controller's CPU time per task (all of its threads, from
 ``time.process_time`` around each round), the workers' CPU time per task
-(user and system time of every worker process, and of the daemons, from
+(every thread of every worker process, and of the daemons, from
 ``/proc``), their context switches per task, and the messages per task
 each way (TASKS out, RESULTS and heartbeats in).
 
@@ -71,24 +71,23 @@ CONTROLLER = textwrap.dedent(
 )
 
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
 def usage(pids: list[int]) -> tuple[float, int]:
-    """CPU seconds (user + system) and context switches of ``pids`` so far."""
-    cpu, switches = 0.0, 0
+    """CPU seconds and context switches of ``pids`` so far, summed over their threads.
+
+    From each thread's ``schedstat`` (nanoseconds run, times scheduled in):
+    exact, where the tick-sampled user and system times of ``stat`` misjudge
+    threads that run for less than a tick between sleeps.
+    """
+    cpu, switches = 0, 0
     for pid in pids:
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()  # all of its threads
-            fields = stat.rsplit(")", 1)[1].split()
-            cpu += (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
-            for task in Path(f"/proc/{pid}/task").iterdir():  # per thread
-                for line in (task / "status").read_text().splitlines():
-                    if "ctxt_switches:" in line:  # voluntary and not
-                        switches += int(line.split()[1])
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                ran, _, slices = (task / "schedstat").read_text().split()
+                cpu += int(ran)
+                switches += int(slices)
         except OSError:
             continue  # ended meanwhile
-    return cpu, switches
+    return cpu / 1e9, switches
 
 
 def measured(round_: Any, n: int, pids: list[int]) -> dict[str, float]:

@@ -78,10 +78,13 @@ from zmqworkers.worker.silence import EXIT_NO_CONTROLLER
 
 log = logging.getLogger(__name__)
 
-# A result batch is sent once it holds this many results, is this old, or
-# the worker has nothing queued: tiny tasks share messages, a slow task's
-# result is never held back.
-RESULT_BATCH_MAX = 256
+# A result batch is sent once it holds this many results (the controller's
+# largest TASKS batch), once its calls have run this long, or when the worker
+# has nothing queued: tiny tasks share messages, a slow task's result is
+# never held back. Call time, not the clock: a worker that shares its core
+# with many others is often paused mid-batch, and aged by the clock, each
+# pause sent a message of a few results (more messages, more wake-ups).
+RESULT_BATCH_MAX = 512
 RESULT_BATCH_SECONDS = 0.005
 # Between tasks, how often a local worker checks that its controller runs:
 # not before every task, as two system calls a task add up when tasks are tiny.
@@ -406,7 +409,6 @@ class Worker:
         last_heard = time.monotonic()
         batch = self.marks.held  # emptied in place, never replaced: the guard reads it
         batch.clear()
-        batch_started = 0.0
         busy = 0.0  # seconds spent in calls for the results in `batch`
         # One clock here: read after the sockets are, and after each call.
         now = next_ingest = time.perf_counter()
@@ -474,9 +476,9 @@ class Worker:
             if batch and self.marks.flush_first(task_id):
                 self._flush(results, batch, busy)
                 batch.clear()
-            t0 = time.perf_counter()
             if not batch:
-                batch_started, busy = t0, 0.0
+                busy = 0.0
+            t0 = time.perf_counter()
             batch.append(self._run_one(task_id, spec_id, arg))
             now = time.perf_counter()
             busy += now - t0
@@ -489,7 +491,7 @@ class Worker:
                 or self._recycle
                 or not self._queue
                 or len(batch) >= RESULT_BATCH_MAX
-                or now - batch_started > RESULT_BATCH_SECONDS
+                or busy > RESULT_BATCH_SECONDS
             ):
                 self._flush(results, batch, busy)
                 batch.clear()

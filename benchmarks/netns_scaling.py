@@ -197,8 +197,9 @@ def main() -> int:
         return (
             f"{med(rounds, 'rate'):,.0f} tasks/s, controller CPU {med(rounds, 'cpu') * 1e6:.1f} "
             f"µs/task, workers' CPU {med(rounds, 'wcpu') * 1e6:.1f} µs/task, "
-            f"{med(rounds, 'switches'):.2f} context switches/task, messages/task "
-            f"{med(rounds, 'out'):.3f} out, {med(rounds, 'in'):.3f} in"
+            f"{med(rounds, 'switches') * 1000:.0f} context switches, "
+            f"{med(rounds, 'out') * 1000:.1f} messages out and {med(rounds, 'in') * 1000:.1f} in "
+            "per 1,000 tasks"
         )
 
     print(f"{a.tasks:,} no-op tasks, medians of {a.repeat} alternating rounds:")

@@ -149,6 +149,9 @@ def main() -> int:
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            # `python -c` and `-m` put the working folder first on sys.path:
+            # from this checkout's root, they run this checkout.
+            cwd=ROOT,
         )
         net.procs.append(controller)  # type: ignore[arg-type]
         assert controller.stdin is not None and controller.stdout is not None
@@ -162,6 +165,7 @@ def main() -> int:
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                cwd=ROOT,
             )
         t0 = time.monotonic()
         ready = json.loads(controller.stdout.readline() or "{}")

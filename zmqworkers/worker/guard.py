@@ -142,7 +142,10 @@ def guard_loop(
         # but one it popped just before the order came starts anyway: only
         # then, or to watch memory, is there a reason to look periodically.
         timeout = every if limit is not None or worker.marks.doomed else None
-        if sock in dict(poller.poll(timeout)):
+        ready = dict(poller.poll(timeout))
+        if wake in ready:
+            break  # the session ended
+        if sock in ready:
             try:
                 msg = decode(sock.recv_multipart(copy=False), pub_key, max_size=1 << 20)
                 guard.check(msg.sender, msg.seq)
@@ -205,7 +208,8 @@ class GuardThread(threading.Thread):
     """The guard of one session.
 
     Its loop may sleep on its socket without a timeout, so :meth:`join`
-    (once the session's ``stop`` event is set) first wakes it through a pipe.
+    (once the session's ``stop`` event is set) first wakes it: it closes the
+    write end of a pipe whose read end the loop polls.
     """
 
     def __init__(
@@ -237,11 +241,7 @@ class GuardThread(threading.Thread):
 
     def join(self, timeout: float | None = None) -> None:
         if self._wake_w >= 0:
-            try:
-                os.write(self._wake_w, b"\0")
-            except OSError:
-                pass  # the loop has ended and closed its end
-            os.close(self._wake_w)
+            os.close(self._wake_w)  # its read end turns readable: end of file
             self._wake_w = -1
         super().join(timeout)
 

@@ -445,7 +445,7 @@ class Worker:
 
         while True:
             if not self._queue or now >= next_ingest:
-                ingest(0 if self._queue else IDLE_POLL_MS)
+                ingest(0 if self._queue or self._recycle else IDLE_POLL_MS)
                 now = time.perf_counter()
                 next_ingest = now + INGEST_SECONDS
             if now >= next_status:

@@ -421,6 +421,10 @@ class Worker:
         foreign = False  # broadcasts came that our controller did not sign
         served = False
         parent_check = Every(PARENT_CHECK_SECONDS)
+        # Looked up once, not per task: the marks' sets are only ever changed
+        # in place, and the options do not change.
+        watched, doomed = self.marks.watched, self.marks.doomed
+        recycles = self.options.max_tasks is not None or self.options.max_memory is not None
 
         def ingest(timeout_ms: int) -> None:
             nonlocal last_heard, foreign
@@ -476,9 +480,9 @@ class Worker:
                 continue
             task_id, spec_id, arg, last = self._queue.popleft()
             served = True
-            if task_id in self.marks.doomed:
+            if task_id in doomed:
                 continue  # cancelled with force before it started
-            if batch and self.marks.flush_first(task_id):
+            if batch and watched and self.marks.flush_first(task_id):
                 self._flush(results, batch, busy)
                 batch.clear()
             if not batch:
@@ -487,7 +491,8 @@ class Worker:
             batch.append(self._run_one(task_id, spec_id, arg))
             now = time.perf_counter()
             busy += now - t0
-            self._recycle = self._recycle or recycle_reason(self.options, self._done)
+            if recycles:
+                self._recycle = self._recycle or recycle_reason(self.options, self._done)
             # Results go back as their message's tasks are done (the
             # controller sized that message), so its slot frees at once and a
             # large result is not held while the next task runs.

@@ -5,9 +5,12 @@ hosts (4 by default), each running one worker daemon with ``--processes``
 children (32: 128 worker processes), over TCP on a private bridge. Beside
 it, in this process, a ``Cluster(2)`` of local workers. Both take the same
 ``--tasks`` no-op tasks through ``imap_unordered``, in alternating rounds,
-and the script prints the medians of the rates, their ratio, and the
+and the script prints the medians of the rates, their ratio, the
 controller's CPU time per task (all of its threads, from
-``time.process_time`` around each round).
+``time.process_time`` around each round), the workers' CPU time per task
+(every thread of every worker process, and of the daemons, from
+``/proc``), their context switches per task, and the messages per task
+each way (TASKS out, RESULTS and heartbeats in).
 
 On a 2-core machine 128 worker processes share the cores with the
 controller: the figure is what the controller keeps up with, not a speed-up.
@@ -53,22 +56,59 @@ CONTROLLER = textwrap.dedent(
         print(json.dumps({"workers": len(c.workers())}), flush=True)
         for line in sys.stdin:
             n = int(line)
+            s0 = c.status()
             cpu, t0 = time.process_time(), time.perf_counter()
             for _ in c.imap_unordered(abs, range(n)):
                 pass
             wall = time.perf_counter() - t0
             cpu = time.process_time() - cpu
-            print(json.dumps({"rate": n / wall, "cpu": cpu / n}), flush=True)
+            s1 = c.status()
+            out = s1["stats"]["messages_sent"] - s0["stats"]["messages_sent"]
+            back = s1["messages_received"] - s0["messages_received"]
+            print(json.dumps({"rate": n / wall, "cpu": cpu / n, "out": out / n, "in": back / n}),
+                  flush=True)
     """
 )
 
 
+def usage(pids: list[int]) -> tuple[float, int]:
+    """CPU seconds and context switches of ``pids`` so far, summed over their threads.
+
+    From each thread's ``schedstat`` (nanoseconds run, times scheduled in):
+    exact, where the tick-sampled user and system times of ``stat`` misjudge
+    threads that run for less than a tick between sleeps.
+    """
+    cpu, switches = 0, 0
+    for pid in pids:
+        try:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                ran, _, slices = (task / "schedstat").read_text().split()
+                cpu += int(ran)
+                switches += int(slices)
+        except OSError:
+            continue  # ended meanwhile
+    return cpu / 1e9, switches
+
+
+def measured(round_: Any, n: int, pids: list[int]) -> dict[str, float]:
+    """Run ``round_()``; add the workers' CPU and context switches per task."""
+    cpu0, sw0 = usage(pids)
+    r: dict[str, float] = round_()
+    cpu1, sw1 = usage(pids)
+    return {**r, "wcpu": (cpu1 - cpu0) / n, "switches": (sw1 - sw0) / n}
+
+
 def local_round(c: Any, n: int) -> dict[str, float]:
+    s0 = c.status()
     cpu, t0 = time.process_time(), time.perf_counter()
     for _ in c.imap_unordered(abs, range(n)):
         pass
     wall = time.perf_counter() - t0
-    return {"rate": n / wall, "cpu": (time.process_time() - cpu) / n}
+    cpu = time.process_time() - cpu
+    s1 = c.status()
+    out = s1["stats"]["messages_sent"] - s0["stats"]["messages_sent"]
+    back = s1["messages_received"] - s0["messages_received"]
+    return {"rate": n / wall, "cpu": cpu / n, "out": out / n, "in": back / n}
 
 
 def main() -> int:
@@ -109,6 +149,9 @@ def main() -> int:
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            # `python -c` and `-m` put the working folder first on sys.path:
+            # from this checkout's root, they run this checkout.
+            cwd=ROOT,
         )
         net.procs.append(controller)  # type: ignore[arg-type]
         assert controller.stdin is not None and controller.stdout is not None
@@ -122,6 +165,7 @@ def main() -> int:
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                cwd=ROOT,
             )
         t0 = time.monotonic()
         ready = json.loads(controller.stdout.readline() or "{}")
@@ -130,14 +174,22 @@ def main() -> int:
         print(f"{want} workers on {a.hosts} hosts joined in {time.monotonic() - t0:.1f} s")
         remote: list[dict[str, float]] = []
         local: list[dict[str, float]] = []
+        # Every process on the worker hosts: daemons and their workers.
+        remote_pids = [pid for i in range(a.hosts) for pid in net.pids(f"h{i + 1}")]
+
+        def remote_round() -> dict[str, float]:
+            assert controller.stdin is not None and controller.stdout is not None
+            controller.stdin.write(f"{a.tasks}\n".encode())
+            controller.stdin.flush()
+            return json.loads(controller.stdout.readline())  # type: ignore[no-any-return]
+
         with Cluster(2) as c:
             c.wait_for_workers(2)
             list(c.map(abs, range(1000)))
+            local_pids = [w["pid"] for w in c.workers()]
             for _ in range(a.repeat):  # alternating rounds, same tasks
-                local.append(local_round(c, a.tasks))
-                controller.stdin.write(f"{a.tasks}\n".encode())
-                controller.stdin.flush()
-                remote.append(json.loads(controller.stdout.readline()))
+                local.append(measured(lambda: local_round(c, a.tasks), a.tasks, local_pids))
+                remote.append(measured(remote_round, a.tasks, remote_pids))
         controller.stdin.close()  # the namespaces' end ends it and the daemons
     finally:
         net.close()
@@ -145,14 +197,22 @@ def main() -> int:
     def med(rounds: list[dict[str, float]], key: str) -> float:
         return statistics.median(r[key] for r in rounds)
 
+    def line(rounds: list[dict[str, float]]) -> str:
+        return (
+            f"{med(rounds, 'rate'):,.0f} tasks/s, controller CPU {med(rounds, 'cpu') * 1e6:.1f} "
+            f"µs/task, workers' CPU {med(rounds, 'wcpu') * 1e6:.1f} µs/task, "
+            f"{med(rounds, 'switches') * 1000:.0f} context switches, "
+            f"{med(rounds, 'out') * 1000:.1f} messages out and {med(rounds, 'in') * 1000:.1f} in "
+            "per 1,000 tasks"
+        )
+
     print(f"{a.tasks:,} no-op tasks, medians of {a.repeat} alternating rounds:")
+    print(f"  {want} workers on {a.hosts} namespace hosts: {line(remote)}")
+    print(f"  2 local workers:                 {line(local)}")
     print(
-        f"  {want} workers on {a.hosts} namespace hosts: {med(remote, 'rate'):,.0f} tasks/s, "
-        f"controller CPU {med(remote, 'cpu') * 1e6:.1f} µs/task"
-    )
-    print(
-        f"  2 local workers:                 {med(local, 'rate'):,.0f} tasks/s, "
-        f"controller CPU {med(local, 'cpu') * 1e6:.1f} µs/task"
+        "  rates of the rounds:",
+        [round(r["rate"]) for r in remote],
+        [round(r["rate"]) for r in local],
     )
     print(f"  ratio (namespace hosts / local): {med(remote, 'rate') / med(local, 'rate'):.2f}x")
     return 0

@@ -1,9 +1,10 @@
-"""The worker's links: dialling, the heartbeat thread's loop, the last goodbye, its parent."""
+"""The worker's links: dial settings, the heartbeat thread's loop, the last goodbye, its parent."""
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,7 @@ from zmqworkers.protocol.liveness import ping_times
 from zmqworkers.protocol.messages import Key
 from zmqworkers.security import curve
 from zmqworkers.worker.group import kill_rest_of_group, pid_exists
+from zmqworkers.worker.options import WorkerOptions
 from zmqworkers.worker.usage import Usage
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,40 @@ def redial_quickly(sock: zmq.Socket[Any]) -> None:
     """
     sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+
+
+def dial_tasks(
+    sock: zmq.Socket[Any], address: str, worker_id: str, opts: WorkerOptions
+) -> zmq.Socket[Any]:
+    """The task connection (a DEALER) of one session, dialled to ``address``."""
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue a hello for nobody
+    # A fresh routing id per session: nobody can guess it to take over
+    # this worker's place at the controller.
+    sock.setsockopt(zmq.ROUTING_ID, f"{worker_id}/{secrets.token_hex(8)}".encode())
+    sock.setsockopt(zmq.MAXMSGSIZE, opts.max_message_size)
+    redial_quickly(sock)
+    answer_pings(sock, opts.heartbeat_interval, opts.heartbeat_misses)
+    sock.connect(address)
+    return sock
+
+
+def dial_results(sock: zmq.Socket[Any], endpoint: str) -> zmq.Socket[Any]:
+    """The result connection (a PUSH): results, statuses and goodbyes go out on it."""
+    sock.setsockopt(zmq.LINGER, 2000)
+    redial_quickly(sock)
+    sock.connect(endpoint)
+    return sock
+
+
+def dial_control(sock: zmq.Socket[Any], endpoint: str) -> zmq.Socket[Any]:
+    """The main thread's subscription (a SUB) to the controller's broadcasts."""
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
+    redial_quickly(sock)
+    sock.connect(endpoint)
+    return sock
 
 
 def answer_pings(sock: zmq.Socket[Any], interval: float, misses: int) -> None:

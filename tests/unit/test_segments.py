@@ -5,7 +5,9 @@ from __future__ import annotations
 import gc
 import os
 import secrets
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from zmqworkers.errors import DecodeError
 from zmqworkers.protocol import Kind, SessionKey, decode, encode
 from zmqworkers.protocol.messages import frames_size
 from zmqworkers.protocol.segments import (
+    FREED_KEY,
     SEGMENT_THRESHOLD,
     SegmentLink,
     available,
@@ -134,3 +137,66 @@ def test_the_orphan_sweep_judges_only_names_of_its_own_pid_namespace() -> None:
         for name in (here, elsewhere):
             if os.path.exists(f"/dev/shm/{name}"):
                 os.unlink(f"/dev/shm/{name}")
+
+
+def test_a_result_that_is_its_input_goes_back_by_reference(prefix: str) -> None:
+    ctl, worker = pair(prefix)
+    task = decode(encode(Kind.TASKS, "ctl", 1, ctl, {}, [BIG], has_payload=True), worker)
+    (arg,) = task.payload
+    frames = encode(Kind.RESULTS, "w", 1, worker, {}, [arg], has_payload=True)
+    # Neither copied into the message nor into a segment of the worker's.
+    assert sum(memoryview(f).nbytes for f in frames) < 64 * 1024
+    assert frames_size(frames) > BIG.nbytes
+    assert len(names(prefix)) == 1
+    (back,) = decode(frames, ctl).payload
+    assert np.array_equal(back, BIG) and not back.flags.writeable
+    with pytest.raises(ValueError):
+        back.flags.writeable = True  # read-only for good, as a mapped result is
+    del frames, task, arg
+    gc.collect()
+    # The worker's view went, but its name is said back only by the thread
+    # that sent the reference: from a heartbeat's thread (its own socket)
+    # it could overtake the result, and the segment be written under it.
+    beats: list[Any] = []
+    beat = threading.Thread(
+        target=lambda: beats.append(encode(Kind.HEARTBEAT, "w", 2, worker, {"id": "w"}))
+    )
+    beat.start()
+    beat.join(10)
+    assert FREED_KEY not in decode(beats[0], ctl).header
+    freed = decode(encode(Kind.HEARTBEAT, "w", 3, worker, {"id": "w"}), ctl)
+    assert len(freed.header[FREED_KEY]) == 1
+    # Let go by the worker, but still held here by the result.
+    encode(Kind.TASKS, "ctl", 2, ctl, {}, [BIG + 1], has_payload=True)
+    assert len(names(prefix)) == 2, "a segment a result still shows was written again"
+    del back
+    gc.collect()
+    freed = decode(encode(Kind.HEARTBEAT, "w", 4, worker, {"id": "w"}), ctl)
+    encode(Kind.TASKS, "ctl", 3, ctl, {}, [BIG + 2], has_payload=True)
+    assert len(names(prefix)) == 2, "a segment free on both sides is written again"
+    ctl.segments.close()  # type: ignore[union-attr]
+    worker.segments.close()  # type: ignore[union-attr]
+
+
+def test_a_new_result_goes_into_a_segment_of_the_worker(prefix: str) -> None:
+    ctl, worker = pair(prefix)
+    task = decode(encode(Kind.TASKS, "ctl", 1, ctl, {}, [BIG], has_payload=True), worker)
+    (arg,) = task.payload
+    frames = encode(Kind.RESULTS, "w", 1, worker, {}, [arg + 1], has_payload=True)
+    assert len(names(prefix)) == 2
+    (back,) = decode(frames, ctl).payload
+    assert np.array_equal(back, BIG + 1)
+    ctl.segments.close()  # type: ignore[union-attr]
+    worker.segments.close()  # type: ignore[union-attr]
+
+
+def test_a_reference_to_a_segment_not_lent_is_refused(prefix: str) -> None:
+    ctl, worker = pair(prefix)
+    task = decode(encode(Kind.TASKS, "ctl", 1, ctl, {}, [BIG], has_payload=True), worker)
+    frames = encode(Kind.RESULTS, "w", 1, worker, {}, task.payload, has_payload=True)
+    assert ctl.segments is not None
+    ctl.segments.give_back(names(prefix))  # as if the worker had let go before
+    with pytest.raises(DecodeError, match="not a segment lent"):
+        decode(frames, ctl)
+    ctl.segments.close()
+    worker.segments.close()  # type: ignore[union-attr]

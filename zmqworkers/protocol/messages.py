@@ -235,11 +235,12 @@ def encode_frames(
     frames returned are then :class:`~.segments.Frames`, which count them.
     """
     stashed: tuple[int, list[str]] | None = None
+    kept: list[Any] = []
     link = key.segments if isinstance(key, SessionKey) and not key.sign_buffers else None
     if link is not None:
         if len(body) > 1:
-            header, body, moved, names = link.stash(header, body)
-            if names:
+            header, body, moved, names, kept = link.stash(header, body)
+            if moved:
                 stashed = (moved, names)
         else:
             header = link.say_freed(header)
@@ -252,6 +253,7 @@ def encode_frames(
         return [_mac(key, frames), *frames]
     out = segments.Frames([_mac(key, frames), *frames])
     out.stashed, out.names, out.link = stashed[0], tuple(stashed[1]), link
+    out.kept = tuple(kept)
     return out
 
 
@@ -377,7 +379,7 @@ def _decode_signed(
 ) -> Message:
     """The rest of :func:`decode`, for a message whose signature checked."""
     out: list[Any] = list(views)
-    if isinstance(header, dict) and (segments.HEADER_KEY in header or segments.FREED_KEY in header):
+    if isinstance(header, dict) and not header.keys().isdisjoint(segments.HEADER_KEYS):
         # Signed: the names are the sender's. Their bytes count as buffers
         # on a protected link, so only such a session may use them.
         link = secret.segments if isinstance(secret, SessionKey) else None

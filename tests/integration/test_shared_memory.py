@@ -106,6 +106,24 @@ def test_a_computed_array_comes_back_in_a_segment_of_the_worker() -> None:
     assert ours() == []
 
 
+def scaled(x: np.ndarray) -> tuple[bool, np.ndarray]:
+    """In the worker: is the argument writable (as an in-band one is); and 2 x."""
+    return bool(x.flags.writeable), 2 * x
+
+
+def test_mid_size_arrays_travel_packed_and_arrive_writable_and_intact() -> None:
+    from zmqworkers import Cluster
+
+    arrays = [np.full(2048, float(i)) for i in range(300)]  # 16 KiB each
+    with Cluster(2) as c:
+        got = list(c.map(scaled, arrays, timeout=120))
+        back = list(c.map(echo, arrays, timeout=120))
+    assert all(writable for writable, _ in got)
+    assert all(np.array_equal(r, 2 * a) for (_, r), a in zip(got, arrays, strict=True))
+    for r, a in zip(back, arrays, strict=True):
+        assert np.array_equal(r, a) and r.flags.writeable
+
+
 def test_shared_memory_false_keeps_the_socket() -> None:
     from zmqworkers import Cluster
 

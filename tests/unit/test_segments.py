@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import pickle
 import secrets
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from zmqworkers.protocol.segments import (
     owner_prefix,
     sweep,
 )
+from zmqworkers.protocol.serialize import Packed, dumps, loads
 
 pytestmark = pytest.mark.skipif(not available(), reason="no POSIX shared memory in /dev/shm")
 
@@ -200,3 +202,55 @@ def test_a_reference_to_a_segment_not_lent_is_refused(prefix: str) -> None:
         decode(frames, ctl)
     ctl.segments.close()
     worker.segments.close()  # type: ignore[union-attr]
+
+
+def test_mid_size_arrays_are_packed_into_one_frame_and_arrive_as_in_band_ones(
+    prefix: str,
+) -> None:
+    ctl, worker = pair(prefix)
+    frozen = np.arange(2048.0) + 7
+    frozen.flags.writeable = False
+    payload = [
+        (i, np.full(2048, float(i)))
+        for i in range(40)  # 16 KiB each: packed
+    ] + [(40, frozen), (41, np.arange(10.0)), (42, BIG), (43, "text")]
+    frames = encode(Kind.TASKS, "ctl", 1, ctl, {"spec": "s"}, payload, has_payload=True)
+    # One packed frame for the 41 mid-size arrays: past the segment
+    # threshold together, so it went to shared memory with BIG.
+    assert len(frames) == 5 and len(names(prefix)) == 2
+    msg = decode(frames, worker)
+    got = msg.payload
+    assert [t for t, _ in got] == list(range(44))
+    for i in range(40):
+        assert np.array_equal(got[i][1], np.full(2048, float(i)))
+        assert got[i][1].flags.writeable, "in-band arrays arrive writable, packed ones too"
+    assert np.array_equal(got[40][1], frozen) and not got[40][1].flags.writeable
+    assert np.array_equal(got[41][1], np.arange(10.0))
+    assert np.array_equal(got[42][1], BIG) and not got[42][1].flags.writeable
+    assert got[43][1] == "text"
+    ctl.segments.close()  # type: ignore[union-attr]
+    worker.segments.close()  # type: ignore[union-attr]
+
+
+def test_a_packed_payload_is_refused_where_the_session_does_not_pack(prefix: str) -> None:
+    ctl, _ = pair(prefix)
+    payload = [np.ones(2048) for _ in range(4)]
+    frames = encode(Kind.TASKS, "ctl", 1, ctl, {"spec": "s"}, payload, has_payload=True)
+    plain = SessionKey(SECRET, sign_buffers=False)
+    with pytest.raises(DecodeError) as err:
+        decode(frames, plain)
+    assert err.value.reason == "unexpected"
+    # Without segments nothing is packed: mid-size arrays stay in the stream.
+    frames = encode(Kind.TASKS, "ctl", 2, plain, {"spec": "s"}, payload, has_payload=True)
+    assert len(frames) == 3
+    assert all(a.flags.writeable for a in decode(frames, plain).payload)
+    ctl.segments.close()  # type: ignore[union-attr]
+
+
+def test_a_layout_that_does_not_fit_its_packed_frame_is_refused() -> None:
+    frames = dumps([np.ones(2048), np.ones(2048)], pack=True)
+    assert isinstance(frames, Packed) and len(frames) == 2
+    assert loads(frames, frames.layout)[1].sum() == 2048
+    for layout in ([frames.layout[0]], [*frames.layout, frames.layout[0]], [3, 3], ["x"]):
+        with pytest.raises((ValueError, pickle.UnpicklingError)):
+            loads(frames, layout)

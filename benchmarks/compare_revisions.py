@@ -15,7 +15,6 @@ ratios, oriented so that above 1 is better.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -53,10 +52,7 @@ def install_revision(rev: str, folder: Path) -> str:
 def which_zmqworkers(python: str) -> str:
     code = "import zmqworkers, os; print(os.path.dirname(zmqworkers.__file__))"
     # From the benchmarks folder: a checkout's root on sys.path would shadow the install.
-    env = dict(os.environ)
-    if python != sys.executable:
-        env.pop("PYTHONPATH", None)  # as run_child runs it
-    proc = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=HERE, env=env)
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=HERE)
     return proc.stdout.strip()
 
 

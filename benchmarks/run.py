@@ -552,10 +552,6 @@ def run_child(
     if param is not None:
         cmd += ["--param", str(param)]
     env = dict(os.environ) if python else dict(os.environ, PYTHONPATH=str(ROOT))
-    if python and python != sys.executable:
-        # Another revision's interpreter runs its own install: a PYTHONPATH
-        # that points this checkout's way would run this code under its name.
-        env.pop("PYTHONPATH", None)
     # Timed as an installed package runs, from its cached bytecode: the
     # peers' packages have theirs from their install, and a checkout that
     # is never allowed to cache its own would compile every module anew in

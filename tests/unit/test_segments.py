@@ -254,3 +254,15 @@ def test_a_layout_that_does_not_fit_its_packed_frame_is_refused() -> None:
     for layout in ([frames.layout[0]], [*frames.layout, frames.layout[0]], [3, 3], ["x"]):
         with pytest.raises((ValueError, pickle.UnpicklingError)):
             loads(frames, layout)
+
+
+def test_a_payload_of_more_buffers_than_a_layout_holds_is_not_packed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from zmqworkers.protocol import serialize
+
+    monkeypatch.setattr(serialize, "MAX_LAYOUT", 4)
+    few = dumps([np.ones(2048) for _ in range(4)], pack=True)
+    many = dumps([np.ones(2048) for _ in range(5)], pack=True)
+    assert isinstance(few, Packed) and not isinstance(many, Packed)
+    assert len(many) == 1 and all(a.flags.writeable for a in loads(many))

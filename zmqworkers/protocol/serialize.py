@@ -30,6 +30,10 @@ from typing import Any
 OUT_OF_BAND_THRESHOLD = 64 * 1024
 # Packed, buffers from this size up leave the stream for the packed frame.
 PACK_THRESHOLD = 8 * 1024
+# At most this many layout entries (up to 5 bytes each in the header): a
+# payload of more buffers is not packed, its header stays within the
+# envelope's limit.
+MAX_LAYOUT = 8192
 
 
 class Packed(list):  # type: ignore[type-arg]
@@ -88,6 +92,8 @@ def dumps(
         head = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep_large)
     if not packed:
         return [head, *buffers]
+    if len(layout) > MAX_LAYOUT:
+        return dumps(obj, by_value=by_value, threshold=threshold)
     out = Packed([head, b"".join(packed), *buffers])
     out.layout = layout
     return out

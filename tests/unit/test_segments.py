@@ -213,14 +213,16 @@ def test_mid_size_arrays_are_packed_into_one_frame_and_arrive_as_in_band_ones(
     payload = [
         (i, np.full(2048, float(i)))
         for i in range(40)  # 16 KiB each: packed
-    ] + [(40, frozen), (41, np.arange(10.0)), (42, BIG), (43, "text")]
+    ] + [(40, frozen), (41, np.arange(10.0)), (42, BIG), (43, "text"), (44, np.ones(12_000))]
     frames = encode(Kind.TASKS, "ctl", 1, ctl, {"spec": "s"}, payload, has_payload=True)
-    # One packed frame for the 41 mid-size arrays: past the segment
+    # One packed frame for the 42 mid-size arrays: past the segment
     # threshold together, so it went to shared memory with BIG.
     assert len(frames) == 5 and len(names(prefix)) == 2
     msg = decode(frames, worker)
     got = msg.payload
-    assert [t for t, _ in got] == list(range(44))
+    assert [t for t, _ in got] == list(range(45))
+    # 96 KiB: out of band, read-only, as it was as a frame of its own.
+    assert np.array_equal(got[44][1], np.ones(12_000)) and not got[44][1].flags.writeable
     for i in range(40):
         assert np.array_equal(got[i][1], np.full(2048, float(i)))
         assert got[i][1].flags.writeable, "in-band arrays arrive writable, packed ones too"

@@ -11,12 +11,13 @@ nothing but the importable modules the objects name.
 
 Packed (``pack=True``, for a session whose buffers go through shared
 memory): mid-size buffers, which would otherwise be copied into the pickle
-stream, are copied instead into one frame of their own, right after it,
-and ``layout`` says which buffer is where. The receiver copies each back
-out into a bytearray (bytes if it was read-only), as unpickling in-band
-would, so they arrive as they would have in the stream; but the stream
-stays small (no growing output buffer, nothing large to sign in full) and
-the packed frame, large, goes through a segment.
+stream or sent as small frames of their own, are copied instead into one
+frame, right after the stream, and ``layout`` says which buffer is where.
+The receiver copies each back out into a bytearray, or bytes where it
+would have arrived read-only (read-only, or a frame of its own), so they
+arrive as they would have; but the stream stays small (no growing output
+buffer, nothing large to sign in full), and the packed frame, large, goes
+through a segment.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from typing import Any
 OUT_OF_BAND_THRESHOLD = 64 * 1024
 # Packed, buffers from this size up leave the stream for the packed frame.
 PACK_THRESHOLD = 8 * 1024
+# ... and up to this size (a segment's threshold: from there a buffer goes to
+# shared memory on its own, uncopied).
+PACK_LIMIT = 128 * 1024
 # At most this many layout entries (up to 5 bytes each in the header): a
 # payload of more buffers is not packed, its header stays within the
 # envelope's limit.
@@ -62,15 +66,18 @@ def dumps(
     packed: list[Any] = []
     layout: list[int] = []
     smallest = PACK_THRESHOLD if pack else threshold
+    largest = PACK_LIMIT if pack else threshold
 
     def keep_large(buf: pickle.PickleBuffer) -> bool:
         view = buf.raw()
         n = view.nbytes
         if n < smallest:
             return True  # in-band
-        if n < threshold:
+        if n < largest:
             packed.append(view)
-            layout.append(2 * n + view.readonly)
+            # Read-only where it would have arrived so: in the stream as
+            # bytes, or (from the threshold up) as a view of its frame.
+            layout.append(2 * n + (view.readonly or n >= threshold))
         else:
             buffers.append(view)
             layout.append(-1)

@@ -73,6 +73,57 @@ def test_arrays_go_both_ways_through_segments_read_only() -> None:
     assert ours() == []
 
 
+def plus_one(x: np.ndarray) -> np.ndarray:
+    return x + 1
+
+
+def test_an_echoed_array_comes_back_in_its_own_segment_without_a_copy() -> None:
+    from zmqworkers import Cluster
+
+    a = np.arange(ELEMENTS, dtype=np.float64)
+    with Cluster(1) as c:
+        back = c.submit(echo, a).result(timeout=60)
+        assert np.array_equal(back, a) and from_segment(back)
+        assert not back.flags.writeable
+        with pytest.raises(ValueError):
+            back.flags.writeable = True
+        # The controller's segment came back by reference: the worker wrote none.
+        assert len(ours()) == 1
+        del back
+    assert ours() == []
+
+
+def test_a_computed_array_comes_back_in_a_segment_of_the_worker() -> None:
+    from zmqworkers import Cluster
+
+    a = np.arange(ELEMENTS, dtype=np.float64)
+    with Cluster(1) as c:
+        back = c.submit(plus_one, a).result(timeout=60)
+        assert np.array_equal(back, a + 1) and from_segment(back)
+        assert not back.flags.writeable
+        assert len(ours()) == 2  # the task's, and the worker's for the result
+        del back
+    assert ours() == []
+
+
+def scaled(x: np.ndarray) -> tuple[bool, np.ndarray]:
+    """In the worker: is the argument writable (as an in-band one is); and 2 x."""
+    return bool(x.flags.writeable), 2 * x
+
+
+def test_mid_size_arrays_travel_packed_and_arrive_writable_and_intact() -> None:
+    from zmqworkers import Cluster
+
+    arrays = [np.full(2048, float(i)) for i in range(300)]  # 16 KiB each
+    with Cluster(2) as c:
+        got = list(c.map(scaled, arrays, timeout=120))
+        back = list(c.map(echo, arrays, timeout=120))
+    assert all(writable for writable, _ in got)
+    assert all(np.array_equal(r, 2 * a) for (_, r), a in zip(got, arrays, strict=True))
+    for r, a in zip(back, arrays, strict=True):
+        assert np.array_equal(r, a) and r.flags.writeable
+
+
 def test_shared_memory_false_keeps_the_socket() -> None:
     from zmqworkers import Cluster
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import gc
 import os
+import pickle
 import secrets
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,12 +17,14 @@ from zmqworkers.errors import DecodeError
 from zmqworkers.protocol import Kind, SessionKey, decode, encode
 from zmqworkers.protocol.messages import frames_size
 from zmqworkers.protocol.segments import (
+    FREED_KEY,
     SEGMENT_THRESHOLD,
     SegmentLink,
     available,
     owner_prefix,
     sweep,
 )
+from zmqworkers.protocol.serialize import Packed, dumps, loads
 
 pytestmark = pytest.mark.skipif(not available(), reason="no POSIX shared memory in /dev/shm")
 
@@ -134,3 +139,132 @@ def test_the_orphan_sweep_judges_only_names_of_its_own_pid_namespace() -> None:
         for name in (here, elsewhere):
             if os.path.exists(f"/dev/shm/{name}"):
                 os.unlink(f"/dev/shm/{name}")
+
+
+def test_a_result_that_is_its_input_goes_back_by_reference(prefix: str) -> None:
+    ctl, worker = pair(prefix)
+    task = decode(encode(Kind.TASKS, "ctl", 1, ctl, {}, [BIG], has_payload=True), worker)
+    (arg,) = task.payload
+    frames = encode(Kind.RESULTS, "w", 1, worker, {}, [arg], has_payload=True)
+    # Neither copied into the message nor into a segment of the worker's.
+    assert sum(memoryview(f).nbytes for f in frames) < 64 * 1024
+    assert frames_size(frames) > BIG.nbytes
+    assert len(names(prefix)) == 1
+    (back,) = decode(frames, ctl).payload
+    assert np.array_equal(back, BIG) and not back.flags.writeable
+    with pytest.raises(ValueError):
+        back.flags.writeable = True  # read-only for good, as a mapped result is
+    del frames, task, arg
+    gc.collect()
+    # The worker's view went, but its name is said back only by the thread
+    # that sent the reference: from a heartbeat's thread (its own socket)
+    # it could overtake the result, and the segment be written under it.
+    beats: list[Any] = []
+    beat = threading.Thread(
+        target=lambda: beats.append(encode(Kind.HEARTBEAT, "w", 2, worker, {"id": "w"}))
+    )
+    beat.start()
+    beat.join(10)
+    assert FREED_KEY not in decode(beats[0], ctl).header
+    freed = decode(encode(Kind.HEARTBEAT, "w", 3, worker, {"id": "w"}), ctl)
+    assert len(freed.header[FREED_KEY]) == 1
+    # Let go by the worker, but still held here by the result.
+    encode(Kind.TASKS, "ctl", 2, ctl, {}, [BIG + 1], has_payload=True)
+    assert len(names(prefix)) == 2, "a segment a result still shows was written again"
+    del back
+    gc.collect()
+    freed = decode(encode(Kind.HEARTBEAT, "w", 4, worker, {"id": "w"}), ctl)
+    encode(Kind.TASKS, "ctl", 3, ctl, {}, [BIG + 2], has_payload=True)
+    assert len(names(prefix)) == 2, "a segment free on both sides is written again"
+    ctl.segments.close()  # type: ignore[union-attr]
+    worker.segments.close()  # type: ignore[union-attr]
+
+
+def test_a_new_result_goes_into_a_segment_of_the_worker(prefix: str) -> None:
+    ctl, worker = pair(prefix)
+    task = decode(encode(Kind.TASKS, "ctl", 1, ctl, {}, [BIG], has_payload=True), worker)
+    (arg,) = task.payload
+    frames = encode(Kind.RESULTS, "w", 1, worker, {}, [arg + 1], has_payload=True)
+    assert len(names(prefix)) == 2
+    (back,) = decode(frames, ctl).payload
+    assert np.array_equal(back, BIG + 1)
+    ctl.segments.close()  # type: ignore[union-attr]
+    worker.segments.close()  # type: ignore[union-attr]
+
+
+def test_a_reference_to_a_segment_not_lent_is_refused(prefix: str) -> None:
+    ctl, worker = pair(prefix)
+    task = decode(encode(Kind.TASKS, "ctl", 1, ctl, {}, [BIG], has_payload=True), worker)
+    frames = encode(Kind.RESULTS, "w", 1, worker, {}, task.payload, has_payload=True)
+    assert ctl.segments is not None
+    ctl.segments.give_back(names(prefix))  # as if the worker had let go before
+    with pytest.raises(DecodeError, match="not a segment lent"):
+        decode(frames, ctl)
+    ctl.segments.close()
+    worker.segments.close()  # type: ignore[union-attr]
+
+
+def test_mid_size_arrays_are_packed_into_one_frame_and_arrive_as_in_band_ones(
+    prefix: str,
+) -> None:
+    ctl, worker = pair(prefix)
+    frozen = np.arange(2048.0) + 7
+    frozen.flags.writeable = False
+    payload = [
+        (i, np.full(2048, float(i)))
+        for i in range(40)  # 16 KiB each: packed
+    ] + [(40, frozen), (41, np.arange(10.0)), (42, BIG), (43, "text"), (44, np.ones(12_000))]
+    frames = encode(Kind.TASKS, "ctl", 1, ctl, {"spec": "s"}, payload, has_payload=True)
+    # One packed frame for the 42 mid-size arrays: past the segment
+    # threshold together, so it went to shared memory with BIG.
+    assert len(frames) == 5 and len(names(prefix)) == 2
+    msg = decode(frames, worker)
+    got = msg.payload
+    assert [t for t, _ in got] == list(range(45))
+    # 96 KiB: out of band, read-only, as it was as a frame of its own.
+    assert np.array_equal(got[44][1], np.ones(12_000)) and not got[44][1].flags.writeable
+    for i in range(40):
+        assert np.array_equal(got[i][1], np.full(2048, float(i)))
+        assert got[i][1].flags.writeable, "in-band arrays arrive writable, packed ones too"
+    assert np.array_equal(got[40][1], frozen) and not got[40][1].flags.writeable
+    assert np.array_equal(got[41][1], np.arange(10.0))
+    assert np.array_equal(got[42][1], BIG) and not got[42][1].flags.writeable
+    assert got[43][1] == "text"
+    ctl.segments.close()  # type: ignore[union-attr]
+    worker.segments.close()  # type: ignore[union-attr]
+
+
+def test_a_packed_payload_is_refused_where_the_session_does_not_pack(prefix: str) -> None:
+    ctl, _ = pair(prefix)
+    payload = [np.ones(2048) for _ in range(4)]
+    frames = encode(Kind.TASKS, "ctl", 1, ctl, {"spec": "s"}, payload, has_payload=True)
+    plain = SessionKey(SECRET, sign_buffers=False)
+    with pytest.raises(DecodeError) as err:
+        decode(frames, plain)
+    assert err.value.reason == "unexpected"
+    # Without segments nothing is packed: mid-size arrays stay in the stream.
+    frames = encode(Kind.TASKS, "ctl", 2, plain, {"spec": "s"}, payload, has_payload=True)
+    assert len(frames) == 3
+    assert all(a.flags.writeable for a in decode(frames, plain).payload)
+    ctl.segments.close()  # type: ignore[union-attr]
+
+
+def test_a_layout_that_does_not_fit_its_packed_frame_is_refused() -> None:
+    frames = dumps([np.ones(2048), np.ones(2048)], pack=True)
+    assert isinstance(frames, Packed) and len(frames) == 2
+    assert loads(frames, frames.layout)[1].sum() == 2048
+    for layout in ([frames.layout[0]], [*frames.layout, frames.layout[0]], [3, 3], ["x"]):
+        with pytest.raises((ValueError, pickle.UnpicklingError)):
+            loads(frames, layout)
+
+
+def test_a_payload_of_more_buffers_than_a_layout_holds_is_not_packed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from zmqworkers.protocol import serialize
+
+    monkeypatch.setattr(serialize, "MAX_LAYOUT", 4)
+    few = dumps([np.ones(2048) for _ in range(4)], pack=True)
+    many = dumps([np.ones(2048) for _ in range(5)], pack=True)
+    assert isinstance(few, Packed) and not isinstance(many, Packed)
+    assert len(many) == 1 and all(a.flags.writeable for a in loads(many))

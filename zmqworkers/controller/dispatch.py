@@ -54,6 +54,8 @@ class Dispatcher:
         self._last_seq = last_seq
         # Whether any task was given a timeout (the engine's TaskControl says).
         self.timed: Callable[[], bool] = lambda: False
+        # Whether a worker's session packs mid-size buffers (the engine says).
+        self.packs: Callable[[str], bool] = lambda wid: False
 
     def run(self) -> None:
         """Send what the scheduler assigns: each function once per worker, tasks in batches."""
@@ -88,19 +90,19 @@ class Dispatcher:
                         continue
                     w.specs.add(spec_id)
                 try:
-                    body = dumps(items, by_value=True)
+                    body = dumps(items, by_value=True, pack=self.packs(wid))
                 except Exception:
                     # Find the culprits: only they fail, the rest go out.
                     items = self._drop_unsendable(wid, items)
                     if not items:
                         continue
-                    body = dumps(items, by_value=True)
+                    body = dumps(items, by_value=True, pack=self.packs(wid))
                 size = sum(memoryview(f).nbytes for f in body) / len(items)
                 fit = self._batcher.fit(spec_id, size, len(items))
                 if fit < len(items):
                     sched.unassign(wid, [tid for tid, _ in items[fit:]])
                     items = items[:fit]
-                    body = dumps(items, by_value=True)
+                    body = dumps(items, by_value=True, pack=self.packs(wid))
                 if not self._send_tasks(wid, spec_id, items, body):
                     break
 
@@ -132,7 +134,7 @@ class Dispatcher:
                 half = len(items) // 2
                 self._sched.unassign(wid, [tid for tid, _ in items[half:]])
                 items = items[:half]
-                body = dumps(items, by_value=True)
+                body = dumps(items, by_value=True, pack=self.packs(wid))
                 continue
             # Which message carried each task: the worker's status names the
             # last one it received, so the controller can tell a task still

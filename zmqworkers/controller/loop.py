@@ -200,6 +200,7 @@ class EngineLoop:
                 segments=socks.segments.prefix if socks.segments is not None else "",
             )
         )
+        self._dispatcher.packs = self._sessions.packs
         if opts.connection_file:
             from zmqworkers.security.connection import write_connection_file
 

@@ -20,6 +20,7 @@ from zmqworkers.protocol.messages import (
     DEFAULT_MAX_MESSAGE_SIZE,
     SessionKey,
     library_compatible,
+    packs,
     session_limit,
 )
 from zmqworkers.protocol.records import Hello, Refused
@@ -169,6 +170,11 @@ class SessionTable:
         self.pending[hello.id] = session
         self.by_tag[session.tag] = session
         return session
+
+    def packs(self, wid: str) -> bool:
+        """Whether payloads to worker ``wid`` pack their mid-size buffers."""
+        s = self.live.get(wid)
+        return s is not None and packs(s.key)
 
     def get(self, tag: str) -> Session | None:
         return self.by_tag.get(tag)

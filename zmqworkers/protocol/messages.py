@@ -138,6 +138,8 @@ LARGE_FRAME = 16 * 1024
 # Frames from this index on (of those the signature covers: envelope, pickle
 # stream, buffers) are out-of-band buffers: plain data, never code.
 FIRST_BUFFER = 2
+# A header's layout of a packed payload (protocol/serialize.py).
+PACKED_KEY = "packed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,10 +222,24 @@ def encode(
     """Build the signed frames of one message.
 
     ``payload`` is pickled only when ``has_payload`` is true (so ``None`` can
-    be a payload). Large buffers in it become frames of their own, uncopied.
+    be a payload). Large buffers in it become frames of their own, uncopied;
+    in a session with segments, mid-size ones are packed (:func:`packs`).
     """
-    body = serialize.dumps(payload, by_value=by_value) if has_payload else []
+    if not has_payload:
+        return encode_frames(kind, sender, seq, key, header, [])
+    pack = isinstance(header, dict) and packs(key)
+    body = serialize.dumps(payload, by_value=by_value, pack=pack)
     return encode_frames(kind, sender, seq, key, header, body)
+
+
+def packs(key: Key) -> bool:
+    """Whether payloads of this session pack their mid-size buffers.
+
+    Only where the session has shared-memory segments: both ends then are
+    the same install (a controller and its local workers), and the packed
+    frame goes through a segment.
+    """
+    return isinstance(key, SessionKey) and key.segments is not None and not key.sign_buffers
 
 
 def encode_frames(
@@ -235,11 +251,14 @@ def encode_frames(
     frames returned are then :class:`~.segments.Frames`, which count them.
     """
     stashed: tuple[int, list[str]] | None = None
+    kept: list[Any] = []
+    if isinstance(body, serialize.Packed):
+        header = {**header, PACKED_KEY: body.layout}
     link = key.segments if isinstance(key, SessionKey) and not key.sign_buffers else None
     if link is not None:
         if len(body) > 1:
-            header, body, moved, names = link.stash(header, body)
-            if names:
+            header, body, moved, names, kept = link.stash(header, body)
+            if moved:
                 stashed = (moved, names)
         else:
             header = link.say_freed(header)
@@ -252,6 +271,7 @@ def encode_frames(
         return [_mac(key, frames), *frames]
     out = segments.Frames([_mac(key, frames), *frames])
     out.stashed, out.names, out.link = stashed[0], tuple(stashed[1]), link
+    out.kept = tuple(kept)
     return out
 
 
@@ -377,7 +397,7 @@ def _decode_signed(
 ) -> Message:
     """The rest of :func:`decode`, for a message whose signature checked."""
     out: list[Any] = list(views)
-    if isinstance(header, dict) and (segments.HEADER_KEY in header or segments.FREED_KEY in header):
+    if isinstance(header, dict) and not header.keys().isdisjoint(segments.HEADER_KEYS):
         # Signed: the names are the sender's. Their bytes count as buffers
         # on a protected link, so only such a session may use them.
         link = secret.segments if isinstance(secret, SessionKey) else None
@@ -392,9 +412,12 @@ def _decode_signed(
         raise DecodeError("kind", f"unknown message kind {kind_no!r}") from exc
     n_payload = len(out) - 2
     msg = Message(kind, sender, seq, header, has_payload=n_payload > 0, nbytes=total)
+    layout = header.get(PACKED_KEY) if isinstance(header, dict) else None
+    if layout is not None and not (isinstance(layout, list) and packs(secret)):
+        raise DecodeError("unexpected", "a packed payload in a session that does not pack")
     if n_payload and unpickle:
         try:
-            msg.payload = serialize.loads(out[2:])
+            msg.payload = serialize.loads(out[2:], layout)
         except Exception as exc:
             raise DecodeError("malformed", f"payload does not unpickle ({exc!r})") from exc
     return msg

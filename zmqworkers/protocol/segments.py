@@ -36,6 +36,7 @@ import os
 import re
 import secrets
 import sys
+import threading
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Sequence
@@ -52,6 +53,10 @@ SEGMENT_THRESHOLD = 128 * 1024
 ROOT_PREFIX = "zmqw-"
 HEADER_KEY = "segments"
 FREED_KEY = "shm_freed"
+# Spans of segments the receiver itself wrote: a result that is (a view of)
+# the task's own input goes back as a reference, not as a copy.
+LENT_KEY = "shm_lent"
+HEADER_KEYS = frozenset((HEADER_KEY, FREED_KEY, LENT_KEY))
 # Idle segments a pool keeps for reuse, beyond which it removes them.
 MAX_IDLE_SEGMENTS = 16
 MAX_IDLE_BYTES = 512 * 1024 * 1024
@@ -75,6 +80,8 @@ class Frames(list):  # type: ignore[type-arg]
     stashed: int = 0
     names: tuple[str, ...] = ()
     link: SegmentLink | None = None
+    # Buffers sent back by reference: alive until the message is sent.
+    kept: tuple[Any, ...] = ()
 
 
 def owner_prefix(pid: int | None = None) -> str:
@@ -106,12 +113,17 @@ def valid_prefix(prefix: object) -> bool:
 
 
 class _Segment:
-    __slots__ = ("name", "mapped", "busy")
+    __slots__ = ("name", "mapped", "busy", "held")
 
     def __init__(self, name: str, mapped: mmap.mmap) -> None:
         self.name = name
         self.mapped = mapped
-        self.busy = True
+        self.busy = True  # lent to the peer, which has not said it let go
+        self.held = 0  # views of it handed out here (the peer sent it back)
+
+    @property
+    def idle(self) -> bool:
+        return not self.busy and not self.held
 
 
 class SegmentLink:
@@ -135,24 +147,42 @@ class SegmentLink:
         self.prefix = prefix
         self._pool: dict[str, _Segment] = {}
         self._freed: deque[str] = deque()  # the peer's segments whose views went
-        # The peer's segments, mapped read-only, most recently used last.
-        self._mapped: OrderedDict[str, mmap.mmap] = OrderedDict()
+        # Our segments whose views handed out here went (any thread appends).
+        self._unheld: deque[str] = deque()
+        # The peer's segments, mapped read-only, most recently used last,
+        # with the address each is mapped at.
+        self._mapped: OrderedDict[str, tuple[mmap.mmap, int]] = OrderedDict()
+        # The peer's segments this end sent back by reference, and those of
+        # them whose views have gone since. Their names are said back only
+        # by the thread that sent the reference, so on the same socket and
+        # after it: said by another (a heartbeat's socket), the name could
+        # overtake the reference, and the peer reuse the segment under it.
+        self._referenced: set[str] = set()
+        self._freed_late: deque[str] = deque()
+        self._ref_thread: int | None = None
         self.closed = False
 
     # -- sending --------------------------------------------------------------
 
-    def stash(self, header: Any, body: Sequence[Any]) -> tuple[Any, list[Any], int, list[str]]:
+    def stash(
+        self, header: Any, body: Sequence[Any]
+    ) -> tuple[Any, list[Any], int, list[str], list[Any]]:
         """Move ``body``'s large buffers (frame 1 on) to segments.
 
-        Returns the header (with ``segments`` and ``shm_freed`` entries), the
-        body with empty frames in their place, the bytes moved and the names
-        used. Nothing moves when the header is not a map, or when the host
-        has no room (a full ``/dev/shm``): the socket carries them as before.
+        Returns the header (with ``segments``, ``shm_lent`` and ``shm_freed``
+        entries), the body with empty frames in their place, the bytes moved,
+        the names used and the buffers sent back by reference (a view of a
+        segment the peer wrote: a result that is its task's input), which
+        must live until the message is sent. Nothing moves when the header
+        is not a map, or when the host has no room (a full ``/dev/shm``):
+        the socket carries them as before.
         """
         if not isinstance(header, dict) or self.closed:
-            return header, list(body), 0, []
+            return header, list(body), 0, [], []
         out = list(body)
         entries: list[list[Any]] = []
+        lent: list[list[Any]] = []
+        kept: list[Any] = []
         names: list[str] = []
         moved = 0
         try:
@@ -160,24 +190,48 @@ class SegmentLink:
                 view = memoryview(body[i])
                 if view.nbytes < SEGMENT_THRESHOLD:
                     continue
-                seg = self._free_segment(view.nbytes)
-                names.append(seg.name)
                 data = view.cast("B") if view.format != "B" or view.ndim != 1 else view
-                memoryview(seg.mapped)[: data.nbytes] = data
-                entries.append([i, seg.name, view.nbytes])
+                span = self._peer_span(data)
+                if span is not None:
+                    # Already in shared memory, in a segment of the peer's
+                    # that a view here holds: no copy, a reference.
+                    self._referenced.add(span[0])
+                    self._ref_thread = threading.get_ident()
+                    lent.append([i, span[0], span[1], data.nbytes])
+                    kept.append(data)
+                else:
+                    seg = self._free_segment(data.nbytes)
+                    names.append(seg.name)
+                    memoryview(seg.mapped)[: data.nbytes] = data
+                    entries.append([i, seg.name, data.nbytes])
                 out[i] = b""
-                moved += view.nbytes
+                moved += data.nbytes
         except (OSError, ValueError):
             self.give_back(names)
-            return self.say_freed(header), list(body), 0, []
+            return self.say_freed(header), list(body), 0, [], []
         header = self.say_freed(header)
         if entries:
             header = {**header, HEADER_KEY: entries}
-        return header, out, moved, names
+        if lent:
+            header = {**header, LENT_KEY: lent}
+        return header, out, moved, names, kept
+
+    def _peer_span(self, data: memoryview) -> tuple[str, int] | None:
+        """(name, offset) when ``data`` lies in a mapping of a peer's segment."""
+        np = sys.modules.get("numpy")
+        if np is None or not self._mapped or not data.c_contiguous:
+            return None
+        start = np.frombuffer(data, dtype=np.uint8).__array_interface__["data"][0]
+        end = start + data.nbytes
+        for name, (mapped, base) in self._mapped.items():
+            if base <= start and end <= base + len(mapped):
+                return name, start - base
+        return None
 
     def say_freed(self, header: Any) -> Any:
         """``header`` with the peer's segments whose views went here, if any."""
-        if not self._freed or not isinstance(header, dict):
+        late = bool(self._freed_late) and threading.get_ident() == self._ref_thread
+        if not (self._freed or late) or not isinstance(header, dict):
             return header
         freed: list[str] = []
         # A worker's heartbeat thread says them too: popleft alone is atomic.
@@ -186,14 +240,26 @@ class SegmentLink:
                 freed.append(self._freed.popleft())
             except IndexError:
                 break
+        while late and len(freed) < MAX_SEGMENTS:
+            try:
+                name = self._freed_late.popleft()
+            except IndexError:
+                break
+            self._referenced.discard(name)
+            freed.append(name)
         return {**header, FREED_KEY: freed} if freed else header
 
+    def _let_go(self, name: str) -> None:
+        # The last view of a peer's segment went (in any thread).
+        (self._freed_late if name in self._referenced else self._freed).append(name)
+
     def _free_segment(self, size: int) -> _Segment:
+        self._count_unheld()
         # The smallest idle segment that holds it without wasting half.
         best = None
         for seg in self._pool.values():
             cap = len(seg.mapped)
-            if not seg.busy and size <= cap <= 2 * size:
+            if seg.idle and size <= cap <= 2 * size:
                 if best is None or cap < len(best.mapped):
                     best = seg
         if best is not None:
@@ -225,10 +291,17 @@ class SegmentLink:
             seg = self._pool.get(name)
             if seg is not None:
                 seg.busy = False
+        self._count_unheld()
         self._trim()
 
+    def _count_unheld(self) -> None:
+        while self._unheld:
+            seg = self._pool.get(self._unheld.popleft())
+            if seg is not None:
+                seg.held -= 1
+
     def _trim(self) -> None:
-        idle = [s for s in self._pool.values() if not s.busy]
+        idle = [s for s in self._pool.values() if s.idle]
         excess = sum(len(s.mapped) for s in idle) - MAX_IDLE_BYTES
         for seg in idle:
             if excess <= 0 and len(idle) <= MAX_IDLE_SEGMENTS:
@@ -254,6 +327,10 @@ class SegmentLink:
         name outside the session, or a segment that is not this user's,
         private and at least the size named.
         """
+        out = list(views)
+        # Held before the freed below are taken: a reference keeps its
+        # segment from reuse whatever the same header frees.
+        self._receive_lent(header.get(LENT_KEY), out)
         freed = header.get(FREED_KEY)
         if freed is not None:
             if not isinstance(freed, list):
@@ -261,10 +338,9 @@ class SegmentLink:
             self.give_back([n for n in freed if isinstance(n, str)])
         entries = header.get(HEADER_KEY)
         if entries is None:
-            return views
+            return out
         if not isinstance(entries, list) or len(entries) > MAX_SEGMENTS:
             raise DecodeError("malformed", "segments is not a short list")
-        out = list(views)
         for entry in entries:
             if not _entry_ok(entry, len(views)) or not entry[1].startswith(self.prefix):
                 raise DecodeError("malformed", f"segment entry {entry!r} is outside the session")
@@ -276,6 +352,42 @@ class SegmentLink:
             except (OSError, ValueError) as exc:
                 raise DecodeError("malformed", f"segment {name} cannot be used ({exc})") from exc
         return out
+
+    def _receive_lent(self, lent: Any, out: list[Any]) -> None:
+        """Put read-only views of our own segments, sent back by reference, into ``out``.
+
+        Only a segment lent to the peer and not yet let go: the peer holds
+        a view of it, so nothing here has written it since.
+        """
+        if lent is None:
+            return
+        if not isinstance(lent, list) or len(lent) > MAX_SEGMENTS:
+            raise DecodeError("malformed", "shm_lent is not a short list")
+        for entry in lent:
+            if not _lent_ok(entry, len(out)):
+                raise DecodeError("malformed", f"lent entry {entry!r} is malformed")
+            i, name, offset, size = entry
+            seg = self._pool.get(name)
+            if seg is None or not seg.busy or offset + size > len(seg.mapped):
+                raise DecodeError("malformed", f"{name} is not a segment lent to the peer")
+            if memoryview(out[i]).nbytes:
+                raise DecodeError("malformed", f"frame {i} is not empty where a segment goes")
+            out[i] = self._hold(seg, offset, size)
+
+    def _hold(self, seg: _Segment, offset: int, size: int) -> Any:
+        """A read-only view of ``size`` bytes of our segment ``seg`` at ``offset``.
+
+        The segment is not written again until this view has gone.
+        """
+        # Through a read-only memoryview: over the writable mapping itself,
+        # numpy would let the user turn a result's WRITEABLE flag back on.
+        view: Any = memoryview(seg.mapped)[offset : offset + size].toreadonly()
+        np = sys.modules.get("numpy")
+        if np is not None:
+            view = np.frombuffer(view, dtype=np.uint8)
+        seg.held += 1
+        weakref.finalize(view, self._unheld.append, seg.name)
+        return view
 
     def _map(self, name: str, size: int) -> Any:
         """A read-only view of ``size`` bytes of the peer's segment ``name``.
@@ -289,19 +401,23 @@ class SegmentLink:
         np = sys.modules.get("numpy")
         if np is None:
             fresh = self._open(name, size)
-            weakref.finalize(fresh, self._freed.append, name)
+            weakref.finalize(fresh, self._let_go, name)
             return memoryview(fresh)
-        mapped = self._mapped.get(name)
-        if mapped is None or len(mapped) < size:
-            mapped = self._mapped[name] = self._open(name, size)
+        known = self._mapped.get(name)
+        if known is None or len(known[0]) < size:
+            mapped = self._open(name, size)
+            whole = np.frombuffer(mapped, dtype=np.uint8)
+            self._mapped[name] = (mapped, whole.__array_interface__["data"][0])
+            del whole
             while len(self._mapped) > MAX_MAPPED:
                 # The peer's pool reuses its segments: the oldest mapping
                 # is most likely one it has removed. Views keep theirs.
                 self._mapped.popitem(last=False)
         else:
+            mapped = known[0]
             self._mapped.move_to_end(name)
         view = np.frombuffer(mapped, dtype=np.uint8, count=size)
-        weakref.finalize(view, self._freed.append, name)
+        weakref.finalize(view, self._let_go, name)
         return view
 
     def _open(self, name: str, size: int) -> mmap.mmap:
@@ -328,14 +444,18 @@ class SegmentLink:
 
 def declared_size(header: Any) -> int:
     """The bytes a header's segments claim (0 if it names none or is malformed)."""
-    entries = header.get(HEADER_KEY) if isinstance(header, dict) else None
-    if not isinstance(entries, list):
+    if not isinstance(header, dict):
         return 0
-    return sum(
-        e[2]
-        for e in entries
-        if isinstance(e, list) and len(e) == 3 and isinstance(e[2], int) and e[2] > 0
-    )
+    total = 0
+    for key, n in ((HEADER_KEY, 3), (LENT_KEY, 4)):
+        entries = header.get(key)
+        if isinstance(entries, list):
+            total += sum(
+                e[-1]
+                for e in entries
+                if isinstance(e, list) and len(e) == n and isinstance(e[-1], int) and e[-1] > 0
+            )
+    return total
 
 
 def _name_ok(name: Any) -> bool:
@@ -351,6 +471,20 @@ def _entry_ok(entry: Any, n_views: int) -> bool:
         and _name_ok(entry[1])
         and isinstance(entry[2], int)
         and entry[2] > 0
+    )
+
+
+def _lent_ok(entry: Any, n_views: int) -> bool:
+    return (
+        isinstance(entry, list)
+        and len(entry) == 4
+        and isinstance(entry[0], int)
+        and 1 <= entry[0] < n_views
+        and _name_ok(entry[1])
+        and isinstance(entry[2], int)
+        and isinstance(entry[3], int)
+        and entry[2] >= 0
+        and entry[3] > 0
     )
 
 

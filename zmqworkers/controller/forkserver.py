@@ -84,10 +84,12 @@ class ForkServerUnavailable(Exception):
 class ForkServer:
     """The controller's end of one fork server."""
 
-    def __init__(self, env: Mapping[str, str], cwd: str) -> None:
+    def __init__(self, env: Mapping[str, str], cwd: str, forkable: bool | None = None) -> None:
         ours, theirs = socket.socketpair()
         self.proc: subprocess.Popen[bytes] | ForkedServerProcess
-        self.forked = cwd == os.getcwd() and may_fork_here()
+        # ``forkable``: whether may_fork_here() said yes just now (its scan
+        # of the objects can take milliseconds); None to ask it here.
+        self.forked = cwd == os.getcwd() and (may_fork_here() if forkable is None else forkable)
         try:
             if self.forked:
                 self.proc = fork_server(theirs, ours, env)
@@ -394,9 +396,12 @@ def start_server_early(extra_env: Mapping[str, str]) -> None:
     is single-threaded, the server is forked from it, already importing
     what it imports. Later, the engine thread would make it exec.
     """
-    if may_fork_here():
+    env, cwd = _server_env(extra_env), os.getcwd()
+    # A running server needs nothing: not even the scan for threads and
+    # contexts, which takes milliseconds once another OS thread runs.
+    if _running_server(_server_key(env, cwd, extra_env)) is None and may_fork_here():
         try:
-            server_for(_server_env(extra_env), os.getcwd(), extra_env)
+            server_for(env, cwd, extra_env, forkable=True)
         except OSError as exc:
             log.warning("cannot start a fork server: %s; it is started when needed", exc)
 
@@ -407,13 +412,12 @@ def _server_env(extra_env: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k not in (KEY_ENV, MP_AUTHKEY_ENV)}
 
 
-def server_for(env: Mapping[str, str], cwd: str, extra_env: Mapping[str, str]) -> ForkServer:
-    """This process's fork server for ``env`` and ``cwd``, started on first use.
+def _server_key(env: Mapping[str, str], cwd: str, extra_env: Mapping[str, str]) -> tuple[str, ...]:
+    """What tells servers apart: what decides what a module does when it is imported.
 
-    Servers differ by what decides what a module does when it is imported:
-    the working folder (``sys.path[0]``), the run's own ``worker_env``, the
+    The working folder (``sys.path[0]``), the run's own ``worker_env``, the
     ``PYTHON*`` variables and the thread counts (``OMP_NUM_THREADS``, ...).
-    Not by every variable: importing pydidas, for one, sets some, and a
+    Not every variable: importing pydidas, for one, sets some, and a
     server per such change would leave every run cold.
     """
     shaping = sorted(
@@ -421,14 +425,36 @@ def server_for(env: Mapping[str, str], cwd: str, extra_env: Mapping[str, str]) -
         for k, v in env.items()
         if k in extra_env or k.startswith("PYTHON") or k.endswith("_NUM_THREADS")
     )
-    key = (sys.executable, cwd, *shaping)
+    return (sys.executable, cwd, *shaping)
+
+
+def _running_server(key: tuple[str, ...]) -> ForkServer | None:
+    """This process's server for ``key``, if it has one that has not ended."""
+    with _servers_lock:
+        server = _servers.get(key)
+    if server is None or server.owner != os.getpid() or not server.alive():
+        return None
+    return server
+
+
+def server_for(
+    env: Mapping[str, str],
+    cwd: str,
+    extra_env: Mapping[str, str],
+    forkable: bool | None = None,
+) -> ForkServer:
+    """This process's fork server for ``env`` and ``cwd``, started on first use.
+
+    One per :func:`_server_key`. ``forkable``: see :class:`ForkServer`.
+    """
+    key = _server_key(env, cwd, extra_env)
     with _servers_lock:
         server = _servers.get(key)
         if server is not None and server.owner == os.getpid() and not server.alive():
             server.close()  # reaped; its workers leave as orphans
             server = None
         if server is None or server.owner != os.getpid():
-            server = ForkServer(env, cwd)
+            server = ForkServer(env, cwd, forkable)
             _servers[key] = server
             _close_idle_servers(keep=server)
         return server

@@ -296,6 +296,9 @@ def main(argv: list[str]) -> int:
     # with what a worker imports on its way to its first task.
     for name in WORKER_MODULES:
         importlib.import_module(name)
+    from zmqworkers.worker.args import worker_parser
+
+    worker_parser()  # built here once, not in each child
     ForkServer(sock, controller_pid).serve()
     return 0
 

@@ -346,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     tag_worker_records(worker.id, worker.host)
     worker.install_signal_handlers()
-    from zmqworkers.worker.daemon import DRAIN_ENV
+    from zmqworkers.worker.options import DRAIN_ENV
 
     if DRAIN_ENV in os.environ:
         # A supervisor's child, in a session of its own: the terminal's
@@ -384,7 +384,7 @@ def _max_memory(text: str) -> int:
 
 def _supervisor_pid() -> int | None:
     """The pid of the supervisor that started this worker, while it is its parent."""
-    from zmqworkers.worker.daemon import SUPERVISOR_ENV
+    from zmqworkers.worker.options import SUPERVISOR_ENV
 
     try:
         pid = int(os.environ.get(SUPERVISOR_ENV, ""))
@@ -395,8 +395,8 @@ def _supervisor_pid() -> int | None:
 
 
 def _drain_timeout(given: float | None) -> float:
-    from zmqworkers.worker.daemon import DRAIN_ENV
     from zmqworkers.worker.loop import WorkerOptions
+    from zmqworkers.worker.options import DRAIN_ENV
 
     if given is not None:
         return given

@@ -50,7 +50,6 @@ WORKER_MODULES = (
     "zmqworkers.worker.args",
     "zmqworkers.worker.loop",
     "zmqworkers.worker.mp_authkey",
-    "zmqworkers.worker.daemon",
     "zmqworkers.logs",
     "cloudpickle",
     "multiprocessing.shared_memory",
@@ -285,6 +284,20 @@ def _drain(fd: int) -> None:
         pass
 
 
+def load_worker_program() -> None:
+    """Import the worker program, with what a worker does once on its way to its first task.
+
+    Done once here, so that no child does it again: the imports, the
+    argument parser, and a first parse (which compiles the regular
+    expressions argparse matches arguments with, cached per process).
+    """
+    for name in WORKER_MODULES:
+        importlib.import_module(name)
+    from zmqworkers.worker.args import worker_parser
+
+    worker_parser().parse_args(["ipc:///fork-server", "--parent-pid", "1", "--prefetch", "1"])
+
+
 def main(argv: list[str]) -> int:
     fd, controller_pid = int(argv[0]), int(argv[1])
     # Terminal signals are the controller's to act on, not this server's.
@@ -292,13 +305,7 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     sock = socket.socket(fileno=fd)
     sock.setblocking(True)
-    # The worker program, imported once here so that no child imports it:
-    # with what a worker imports on its way to its first task.
-    for name in WORKER_MODULES:
-        importlib.import_module(name)
-    from zmqworkers.worker.args import worker_parser
-
-    worker_parser()  # built here once, not in each child
+    load_worker_program()
     ForkServer(sock, controller_pid).serve()
     return 0
 

@@ -37,6 +37,24 @@ def redial_quickly(sock: zmq.Socket[Any]) -> None:
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
 
 
+def dial_results(sock: zmq.Socket[Any], endpoint: str) -> zmq.Socket[Any]:
+    """Connect a session's results socket (PUSH): what is queued at the end gets 2 s to go."""
+    sock.setsockopt(zmq.LINGER, 2000)
+    redial_quickly(sock)
+    sock.connect(endpoint)
+    return sock
+
+
+def dial_control(sock: zmq.Socket[Any], endpoint: str) -> zmq.Socket[Any]:
+    """Connect a session's control socket (SUB to every broadcast, none over 1 MiB)."""
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
+    redial_quickly(sock)
+    sock.connect(endpoint)
+    return sock
+
+
 def answer_pings(sock: zmq.Socket[Any], interval: float, misses: int) -> None:
     """ZeroMQ's own pings on the task connection, answered without the GIL.
 

@@ -274,16 +274,9 @@ class Worker:
                 return "lost" if self.options.daemon else "exit"
             welcome = answer.welcome
             results_ep = side_endpoint(self.address, welcome, "results")
-            results = self._socket(zmq.PUSH)
-            results.setsockopt(zmq.LINGER, 2000)
-            links.redial_quickly(results)
-            results.connect(results_ep)
-            control = self._socket(zmq.SUB)
-            control.setsockopt(zmq.LINGER, 0)
-            control.setsockopt(zmq.SUBSCRIBE, b"")
-            control.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
-            links.redial_quickly(control)
-            control.connect(side_endpoint(self.address, welcome, "control"))
+            results = links.dial_results(self._socket(zmq.PUSH), results_ep)
+            control_ep = side_endpoint(self.address, welcome, "control")
+            control = links.dial_control(self._socket(zmq.SUB), control_ep)
             # Broadcasts published before this welcome are not for us: a
             # replayed old STOP is refused like any other replay.
             guard.check(f"{welcome.controller}/pub", welcome.pub_seq)

@@ -417,6 +417,11 @@ def start_server_early(extra_env: Mapping[str, str]) -> None:
     # A running server needs nothing: not even the scan for threads and
     # contexts, which takes milliseconds once another OS thread runs.
     if _running_server(_server_key(env, cwd, extra_env)) is None and may_fork_here():
+        # This process pickles its first function with cloudpickle (by
+        # value) in a moment anyway; loaded before the fork, not after it,
+        # the server has it too and need not import it again.
+        import cloudpickle  # noqa: F401
+
         try:
             server_for(env, cwd, extra_env, forkable=True)
         except OSError as exc:

@@ -5,7 +5,9 @@
 
 REV is checked out with ``git worktree add`` into a temporary folder and
 installed into a virtualenv of its own there; this checkout runs from the
-interpreter that runs this script (its own virtualenv). Both run the same
+interpreter that runs this script, with this checkout first on its
+PYTHONPATH, and REV's interpreter runs with this checkout taken off its
+PYTHONPATH (it would shadow REV's install). Both run the same
 scenario code (this checkout's ``benchmarks/run.py --one``), each
 measurement in a fresh process, the two revisions interleaved so that load
 from elsewhere falls on both alike. Prints the medians and ``this / REV``
@@ -25,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from run import HIGHER_IS_BETTER, UNITS, run_child  # noqa: E402
+from run import HIGHER_IS_BETTER, UNITS, child_env, run_child  # noqa: E402
 
 DEFAULT_SCENARIOS = "a:zmq_imap,a:zmq_qt,b:zmq"
 
@@ -49,10 +51,17 @@ def install_revision(rev: str, folder: Path) -> str:
     return python
 
 
-def which_zmqworkers(python: str) -> str:
+def which_zmqworkers(python: str | None) -> str:
+    """Where the measurements made with ``python`` (see run_child) import zmqworkers from."""
     code = "import zmqworkers, os; print(os.path.dirname(zmqworkers.__file__))"
     # From the benchmarks folder: a checkout's root on sys.path would shadow the install.
-    proc = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=HERE)
+    proc = subprocess.run(
+        [python or sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=HERE,
+        env=child_env(python),
+    )
     return proc.stdout.strip()
 
 
@@ -73,8 +82,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="zmqworkers-compare-") as tmp:
         try:
             theirs = install_revision(rev, Path(tmp))
-            # Named, so this checkout too runs from its installed package.
-            ours = sys.executable
+            # None: this checkout, first on PYTHONPATH (the interpreter's own
+            # install may be another checkout); the revision's interpreter
+            # never sees this checkout's path.
+            ours: str | None = None
             print(f"this checkout: {which_zmqworkers(ours)}", file=sys.stderr)
             print(f"{rev}: {which_zmqworkers(theirs)}", file=sys.stderr)
             rows = []

@@ -5,11 +5,12 @@
 
 REV is checked out with ``git worktree add`` into a temporary folder and
 installed into a virtualenv of its own there; this checkout runs from the
-interpreter that runs this script, with this checkout on PYTHONPATH (so that
-no other install of zmqworkers there counts). Both run the same scenario
-code (this checkout's ``benchmarks/run.py --one``), each measurement in a
-fresh process, the two revisions interleaved so that load from elsewhere
-falls on both alike. Prints the medians and ``this / REV``
+interpreter that runs this script, with this checkout first on its
+PYTHONPATH, and REV's interpreter runs with this checkout taken off its
+PYTHONPATH (it would shadow REV's install). Both run the same
+scenario code (this checkout's ``benchmarks/run.py --one``), each
+measurement in a fresh process, the two revisions interleaved so that load
+from elsewhere falls on both alike. Prints the medians and ``this / REV``
 ratios, oriented so that above 1 is better.
 """
 
@@ -27,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from run import HIGHER_IS_BETTER, UNITS, run_child  # noqa: E402
+from run import HIGHER_IS_BETTER, UNITS, child_env, run_child  # noqa: E402
 
 DEFAULT_SCENARIOS = "a:zmq_imap,a:zmq_qt,b:zmq"
 
@@ -51,11 +52,17 @@ def install_revision(rev: str, folder: Path) -> str:
     return python
 
 
-def which_zmqworkers(python: str) -> str:
+def which_zmqworkers(python: str | None) -> str:
+    """Where the measurements made with ``python`` (see run_child) import zmqworkers from."""
     code = "import zmqworkers, os; print(os.path.dirname(zmqworkers.__file__))"
     # From the benchmarks folder: a checkout's root on sys.path would shadow the install.
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=HERE, env=env)
+    proc = subprocess.run(
+        [python or sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=HERE,
+        env=child_env(python),
+    )
     return proc.stdout.strip()
 
 
@@ -76,9 +83,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="zmqworkers-compare-") as tmp:
         try:
             theirs = install_revision(rev, Path(tmp))
-            # This checkout runs through PYTHONPATH, whatever this interpreter
-            # has installed; the revision from its own install only.
-            print(f"this checkout: {ROOT / 'zmqworkers'}", file=sys.stderr)
+            # None: this checkout, first on PYTHONPATH (the interpreter's own
+            # install may be another checkout); the revision's interpreter
+            # never sees this checkout's path.
+            ours: str | None = None
+            print(f"this checkout: {which_zmqworkers(ours)}", file=sys.stderr)
             print(f"{rev}: {which_zmqworkers(theirs)}", file=sys.stderr)
             rows = []
             for scenario, system in pairs:

@@ -553,10 +553,7 @@ def run_child(
         cmd.append("--quick")
     if param is not None:
         cmd += ["--param", str(param)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    if python:
-        # Its own install, not a checkout that PYTHONPATH names.
-        env.pop("PYTHONPATH")
+    env = child_env(python)
     # Timed as an installed package runs, from its cached bytecode: the
     # peers' packages have theirs from their install, and a checkout that
     # is never allowed to cache its own would compile every module anew in
@@ -572,6 +569,30 @@ def run_child(
         print(f"  {scenario}/{system}: failed: {tail[0]}", file=sys.stderr)
         return None
     return float(json.loads(proc.stdout.strip().splitlines()[-1])["value"])
+
+
+def child_env(python: str | None) -> dict[str, str]:
+    """The environment of a measurement's process (see :func:`run_child`).
+
+    This checkout's code comes first on its PYTHONPATH. Another revision's
+    interpreter must not see this checkout at all: the caller's PYTHONPATH
+    may name it, and would then shadow the revision installed there, so
+    that both sides of a comparison ran the same code.
+    """
+    env = dict(os.environ)
+    if python is None:
+        env["PYTHONPATH"] = str(ROOT)
+        return env
+    kept = [
+        entry
+        for entry in env.get("PYTHONPATH", "").split(os.pathsep)
+        if entry and Path(entry).resolve() != ROOT
+    ]
+    if kept:
+        env["PYTHONPATH"] = os.pathsep.join(kept)
+    else:
+        env.pop("PYTHONPATH", None)
+    return env
 
 
 def ensure_peers() -> None:

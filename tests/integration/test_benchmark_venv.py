@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,32 @@ def test_the_quick_benchmark_runs_with_what_the_test_command_installs() -> None:
     ):
         shown = f"{ours:22s} vs {peer:22s}"
         assert shown in out, f"{shown!r} missing from the ratios:\n{out}"
+
+
+def test_another_revisions_measurements_do_not_see_this_checkout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # compare_revisions.py runs another revision from its own venv: this
+    # checkout on that process's PYTHONPATH would shadow the revision's
+    # install, and both sides of the comparison would run this code.
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.syspath_prepend(str(root))
+    from benchmarks.run import child_env
+
+    other = tmp_path / "elsewhere"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), str(other)]))
+    assert child_env(None)["PYTHONPATH"] == str(root)
+    assert child_env(sys.executable)["PYTHONPATH"] == str(other)
+    monkeypatch.setenv("PYTHONPATH", str(root))
+    assert "PYTHONPATH" not in child_env(sys.executable)
+    # And what such a process imports: not this checkout's package.
+    code = "import importlib.util as u; s = u.find_spec('zmqworkers'); print(s and s.origin)"
+    found = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+        env=child_env(sys.executable),
+    ).stdout.strip()
+    assert not found.startswith(str(root))

@@ -84,10 +84,12 @@ class ForkServerUnavailable(Exception):
 class ForkServer:
     """The controller's end of one fork server."""
 
-    def __init__(self, env: Mapping[str, str], cwd: str) -> None:
+    def __init__(self, env: Mapping[str, str], cwd: str, forkable: bool | None = None) -> None:
         ours, theirs = socket.socketpair()
         self.proc: subprocess.Popen[bytes] | ForkedServerProcess
-        self.forked = cwd == os.getcwd() and may_fork_here()
+        # ``forkable``: whether may_fork_here() said yes just now (its scan
+        # of the objects can take milliseconds); None to ask it here.
+        self.forked = cwd == os.getcwd() and (may_fork_here() if forkable is None else forkable)
         try:
             if self.forked:
                 self.proc = fork_server(theirs, ours, env)
@@ -130,34 +132,45 @@ class ForkServer:
         return self.broken is None and self.proc.poll() is None
 
     def fork(
-        self, argv: Sequence[str], env: Mapping[str, str], preload: Sequence[str]
-    ) -> ForkedProcess:
-        """A new worker process running ``python -m zmqworkers.worker ARGV``."""
+        self, argv: Sequence[str], env: Mapping[str, str], preload: Sequence[str], count: int = 1
+    ) -> tuple[list[ForkedProcess], ForkServerUnavailable | None]:
+        """``count`` new worker processes running ``python -m zmqworkers.worker ARGV``.
+
+        Asked for in one write, so that the server forks them back to back
+        rather than one per round trip. Returns the ones forked, and why
+        the others were not (None when all were).
+        """
         with self._lock:
-            self._next_id += 1
-            rid = self._next_id
+            ids = list(range(self._next_id + 1, self._next_id + 1 + count))
+            self._next_id += count
             request = {
                 "op": "fork",
-                "id": rid,
                 "argv": list(argv),
                 "env": dict(env),
                 "cwd": os.getcwd(),
                 "preload": [m for m in preload if m not in NOT_PRELOADED],
             }
-            self._write(request)
+            self._write(*({**request, "id": rid} for rid in ids))
             deadline = time.monotonic() + FORK_TIMEOUT
-            while rid not in self._replies:
+            while not all(rid in self._replies for rid in ids):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     # A late child would serve nobody: the server goes, with it.
                     self._break("no answer to a fork request in time")
                 self._read(min(left, 1.0))
-            reply = self._replies.pop(rid)
-        if reply["op"] != "forked":
-            raise ForkServerUnavailable(reply.get("error", "fork refused"), reply.get("unsafe"))
-        pid = int(reply["pid"])
-        self.live.add(pid)
-        return ForkedProcess(self, pid)
+            replies = [self._replies.pop(rid) for rid in ids]
+        forked: list[ForkedProcess] = []
+        error: ForkServerUnavailable | None = None
+        for reply in replies:
+            if reply["op"] == "forked":
+                pid = int(reply["pid"])
+                self.live.add(pid)
+                forked.append(ForkedProcess(self, pid))
+            elif error is None:
+                error = ForkServerUnavailable(
+                    reply.get("error", "fork refused"), reply.get("unsafe")
+                )
+        return forked, error
 
     def preload(self, modules: Sequence[str]) -> None:
         """Have the server import ``modules`` now; no answer is awaited."""
@@ -210,11 +223,11 @@ class ForkServer:
 
     # -- under the lock ------------------------------------------------------
 
-    def _write(self, message: dict[str, Any]) -> None:
+    def _write(self, *messages: dict[str, Any]) -> None:
         if self.broken is not None:
             raise ForkServerUnavailable(f"the fork server is gone ({self.broken})")
         try:
-            self._sock.sendall(json.dumps(message).encode() + b"\n")
+            self._sock.sendall(b"".join(json.dumps(m).encode() + b"\n" for m in messages))
         except OSError as exc:
             self._break(f"cannot write to it: {exc}")
 
@@ -315,28 +328,32 @@ def _retire(server: ForkServer) -> None:
                 _retired.append(server)
 
 
-def fork_worker(
+def fork_workers(
     address: str,
     prefetch: int,
     env: Mapping[str, str],
     preload: Sequence[str],
     extra_env: Mapping[str, str] | None = None,
     extra_args: Sequence[str] = (),
-) -> ForkedProcess:
-    """A local worker forked from this process's fork server for ``env``.
+    count: int = 1,
+) -> tuple[list[ForkedProcess], ForkServerUnavailable | None]:
+    """``count`` local workers forked from this process's fork server for ``env``.
 
-    The server's own environment lacks the key and the authkey: only the
-    fork request carries them, to the child alone.
+    Returns the ones forked, and why the others were not (None when all
+    were): the launcher spawns those. The server's own environment lacks
+    the key and the authkey: only the fork request carries them, to the
+    child alone.
     """
     base = {k: v for k, v in env.items() if k not in (KEY_ENV, MP_AUTHKEY_ENV)}
     # A controller that uses numpy hands its workers arrays: import it once.
     wanted = [*preload, *(["numpy"] if "numpy" in sys.modules else [])]
+    forked: list[ForkedProcess] = []
     for attempt in (1, 2):
         wanted = [m for m in wanted if m not in _unsafe_preloads]
         try:
             server = server_for(base, os.getcwd(), extra_env or {})
         except OSError as exc:
-            raise ForkServerUnavailable(f"cannot start a fork server: {exc}") from exc
+            return forked, ForkServerUnavailable(f"cannot start a fork server: {exc}")
         # The worker's parent is the server: that is the process it watches.
         argv = [
             address,
@@ -344,19 +361,21 @@ def fork_worker(
             *extra_args,
         ]
         try:
-            return server.fork(argv, env, wanted)
+            procs, error = server.fork(argv, env, wanted, count - len(forked))
         except ForkServerUnavailable as exc:
-            if attempt == 2:
-                raise
-            if exc.unsafe_module is not None:
-                # That server forks no more; a new one, without that module,
-                # takes its place (its workers import it themselves).
-                log.warning("%s; it is no longer preloaded in this process", exc)
-                _unsafe_preloads.add(exc.unsafe_module)
-                _retire(server)
-            elif server.broken is None:
-                raise
-            # else: a server that died (killed by hand?) is replaced once.
+            procs, error = [], exc
+        forked.extend(procs)
+        if error is None or attempt == 2:
+            return forked, error
+        if error.unsafe_module is not None:
+            # That server forks no more; a new one, without that module,
+            # takes its place (its workers import it themselves).
+            log.warning("%s; it is no longer preloaded in this process", error)
+            _unsafe_preloads.add(error.unsafe_module)
+            _retire(server)
+        elif server.broken is None:
+            return forked, error
+        # else: a server that died (killed by hand?) is replaced once.
     raise AssertionError("unreachable")
 
 
@@ -394,9 +413,17 @@ def start_server_early(extra_env: Mapping[str, str]) -> None:
     is single-threaded, the server is forked from it, already importing
     what it imports. Later, the engine thread would make it exec.
     """
-    if may_fork_here():
+    env, cwd = _server_env(extra_env), os.getcwd()
+    # A running server needs nothing: not even the scan for threads and
+    # contexts, which takes milliseconds once another OS thread runs.
+    if _running_server(_server_key(env, cwd, extra_env)) is None and may_fork_here():
+        # This process pickles its first function with cloudpickle (by
+        # value) in a moment anyway; loaded before the fork, not after it,
+        # the server has it too and need not import it again.
+        import cloudpickle  # noqa: F401
+
         try:
-            server_for(_server_env(extra_env), os.getcwd(), extra_env)
+            server_for(env, cwd, extra_env, forkable=True)
         except OSError as exc:
             log.warning("cannot start a fork server: %s; it is started when needed", exc)
 
@@ -407,13 +434,12 @@ def _server_env(extra_env: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k not in (KEY_ENV, MP_AUTHKEY_ENV)}
 
 
-def server_for(env: Mapping[str, str], cwd: str, extra_env: Mapping[str, str]) -> ForkServer:
-    """This process's fork server for ``env`` and ``cwd``, started on first use.
+def _server_key(env: Mapping[str, str], cwd: str, extra_env: Mapping[str, str]) -> tuple[str, ...]:
+    """What tells servers apart: what decides what a module does when it is imported.
 
-    Servers differ by what decides what a module does when it is imported:
-    the working folder (``sys.path[0]``), the run's own ``worker_env``, the
+    The working folder (``sys.path[0]``), the run's own ``worker_env``, the
     ``PYTHON*`` variables and the thread counts (``OMP_NUM_THREADS``, ...).
-    Not by every variable: importing pydidas, for one, sets some, and a
+    Not every variable: importing pydidas, for one, sets some, and a
     server per such change would leave every run cold.
     """
     shaping = sorted(
@@ -421,14 +447,36 @@ def server_for(env: Mapping[str, str], cwd: str, extra_env: Mapping[str, str]) -
         for k, v in env.items()
         if k in extra_env or k.startswith("PYTHON") or k.endswith("_NUM_THREADS")
     )
-    key = (sys.executable, cwd, *shaping)
+    return (sys.executable, cwd, *shaping)
+
+
+def _running_server(key: tuple[str, ...]) -> ForkServer | None:
+    """This process's server for ``key``, if it has one that has not ended."""
+    with _servers_lock:
+        server = _servers.get(key)
+    if server is None or server.owner != os.getpid() or not server.alive():
+        return None
+    return server
+
+
+def server_for(
+    env: Mapping[str, str],
+    cwd: str,
+    extra_env: Mapping[str, str],
+    forkable: bool | None = None,
+) -> ForkServer:
+    """This process's fork server for ``env`` and ``cwd``, started on first use.
+
+    One per :func:`_server_key`. ``forkable``: see :class:`ForkServer`.
+    """
+    key = _server_key(env, cwd, extra_env)
     with _servers_lock:
         server = _servers.get(key)
         if server is not None and server.owner == os.getpid() and not server.alive():
             server.close()  # reaped; its workers leave as orphans
             server = None
         if server is None or server.owner != os.getpid():
-            server = ForkServer(env, cwd)
+            server = ForkServer(env, cwd, forkable)
             _servers[key] = server
             _close_idle_servers(keep=server)
         return server

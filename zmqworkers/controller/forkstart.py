@@ -23,6 +23,10 @@ import time
 import traceback
 from collections.abc import Mapping
 
+# Imported here, with the controller, not in each forked server: it is
+# what the server runs.
+from zmqworkers.worker import zygote
+
 # Loaded, these mean a Qt application: its threads may come at any time.
 QT_MODULES = ("PyQt5.QtCore", "PyQt6.QtCore", "PySide2.QtCore", "PySide6.QtCore")
 
@@ -119,10 +123,7 @@ def fork_server(
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
-        os.environ.clear()
-        os.environ.update(env)
-        from zmqworkers.worker import zygote
-
+        zygote.replace_environ(dict(env))
         code = zygote.main([str(theirs.detach()), str(controller)])
     except BaseException:
         traceback.print_exc()

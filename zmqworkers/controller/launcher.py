@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from zmqworkers.controller import forkserver
-from zmqworkers.controller.forkserver import ForkedProcess, ForkServerUnavailable
+from zmqworkers.controller.forkserver import ForkedProcess
 from zmqworkers.controller.options import EngineOptions
 from zmqworkers.controller.scheduler import WorkerState
 from zmqworkers.controller.segments import end_segments
@@ -173,23 +173,26 @@ class LocalWorkers:
         return len(self.procs)
 
     def start(self, address: str, n: int) -> None:
-        for _ in range(n):
-            proc = self._start_one(address)
-            self.procs[proc.pid] = proc
-
-    def _start_one(self, address: str) -> WorkerProcess:
-        if self._start_method == "forkserver":
+        if self._start_method == "forkserver" and n > 0:
             env = local_worker_env(self._key, self._env)
-            try:
-                return forkserver.fork_worker(
-                    address, self._prefetch, env, self._preload, self._env, self._args
-                )
-            except ForkServerUnavailable as exc:
-                log.warning("local workers: %s; spawning them instead", exc)
+            forked, error = forkserver.fork_workers(
+                address, self._prefetch, env, self._preload, self._env, self._args, n
+            )
+            for proc in forked:
+                self.procs[proc.pid] = proc
+            n -= len(forked)
+            if error is not None:
+                log.warning("local workers: %s; spawning them instead", error)
                 self._start_method = "spawn"
-        return start_local_worker(
-            address, self._key, prefetch=self._prefetch, extra_env=self._env, extra_args=self._args
-        )
+        for _ in range(n):
+            spawned = start_local_worker(
+                address,
+                self._key,
+                prefetch=self._prefetch,
+                extra_env=self._env,
+                extra_args=self._args,
+            )
+            self.procs[spawned.pid] = spawned
 
     def stopping(self) -> None:
         """Every running process was asked to leave: its exit is no failure."""

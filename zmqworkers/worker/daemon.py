@@ -41,17 +41,16 @@ from zmqworkers.security.keys import KEY_ENV
 from zmqworkers.worker.group import kill_group
 from zmqworkers.worker.loop import EXIT_REFUSED
 from zmqworkers.worker.mp_authkey import MP_AUTHKEY_ENV
-from zmqworkers.worker.options import EXIT_INTERRUPTED, EXIT_MEMORY, EXIT_RECYCLED
+from zmqworkers.worker.options import (
+    DRAIN_ENV,
+    EXIT_INTERRUPTED,
+    EXIT_MEMORY,
+    EXIT_RECYCLED,
+    SUPERVISOR_ENV,
+)
 from zmqworkers.worker.silence import EXIT_NO_CONTROLLER
 
 log = logging.getLogger(__name__)
-
-# The drain timeout a supervisor gives its children (seconds).
-DRAIN_ENV = "ZMQWORKERS_DRAIN_TIMEOUT"
-# The supervisor's pid: a child whose supervisor is gone leaves, as a local
-# worker does when its controller is (its session no longer ends with the
-# supervisor's process group).
-SUPERVISOR_ENV = "ZMQWORKERS_SUPERVISOR_PID"
 
 POLL_SECONDS = 0.1
 

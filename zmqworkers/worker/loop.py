@@ -276,6 +276,9 @@ class Worker:
             welcome = answer.welcome
             results_ep = side_endpoint(self.address, welcome, "results")
             results = links.dial_results(self._socket(zmq.PUSH), results_ep)
+            # The controller takes the session as joined at its first message on
+            # this channel: one now, not the heartbeat thread's once it runs.
+            results.send_multipart(encode(Kind.HEARTBEAT, *self._signing(), self._id_and_counts()))
             control_ep = side_endpoint(self.address, welcome, "control")
             control = links.dial_control(self._socket(zmq.SUB), control_ep)
             # Broadcasts published before this welcome are not for us: a

@@ -23,6 +23,12 @@ EXIT_INTERRUPTED = 86
 # A worker that went over its memory limit, by more than the margin, in the
 # middle of a call: the call counts an attempt, as if the worker had died.
 EXIT_MEMORY = 87
+# The drain timeout a supervisor gives its children (seconds).
+DRAIN_ENV = "ZMQWORKERS_DRAIN_TIMEOUT"
+# The supervisor's pid: a child whose supervisor is gone leaves, as a local
+# worker does when its controller is (its session no longer ends with the
+# supervisor's process group).
+SUPERVISOR_ENV = "ZMQWORKERS_SUPERVISOR_PID"
 # Within a call, a process may go this far over max_memory before it is
 # killed; between calls, anything over the limit recycles it.
 MEMORY_MARGIN = 1.25

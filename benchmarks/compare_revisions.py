@@ -17,7 +17,6 @@ ratios, oriented so that above 1 is better.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys

@@ -23,6 +23,19 @@ import os
 os.environ["QT_API"] = "pyside6"
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+# pydidas keeps its settings (plugin paths among them) in Qt's settings
+# files, and registering a plugin folder writes it there: a run of another
+# checkout would leave a path behind that pydidas warns about (an error
+# here) once that checkout is gone. Each run, and every worker it starts,
+# gets settings of its own.
+_SETTINGS = tempfile.mkdtemp(prefix="pydidas-settings-")
+os.environ["XDG_CONFIG_HOME"] = _SETTINGS
+atexit.register(shutil.rmtree, _SETTINGS, ignore_errors=True)
+
 import secrets  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402

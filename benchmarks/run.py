@@ -116,6 +116,17 @@ def raw_round_trips(payloads: list[Any], n_workers: int = 2, system: str = "raw"
     ``system`` "raw" uses loopback TCP (what daemons on this host use),
     "raw_ipc" Unix sockets (what zmqworkers' local workers use).
     """
+    with raw_echo(system, n_workers) as (push, pull, _):
+        return pipelined(push, pull, payloads)
+
+
+@contextmanager
+def raw_echo(system: str = "raw", n_workers: int = 2) -> Iterator[tuple[Any, Any, list[int]]]:
+    """A PUSH and a PULL socket joined through ``n_workers`` echo processes.
+
+    Yields them with the workers' pids once every worker has answered (the
+    warm-up), and ends the workers and the sockets afterwards.
+    """
     import tempfile
 
     import zmq
@@ -144,19 +155,7 @@ def raw_round_trips(payloads: list[Any], n_workers: int = 2, system: str = "raw"
             push.send(b"w")
         for _ in range(n_workers * 20):
             pull.recv()
-        # Pipelined: up to 1,000 messages (every array of scenario b) in
-        # flight, so that this really is the transport's ceiling.
-        window = min(len(payloads), 1000)
-        t0 = time.perf_counter()
-        sent = got = 0
-        n = len(payloads)
-        while got < n:
-            while sent < n and sent - got < window:
-                push.send(payloads[sent], copy=False)
-                sent += 1
-            pull.recv(copy=False)
-            got += 1
-        return time.perf_counter() - t0
+        yield push, pull, [p.pid for p in procs]
     finally:
         for _ in procs:
             push.send(b"")
@@ -165,10 +164,30 @@ def raw_round_trips(payloads: list[Any], n_workers: int = 2, system: str = "raw"
                 p.wait(5)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
         push.close()
         pull.close()
         ctx.term()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def pipelined(push: Any, pull: Any, payloads: list[Any]) -> float:
+    """Seconds to send ``payloads`` out on ``push`` and take as many back on ``pull``.
+
+    Pipelined: up to 1,000 messages (every array of scenario b) in flight,
+    so that this really is the transport's ceiling.
+    """
+    window = min(len(payloads), 1000)
+    t0 = time.perf_counter()
+    sent = got = 0
+    n = len(payloads)
+    while got < n:
+        while sent < n and sent - got < window:
+            push.send(payloads[sent], copy=False)
+            sent += 1
+        pull.recv(copy=False)
+        got += 1
+    return time.perf_counter() - t0
 
 
 # --------------------------------------------------------------------------

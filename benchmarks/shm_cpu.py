@@ -26,11 +26,9 @@ import argparse
 import copy
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import RAW_WORKER  # noqa: E402
+from run import pipelined, raw_echo  # noqa: E402
 
 SYSTEMS = ["zmq_echo", "zmq_compute", "zmq_socket", "raw_ipc"]
 
@@ -109,52 +107,17 @@ def run_zmq(system: str, arrays: list[Any]) -> dict[str, float]:
 
 
 def run_raw(arrays: list[Any]) -> dict[str, float]:
-    import zmq
-
-    ctx = zmq.Context()
-    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
-    folder = tempfile.mkdtemp(prefix="raw-zmq-")
-    push.bind(f"ipc://{folder}/tasks")
-    pull.bind(f"ipc://{folder}/results")
-    eps = [s.getsockopt_string(zmq.LAST_ENDPOINT) for s in (push, pull)]
-    procs = [subprocess.Popen([sys.executable, "-c", RAW_WORKER, *eps]) for _ in range(2)]
-    try:
-        for _ in range(40):
-            push.send(b"w")
-        for _ in range(40):
-            pull.recv()
+    with raw_echo("raw_ipc") as (push, pull, pids):
         for a in arrays[:8]:  # the same warm-up as the others
             push.send(a, copy=False)
         for _ in arrays[:8]:
             pull.recv(copy=False)
-        pids = [p.pid for p in procs]
         ctl0, cf0 = cpu_and_faults([os.getpid()])
         wk0, wf0 = cpu_and_faults(pids)
-        n, window = len(arrays), min(len(arrays), 1000)
-        t0 = time.perf_counter()
-        sent = got = 0
-        while got < n:
-            while sent < n and sent - got < window:
-                push.send(arrays[sent], copy=False)
-                sent += 1
-            pull.recv(copy=False)
-            got += 1
-        wall = time.perf_counter() - t0
+        wall = pipelined(push, pull, arrays)
         ctl1, cf1 = cpu_and_faults([os.getpid()])
         wk1, wf1 = cpu_and_faults(pids)
-    finally:
-        for _ in procs:
-            push.send(b"")
-        for p in procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        push.close(linger=0)
-        pull.close(linger=0)
-        ctx.term()
-        shutil.rmtree(folder, ignore_errors=True)
+    n = len(arrays)
     return {
         "wall": wall,
         "controller_ms": 1e3 * (ctl1 - ctl0) / n,

@@ -85,25 +85,15 @@ def run_zmq(system: str, arrays: list[Any]) -> dict[str, float]:
         warm = [copy.copy(a) for _ in range(2) for a in arrays[:4]]
         for _ in c.imap_unordered(fn, warm):
             pass
-        kids = [w["pid"] for w in c.workers()]
-        me = os.getpid()
         made0 = made[0]
-        ctl0, cf0 = cpu_and_faults([me])
-        wk0, wf0 = cpu_and_faults(kids)
-        t0 = time.perf_counter()
-        for _ in c.imap_unordered(fn, arrays):
-            pass
-        wall = time.perf_counter() - t0
-        ctl1, cf1 = cpu_and_faults([me])
-        wk1, wf1 = cpu_and_faults(kids)
-    n = len(arrays)
-    return {
-        "wall": wall,
-        "controller_ms": 1e3 * (ctl1 - ctl0) / n,
-        "workers_ms": 1e3 * (wk1 - wk0) / n,
-        "faults": (cf1 - cf0 + wf1 - wf0) / n,
-        "new_segments": made[0] - made0,
-    }
+
+        def loop() -> None:
+            for _ in c.imap_unordered(fn, arrays):
+                pass
+
+        out = per_round_trip(loop, [w["pid"] for w in c.workers()], len(arrays))
+    out["new_segments"] = made[0] - made0
+    return out
 
 
 def run_raw(arrays: list[Any]) -> dict[str, float]:
@@ -112,12 +102,19 @@ def run_raw(arrays: list[Any]) -> dict[str, float]:
             push.send(a, copy=False)
         for _ in arrays[:8]:
             pull.recv(copy=False)
-        ctl0, cf0 = cpu_and_faults([os.getpid()])
-        wk0, wf0 = cpu_and_faults(pids)
-        wall = pipelined(push, pull, arrays)
-        ctl1, cf1 = cpu_and_faults([os.getpid()])
-        wk1, wf1 = cpu_and_faults(pids)
-    n = len(arrays)
+        return per_round_trip(lambda: pipelined(push, pull, arrays), pids, len(arrays))
+
+
+def per_round_trip(loop: Any, workers: list[int], n: int) -> dict[str, float]:
+    """Runs ``loop()`` (``n`` round trips): its wall time, and CPU and faults per trip."""
+    me = os.getpid()
+    ctl0, cf0 = cpu_and_faults([me])
+    wk0, wf0 = cpu_and_faults(workers)
+    t0 = time.perf_counter()
+    loop()
+    wall = time.perf_counter() - t0
+    ctl1, cf1 = cpu_and_faults([me])
+    wk1, wf1 = cpu_and_faults(workers)
     return {
         "wall": wall,
         "controller_ms": 1e3 * (ctl1 - ctl0) / n,

@@ -263,7 +263,8 @@ def test_a_payload_of_more_buffers_than_a_layout_holds_is_not_packed(
 ) -> None:
     from zmqworkers.protocol import serialize
 
-    monkeypatch.setattr(serialize, "MAX_LAYOUT", 4)
+    # Four entries of 3 bytes and the list's own byte.
+    monkeypatch.setattr(serialize, "LAYOUT_BUDGET", 13)
     few = dumps([np.ones(2048) for _ in range(4)], pack=True)
     many = dumps([np.ones(2048) for _ in range(5)], pack=True)
     assert isinstance(few, Packed) and not isinstance(many, Packed)

@@ -79,6 +79,7 @@ ENTRIES_BUDGET = 16 * 1024
 # beyond its name (a list and up to three 9-byte numbers).
 _NAME_COST = 2
 _ENTRY_COST = 30
+_MAX_NAME = 160  # longer is refused (_name_ok)
 
 
 class Frames(list):  # type: ignore[type-arg]
@@ -207,7 +208,7 @@ class SegmentLink:
                 view = memoryview(body[i])
                 if view.nbytes < SEGMENT_THRESHOLD:
                     continue
-                if room < _ENTRY_COST + len(self.prefix) + 24:
+                if room < _ENTRY_COST + _MAX_NAME:
                     break  # the rest through the socket: the header is full
                 data = view.cast("B") if view.format != "B" or view.ndim != 1 else view
                 span = self._peer_span(data)
@@ -264,14 +265,14 @@ class SegmentLink:
         late: list[str] = []
         room = FREED_BUDGET
         # A worker's heartbeat thread says them too: popleft alone is atomic.
-        while room > 0:
+        while room >= _MAX_NAME + _NAME_COST:
             try:
                 name = self._freed.popleft()
             except IndexError:
                 break
             freed.append(name)
             room -= len(name) + _NAME_COST
-        while late_due and room > 0:
+        while late_due and room >= _MAX_NAME + _NAME_COST:
             try:
                 name = self._freed_late.popleft()
             except IndexError:
@@ -507,7 +508,7 @@ def declared_size(header: Any) -> int:
 
 
 def _name_ok(name: Any) -> bool:
-    return isinstance(name, str) and len(name) < 160 and bool(_NAME.match(name))
+    return isinstance(name, str) and len(name) < _MAX_NAME and bool(_NAME.match(name))
 
 
 def _entry_ok(entry: Any, n_views: int) -> bool:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,6 +122,44 @@ def test_a_function_whose_shared_arguments_are_over_the_limit_fails_its_tasks(
         c.submit(bound, 1).result(timeout=20)
     assert c.submit(add_len, b"abc", 1).result(timeout=20) == 4
     assert c.counters()["running"] == 0 and c.counters().get("workers_lost", 0) == 0
+
+
+def segment_sized(i: int) -> Any:
+    import numpy as np
+
+    return np.full(16 * 1024, float(i))  # 128 KiB: a shared-memory segment of its own
+
+
+def tiny(i: int) -> int:
+    return i
+
+
+def test_a_thousand_results_let_go_at_once_do_not_lose_the_next_function() -> None:
+    # Their names, said freed in the next message's header, made it 74 KB:
+    # over the envelope's limit, the worker dropped that FUNC message, and
+    # the next task failed with "function spec ... was never received".
+    with Cluster(1) as c:
+        results = list(c.map(segment_sized, range(1000), timeout=120))
+        assert [float(r[0]) for r in results] == [float(i) for i in range(1000)]
+        del results
+        assert c.submit(tiny, 42).result(timeout=30) == 42
+        assert list(c.map(tiny, range(20), timeout=30)) == list(range(20))
+
+
+def send_long_text(n: int) -> bool:
+    from zmqworkers.worker.current import send_message
+
+    return send_message("x" * n)
+
+
+def test_a_message_text_over_the_envelope_fails_its_task_clearly() -> None:
+    # The text travels in the header, which the controller refuses whole
+    # past 64 KiB: it was dropped without a word.
+    with Cluster(1) as c:
+        assert c.submit(send_long_text, 1000).result(timeout=30) is True
+        with pytest.raises(Exception, match="header takes [0-9]+ bytes, over the limit of 65536"):
+            c.submit(send_long_text, 100_000).result(timeout=30)
+        assert c.submit(tiny, 7).result(timeout=30) == 7
 
 
 def test_a_batch_too_large_together_goes_out_in_smaller_messages(

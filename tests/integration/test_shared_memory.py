@@ -124,6 +124,32 @@ def test_mid_size_arrays_travel_packed_and_arrive_writable_and_intact() -> None:
         assert np.array_equal(r, a) and r.flags.writeable
 
 
+def segment_block(i: int) -> np.ndarray:
+    return np.full(SEGMENT_THRESHOLD // 8, float(i))  # a segment of its own
+
+
+def sum_all(arrays: list[np.ndarray]) -> float:
+    return float(sum(a.sum() for a in arrays))
+
+
+def test_many_names_said_freed_with_a_packed_argument_still_fit_one_message() -> None:
+    # 700 results let go at once queue 700 names to say freed (~52 KB); an
+    # argument of 8,000 mid-size arrays packs with a layout of ~24 KB. In one
+    # header they went over the envelope's 64 KiB: the worker dropped the
+    # message, and the task never ended.
+    from zmqworkers import Cluster
+
+    with Cluster(1) as c:
+        assert c.submit(sum_all, [np.ones(4)]).result(timeout=60) == 4.0
+        results = list(c.map(segment_block, range(700), timeout=120))
+        assert [float(r[0]) for r in results] == [float(i) for i in range(700)]
+        del results
+        arg = [np.ones(1024) for _ in range(8000)]  # 8 KiB each: packed
+        assert c.submit(sum_all, arg).result(timeout=60) == 8000 * 1024.0
+        # The names said later are taken: the next results reuse segments.
+        assert len(list(c.map(segment_block, range(50), timeout=60))) == 50
+
+
 def test_shared_memory_false_keeps_the_socket() -> None:
     from zmqworkers import Cluster
 

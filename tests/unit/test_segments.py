@@ -10,21 +10,25 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import msgpack
 import numpy as np
 import pytest
 
-from zmqworkers.errors import DecodeError
+from zmqworkers.errors import DecodeError, MessageTooLarge
 from zmqworkers.protocol import Kind, SessionKey, decode, encode
-from zmqworkers.protocol.messages import frames_size
+from zmqworkers.protocol.messages import encode_frames, frames_size
 from zmqworkers.protocol.segments import (
     FREED_KEY,
+    LENT_KEY,
     SEGMENT_THRESHOLD,
     SegmentLink,
     available,
     owner_prefix,
+    release,
     sweep,
 )
 from zmqworkers.protocol.serialize import Packed, dumps, loads
+from zmqworkers.worker.calls import result_messages
 
 pytestmark = pytest.mark.skipif(not available(), reason="no POSIX shared memory in /dev/shm")
 
@@ -263,8 +267,137 @@ def test_a_payload_of_more_buffers_than_a_layout_holds_is_not_packed(
 ) -> None:
     from zmqworkers.protocol import serialize
 
-    monkeypatch.setattr(serialize, "MAX_LAYOUT", 4)
+    # Four entries of 3 bytes and the list's own byte.
+    monkeypatch.setattr(serialize, "LAYOUT_BUDGET", 13)
     few = dumps([np.ones(2048) for _ in range(4)], pack=True)
     many = dumps([np.ones(2048) for _ in range(5)], pack=True)
     assert isinstance(few, Packed) and not isinstance(many, Packed)
     assert len(many) == 1 and all(a.flags.writeable for a in loads(many))
+
+
+def _freed_by_worker(ctl: SessionKey, worker: SessionKey, n: int) -> None:
+    """``n`` segments of ``ctl``'s, each sent, read and let go by ``worker``."""
+    tasks = [
+        decode(encode(Kind.TASKS, "ctl", i, ctl, {}, [BIG + i], has_payload=True), worker)
+        for i in range(1, n + 1)
+    ]
+    del tasks
+    gc.collect()
+
+
+def test_names_said_freed_stay_within_a_budget_and_the_rest_follow(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zmqworkers.protocol import segments
+
+    monkeypatch.setattr(segments, "FREED_BUDGET", 400)
+    ctl, worker = pair(prefix)
+    _freed_by_worker(ctl, worker, 6)
+    said: list[list[str]] = []
+    for seq in range(1, 10):
+        header = decode(encode(Kind.HEARTBEAT, "w", seq, worker, {"id": "w"}), ctl).header
+        if FREED_KEY not in header:
+            break
+        said.append(header[FREED_KEY])
+    assert len(said) > 1, "six names fit in 400 bytes"
+    assert all(len(msgpack.packb(n)) <= 400 for n in said)
+    assert sorted(n for part in said for n in part) == names(prefix)
+    # All six free again: written again, none made anew.
+    for i in range(6):
+        encode(Kind.TASKS, "ctl", 10 + i, ctl, {}, [BIG], has_payload=True)
+    assert len(names(prefix)) == 6
+    ctl.segments.close()  # type: ignore[union-attr]
+    worker.segments.close()  # type: ignore[union-attr]
+
+
+def test_the_budgets_of_a_header_leave_room_within_the_envelope() -> None:
+    from zmqworkers.protocol import segments, serialize
+    from zmqworkers.protocol.messages import MAX_ENVELOPE_SIZE
+
+    taken = segments.FREED_BUDGET + segments.ENTRIES_BUDGET + serialize.LAYOUT_BUDGET
+    assert taken + 8 * 1024 <= MAX_ENVELOPE_SIZE
+
+
+def test_many_large_buffers_beyond_the_entries_budget_go_through_the_socket(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zmqworkers.protocol import segments
+
+    monkeypatch.setattr(segments, "ENTRIES_BUDGET", 600)
+    ctl, worker = pair(prefix)
+    arrays = [BIG + i for i in range(8)]
+    frames = encode(Kind.TASKS, "ctl", 1, ctl, {}, arrays, has_payload=True)
+    assert 0 < len(names(prefix)) < 8
+    got = decode(frames, worker).payload
+    assert len(got) == 8 and all(np.array_equal(a, b) for a, b in zip(got, arrays))
+    del got
+    ctl.segments.close()  # type: ignore[union-attr]
+    worker.segments.close()  # type: ignore[union-attr]
+
+
+def test_a_header_over_the_envelope_is_refused_and_what_it_carried_kept(prefix: str) -> None:
+    ctl, worker = pair(prefix)
+    _freed_by_worker(ctl, worker, 1)
+    ctl_names = names(prefix)
+    with pytest.raises(MessageTooLarge, match="header takes") as caught:
+        encode(Kind.RESULTS, "w", 1, worker, {"text": "x" * 70_000}, [BIG], has_payload=True)
+    assert caught.value.size > caught.value.limit == 64 * 1024
+    # The name it would have said goes in the next message; the segment it
+    # would have written is free again (two on the host: one each).
+    header = decode(encode(Kind.HEARTBEAT, "w", 2, worker, {"id": "w"}), ctl).header
+    assert header[FREED_KEY] == ctl_names
+    frames = encode(Kind.RESULTS, "w", 3, worker, {}, [BIG], has_payload=True)
+    assert len(names(prefix)) == 2
+    del frames
+    ctl.segments.close()  # type: ignore[union-attr]
+    worker.segments.close()  # type: ignore[union-attr]
+
+
+def test_a_message_not_sent_puts_back_the_names_it_said_freed(prefix: str) -> None:
+    ctl, worker = pair(prefix)
+    _freed_by_worker(ctl, worker, 1)
+    ctl_names = names(prefix)
+    seq = iter(range(1, 100))
+    batch = [(1, True, np.ones(40_000)), (2, True, np.ones(40_000))]
+    # Together over the limit: built once whole, not sent, then split.
+    sent = list(result_messages(batch, 0.0, 500_000, lambda: ("w", next(seq), worker)))
+    assert len(sent) == 2
+    said = [decode(m, ctl).header.get(FREED_KEY) for m in sent]
+    assert said[0] == ctl_names, "the name said freed went with the unsent message"
+    before = names(prefix)
+    encode(Kind.TASKS, "ctl", 5, ctl, {}, [BIG], has_payload=True)
+    assert names(prefix) == before, "the segment said freed is written again"
+    ctl.segments.close()  # type: ignore[union-attr]
+    worker.segments.close()  # type: ignore[union-attr]
+
+
+def test_a_name_sent_back_by_reference_and_not_sent_is_said_later(prefix: str) -> None:
+    ctl, worker = pair(prefix)
+    task = decode(encode(Kind.TASKS, "ctl", 1, ctl, {}, [BIG], has_payload=True), worker)
+    back = decode(encode(Kind.RESULTS, "w", 1, worker, {}, task.payload, has_payload=True), ctl)
+    del task, back
+    gc.collect()
+    frames = encode(Kind.HEARTBEAT, "w", 2, worker, {"id": "w"})
+    release(frames)  # not sent after all
+    header = decode(encode(Kind.HEARTBEAT, "w", 3, worker, {"id": "w"}), ctl).header
+    assert header[FREED_KEY] == names(prefix)
+    encode(Kind.TASKS, "ctl", 2, ctl, {}, [BIG], has_payload=True)
+    assert len(names(prefix)) == 1, "the segment said freed is written again"
+    ctl.segments.close()  # type: ignore[union-attr]
+    worker.segments.close()  # type: ignore[union-attr]
+
+
+def test_a_refused_lent_entry_does_not_discard_the_names_said_freed(prefix: str) -> None:
+    ctl, worker = pair(prefix)
+    _freed_by_worker(ctl, worker, 1)
+    header = decode(encode(Kind.HEARTBEAT, "w", 1, worker, {"id": "w"}), worker).header
+    # The same names with a malformed lent entry, signed by the session's
+    # key (a sender of another release, or a bug): refused, names taken.
+    bad = {**header, LENT_KEY: "junk"}
+    plain = SessionKey(SECRET, sign_buffers=False)
+    with pytest.raises(DecodeError, match="shm_lent"):
+        decode(encode_frames(Kind.HEARTBEAT, "w", 2, plain, bad, []), ctl)
+    encode(Kind.TASKS, "ctl", 3, ctl, {}, [BIG], has_payload=True)
+    assert len(names(prefix)) == 1, "the segment said freed is written again"
+    ctl.segments.close()  # type: ignore[union-attr]
+    worker.segments.close()  # type: ignore[union-attr]

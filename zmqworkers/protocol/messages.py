@@ -43,7 +43,12 @@ from typing import Any
 
 import msgpack
 
-from zmqworkers.errors import ConfigurationError, DecodeError, ProtocolVersionError
+from zmqworkers.errors import (
+    ConfigurationError,
+    DecodeError,
+    MessageTooLarge,
+    ProtocolVersionError,
+)
 from zmqworkers.protocol import segments, serialize
 
 # 2: session keys (nonces in HELLO and WELCOME), per-session routing ids.
@@ -249,30 +254,53 @@ def encode_frames(
 
     In a session with segments, large buffers go to shared memory: the
     frames returned are then :class:`~.segments.Frames`, which count them.
+    Raises :class:`~zmqworkers.errors.MessageTooLarge` for a header over
+    the envelope's limit, which the receiver would refuse whole.
     """
-    stashed: tuple[int, list[str]] | None = None
+    moved = 0
+    names: list[str] = []
     kept: list[Any] = []
+    freed: list[str] = []
+    late: list[str] = []
     if isinstance(body, serialize.Packed):
         header = {**header, PACKED_KEY: body.layout}
     link = key.segments if isinstance(key, SessionKey) and not key.sign_buffers else None
     if link is not None:
+        header, freed, late = link.say_freed(header)
         if len(body) > 1:
             header, body, moved, names, kept = link.stash(header, body)
-            if moved:
-                stashed = (moved, names)
-        else:
-            header = link.say_freed(header)
-    envelope = msgpack.packb(
-        [PROTOCOL_VERSION, int(kind), sender, seq, header, len(body)],
-        use_bin_type=True,
-    )
+    envelope = _envelope(kind, sender, seq, header, len(body))
+    if len(envelope) > MAX_ENVELOPE_SIZE and link is not None:
+        # The receiver would refuse it whole, and what it carries with it.
+        # The names said freed wait for a later message; and if the header
+        # is too large without them, its segments are free again.
+        if freed or late:
+            link.put_back(freed, late)
+            freed, late = [], []
+            header = {k: v for k, v in header.items() if k != segments.FREED_KEY}
+            envelope = _envelope(kind, sender, seq, header, len(body))
+        if len(envelope) > MAX_ENVELOPE_SIZE:
+            link.give_back(names)
+    if len(envelope) > MAX_ENVELOPE_SIZE:
+        raise MessageTooLarge(
+            f"a {kind.name} message's header takes {len(envelope)} bytes, over the "
+            f"limit of {MAX_ENVELOPE_SIZE} bytes on a message's envelope",
+            len(envelope),
+            MAX_ENVELOPE_SIZE,
+        )
     frames = [envelope, *body]
-    if stashed is None:
+    if not (moved or freed or late):
         return [_mac(key, frames), *frames]
     out = segments.Frames([_mac(key, frames), *frames])
-    out.stashed, out.names, out.link = stashed[0], tuple(stashed[1]), link
-    out.kept = tuple(kept)
+    out.stashed, out.names, out.link = moved, tuple(names), link
+    out.freed, out.late, out.kept = tuple(freed), tuple(late), tuple(kept)
     return out
+
+
+def _envelope(kind: Kind, sender: str, seq: int, header: Any, n_payload: int) -> bytes:
+    return msgpack.packb(  # type: ignore[no-any-return]
+        [PROTOCOL_VERSION, int(kind), sender, seq, header, n_payload], use_bin_type=True
+    )
 
 
 def encode_unsigned(kind: Kind, sender: str, seq: int, header: Any = None) -> list[Any]:

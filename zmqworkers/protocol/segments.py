@@ -67,6 +67,19 @@ MAX_MAPPED = 32
 _NAME = re.compile(r"zmqw-[0-9]+\.[0-9]+-[0-9a-f]+-[0-9a-f]+-[0-9a-f]+\Z")
 _PREFIX = re.compile(r"zmqw-[0-9]+\.[0-9]+-[0-9a-f]+-[0-9a-f]+-\Z")
 MAX_SEGMENTS = 4096
+# Bytes of a header's envelope (64 KiB in all, protocol/messages.py) that
+# the names said freed may take, and those the segment and lent entries may
+# take. With a packed payload's layout (protocol/serialize.py) they leave
+# room for the rest of the header: a larger envelope is refused whole by the
+# receiver. Names beyond it wait for the next message; buffers beyond it go
+# through the socket.
+FREED_BUDGET = 16 * 1024
+ENTRIES_BUDGET = 16 * 1024
+# msgpack's cost of a name beyond its characters (str8), and of an entry
+# beyond its name (a list and up to three 9-byte numbers).
+_NAME_COST = 2
+_ENTRY_COST = 30
+_MAX_NAME = 160  # longer is refused (_name_ok)
 
 
 class Frames(list):  # type: ignore[type-arg]
@@ -74,11 +87,14 @@ class Frames(list):  # type: ignore[type-arg]
 
     ``stashed`` counts their bytes, which the size limit counts as if they
     had travelled in the message; a sender that does not send after all
-    hands ``names`` back to ``link`` (:func:`release`).
+    hands ``names`` back to ``link``, and puts the peer's names its header
+    says freed (``freed``, ``late``) back in their queues (:func:`release`).
     """
 
     stashed: int = 0
     names: tuple[str, ...] = ()
+    freed: tuple[str, ...] = ()
+    late: tuple[str, ...] = ()
     link: SegmentLink | None = None
     # Buffers sent back by reference: alive until the message is sent.
     kept: tuple[Any, ...] = ()
@@ -169,13 +185,14 @@ class SegmentLink:
     ) -> tuple[Any, list[Any], int, list[str], list[Any]]:
         """Move ``body``'s large buffers (frame 1 on) to segments.
 
-        Returns the header (with ``segments``, ``shm_lent`` and ``shm_freed``
-        entries), the body with empty frames in their place, the bytes moved,
-        the names used and the buffers sent back by reference (a view of a
+        Returns the header (with ``segments`` and ``shm_lent`` entries),
+        the body with empty frames in their place, the bytes moved, the
+        names used and the buffers sent back by reference (a view of a
         segment the peer wrote: a result that is its task's input), which
         must live until the message is sent. Nothing moves when the header
         is not a map, or when the host has no room (a full ``/dev/shm``):
-        the socket carries them as before.
+        the socket carries them as before. So do the buffers whose entries
+        would take the header past :data:`ENTRIES_BUDGET`.
         """
         if not isinstance(header, dict) or self.closed:
             return header, list(body), 0, [], []
@@ -185,11 +202,14 @@ class SegmentLink:
         kept: list[Any] = []
         names: list[str] = []
         moved = 0
+        room = ENTRIES_BUDGET
         try:
             for i in range(1, len(body)):
                 view = memoryview(body[i])
                 if view.nbytes < SEGMENT_THRESHOLD:
                     continue
+                if room < _ENTRY_COST + _MAX_NAME:
+                    break  # the rest through the socket: the header is full
                 data = view.cast("B") if view.format != "B" or view.ndim != 1 else view
                 span = self._peer_span(data)
                 if span is not None:
@@ -199,17 +219,18 @@ class SegmentLink:
                     self._ref_thread = threading.get_ident()
                     lent.append([i, span[0], span[1], data.nbytes])
                     kept.append(data)
+                    room -= _ENTRY_COST + len(span[0])
                 else:
                     seg = self._free_segment(data.nbytes)
                     names.append(seg.name)
                     memoryview(seg.mapped)[: data.nbytes] = data
                     entries.append([i, seg.name, data.nbytes])
+                    room -= _ENTRY_COST + len(seg.name)
                 out[i] = b""
                 moved += data.nbytes
         except (OSError, ValueError):
             self.give_back(names)
-            return self.say_freed(header), list(body), 0, [], []
-        header = self.say_freed(header)
+            return header, list(body), 0, [], []
         if entries:
             header = {**header, HEADER_KEY: entries}
         if lent:
@@ -228,26 +249,47 @@ class SegmentLink:
                 return name, start - base
         return None
 
-    def say_freed(self, header: Any) -> Any:
-        """``header`` with the peer's segments whose views went here, if any."""
-        late = bool(self._freed_late) and threading.get_ident() == self._ref_thread
-        if not (self._freed or late) or not isinstance(header, dict):
-            return header
+    def say_freed(self, header: Any) -> tuple[Any, list[str], list[str]]:
+        """``header`` with the peer's segments whose views went here, if any.
+
+        Also returns the names said, those let go promptly and those sent
+        back by reference before (``late``): a sender that does not send
+        after all puts them back (:meth:`put_back`). At most
+        :data:`FREED_BUDGET` bytes of names: the rest wait, in order, for
+        the next message.
+        """
+        late_due = bool(self._freed_late) and threading.get_ident() == self._ref_thread
+        if not (self._freed or late_due) or not isinstance(header, dict):
+            return header, [], []
         freed: list[str] = []
+        late: list[str] = []
+        room = FREED_BUDGET
         # A worker's heartbeat thread says them too: popleft alone is atomic.
-        while len(freed) < MAX_SEGMENTS:
+        while room >= _MAX_NAME + _NAME_COST:
             try:
-                freed.append(self._freed.popleft())
+                name = self._freed.popleft()
             except IndexError:
                 break
-        while late and len(freed) < MAX_SEGMENTS:
+            freed.append(name)
+            room -= len(name) + _NAME_COST
+        while late_due and room >= _MAX_NAME + _NAME_COST:
             try:
                 name = self._freed_late.popleft()
             except IndexError:
                 break
             self._referenced.discard(name)
-            freed.append(name)
-        return {**header, FREED_KEY: freed} if freed else header
+            late.append(name)
+            room -= len(name) + _NAME_COST
+        if not (freed or late):
+            return header, [], []
+        return {**header, FREED_KEY: freed + late}, freed, late
+
+    def put_back(self, freed: Sequence[str], late: Sequence[str]) -> None:
+        """Names :meth:`say_freed` took for a message not sent: said in a later one."""
+        self._freed.extendleft(reversed(freed))
+        if late:
+            self._referenced.update(late)
+            self._freed_late.extendleft(reversed(late))
 
     def _let_go(self, name: str) -> None:
         # The last view of a peer's segment went (in any thread).
@@ -328,21 +370,29 @@ class SegmentLink:
         private and at least the size named.
         """
         out = list(views)
-        # Held before the freed below are taken: a reference keeps its
-        # segment from reuse whatever the same header frees.
-        self._receive_lent(header.get(LENT_KEY), out)
         freed = header.get(FREED_KEY)
-        if freed is not None:
-            if not isinstance(freed, list):
-                raise DecodeError("malformed", "shm_freed is not a list")
-            self.give_back([n for n in freed if isinstance(n, str)])
-        entries = header.get(HEADER_KEY)
+        if freed is not None and not isinstance(freed, list):
+            raise DecodeError("malformed", "shm_freed is not a list")
+        try:
+            # Held before the freed are taken: a reference keeps its
+            # segment from reuse whatever the same header frees.
+            self._receive_lent(header.get(LENT_KEY), out)
+            self._receive_segments(header.get(HEADER_KEY), out)
+        finally:
+            # Taken even when the rest is refused: the peer said them once,
+            # and will not again.
+            if freed:
+                self.give_back([n for n in freed if isinstance(n, str)])
+        return out
+
+    def _receive_segments(self, entries: Any, out: list[Any]) -> None:
+        """Put read-only views of the peer's segments named in ``entries`` into ``out``."""
         if entries is None:
-            return out
+            return
         if not isinstance(entries, list) or len(entries) > MAX_SEGMENTS:
             raise DecodeError("malformed", "segments is not a short list")
         for entry in entries:
-            if not _entry_ok(entry, len(views)) or not entry[1].startswith(self.prefix):
+            if not _entry_ok(entry, len(out)) or not entry[1].startswith(self.prefix):
                 raise DecodeError("malformed", f"segment entry {entry!r} is outside the session")
             i, name, size = entry
             if memoryview(out[i]).nbytes:
@@ -351,7 +401,6 @@ class SegmentLink:
                 out[i] = self._map(name, size)
             except (OSError, ValueError) as exc:
                 raise DecodeError("malformed", f"segment {name} cannot be used ({exc})") from exc
-        return out
 
     def _receive_lent(self, lent: Any, out: list[Any]) -> None:
         """Put read-only views of our own segments, sent back by reference, into ``out``.
@@ -459,7 +508,7 @@ def declared_size(header: Any) -> int:
 
 
 def _name_ok(name: Any) -> bool:
-    return isinstance(name, str) and len(name) < 160 and bool(_NAME.match(name))
+    return isinstance(name, str) and len(name) < _MAX_NAME and bool(_NAME.match(name))
 
 
 def _entry_ok(entry: Any, n_views: int) -> bool:
@@ -527,6 +576,11 @@ def sweep(prefix: str) -> int:
 
 
 def release(frames: Sequence[Any]) -> None:
-    """Free again the segments of ``frames`` (from a stash): they will not be sent."""
+    """Undo what building ``frames`` took: they will not be sent.
+
+    Their segments are free again, and the names their header said freed
+    go back to be said in a later message.
+    """
     if isinstance(frames, Frames) and frames.link is not None:
         frames.link.give_back(frames.names)
+        frames.link.put_back(frames.freed, frames.late)

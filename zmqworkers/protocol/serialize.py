@@ -34,10 +34,12 @@ PACK_THRESHOLD = 8 * 1024
 # ... and up to this size (a segment's threshold: from there a buffer goes to
 # shared memory on its own, uncopied).
 PACK_LIMIT = 128 * 1024
-# At most this many layout entries (up to 5 bytes each in the header): a
-# payload of more buffers is not packed, its header stays within the
-# envelope's limit.
-MAX_LAYOUT = 8192
+# At most this many bytes of layout in the header (1 to 5 bytes an entry):
+# a payload of more buffers is not packed. With what protocol/segments.py
+# lets the names said freed and the segment entries take, the header stays
+# within the envelope's limit (64 KiB), which the receiver enforces by
+# refusing the whole message.
+LAYOUT_BUDGET = 24 * 1024
 
 
 class Packed(list):  # type: ignore[type-arg]
@@ -99,11 +101,18 @@ def dumps(
         head = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep_large)
     if not packed:
         return [head, *buffers]
-    if len(layout) > MAX_LAYOUT:
+    if len(layout) * 5 > LAYOUT_BUDGET and _packed_size(layout) > LAYOUT_BUDGET:
         return dumps(obj, by_value=by_value, threshold=threshold)
     out = Packed([head, b"".join(packed), *buffers])
     out.layout = layout
     return out
+
+
+def _packed_size(layout: list[int]) -> int:
+    """The bytes ``layout`` takes in a msgpack header."""
+    import msgpack
+
+    return len(msgpack.packb(layout))
 
 
 def loads(frames: Sequence[Any], layout: Sequence[int] | None = None) -> Any:

@@ -163,6 +163,7 @@ def within(frames: list[Any], limit: int) -> list[Any]:
     """``frames``, or :class:`MessageTooLarge` if together over ``limit`` bytes."""
     size = frames_size(frames)
     if size > limit:
+        release(frames)  # not sent: the names it said freed go in a later one
         raise MessageTooLarge(
             f"a message of {size} bytes is over the limit of {limit}", size, limit
         )

@@ -483,13 +483,18 @@ class Worker:
                 continue
             task_id, spec_id, arg, last = self._queue.popleft()
             served = True
-            if task_id in doomed:
-                continue  # cancelled with force before it started
             if batch and watched and self.marks.flush_first(task_id):
                 self._flush(results, batch, busy)
                 batch.clear()
             if not batch:
                 busy = 0.0
+            # Claimed before the check, committed (busy) after it: a guard
+            # that dooms the task after this check then reads it as ours
+            # (see guard.py), so it needs no periodic look to catch it.
+            self._current = task_id
+            if task_id in doomed:
+                self._current = None
+                continue  # cancelled with force before it started
             t0 = time.perf_counter()
             batch.append(self._run_one(task_id, spec_id, arg))
             now = time.perf_counter()
@@ -548,12 +553,13 @@ class Worker:
         return queued is not None
 
     def _run_one(self, task_id: int, spec_id: str, arg: Any) -> Outcome:
+        """Run the task claimed as ``_current``; it is no longer current after."""
         call = self._funcs.get(spec_id)
         if call is None:
+            self._current = None
             err = RuntimeError(f"function spec {spec_id} was never received")
             return (task_id, False, describe_exception(err))
         self._state = "busy"
-        self._current = task_id
         try:
             return (task_id, True, call(arg))
         except (Exception, SystemExit, KeyboardInterrupt) as exc:

@@ -222,7 +222,6 @@ def test_a_daemon_that_missed_the_interrupt_still_ends_the_call(
             daemon.stop()
 
 
-
 def _step(kind: str, folder: str) -> str:
     """In the worker, by ``kind``: stretch its read interval, wait for a message
     to arrive at its task socket, run long, or put the interval back."""

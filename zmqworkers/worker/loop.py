@@ -31,7 +31,6 @@ from typing import Any
 
 import zmq
 
-from zmqworkers._version import __version__
 from zmqworkers.errors import DecodeError, ProtocolVersionError
 from zmqworkers.protocol import (
     Kind,
@@ -40,7 +39,6 @@ from zmqworkers.protocol import (
     decode,
     encode,
 )
-from zmqworkers.protocol.messages import session_limit
 from zmqworkers.protocol.records import Bye, Refused
 from zmqworkers.protocol.session import (
     HEARTBEAT_CHANNEL,
@@ -48,7 +46,6 @@ from zmqworkers.protocol.session import (
     sender_name,
 )
 from zmqworkers.security import curve
-from zmqworkers.security.connection import is_local_link
 from zmqworkers.worker import current, links, logforward
 from zmqworkers.worker.calls import (
     FunctionCache,
@@ -64,11 +61,9 @@ from zmqworkers.worker.current import send_message as send_message
 from zmqworkers.worker.drain import Drain
 from zmqworkers.worker.guard import TaskMarks, drop_cancelled, recycle_reason, start_guard
 from zmqworkers.worker.handshake import (
-    Dialling,
     Joined,
     end_segments,
-    greet,
-    make_hello,
+    join,
     side_endpoint,
     version_refusal,
 )
@@ -324,37 +319,7 @@ class Worker:
         return sock
 
     def _handshake(self, tasks: zmq.Socket[Any], guard: ReplayGuard) -> Joined | Refused | None:
-        hello = make_hello(
-            self.id,
-            self.host,
-            self.options,
-            __version__,
-            link_protected=self._curve is not None or is_local_link(self.address),
-            dialled=self.address,
-        )
-        dt = self.options.death_timeout
-        dialling = Dialling(
-            worker_id=self.id,
-            address=self.address,
-            key=self.key,
-            curve_name=self.options.curve_name if self._curve is not None else None,
-            give_up_at=None if dt is None else self._waiting_since + dt,
-            silence_after=self.options.heartbeat_interval * self.options.heartbeat_misses,
-            should_exit=self._should_exit,
-            next_seq=self._next_seq,
-            decode=lambda frames: self._decode(frames, guard, self.key),
-            dropped=self.dropped,
-        )
-        answer = greet(tasks, hello, dialling)
-        if isinstance(answer, Joined):
-            end_segments(self._skey)  # the last session's, if any
-            self._skey, self._pub_key = answer.key, answer.pub_key
-            self._limit = session_limit(
-                self.options.max_message_size, answer.welcome.max_message_size
-            )
-            self._result_sender = answer.sender(self.id, RESULTS_CHANNEL)
-            self._hb_sender = answer.sender(self.id, HEARTBEAT_CHANNEL)
-        return answer
+        return join(self, tasks, lambda frames: self._decode(frames, guard, self.key))
 
     def _heartbeat_loop(
         self, endpoint: str, interval: float, key: bytes | SessionKey, sender: str

@@ -92,13 +92,16 @@ INGEST_SECONDS = 0.001
 # (a quarter of a read's cost) asks whether anything came since, to read it
 # before the next task: a CANCEL or STOP that arrived more than this long
 # before a task starts is seen, and one later is no later than a message
-# still on a local link would be. Before each task, the poll took a sixth of
-# the tiny-task throughput; every 50 µs, it is one poll per ten or more of them.
+# still on a local link would be. Before each task, the poll took a local
+# worker's CPU time per no-op task from 0.75 to 1.25 µs; every 50 µs (one
+# poll per 60 or so such tasks), it costs nothing that shows.
 PEEK_SECONDS = 0.00005
 # With nothing queued, how long the sockets are waited on before the loop
 # looks at its clocks and flags (a signal's drain, a parent gone, silence).
 # Each idle turn cost an idle worker about 70 µs of CPU: at 10 a second, 128
-# idle workers on one host took a tenth of a core between them.
+# idle workers on one host took a tenth of a core between them. A signal does
+# not cut the wait short: pyzmq polls again after EINTR, so the flag its
+# handler sets (_terminate: drain and leave) is seen up to this long later.
 IDLE_POLL_MS = 250
 
 

@@ -5,6 +5,8 @@ and a guard asleep without a timeout still ends with its session at once.
 from __future__ import annotations
 
 import collections
+import os
+import signal
 import sys
 import threading
 import time
@@ -15,6 +17,7 @@ import pytest
 import zmq
 
 from tests.conftest import wait_for
+from tests.integration.test_control import _alive
 from zmqworkers import Cluster
 from zmqworkers.controller import control
 from zmqworkers.protocol.records import Welcome
@@ -147,3 +150,23 @@ def test_the_guard_sleeps_again_after_a_forced_cancel(
         # Asleep on its socket: the controller's heartbeat, once a second.
         # Before, it looked every 50 ms for the rest of the session: 20.
         assert rate < 6, f"the guard woke {rate:.0f} times a second"
+
+
+def _stretch_the_idle_wait() -> int:
+    """In the worker: wait ten minutes a turn when idle, instead of 250 ms."""
+    from zmqworkers.worker import loop
+
+    loop.IDLE_POLL_MS = 600_000
+    return os.getpid()
+
+
+def test_a_signal_ends_the_idle_wait() -> None:
+    # Heartbeats (which end the wait too) a minute apart.
+    with Cluster(1, heartbeat_interval=60) as c:
+        c.wait_for_workers(1, timeout=30)
+        pid = c.submit(_stretch_the_idle_wait).result(timeout=30)
+        # Idle, its loop waits on its sockets for ten minutes; before, only
+        # that timeout or a message let it see the flag the handler set.
+        wait_for(lambda: c.workers()[0]["state"] == "idle", timeout=10)
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not _alive(pid), timeout=20)

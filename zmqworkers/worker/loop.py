@@ -99,9 +99,10 @@ PEEK_SECONDS = 0.00005
 # With nothing queued, how long the sockets are waited on before the loop
 # looks at its clocks and flags (a signal's drain, a parent gone, silence).
 # Each idle turn cost an idle worker about 70 µs of CPU: at 10 a second, 128
-# idle workers on one host took a tenth of a core between them. A signal does
-# not cut the wait short: pyzmq polls again after EINTR, so the flag its
-# handler sets (_terminate: drain and leave) is seen up to this long later.
+# idle workers on one host took a tenth of a core between them. A signal cuts
+# the wait short through the wakeup pipe the drain installs (see drain.py);
+# without it, pyzmq polls again after EINTR, and the flag the handler sets
+# (_terminate: drain and leave) is seen up to this long later.
 IDLE_POLL_MS = 250
 
 
@@ -389,6 +390,9 @@ class Worker:
         poller.register(tasks, zmq.POLLIN)
         poller.register(control, zmq.POLLIN)
         arrived = links.news(tasks, control)
+        wake = self._drain.wake_fd
+        if wake is not None:
+            poller.register(wake, zmq.POLLIN)  # a signal ends the idle wait
         keys = {tasks: self._skey, control: self._pub_key}
         last_heard = time.monotonic()
         batch = self.marks.held  # emptied in place, never replaced: the guard reads it
@@ -408,6 +412,9 @@ class Worker:
         def ingest(timeout_ms: int) -> None:
             nonlocal last_heard, foreign
             for sock, _ in poller.poll(timeout_ms):
+                if sock == wake:
+                    self._drain.woken()
+                    continue
                 while True:
                     try:
                         frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)

@@ -94,7 +94,7 @@ INGEST_SECONDS = 0.001
 # before a task starts is seen, and one later is no later than a message
 # still on a local link would be. Before each task, the poll took a local
 # worker's CPU time per no-op task from 0.75 to 1.25 µs; every 50 µs (one
-# poll per 60 or so such tasks), it costs nothing that shows.
+# poll per 110 or so such tasks, counted), it costs nothing that shows.
 PEEK_SECONDS = 0.00005
 # With nothing queued, how long the sockets are waited on before the loop
 # looks at its clocks and flags (a signal's drain, a parent gone, silence).

@@ -220,3 +220,72 @@ def test_a_daemon_that_missed_the_interrupt_still_ends_the_call(
             assert markers(folder) == {0, 1, 2}
         finally:
             daemon.stop()
+
+
+def _step(kind: str, folder: str) -> str:
+    """In the worker, by ``kind``: stretch its read interval, wait for a message
+    to arrive at its task socket, run long, or put the interval back."""
+    import select
+
+    import zmq
+
+    from zmqworkers.worker import current, loop
+
+    folder_path = Path(folder)
+    if kind != "warm":
+        (folder_path / kind).touch()
+    if kind == "stretch":
+        # The read interval (a millisecond) made an hour: a message that
+        # arrives between reads arrives, as a CANCEL in a tiny task's last
+        # moments does, while the loop is not due to read. Sleeping past
+        # the millisecond makes it read once more, now, and count from there.
+        loop.INGEST_SECONDS = 3600.0
+        time.sleep(0.01)
+    elif kind == "wait":
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + 30
+        worker = current.serving
+        assert worker is not None
+        (tasks,) = [s for s in worker._ctx._sockets if s.type == zmq.DEALER and not s.closed]
+        # Until a message (the CANCEL: every task is queued already) has
+        # reached this socket: its notification descriptor turns readable.
+        while not select.select([tasks.get(zmq.FD)], [], [], 0.01)[0]:
+            assert time.monotonic() < deadline, "no message reached the task socket"
+        # A call this long is past the loop's (much shorter) look for news.
+        time.sleep(max(0.0, 0.001 - (time.perf_counter() - t0)))
+    elif kind == "long":
+        deadline = time.monotonic() + 30
+        while not (folder_path / "end").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    elif kind == "restore":
+        loop.INGEST_SECONDS = 0.001
+    return kind
+
+
+def test_a_cancel_that_arrived_is_read_before_the_next_task_starts(tmp_path: Path) -> None:
+    with Cluster(1, prefetch=1) as c:
+        c.wait_for_workers(1, timeout=60)
+        folder = str(tmp_path)
+        # Measured as tiny, the function's tasks go out many to a message:
+        # the four below reach the worker together.
+        assert [c.submit(_step, "warm", folder).result(timeout=30) for _ in range(3)]
+        kinds = ("stretch", "wait", "long", "restore")
+        futures = one_message(c, (c.submit(_step, k, folder) for k in kinds))
+        try:
+            wait_for(lambda: (tmp_path / "wait").exists(), timeout=30)
+            # "long" is prefetched: a CANCEL goes to the worker, whose "wait"
+            # returns once the CANCEL is on its socket.
+            assert c.cancel([futures[2]]) == 1
+            wait_for(lambda: futures[3].done() or (tmp_path / "long").exists(), timeout=60)
+            # Before, the loop did not read its sockets until its interval
+            # was up, and "long" started (the old loop read before each task).
+            assert not (tmp_path / "long").exists()
+            assert [f.result(timeout=10) for f in (futures[0], futures[1], futures[3])] == [
+                "stretch",
+                "wait",
+                "restore",
+            ]
+            with pytest.raises(CancelledError):
+                futures[2].result(timeout=10)
+        finally:
+            (tmp_path / "end").touch()

@@ -5,6 +5,8 @@ and a guard asleep without a timeout still ends with its session at once.
 from __future__ import annotations
 
 import collections
+import os
+import signal
 import sys
 import threading
 import time
@@ -14,7 +16,10 @@ from types import SimpleNamespace
 import pytest
 import zmq
 
+from tests.conftest import wait_for
+from tests.integration.test_control import _alive
 from zmqworkers import Cluster
+from zmqworkers.controller import control
 from zmqworkers.protocol.records import Welcome
 from zmqworkers.worker.guard import TaskMarks, start_guard
 from zmqworkers.worker.options import WorkerOptions
@@ -43,6 +48,7 @@ def test_a_sleeping_guard_ends_with_its_session() -> None:
         options=WorkerOptions(),
         _pub_key=key,
         _current=None,
+        _state="idle",
         _limit=1 << 20,
         marks=TaskMarks(),
         _queue=collections.deque(),
@@ -98,3 +104,69 @@ def test_an_idle_worker_wakes_only_on_its_timers() -> None:
         time.sleep(3)
         rate = (wake_ups(pid) - before) / (time.monotonic() - t0)
         assert rate < 30, f"an idle worker woke {rate:.0f} times a second"
+
+
+def _guard_thread_once(go: str) -> int:
+    """In the worker: wait for ``go`` to exist, then name the guard thread's id."""
+    deadline = time.monotonic() + 30
+    while not Path(go).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (guard,) = [t for t in threading.enumerate() if t.name == "zmqworkers-guard"]
+    assert guard.native_id is not None
+    return guard.native_id
+
+
+def thread_wake_ups(pid: int, tid: int) -> int:
+    return int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[2])
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not Path("/proc/self/task").exists(),
+    reason="counts wake-ups from Linux's /proc/PID/task/*/schedstat",
+)
+def test_the_guard_sleeps_again_after_a_forced_cancel(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The order is repeated for REPEAT_FOR seconds: shortened, so that the
+    # wake-ups counted are the guard's own, not the repeats'.
+    monkeypatch.setattr(control, "REPEAT_FOR", 0.5)
+    go = tmp_path / "go"
+    with Cluster(1, prefetch=2) as c:
+        c.wait_for_workers(1, timeout=30)
+        pid = c.workers()[0]["pid"]
+        running = c.submit(_guard_thread_once, str(go))
+        behind = c.submit(pow, 2, 5)
+        wait_for(lambda: c.counters()["queued"] == 0, timeout=10)  # both on the worker
+        # Prefetched as the controller sees it: dropped unrun by the worker,
+        # whose guard is told in case it had started.
+        assert c.cancel([behind], force=True) == 1
+        go.touch()
+        tid = running.result(timeout=30)
+        assert c.workers()[0]["pid"] == pid  # not replaced: the task never ran
+        time.sleep(1.0)  # the order's repeats are over
+        before, t0 = thread_wake_ups(pid, tid), time.monotonic()
+        time.sleep(2)
+        rate = (thread_wake_ups(pid, tid) - before) / (time.monotonic() - t0)
+        # Asleep on its socket: the controller's heartbeat, once a second.
+        # Before, it looked every 50 ms for the rest of the session: 20.
+        assert rate < 6, f"the guard woke {rate:.0f} times a second"
+
+
+def _stretch_the_idle_wait() -> int:
+    """In the worker: wait ten minutes a turn when idle, instead of 250 ms."""
+    from zmqworkers.worker import loop
+
+    loop.IDLE_POLL_MS = 600_000
+    return os.getpid()
+
+
+def test_a_signal_ends_the_idle_wait() -> None:
+    # Heartbeats (which end the wait too) a minute apart.
+    with Cluster(1, heartbeat_interval=60) as c:
+        c.wait_for_workers(1, timeout=30)
+        pid = c.submit(_stretch_the_idle_wait).result(timeout=30)
+        # Idle, its loop waits on its sockets for ten minutes; before, only
+        # that timeout or a message let it see the flag the handler set.
+        wait_for(lambda: c.workers()[0]["state"] == "idle", timeout=10)
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not _alive(pid), timeout=20)

@@ -48,6 +48,10 @@ class Drain:
     def __init__(self, worker: Draining) -> None:
         self.worker = worker
         self.started = False
+        # Readable once a signal has come (installed handlers only): the
+        # worker's idle wait polls it with its sockets, as pyzmq polls again
+        # after EINTR and would see the handler's flag only at its timeout.
+        self.wake_fd: int | None = None
 
     def install(self) -> None:
         w = self.worker
@@ -71,6 +75,24 @@ class Drain:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         else:
             signal.signal(signal.SIGINT, on_term)
+        if self.wake_fd is None:
+            read_end, write_end = os.pipe()
+            for fd in (read_end, write_end):
+                os.set_blocking(fd, False)
+            # Written by the interpreter the moment a signal arrives. A task
+            # that sets a wakeup descriptor of its own (an asyncio loop with
+            # signal handlers) takes this one away: then the idle wait's
+            # timeout is the bound again.
+            signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+            self.wake_fd = read_end
+
+    def woken(self) -> None:
+        """Empty the wakeup pipe (its bytes only say that signals came)."""
+        try:
+            while self.wake_fd is not None and os.read(self.wake_fd, 512):
+                pass
+        except BlockingIOError:
+            pass
 
     def _watchdog(self) -> None:
         w = self.worker

@@ -11,10 +11,19 @@
                                           └─ goodbye naming why, exit EXIT_MEMORY
 
 The guard wakes every GUARD_SECONDS only while there is something to watch
-(a memory limit, or a task cancelled with force that may yet start);
-otherwise it sleeps until a broadcast arrives or its session ends. Awake
-for nothing, 128 worker processes on one host made 2,560 thread wake-ups
-a second between them, each taking the GIL from a busy main thread.
+(a memory limit, or a task cancelled with force that the main thread has
+claimed and not yet checked); otherwise it sleeps until a broadcast arrives
+or its session ends. Awake for nothing, 128 worker processes on one host
+made 2,560 thread wake-ups a second between them, each taking the GIL from
+a busy main thread.
+
+A task cancelled with force needs no periodic look once the order is read:
+the main thread claims a task (``_current``) before it checks ``doomed``
+and commits to it (``_state`` busy) after, while the guard adds to
+``doomed`` before it reads ``_current``. So a task whose check came before
+the order is current when the guard looks, and one claimed but not yet
+committed is either dropped by its check or committed within a few
+instructions: only that moment is looked at again.
 
 The main thread is in the user's call and reads no socket until it returns,
 so a call that must stop now (cancelled with force, or past its timeout) is
@@ -74,7 +83,8 @@ class TaskMarks:
       them starts, so the first task the controller sees held is the one
       running, and its clock starts no earlier than the call.
     - ``doomed``: tasks cancelled with force (the guard adds them). Never
-      started; one that runs already ends the process.
+      started; one that runs already ends the process. Kept for the
+      session: a repeated order would add a dropped one again.
     - ``held``: results done and not yet sent, which the guard sends
       itself when it ends the process, so their tasks do not run again.
     """
@@ -104,6 +114,7 @@ class Guarded(Protocol):
     options: WorkerOptions
     _pub_key: bytes
     _current: int | None
+    _state: str
     _limit: int
     marks: TaskMarks
     _queue: collections.deque[tuple[int, str, Any, bool]]
@@ -137,11 +148,12 @@ def guard_loop(
     poller.register(sock, zmq.POLLIN)
     poller.register(wake, zmq.POLLIN)  # readable once the session ends
     every = int(GUARD_SECONDS * 1000)
+    doomed = worker.marks.doomed
+    claimed = False  # a doomed task is current, not yet committed or dropped
     while not stop.is_set():
-        # A task cancelled with force is dropped unrun by the main thread,
-        # but one it popped just before the order came starts anyway: only
-        # then, or to watch memory, is there a reason to look periodically.
-        timeout = every if limit is not None or worker.marks.doomed else None
+        # Before, any order for tasks cancelled with force kept this loop
+        # looking every GUARD_SECONDS for the rest of the session.
+        timeout = every if limit is not None or claimed else None
         ready = dict(poller.poll(timeout))
         if wake in ready:
             break  # the session ended
@@ -156,13 +168,14 @@ def guard_loop(
                         _MISSED["left"] -= 1  # fault injection (tests): missed
                         continue
                     if ours and order.cancel:
-                        worker.marks.doomed.update(order.cancel)
+                        doomed.update(order.cancel)  # before _current is read
                     elif ours:
                         _end(worker, EXIT_INTERRUPTED, "interrupted by the controller")
             except Exception:  # noqa: BLE001 - anything unreadable is the main thread's to count
                 continue
         current = worker._current
-        if current is not None and current in worker.marks.doomed:
+        claimed = current is not None and current in doomed
+        if claimed and worker._state == "busy":  # read after _current: committed
             # Cancelled with force while the controller took it for
             # prefetched: it has started here. The goodbye hands back the
             # rest, so the controller takes nobody else for its culprit.

@@ -12,17 +12,25 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import zmq
 
 from zmqworkers._version import __version__
 from zmqworkers.errors import DecodeError, ProtocolVersionError
 from zmqworkers.protocol import PROTOCOL_VERSION, Kind, encode
-from zmqworkers.protocol.messages import NONCE_SIZE, SessionKey
+from zmqworkers.protocol.messages import NONCE_SIZE, SessionKey, session_limit
 from zmqworkers.protocol.records import Hello, Refused, Welcome
 from zmqworkers.protocol.segments import available as segments_available
-from zmqworkers.protocol.session import broadcast_key, sender_name, session_key
+from zmqworkers.protocol.session import (
+    HEARTBEAT_CHANNEL,
+    RESULTS_CHANNEL,
+    broadcast_key,
+    sender_name,
+    session_key,
+)
+from zmqworkers.security.connection import is_local_link
+from zmqworkers.security.curve import ClientKeys
 from zmqworkers.worker.options import WorkerOptions
 from zmqworkers.worker.silence import SilenceReport
 
@@ -227,3 +235,59 @@ def end_segments(key: bytes | SessionKey) -> None:
     """Remove this worker's shared-memory segments of a session that is over."""
     if isinstance(key, SessionKey) and key.segments is not None:
         key.segments.close()
+
+
+class Joining(Protocol):
+    """The worker state saying hello reads, and what a welcome sets."""
+
+    id: str
+    host: str
+    address: str
+    key: bytes
+    options: WorkerOptions
+    dropped: Counter[str]
+    _curve: ClientKeys | None
+    _waiting_since: float
+    _next_seq: Callable[[], int]
+    _skey: bytes | SessionKey
+    _pub_key: bytes
+    _limit: int
+    _result_sender: str
+    _hb_sender: str
+
+    def _should_exit(self) -> bool: ...
+
+
+def join(
+    w: Joining, tasks: zmq.Socket[Any], decode: Callable[[list[Any]], Any]
+) -> Joined | Refused | None:
+    """Say hello on ``tasks``; once welcomed, take the session's keys, limit and senders."""
+    hello = make_hello(
+        w.id,
+        w.host,
+        w.options,
+        __version__,
+        link_protected=w._curve is not None or is_local_link(w.address),
+        dialled=w.address,
+    )
+    dt = w.options.death_timeout
+    dialling = Dialling(
+        worker_id=w.id,
+        address=w.address,
+        key=w.key,
+        curve_name=w.options.curve_name if w._curve is not None else None,
+        give_up_at=None if dt is None else w._waiting_since + dt,
+        silence_after=w.options.heartbeat_interval * w.options.heartbeat_misses,
+        should_exit=w._should_exit,
+        next_seq=w._next_seq,
+        decode=decode,
+        dropped=w.dropped,
+    )
+    answer = greet(tasks, hello, dialling)
+    if isinstance(answer, Joined):
+        end_segments(w._skey)  # the last session's, if any
+        w._skey, w._pub_key = answer.key, answer.pub_key
+        w._limit = session_limit(w.options.max_message_size, answer.welcome.max_message_size)
+        w._result_sender = answer.sender(w.id, RESULTS_CHANNEL)
+        w._hb_sender = answer.sender(w.id, HEARTBEAT_CHANNEL)
+    return answer

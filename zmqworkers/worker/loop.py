@@ -30,7 +30,6 @@ from typing import Any
 
 import zmq
 
-from zmqworkers._version import __version__
 from zmqworkers.errors import DecodeError, ProtocolVersionError
 from zmqworkers.protocol import (
     Kind,
@@ -39,7 +38,6 @@ from zmqworkers.protocol import (
     decode,
     encode,
 )
-from zmqworkers.protocol.messages import session_limit
 from zmqworkers.protocol.records import Bye, Refused
 from zmqworkers.protocol.session import (
     HEARTBEAT_CHANNEL,
@@ -47,7 +45,6 @@ from zmqworkers.protocol.session import (
     sender_name,
 )
 from zmqworkers.security import curve
-from zmqworkers.security.connection import is_local_link
 from zmqworkers.worker import current, links, logforward
 from zmqworkers.worker.calls import (
     FunctionCache,
@@ -63,11 +60,9 @@ from zmqworkers.worker.current import send_message as send_message
 from zmqworkers.worker.drain import Drain
 from zmqworkers.worker.guard import TaskMarks, drop_cancelled, recycle_reason, start_guard
 from zmqworkers.worker.handshake import (
-    Dialling,
     Joined,
     end_segments,
-    greet,
-    make_hello,
+    join,
     side_endpoint,
     version_refusal,
 )
@@ -91,12 +86,23 @@ RESULT_BATCH_SECONDS = 0.005
 PARENT_CHECK_SECONDS = 0.05
 # Between tasks, how often the sockets are read while tasks are queued (and
 # at once when none are): a poll per tiny task was about a fifth of a worker's
-# CPU time. A CANCEL or STOP waits at most this long behind tiny tasks.
+# CPU time.
 INGEST_SECONDS = 0.001
+# In between, how often a poll(2) of the sockets' notification descriptors
+# (a quarter of a read's cost) asks whether anything came since, to read it
+# before the next task: a CANCEL or STOP that arrived more than this long
+# before a task starts is seen, and one later is no later than a message
+# still on a local link would be. Before each task, the poll took a local
+# worker's CPU time per no-op task from 0.75 to 1.25 µs; every 50 µs (one
+# poll per 110 or so such tasks, counted), it costs nothing that shows.
+PEEK_SECONDS = 0.00005
 # With nothing queued, how long the sockets are waited on before the loop
 # looks at its clocks and flags (a signal's drain, a parent gone, silence).
 # Each idle turn cost an idle worker about 70 µs of CPU: at 10 a second, 128
-# idle workers on one host took a tenth of a core between them.
+# idle workers on one host took a tenth of a core between them. A signal cuts
+# the wait short through the wakeup pipe the drain installs (see drain.py);
+# without it, pyzmq polls again after EINTR, and the flag the handler sets
+# (_terminate: drain and leave) is seen up to this long later.
 IDLE_POLL_MS = 250
 
 
@@ -321,37 +327,7 @@ class Worker:
         return sock
 
     def _handshake(self, tasks: zmq.Socket[Any], guard: ReplayGuard) -> Joined | Refused | None:
-        hello = make_hello(
-            self.id,
-            self.host,
-            self.options,
-            __version__,
-            link_protected=self._curve is not None or is_local_link(self.address),
-            dialled=self.address,
-        )
-        dt = self.options.death_timeout
-        dialling = Dialling(
-            worker_id=self.id,
-            address=self.address,
-            key=self.key,
-            curve_name=self.options.curve_name if self._curve is not None else None,
-            give_up_at=None if dt is None else self._waiting_since + dt,
-            silence_after=self.options.heartbeat_interval * self.options.heartbeat_misses,
-            should_exit=self._should_exit,
-            next_seq=self._next_seq,
-            decode=lambda frames: self._decode(frames, guard, self.key),
-            dropped=self.dropped,
-        )
-        answer = greet(tasks, hello, dialling)
-        if isinstance(answer, Joined):
-            end_segments(self._skey)  # the last session's, if any
-            self._skey, self._pub_key = answer.key, answer.pub_key
-            self._limit = session_limit(
-                self.options.max_message_size, answer.welcome.max_message_size
-            )
-            self._result_sender = answer.sender(self.id, RESULTS_CHANNEL)
-            self._hb_sender = answer.sender(self.id, HEARTBEAT_CHANNEL)
-        return answer
+        return join(self, tasks, lambda frames: self._decode(frames, guard, self.key))
 
     def _heartbeat_loop(
         self, endpoint: str, interval: float, key: bytes | SessionKey, sender: str
@@ -413,13 +389,17 @@ class Worker:
         poller = zmq.Poller()
         poller.register(tasks, zmq.POLLIN)
         poller.register(control, zmq.POLLIN)
+        arrived = links.news(tasks, control)
+        wake = self._drain.wake_fd
+        if wake is not None:
+            poller.register(wake, zmq.POLLIN)  # a signal ends the idle wait
         keys = {tasks: self._skey, control: self._pub_key}
         last_heard = time.monotonic()
         batch = self.marks.held  # emptied in place, never replaced: the guard reads it
         batch.clear()
         busy = 0.0  # seconds spent in calls for the results in `batch`
         # One clock here: read after the sockets are, and after each call.
-        now = next_ingest = time.perf_counter()
+        now = next_ingest = next_peek = time.perf_counter()
         next_status = now + self._status_every
         foreign = False  # broadcasts came that our controller did not sign
         served = False
@@ -432,6 +412,9 @@ class Worker:
         def ingest(timeout_ms: int) -> None:
             nonlocal last_heard, foreign
             for sock, _ in poller.poll(timeout_ms):
+                if sock == wake:
+                    self._drain.woken()
+                    continue
                 while True:
                     try:
                         frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
@@ -450,11 +433,16 @@ class Worker:
                     if not self._handle(msg):
                         self.dropped["malformed"] += 1
 
+        def peek(at: float) -> bool:
+            nonlocal next_peek
+            next_peek = at + PEEK_SECONDS
+            return bool(arrived(0))
+
         while True:
-            if not self._queue or now >= next_ingest:
+            if not self._queue or now >= next_ingest or (now >= next_peek and peek(now)):
                 ingest(0 if self._queue or self._recycle else IDLE_POLL_MS)
                 now = time.perf_counter()
-                next_ingest = now + INGEST_SECONDS
+                next_ingest, next_peek = now + INGEST_SECONDS, now + PEEK_SECONDS
             if now >= next_status:
                 # Behind every result sent so far, on the same connection.
                 next_status = now + self._status_every
@@ -483,13 +471,18 @@ class Worker:
                 continue
             task_id, spec_id, arg, last = self._queue.popleft()
             served = True
-            if task_id in doomed:
-                continue  # cancelled with force before it started
             if batch and watched and self.marks.flush_first(task_id):
                 self._flush(results, batch, busy)
                 batch.clear()
             if not batch:
                 busy = 0.0
+            # Claimed before the check, committed (busy) after it: a guard
+            # that dooms the task after this check then reads it as ours
+            # (see guard.py), so it needs no periodic look to catch it.
+            self._current = task_id
+            if task_id in doomed:
+                self._current = None
+                continue  # cancelled with force before it started
             t0 = time.perf_counter()
             batch.append(self._run_one(task_id, spec_id, arg))
             now = time.perf_counter()
@@ -548,12 +541,13 @@ class Worker:
         return queued is not None
 
     def _run_one(self, task_id: int, spec_id: str, arg: Any) -> Outcome:
+        """Run the task claimed as ``_current``; it is no longer current after."""
         call = self._funcs.get(spec_id)
         if call is None:
+            self._current = None
             err = RuntimeError(f"function spec {spec_id} was never received")
             return (task_id, False, describe_exception(err))
         self._state = "busy"
-        self._current = task_id
         try:
             return (task_id, True, call(arg))
         except (Exception, SystemExit, KeyboardInterrupt) as exc:

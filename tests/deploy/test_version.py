@@ -22,10 +22,10 @@ KEY = "k" * 32
 OTHER_RELEASE = """
 import sys
 import zmqworkers.protocol.messages as messages
-import zmqworkers.worker.loop as loop
+import zmqworkers.worker.handshake as handshake
 protocol, version, address = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-messages.PROTOCOL_VERSION = loop.PROTOCOL_VERSION = protocol
-loop.__version__ = version
+messages.PROTOCOL_VERSION = handshake.PROTOCOL_VERSION = protocol
+handshake.__version__ = version
 from zmqworkers.cli import main
 sys.exit(main(["worker", address, "--name", "other", "--death-timeout", "20"]))
 """

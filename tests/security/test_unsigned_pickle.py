@@ -7,6 +7,7 @@ import pickle
 import secrets
 import subprocess
 import sys
+import time
 from typing import Any
 
 import msgpack
@@ -153,7 +154,18 @@ def test_worker_never_unpickles_or_runs_what_its_controller_did_not_sign(tmp_pat
                 got = msg.payload
                 break
         assert got == [(1, True, 5)]
-        pub.send_multipart(encode(Kind.STOP, "ctl/pub", 6, pub_key, {"worker": None}))
+        # A broadcast reaches a subscriber only once its subscription has
+        # reached the publisher (a worker joins faster than that), so the
+        # signed stop is repeated, as a controller repeats its broadcasts.
+        deadline = time.monotonic() + 30
+        seq = 6
+        while proc.poll() is None and time.monotonic() < deadline:
+            pub.send_multipart(encode(Kind.STOP, "ctl/pub", seq, pub_key, {"worker": None}))
+            seq += 1
+            try:
+                proc.wait(0.1)
+            except subprocess.TimeoutExpired:
+                pass
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
         assert "dropped a message (signature" in err

@@ -65,19 +65,6 @@ class Batcher:
         # message, the rest go to whoever asks next.
         return min(n, max(1, int(self.options.batch_bytes / size)))
 
-    def per_message(self, spec_id: str, n: int) -> int:
-        """How many of ``n`` tasks one message carries, by the function's payload so far.
-
-        A worker with several free slots gets its tasks in messages of about
-        ``batch_bytes`` each, not in one: it starts on the first while the
-        next crosses the wire, and returns each message's results as soon
-        as they are done, so large arrays stream both ways.
-        """
-        size = self._cost.get(spec_id, (None, 0.0))[1]
-        if size <= 0.0:
-            return n
-        return min(n, max(1, int(self.options.batch_bytes / size)))
-
     def tune(self, spec_id: str, header: dict[str, Any], nbytes: int) -> None:
         """Learn a function's time and payload per task from a result batch."""
         busy, n = header.get("busy"), header.get("n")

@@ -89,34 +89,22 @@ class Dispatcher:
                         self._fail_too_large(wid, [tid for tid, _ in items], what, exc)
                         continue
                     w.specs.add(spec_id)
-                if not self._send_group(wid, spec_id, items):
+                try:
+                    body = dumps(items, by_value=True, pack=self.packs(wid))
+                except Exception:
+                    # Find the culprits: only they fail, the rest go out.
+                    items = self._drop_unsendable(wid, items)
+                    if not items:
+                        continue
+                    body = dumps(items, by_value=True, pack=self.packs(wid))
+                size = sum(memoryview(f).nbytes for f in body) / len(items)
+                fit = self._batcher.fit(spec_id, size, len(items))
+                if fit < len(items):
+                    sched.unassign(wid, [tid for tid, _ in items[fit:]])
+                    items = items[:fit]
+                    body = dumps(items, by_value=True, pack=self.packs(wid))
+                if not self._send_tasks(wid, spec_id, items, body):
                     break
-
-    def _send_group(self, wid: str, spec_id: str, items: list[tuple[int, Any]]) -> bool:
-        """Send one function's tasks for ``wid`` as TASKS messages; False if it has gone."""
-        per = self._batcher.per_message(spec_id, len(items))
-        for start in range(0, len(items), per):
-            chunk = items[start : start + per]
-            try:
-                body = dumps(chunk, by_value=True, pack=self.packs(wid))
-            except Exception:
-                # Find the culprits: only they fail, the rest go out.
-                chunk = self._drop_unsendable(wid, chunk)
-                if not chunk:
-                    continue
-                body = dumps(chunk, by_value=True, pack=self.packs(wid))
-            size = sum(memoryview(f).nbytes for f in body) / len(chunk)
-            fit = self._batcher.fit(spec_id, size, len(chunk))
-            if fit < len(chunk):
-                # Larger than this function's payloads so far: what does
-                # not fit this message goes to whoever asks next.
-                self._sched.unassign(wid, [tid for tid, _ in items[start + fit :]])
-                chunk = chunk[:fit]
-                body = dumps(chunk, by_value=True, pack=self.packs(wid))
-                return self._send_tasks(wid, spec_id, chunk, body)
-            if not self._send_tasks(wid, spec_id, chunk, body):
-                return False
-        return True
 
     def _send_tasks(self, wid: str, spec_id: str, items: list[tuple[int, Any]], body: Any) -> bool:
         """Send one TASKS message; False if the worker has gone.

@@ -31,6 +31,7 @@ from zmqworkers.controller.options import EngineOptions
 from zmqworkers.controller.segments import SegmentSpace
 from zmqworkers.controller.sessions import Session
 from zmqworkers.errors import MessageTooLarge
+from zmqworkers.heap import keep_large_buffers
 from zmqworkers.protocol import Kind, encode_frames
 from zmqworkers.protocol.liveness import ping_times
 from zmqworkers.protocol.messages import NONCE_SIZE, Key, encode_unsigned, frames_size
@@ -77,6 +78,8 @@ class ControllerSockets:
         self.segments: SegmentSpace | None = None
 
     def bind(self) -> None:
+        # Large frames arrive into malloc'd blocks: keep their pages (heap.py).
+        keep_large_buffers()
         ctx = self.ctx = zmq.Context()
         opts = self.options
         self.router = ctx.socket(zmq.ROUTER)

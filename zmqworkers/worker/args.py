@@ -246,6 +246,7 @@ def address_and_key(args: argparse.Namespace) -> tuple[str, bytes]:
 def run(args: argparse.Namespace) -> int:
     """Run a worker (or a supervisor of some) from parsed worker arguments."""
     from zmqworkers.errors import ConfigurationError
+    from zmqworkers.heap import keep_large_buffers
     from zmqworkers.logs import tag_worker_records
     from zmqworkers.worker.loop import Worker, WorkerOptions
 
@@ -339,6 +340,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.max_message_size is not None:
         options.max_message_size = args.max_message_size
+    # Large frames arrive into malloc'd blocks: keep their pages (heap.py).
+    keep_large_buffers()
     try:
         worker = Worker(address, key, options)
     except ConfigurationError as exc:

@@ -476,9 +476,15 @@ def e_memory(system: str, n: int) -> float:
 
 
 def _pin_mmap_threshold() -> bool:
-    """Fix glibc's M_MMAP_THRESHOLD at 128 KiB; False where there is no mallopt."""
+    """Fix glibc's M_MMAP_THRESHOLD at 128 KiB; False where there is no mallopt.
+
+    Said in the environment too, as a user tunes malloc: zmqworkers then
+    leaves the thresholds as they are (zmqworkers/heap.py), in this process
+    and in the workers it starts.
+    """
     import ctypes
 
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
     try:
         return bool(ctypes.CDLL(None).mallopt(-3, 128 * 1024))  # -3: M_MMAP_THRESHOLD
     except (OSError, AttributeError):

@@ -15,7 +15,9 @@ glibc's own rule puts them after a block of 32 MiB (its upper bound): blocks
 up to 32 MiB come from the heap, and a heap keeps up to 64 MiB free at its
 top. A process that frees a 32 MiB numpy array lands there anyway; this only
 does it before the first frame rather than by chance. Other C libraries, and
-a process whose environment already tunes glibc's malloc, are left as they are.
+a process whose environment already tunes glibc's malloc, are left as they are,
+as is a process started with ``ZMQWORKERS_TUNE_MALLOC=0`` (its local
+workers inherit that).
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ _USER_SETTINGS = (
     "MALLOC_MMAP_MAX_",
 )
 
+# "0": leave glibc's dynamic thresholds alone.
+OPT_OUT = "ZMQWORKERS_TUNE_MALLOC"
+
 _lock = threading.Lock()
 _done: bool | None = None
 
@@ -59,6 +64,8 @@ def _set_thresholds() -> bool:
     except (AttributeError, ValueError, OSError):
         return False  # not glibc
     if any(name in os.environ for name in _USER_SETTINGS):
+        return False
+    if os.environ.get(OPT_OUT) == "0":
         return False
     if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return False

@@ -56,3 +56,21 @@ def test_freed_large_blocks_keep_their_pages() -> None:
     # Without the thresholds glibc hands the pages back and faults them in
     # again on every round; with them, a handful of faults at most.
     assert kept < pages // 20, (kept, pages, faults("default"))
+
+
+@glibc
+def test_the_opt_out_leaves_glibc_its_own_rule() -> None:
+    code = "from zmqworkers.heap import keep_large_buffers; print(keep_large_buffers())"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    said = {}
+    for value in ("0", "1"):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**env, "ZMQWORKERS_TUNE_MALLOC": value},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        said[value] = out.stdout.strip()
+    assert said == {"0": "False", "1": "True"}

@@ -41,6 +41,10 @@ from zmqworkers.protocol.records import Cancel, Interrupt
 
 log = logging.getLogger(__name__)
 
+# Task ids per CANCEL or INTERRUPT message: at most 9 bytes each, so a part
+# stays far below the 64 KiB a message header may take, beside the rest.
+CANCEL_CHUNK = 2048
+
 # An INTERRUPT goes out again this often, for this long (see _broadcast).
 REPEAT_EVERY = 0.2
 REPEAT_FOR = 5.0
@@ -114,15 +118,19 @@ class TaskControl:
                 self.interrupt(wid, "cancelled with force")
                 what = "interrupted"
             out.append(what in ("queued", "prefetched", "interrupted"))
-        for wid, tids in tell.items():
-            self._send(wid, Kind.CANCEL, Cancel(tids).header())
-            if force:
-                # Prefetched as far as the controller knows; but the worker
-                # holds results back for a batch, so it may have moved on
-                # to one of these already. It knows: its guard thread ends
-                # the process if it runs one, and it never starts one.
-                session = w.session if (w := self._sched.workers.get(wid)) else ""
-                self._broadcast(Interrupt(wid, None, tuple(tids), session))
+        for wid, held in tell.items():
+            # In parts that fit a message header with room to spare: a
+            # worker may hold tens of thousands of tasks.
+            for at in range(0, len(held), CANCEL_CHUNK):
+                tids = held[at : at + CANCEL_CHUNK]
+                self._send(wid, Kind.CANCEL, Cancel(tids).header())
+                if force:
+                    # Prefetched as far as the controller knows; but the worker
+                    # holds results back for a batch, so it may have moved on
+                    # to one of these already. It knows: its guard thread ends
+                    # the process if it runs one, and it never starts one.
+                    session = w.session if (w := self._sched.workers.get(wid)) else ""
+                    self._broadcast(Interrupt(wid, None, tuple(tids), session))
         self._stats["cancelled"] += sum(out)
         if any(out):
             taken = [tid for tid, ok in zip(task_ids, out, strict=True) if ok]

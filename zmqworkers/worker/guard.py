@@ -175,7 +175,9 @@ def guard_loop(
                 continue
         current = worker._current
         claimed = current is not None and current in doomed
-        if claimed and worker._state == "busy":  # read after _current: committed
+        # Busy, read after _current, and still that task: committed to it
+        # (the main thread may have dropped it and started another since).
+        if claimed and worker._state == "busy" and worker._current == current:
             # Cancelled with force while the controller took it for
             # prefetched: it has started here. The goodbye hands back the
             # rest, so the controller takes nobody else for its culprit.

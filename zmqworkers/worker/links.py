@@ -15,6 +15,7 @@ import zmq
 from zmqworkers.protocol import Kind, encode
 from zmqworkers.protocol.liveness import ping_times
 from zmqworkers.protocol.messages import Key
+from zmqworkers.protocol.segments import release
 from zmqworkers.security import curve
 from zmqworkers.worker.group import kill_rest_of_group, pid_exists
 from zmqworkers.worker.options import WorkerOptions
@@ -116,7 +117,7 @@ def beat(
         try:
             sock.send_multipart(frames, flags=zmq.NOBLOCK)
         except zmq.Again:
-            pass
+            release(frames)  # not sent: the names it said freed go in a later one
         stop.wait(interval)
 
 

@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,8 @@ def per_round_trip(loop: Any, workers: list[int], n: int) -> dict[str, float]:
         "controller_ms": 1e3 * (ctl1 - ctl0) / n,
         "workers_ms": 1e3 * (wk1 - wk0) / n,
         "faults": (cf1 - cf0 + wf1 - wf0) / n,
+        "controller_faults": (cf1 - cf0) / n,
+        "worker_faults": (wf1 - wf0) / n,
         "new_segments": 0,
     }
 
@@ -129,6 +132,28 @@ def one(system: str, n: int, mib: float) -> dict[str, float]:
 
     arrays = [np.full(int(mib * (1 << 20)) // 8, float(i)) for i in range(n)]
     return run_raw(arrays) if system == "raw_ipc" else run_zmq(system, arrays)
+
+
+def interleaved(script: str, systems: list[str], a: argparse.Namespace) -> dict[str, list[Any]]:
+    """``a.repeat`` rounds of ``script --one SYSTEM``, each system once a round,
+    each in a fresh process: what each printed, by system."""
+    runs: dict[str, list[Any]] = {s: [] for s in systems}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    for _ in range(a.repeat):
+        for system in systems:
+            cmd = [sys.executable, script, "--one", system, "--n", str(a.n), "--mib", str(a.mib)]
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+            if out.returncode:
+                raise SystemExit(f"{system} failed: {out.stderr.strip().splitlines()[-1:]}")
+            runs[system].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return runs
+
+
+def medians(runs: dict[str, list[Any]], cpu: dict[str, float]) -> Iterator[tuple[str, Any]]:
+    """Each system's medians, key by key; its CPU per round trip goes into ``cpu``."""
+    for system, rs in runs.items():
+        cpu[system] = statistics.median(r["controller_ms"] + r["workers_ms"] for r in rs)
+        yield system, {k: statistics.median(r[k] for r in rs) for k in rs[0]}
 
 
 def main() -> None:
@@ -142,23 +167,12 @@ def main() -> None:
     if a.one:
         print(json.dumps(one(a.one, a.n, a.mib)))
         return
-    systems = a.systems.split(",")
-    runs: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    for _ in range(a.repeat):
-        for system in systems:
-            cmd = [sys.executable, __file__, "--one", system, "--n", str(a.n), "--mib", str(a.mib)]
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-            if out.returncode:
-                raise SystemExit(f"{system} failed: {out.stderr.strip().splitlines()[-1:]}")
-            runs[system].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    runs = interleaved(__file__, a.systems.split(","), a)
     gb = 2 * a.mib * (1 << 20) / 1e9  # per round trip, both ways
     print(f"{a.n} round trips of {a.mib:g} MiB on 2 workers, medians of {a.repeat}")
     print("system        GB/s   CPU ms/round trip (controller + workers)  faults  segments made")
     cpu: dict[str, float] = {}
-    for system, rs in runs.items():
-        med = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
-        cpu[system] = statistics.median(r["controller_ms"] + r["workers_ms"] for r in rs)
+    for system, med in medians(runs, cpu):
         print(
             f"{system:12s} {a.n * gb / med['wall']:6.2f}   {cpu[system]:6.3f} "
             f"({med['controller_ms']:.3f} + {med['workers_ms']:.3f})"

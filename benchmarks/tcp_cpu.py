@@ -23,10 +23,7 @@ import argparse
 import copy
 import json
 import os
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from run import _zmq_cluster, pipelined, raw_echo  # noqa: E402
-from shm_cpu import cpu_and_faults  # noqa: E402
+from shm_cpu import interleaved, medians, per_round_trip  # noqa: E402
 
 SYSTEMS = ["zmq_daemons", "raw"]
 
@@ -85,25 +82,6 @@ def run_raw(arrays: list[Any]) -> dict[str, float]:
         return per_round_trip(lambda: pipelined(push, pull, arrays), pids, len(arrays))
 
 
-def per_round_trip(loop: Any, workers: list[int], n: int) -> dict[str, float]:
-    """Runs ``loop()`` (``n`` round trips): its wall time, and CPU and faults per trip."""
-    me = os.getpid()
-    ctl0, cf0 = cpu_and_faults([me])
-    wk0, wf0 = cpu_and_faults(workers)
-    t0 = time.perf_counter()
-    loop()
-    wall = time.perf_counter() - t0
-    ctl1, cf1 = cpu_and_faults([me])
-    wk1, wf1 = cpu_and_faults(workers)
-    return {
-        "wall": wall,
-        "controller_ms": 1e3 * (ctl1 - ctl0) / n,
-        "workers_ms": 1e3 * (wk1 - wk0) / n,
-        "controller_faults": (cf1 - cf0) / n,
-        "worker_faults": (wf1 - wf0) / n,
-    }
-
-
 def one(system: str, n: int, mib: float) -> dict[str, float]:
     import numpy as np
 
@@ -121,22 +99,12 @@ def main() -> None:
     if a.one:
         print(json.dumps(one(a.one, a.n, a.mib)))
         return
-    runs: dict[str, list[dict[str, float]]] = {s: [] for s in SYSTEMS}
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    for _ in range(a.repeat):
-        for system in SYSTEMS:  # interleaved, each in a fresh process
-            cmd = [sys.executable, __file__, "--one", system, "--n", str(a.n), "--mib", str(a.mib)]
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-            if out.returncode:
-                raise SystemExit(f"{system} failed: {out.stderr.strip().splitlines()[-1:]}")
-            runs[system].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    runs = interleaved(__file__, SYSTEMS, a)
     gb = 2 * a.mib * (1 << 20) / 1e9  # per round trip, both ways
     print(f"{a.n} round trips of {a.mib:g} MiB, 2 workers, loopback TCP, medians of {a.repeat}")
     print("system         GB/s   CPU ms/round trip (controller + workers)   faults per round trip")
     cpu: dict[str, float] = {}
-    for system, rs in runs.items():
-        med = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
-        cpu[system] = statistics.median(r["controller_ms"] + r["workers_ms"] for r in rs)
+    for system, med in medians(runs, cpu):
         print(
             f"{system:12s} {a.n * gb / med['wall']:6.2f}   {cpu[system]:6.3f} "
             f"({med['controller_ms']:.3f} + {med['workers_ms']:.3f})"

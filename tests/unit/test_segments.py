@@ -401,3 +401,16 @@ def test_a_refused_lent_entry_does_not_discard_the_names_said_freed(prefix: str)
     assert len(names(prefix)) == 1, "the segment said freed is written again"
     ctl.segments.close()  # type: ignore[union-attr]
     worker.segments.close()  # type: ignore[union-attr]
+
+
+def test_a_message_that_cannot_be_built_puts_back_the_names_it_said_freed(prefix: str) -> None:
+    ctl, worker = pair(prefix)
+    _freed_by_worker(ctl, worker, 1)
+    ctl_names = names(prefix)
+    # A body frame that is no buffer: building fails after the names were taken.
+    with pytest.raises(TypeError):
+        encode_frames(Kind.RESULTS, "w", 1, worker, {}, [b"", 42])
+    said = decode(encode(Kind.HEARTBEAT, "w", 2, worker, {"id": "w"}), ctl).header
+    assert said.get(FREED_KEY) == ctl_names, "the name went with the message that failed"
+    ctl.segments.close()  # type: ignore[union-attr]
+    worker.segments.close()  # type: ignore[union-attr]

@@ -248,7 +248,7 @@ class ControllerSockets:
         try:
             self.router.send_multipart([route, *frames], flags=zmq.NOBLOCK)
         except zmq.ZMQError:
-            pass
+            release(frames)  # not sent: the names it said freed go in a later one
 
     def send_unsigned(self, route: bytes, kind: Kind, header: Any) -> None:
         """Answer input nobody authenticated: unsigned, never blocks, never raises.

@@ -265,11 +265,19 @@ def encode_frames(
     if isinstance(body, serialize.Packed):
         header = {**header, PACKED_KEY: body.layout}
     link = key.segments if isinstance(key, SessionKey) and not key.sign_buffers else None
-    if link is not None:
-        header, freed, late = link.say_freed(header)
-        if len(body) > 1:
-            header, body, moved, names, kept = link.stash(header, body)
-    envelope = _envelope(kind, sender, seq, header, len(body))
+    try:
+        if link is not None:
+            header, freed, late = link.say_freed(header)
+            if len(body) > 1:
+                header, body, moved, names, kept = link.stash(header, body)
+        envelope = _envelope(kind, sender, seq, header, len(body))
+    except BaseException:
+        # Whatever failed (a body that is no buffer, memory), nothing goes
+        # out: the names taken to be said freed wait for a later message.
+        if link is not None:
+            link.put_back(freed, late)
+            link.give_back(names)
+        raise
     if len(envelope) > MAX_ENVELOPE_SIZE and link is not None:
         # The receiver would refuse it whole, and what it carries with it.
         # The names said freed wait for a later message; and if the header

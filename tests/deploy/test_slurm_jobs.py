@@ -50,6 +50,22 @@ def nap_square(x: int) -> int:
     return x * x
 
 
+def nap_square_slow_again(x: int, folder: str) -> int:
+    """As nap_square; run a second time (its worker was lost), it takes 5 s.
+
+    The controller sees a job's end on a later poll than the loss of its
+    worker: a task run again at once would be done, and its record gone,
+    before the attempt it was charged could be taken back.
+    """
+    ran = os.path.join(folder, str(x))
+    if os.path.exists(ran):
+        time.sleep(5)
+    else:
+        open(ran, "w").close()
+    time.sleep(0.1)
+    return x * x
+
+
 def _cluster(share: Path, key: str, **kw: object) -> Cluster:
     return Cluster(0, bind="tcp://127.0.0.1:0", key=key, connection_file=share / "conn.json", **kw)
 
@@ -166,7 +182,9 @@ def test_a_job_killed_mid_run_costs_no_attempt_and_is_replaced(
         jobs = _jobs(cluster, slurm, share)
         try:
             jobs.scale(jobs=2)
-            stream = cluster.imap_unordered(nap_square, range(300))
+            runs = share / "runs"
+            runs.mkdir()
+            stream = cluster.imap_unordered(nap_square_slow_again, range(300), str(runs))
             got = [next(stream) for _ in range(20)]
             wait_for(lambda: len({w["id"] for w in cluster.workers()}) == 2, timeout=60)
             victim = next(

@@ -43,11 +43,13 @@ KEY = "b" * 64
 PORT = 5555  # private to the controller's namespace
 
 # The controller on its namespace host: waits for its workers, then runs a
-# round for each "N" line on stdin and answers with one JSON line.
+# round for each "N" line on stdin (as the local one, local_round) and
+# answers with one JSON line. Run from the checkout's root, which is on its path.
 CONTROLLER = textwrap.dedent(
     """
-    import json, sys, time
+    import json, sys
     from zmqworkers import Cluster
+    from benchmarks.netns_scaling import local_round
 
     address, want = sys.argv[1], int(sys.argv[2])
     with Cluster(0, bind=address, stop_timeout=30) as c:
@@ -55,18 +57,7 @@ CONTROLLER = textwrap.dedent(
         list(c.map(abs, range(20 * want)))  # every worker has the function
         print(json.dumps({"workers": len(c.workers())}), flush=True)
         for line in sys.stdin:
-            n = int(line)
-            s0 = c.status()
-            cpu, t0 = time.process_time(), time.perf_counter()
-            for _ in c.imap_unordered(abs, range(n)):
-                pass
-            wall = time.perf_counter() - t0
-            cpu = time.process_time() - cpu
-            s1 = c.status()
-            out = s1["stats"]["messages_sent"] - s0["stats"]["messages_sent"]
-            back = s1["messages_received"] - s0["messages_received"]
-            print(json.dumps({"rate": n / wall, "cpu": cpu / n, "out": out / n, "in": back / n}),
-                  flush=True)
+            print(json.dumps(local_round(c, int(line))), flush=True)
     """
 )
 

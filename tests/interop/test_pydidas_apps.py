@@ -59,15 +59,15 @@ def _run(qtbot, runner) -> None:
     runner.exit()
 
 
-def test_composite_creator_matches_pydidas_own_app_runner(qtbot, controllers, image_files) -> None:
-    from pydidas.multiprocessing import AppRunner as PydidasAppRunner
-
+def test_composite_creator_matches_pydidas_own_serial_run(qtbot, controllers, image_files) -> None:
+    # The reference is pydidas's app run by pydidas itself, serially
+    # (BaseApp.run: the same multiprocessing_func and store_results, in one
+    # process). pydidas's own AppRunner is not the reference: its
+    # WorkerController loop can miss its workers' end and never finish (seen
+    # once in a CI run), which would fail this test for pydidas's sake.
     theirs = prepared_composite_app(image_files)
-    reference = PydidasAppRunner(theirs, n_workers=2)
-    _run(qtbot, reference)
-    # Their stores reach the app queued; the composite is complete once the
-    # last image is in.
-    qtbot.waitUntil(lambda: np.count_nonzero(theirs.composite == 0) == 0, timeout=10_000)
+    theirs.run()
+    assert np.count_nonzero(theirs.composite == 0) == 0
 
     ours = prepared_composite_app(image_files)
     runner = zmqworkers.AppRunner(ours, n_workers=2)

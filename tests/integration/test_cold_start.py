@@ -6,6 +6,7 @@ the test plays the controller's side of the handshake.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -95,3 +96,36 @@ def test_a_welcomed_worker_reports_on_its_results_channel_at_once() -> None:
         for sock in (router, pull, pub):
             sock.close(linger=0)
         ctx.term()
+
+
+# A program that uses numpy, as most that start workers do, and has not
+# parsed arguments.
+LEAN_CONTROLLER = """
+import json, sys
+import numpy
+from zmqworkers import Cluster
+
+def loaded(_):
+    return sorted(m for m in ("argparse", "numpy.random") if m in sys.modules)
+
+with Cluster(2) as c:
+    print(json.dumps({"controller": loaded(0), "worker": c.submit(loaded, 0).result()}))
+"""
+
+
+def test_a_forked_worker_neither_parses_arguments_nor_imports_numpy_random() -> None:
+    # On the way to a forked worker's first result: argparse alone took
+    # longer to import than the rest of the worker program, and reseeding
+    # numpy's global generator imported numpy.random (6 ms) where the
+    # server had not.
+    proc = subprocess.run(
+        [sys.executable, "-c", LEAN_CONTROLLER],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["controller"] == [], "the premise: neither is loaded in the controller"
+    assert seen["worker"] == []

@@ -18,15 +18,17 @@ from typing import Any
 
 import psutil
 import pytest
+import zmq
 
 import zmqworkers
-from tests.conftest import wait_for
+from tests.conftest import wait_for, worker_processes
 from tests.deploy.helpers import subprocess_env
 from tests.integration.test_faults import CountingCluster, nap, poison
 from zmqworkers import Cluster
 from zmqworkers.controller import forkserver
+from zmqworkers.controller.launcher import Exit, LocalWorkers
 from zmqworkers.errors import ConfigurationError, WorkerLost
-from zmqworkers.security.keys import KEY_ENV
+from zmqworkers.security.keys import KEY_ENV, new_key
 
 BOTH = pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
 
@@ -340,3 +342,33 @@ def test_a_killed_fork_server_is_replaced_and_the_run_goes_on() -> None:
 def test_bad_start_options_are_named(options: dict[str, Any], error: str) -> None:
     with pytest.raises(ConfigurationError, match=error):
         Cluster(1, **options)
+
+
+def test_workers_asked_for_before_a_bind_that_fails_do_not_outlive_it() -> None:
+    # Local workers are asked of the fork server before the controller's
+    # sockets are bound, so that they start meanwhile: when the bind fails,
+    # they end with it rather than dial an address nobody will bind.
+    ctx: zmq.Context[Any] = zmq.Context()
+    taken = ctx.socket(zmq.ROUTER)
+    try:
+        port = taken.bind_to_random_port("tcp://127.0.0.1")
+        with pytest.raises(zmq.ZMQError, match="in use"):
+            Cluster(2, bind=f"tcp://127.0.0.1:{port}", start_method="forkserver")
+        wait_for(lambda: not worker_processes(), 15)
+    finally:
+        taken.close(linger=0)
+        ctx.term()
+
+
+def test_workers_asked_for_early_for_an_address_not_bound_are_ended_as_expected() -> None:
+    # The bind may end up elsewhere (ipc refused: local workers go over
+    # TCP): those asked for early are ended, and their exits are no losses.
+    local = LocalWorkers(new_key(), 1, {}, 2, "forkserver")
+    local.start_early("ipc:///nonexistent-zmqworkers-folder/tasks", 2)
+    local.start("tcp://127.0.0.1:9", 0)  # bound elsewhere after all; none wanted now
+    early = set(local.procs)
+    assert len(early) == 2
+    exits: list[Exit] = []
+    wait_for(lambda: bool(exits.extend(local.reap())) or len(exits) == 2, 15)
+    assert {e.pid for e in exits} == early
+    assert all(e.expected and not e.renew for e in exits), exits

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z-]*)")
 # The installed command, beside this interpreter.
 ZMQWORKERS = str(Path(sys.executable).with_name("zmqworkers"))
@@ -59,3 +61,33 @@ def test_the_worker_entry_point_does_not_import_the_cli() -> None:
     proc = _run("-c", code)
     assert proc.returncode == 0, f"the worker imported the CLI: {proc.stdout} {proc.stderr}"
     assert "zmqworkers.worker.args" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [{}, {"max_tasks": 7}, {"max_memory": 300_000_000}, {"max_tasks": 1, "max_memory": 65536}],
+)
+@pytest.mark.parametrize("curve", [None, "/some/certificates"])
+def test_a_forked_workers_arguments_are_what_its_command_line_parses_to(
+    monkeypatch: pytest.MonkeyPatch, limits: dict[str, int], curve: str | None
+) -> None:
+    # The fork server hands a local worker its arguments as values, without
+    # argparse; a spawned one parses the same command line. Both must come
+    # to the same options, default for default.
+    from zmqworkers.worker.args import local_worker_args, local_worker_argv, worker_parser
+
+    if curve is None:
+        monkeypatch.delenv("ZMQWORKERS_CURVE", raising=False)
+    else:
+        monkeypatch.setenv("ZMQWORKERS_CURVE", curve)
+    given = ("ipc:///tmp/zmqworkers-x/tasks", 4321, 3)
+    argv = local_worker_argv(*given, **limits)
+    # The parser reads $ZMQWORKERS_CURVE when it is built: a fresh one.
+    worker_parser.cache_clear()
+    try:
+        parsed = vars(worker_parser().parse_args(argv))
+    finally:
+        worker_parser.cache_clear()
+    assert vars(local_worker_args(*given, **limits)) == parsed
+    assert parsed["parent_pid"] == 4321 and parsed["prefetch"] == 3
+    assert parsed["curve"] == curve

@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
 
-from zmqworkers.controller import forkserver
 from zmqworkers.controller.batching import Spec, make_spec
 from zmqworkers.controller.loop import EngineHandler, EngineLoop
 from zmqworkers.controller.options import EngineOptions, apply_bind_policy
@@ -52,9 +51,6 @@ class Engine:
 
     def __init__(self, options: EngineOptions, handler: EngineHandler) -> None:
         options = self.options = apply_bind_policy(options)
-        if options.start_method == "forkserver" and options.n_workers > 0:
-            # First, while this process may still be a single thread.
-            forkserver.start_server_early(options.worker_env)
         self.handler = handler
         self.address = ""
         self._id_lock = threading.Lock()
@@ -271,6 +267,8 @@ class Engine:
         Local workers get ``grace`` seconds (default ``stop_timeout``) to
         leave; then they are terminated, and killed 3 s later.
         """
+        if self._thread is None:
+            self._loop.discard()
         if self._thread is None or self._loop.closed.is_set():
             self._stop_dashboard()
             return

@@ -17,7 +17,10 @@ thread (no engine thread yet, no Qt, no zmq context with sockets, whose
 I/O threads a fork would copy half-way), the server is forked from it: it
 then has zmqworkers, numpy and the caller's modules imported already, and
 the first worker forks in milliseconds. Otherwise the server is a fresh
-interpreter (exec), which holds only what it imported itself. A forked
+interpreter (exec), which holds only what it imported itself. An engine
+asks for its first local workers as it starts the server: the request is
+in the server's socket before the server runs, so it forks them at once,
+while the engine binds the address they dial. A forked
 server drops its parent's exit handlers and signal handlers, and never
 touches what it inherited beyond that; like a worker forked by
 ``multiprocessing``, it holds copies of the controller's open files.
@@ -32,7 +35,7 @@ touches what it inherited beyond that; like a worker forked by
                                                          │ fork
                                                   worker, own process group
 
-A :class:`ForkedProcess` stands in for ``subprocess.Popen``: pid, poll,
+A :class:`~.forked.ForkedProcess` stands in for ``subprocess.Popen``: pid, poll,
 wait with a timeout, terminate and kill (of the worker's process group).
 """
 
@@ -43,19 +46,18 @@ import json
 import logging
 import os
 import select
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
+from zmqworkers.controller.forked import ForkedProcess
 from zmqworkers.controller.forkstart import ForkedServerProcess, fork_server, may_fork_here
 from zmqworkers.errors import ConfigurationError
 from zmqworkers.security.keys import KEY_ENV
-from zmqworkers.worker.group import pid_exists
 from zmqworkers.worker.mp_authkey import MP_AUTHKEY_ENV
 
 log = logging.getLogger(__name__)
@@ -84,8 +86,19 @@ class ForkServerUnavailable(Exception):
 class ForkServer:
     """The controller's end of one fork server."""
 
-    def __init__(self, env: Mapping[str, str], cwd: str, forkable: bool | None = None) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        cwd: str,
+        forkable: bool | None = None,
+        first: ForkOrder | None = None,
+    ) -> None:
         ours, theirs = socket.socketpair()
+        self._next_id = 0
+        # ``first``: workers asked for before the server starts; the server
+        # finds the request waiting and forks them before anything else.
+        # Their ids are taken with claim_first().
+        self._first = self._write_forks(ours, first) if first is not None else []
         self.proc: subprocess.Popen[bytes] | ForkedServerProcess
         # ``forkable``: whether may_fork_here() said yes just now (its scan
         # of the objects can take milliseconds); None to ask it here.
@@ -118,7 +131,6 @@ class ForkServer:
         self._sock = ours
         self._lock = threading.Lock()
         self._buf = b""
-        self._next_id = 0
         self._replies: dict[int, dict[str, Any]] = {}
         self.exits: dict[int, int] = {}
         self.live: set[int] = set()  # forked, no exit reported yet
@@ -131,26 +143,46 @@ class ForkServer:
     def alive(self) -> bool:
         return self.broken is None and self.proc.poll() is None
 
-    def fork(
-        self, argv: Sequence[str], env: Mapping[str, str], preload: Sequence[str], count: int = 1
-    ) -> tuple[list[ForkedProcess], ForkServerUnavailable | None]:
-        """``count`` new worker processes running ``python -m zmqworkers.worker ARGV``.
+    def request_forks(self, order: ForkOrder) -> list[int]:
+        """Ask for ``order.n`` new worker processes; :meth:`take_forks` takes them.
 
-        Asked for in one write, so that the server forks them back to back
-        rather than one per round trip. Returns the ones forked, and why
-        the others were not (None when all were).
+        Each runs as ``python -m zmqworkers.worker`` would with
+        :func:`~zmqworkers.worker.args.local_worker_argv` of ``order.worker``
+        and the server as its parent. Asked for in one write, so that the
+        server forks them back to back rather than one per round trip.
         """
         with self._lock:
-            ids = list(range(self._next_id + 1, self._next_id + 1 + count))
-            self._next_id += count
-            request = {
-                "op": "fork",
-                "argv": list(argv),
-                "env": dict(env),
-                "cwd": os.getcwd(),
-                "preload": [m for m in preload if m not in NOT_PRELOADED],
-            }
-            self._write(*({**request, "id": rid} for rid in ids))
+            if self.broken is not None:
+                raise ForkServerUnavailable(f"the fork server is gone ({self.broken})")
+            try:
+                return self._write_forks(self._sock, order)
+            except OSError as exc:
+                self._break(f"cannot write to it: {exc}")
+
+    def claim_first(self) -> list[int]:
+        """The ids of the workers asked for at the server's start, once (else none)."""
+        with self._lock:
+            ids, self._first = self._first, []
+        return ids
+
+    def _write_forks(self, sock: socket.socket, order: ForkOrder) -> list[int]:
+        ids = list(range(self._next_id + 1, self._next_id + 1 + order.n))
+        self._next_id += order.n
+        request = {
+            "op": "fork",
+            "worker": dict(order.worker),
+            "env": dict(order.env),
+            "cwd": os.getcwd(),
+            "preload": [m for m in order.preload if m not in NOT_PRELOADED],
+        }
+        sock.sendall(b"".join(json.dumps({**request, "id": rid}).encode() + b"\n" for rid in ids))
+        return ids
+
+    def take_forks(
+        self, ids: Sequence[int]
+    ) -> tuple[list[ForkedProcess], ForkServerUnavailable | None]:
+        """The processes :meth:`request_forks` asked for, once the server has answered."""
+        with self._lock:
             deadline = time.monotonic() + FORK_TIMEOUT
             while not all(rid in self._replies for rid in ids):
                 left = deadline - time.monotonic()
@@ -262,54 +294,6 @@ class ForkServer:
         raise ForkServerUnavailable(f"the fork server is gone: {why}")
 
 
-class ForkedProcess:
-    """A worker forked by a :class:`ForkServer`, with the ``Popen`` calls the launcher uses."""
-
-    def __init__(self, server: ForkServer, pid: int) -> None:
-        self._server = server
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            self._server.collect()
-            self._settle()
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            left = 0.05 if deadline is None else deadline - time.monotonic()
-            if left <= 0:
-                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0.0)
-            self._server.collect(min(left, 0.05))
-        assert self.returncode is not None
-        return self.returncode
-
-    def send_signal(self, signo: int) -> None:
-        """Signal the worker's process group (what its calls started goes too)."""
-        if self.poll() is None:
-            self._server.send_signal(self.pid, signo)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-    def _settle(self) -> None:
-        rc = self._server.exits.pop(self.pid, None)
-        if rc is not None:
-            self.returncode = rc
-        elif not self._server.alive() and not pid_exists(self.pid):
-            # Its server died first: nobody can say how this worker ended
-            # (it leaves by itself once its parent is gone).
-            log.warning(
-                "local worker %d ended after its fork server; exit status unknown", self.pid
-            )
-            self.returncode = 255
-
-
 # -- one server per process and environment -----------------------------------
 
 _servers: dict[tuple[str, ...], ForkServer] = {}
@@ -328,52 +312,99 @@ def _retire(server: ForkServer) -> None:
                 _retired.append(server)
 
 
+class ForkOrder(NamedTuple):
+    """What one fork request asks for: ``n`` workers of one kind."""
+
+    worker: Mapping[str, Any]  # local_worker_args's values, less the parent (the server)
+    env: Mapping[str, str]
+    preload: Sequence[str]
+    n: int
+
+
+class PendingForks(NamedTuple):
+    """Workers asked of a fork server (:func:`request_workers`), not yet taken."""
+
+    address: str
+    server: ForkServer
+    ids: list[int]
+
+
+def request_workers(
+    address: str,
+    prefetch: int,
+    env: Mapping[str, str],
+    preload: Sequence[str],
+    extra_env: Mapping[str, str] | None = None,
+    limits: Mapping[str, int | None] | None = None,
+    count: int = 1,
+    *,
+    early: bool = False,
+) -> PendingForks:
+    """Ask this process's fork server for ``count`` local workers for ``env``, now.
+
+    Their processes come with ``fork_workers(..., pending=...)``. ``limits``:
+    their ``max_tasks`` and ``max_memory``, when set. The server's own
+    environment lacks the key and the authkey: only the request carries
+    them, to the child alone. ``early``: called while the controller may
+    still be a single thread (see :func:`start_server_early`); a server
+    started now gets the request before it runs. Raises ``OSError`` when no
+    server can start, :class:`ForkServerUnavailable` when it cannot be asked.
+    """
+    base = {k: v for k, v in env.items() if k not in (KEY_ENV, MP_AUTHKEY_ENV)}
+    # A controller that uses numpy hands its workers arrays: import it once.
+    wanted = [*preload, *(["numpy"] if "numpy" in sys.modules else [])]
+    wanted = [m for m in wanted if m not in _unsafe_preloads]
+    worker = {"address": address, "prefetch": prefetch}
+    worker.update({k: v for k, v in (limits or {}).items() if v})
+    order = ForkOrder(worker, env, wanted, count)
+    cwd, extra = os.getcwd(), extra_env or {}
+    forkable = early and _forkable_now(base, cwd, extra)
+    server = server_for(base, cwd, extra, forkable or None, first=order)
+    ids = server.claim_first() or server.request_forks(order)
+    return PendingForks(address, server, ids)
+
+
 def fork_workers(
     address: str,
     prefetch: int,
     env: Mapping[str, str],
     preload: Sequence[str],
     extra_env: Mapping[str, str] | None = None,
-    extra_args: Sequence[str] = (),
+    limits: Mapping[str, int | None] | None = None,
     count: int = 1,
+    pending: PendingForks | None = None,
 ) -> tuple[list[ForkedProcess], ForkServerUnavailable | None]:
     """``count`` local workers forked from this process's fork server for ``env``.
 
-    Returns the ones forked, and why the others were not (None when all
-    were): the launcher spawns those. The server's own environment lacks
-    the key and the authkey: only the fork request carries them, to the
-    child alone.
+    Those of ``pending`` (asked for with the same arguments) first. Returns
+    the ones forked, and why the others were not (None when all were): the
+    launcher spawns those.
     """
-    base = {k: v for k, v in env.items() if k not in (KEY_ENV, MP_AUTHKEY_ENV)}
-    # A controller that uses numpy hands its workers arrays: import it once.
-    wanted = [*preload, *(["numpy"] if "numpy" in sys.modules else [])]
     forked: list[ForkedProcess] = []
     for attempt in (1, 2):
-        wanted = [m for m in wanted if m not in _unsafe_preloads]
+        server: ForkServer | None = None
         try:
-            server = server_for(base, os.getcwd(), extra_env or {})
+            if pending is None:
+                pending = request_workers(
+                    address, prefetch, env, preload, extra_env, limits, count - len(forked)
+                )
+            server = pending.server
+            procs, error = server.take_forks(pending.ids)
         except OSError as exc:
             return forked, ForkServerUnavailable(f"cannot start a fork server: {exc}")
-        # The worker's parent is the server: that is the process it watches.
-        argv = [
-            address,
-            *("--parent-pid", str(server.pid), "--prefetch", str(prefetch)),
-            *extra_args,
-        ]
-        try:
-            procs, error = server.fork(argv, env, wanted, count - len(forked))
         except ForkServerUnavailable as exc:
             procs, error = [], exc
+        pending = None
         forked.extend(procs)
         if error is None or attempt == 2:
             return forked, error
-        if error.unsafe_module is not None:
+        if error.unsafe_module is not None and server is not None:
             # That server forks no more; a new one, without that module,
             # takes its place (its workers import it themselves).
             log.warning("%s; it is no longer preloaded in this process", error)
             _unsafe_preloads.add(error.unsafe_module)
             _retire(server)
-        elif server.broken is None:
+        elif server is not None and server.broken is None:
             return forked, error
         # else: a server that died (killed by hand?) is replaced once.
     raise AssertionError("unreachable")
@@ -414,18 +445,25 @@ def start_server_early(extra_env: Mapping[str, str]) -> None:
     what it imports. Later, the engine thread would make it exec.
     """
     env, cwd = _server_env(extra_env), os.getcwd()
-    # A running server needs nothing: not even the scan for threads and
-    # contexts, which takes milliseconds once another OS thread runs.
-    if _running_server(_server_key(env, cwd, extra_env)) is None and may_fork_here():
-        # This process pickles its first function with cloudpickle (by
-        # value) in a moment anyway; loaded before the fork, not after it,
-        # the server has it too and need not import it again.
-        import cloudpickle  # noqa: F401
-
+    if _forkable_now(env, cwd, extra_env):
         try:
             server_for(env, cwd, extra_env, forkable=True)
         except OSError as exc:
             log.warning("cannot start a fork server: %s; it is started when needed", exc)
+
+
+def _forkable_now(env: Mapping[str, str], cwd: str, extra_env: Mapping[str, str]) -> bool:
+    """Whether a server for ``env`` must start and can be forked from here now."""
+    # A running server needs nothing: not even the scan for threads and
+    # contexts, which takes milliseconds once another OS thread runs.
+    if _running_server(_server_key(env, cwd, extra_env)) is not None or not may_fork_here():
+        return False
+    # This process pickles its first function with cloudpickle (by value)
+    # in a moment anyway; loaded before the fork, not after it, the server
+    # has it too and need not import it again.
+    import cloudpickle  # noqa: F401
+
+    return True
 
 
 def _server_env(extra_env: Mapping[str, str]) -> dict[str, str]:
@@ -464,10 +502,12 @@ def server_for(
     cwd: str,
     extra_env: Mapping[str, str],
     forkable: bool | None = None,
+    first: ForkOrder | None = None,
 ) -> ForkServer:
     """This process's fork server for ``env`` and ``cwd``, started on first use.
 
-    One per :func:`_server_key`. ``forkable``: see :class:`ForkServer`.
+    One per :func:`_server_key`. ``forkable`` and ``first`` (used only if
+    the server starts now): see :class:`ForkServer`.
     """
     key = _server_key(env, cwd, extra_env)
     with _servers_lock:
@@ -476,7 +516,7 @@ def server_for(
             server.close()  # reaped; its workers leave as orphans
             server = None
         if server is None or server.owner != os.getpid():
-            server = ForkServer(env, cwd, forkable)
+            server = ForkServer(env, cwd, forkable, first)
             _servers[key] = server
             _close_idle_servers(keep=server)
         return server

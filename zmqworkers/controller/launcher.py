@@ -20,12 +20,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from zmqworkers.controller import forkserver
-from zmqworkers.controller.forkserver import ForkedProcess
+from zmqworkers.controller.forked import ForkedProcess
 from zmqworkers.controller.options import EngineOptions
 from zmqworkers.controller.scheduler import WorkerState
 from zmqworkers.controller.segments import end_segments
 from zmqworkers.protocol.segments import SegmentLink
 from zmqworkers.security.keys import KEY_ENV
+from zmqworkers.worker.args import local_worker_argv
 from zmqworkers.worker.group import kill_group
 from zmqworkers.worker.mp_authkey import MP_AUTHKEY_ENV
 from zmqworkers.worker.options import (
@@ -57,26 +58,18 @@ def start_local_worker(
     *,
     prefetch: int = 1,
     extra_env: Mapping[str, str] | None = None,
-    extra_args: Sequence[str] = (),
+    limits: Mapping[str, int | None] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start one worker process connected to ``address``.
 
-    The key travels in the environment, never in argv, where any user of the
+    ``limits``: its ``max_tasks`` and ``max_memory``, when set. The key
+    travels in the environment, never in argv, where any user of the
     machine could read it from the process list. The worker leads a session
     of its own, so what its tasks start is killed with it (worker/group.py).
     """
     env = local_worker_env(key, extra_env)
-    cmd = [
-        sys.executable,
-        "-m",
-        "zmqworkers.worker",
-        address,
-        "--parent-pid",
-        str(os.getpid()),
-        "--prefetch",
-        str(prefetch),
-        *extra_args,
-    ]
+    argv = local_worker_argv(address, os.getpid(), prefetch, **(limits or {}))
+    cmd = [sys.executable, "-m", "zmqworkers.worker", *argv]
     return subprocess.Popen(
         cmd, env=env, stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True
     )
@@ -151,10 +144,9 @@ class LocalWorkers:
         self._segments: dict[int, SegmentLink] = {}
         self._replacements = 0
         self.max_memory = max_memory
-        self._args = [
-            *(["--max-tasks", str(max_tasks)] if max_tasks else ()),
-            *(["--max-memory", str(max_memory)] if max_memory else ()),
-        ]
+        self._limits = {"max_tasks": max_tasks, "max_memory": max_memory}
+        # Asked of the fork server before the controller had bound (start_early).
+        self._early: forkserver.PendingForks | None = None
 
     @classmethod
     def for_engine(cls, options: EngineOptions) -> LocalWorkers:
@@ -172,11 +164,40 @@ class LocalWorkers:
     def __len__(self) -> int:
         return len(self.procs)
 
+    def start_early(self, address: str, n: int) -> None:
+        """Ask the fork server for ``n`` workers dialling ``address``, not bound yet.
+
+        They fork and start while the controller binds (they dial until it
+        has), rather than after it. :meth:`start` takes them.
+        """
+        if self._start_method != "forkserver" or n <= 0:
+            return
+        env = local_worker_env(self._key, self._env)
+        try:
+            self._early = forkserver.request_workers(
+                address, self._prefetch, env, self._preload, self._env, self._limits, n, early=True
+            )
+        except (forkserver.ForkServerUnavailable, OSError) as exc:
+            log.debug("no early local workers (%s): they start after the bind", exc)
+
     def start(self, address: str, n: int) -> None:
+        pending = self._take_early()
+        if pending is not None and (pending.address != address or len(pending.ids) > n):
+            # Bound elsewhere after all (no ipc): those dial nothing. Or fewer
+            # are wanted now: asked for again, in the number wanted.
+            self._end_early(pending)
+            pending = None
         if self._start_method == "forkserver" and n > 0:
             env = local_worker_env(self._key, self._env)
             forked, error = forkserver.fork_workers(
-                address, self._prefetch, env, self._preload, self._env, self._args, n
+                address,
+                self._prefetch,
+                env,
+                self._preload,
+                self._env,
+                self._limits,
+                n,
+                pending,
             )
             for proc in forked:
                 self.procs[proc.pid] = proc
@@ -190,9 +211,24 @@ class LocalWorkers:
                 self._key,
                 prefetch=self._prefetch,
                 extra_env=self._env,
-                extra_args=self._args,
+                limits=self._limits,
             )
             self.procs[spawned.pid] = spawned
+
+    def _take_early(self) -> forkserver.PendingForks | None:
+        pending, self._early = self._early, None
+        return pending
+
+    def _end_early(self, pending: forkserver.PendingForks) -> None:
+        """Workers asked for early that will not be used: ended, as asked to."""
+        try:
+            forked, _ = pending.server.take_forks(pending.ids)
+        except forkserver.ForkServerUnavailable:
+            return  # the server is gone, and its children with it
+        for proc in forked:
+            self.procs[proc.pid] = proc
+            self._expected.add(proc.pid)
+            proc.kill()
 
     def stopping(self) -> None:
         """Every running process was asked to leave: its exit is no failure."""
@@ -281,6 +317,9 @@ class LocalWorkers:
 
     def end_all(self) -> None:
         """End the processes that did not leave in time: first politely."""
+        pending = self._take_early()
+        if pending is not None:
+            self._end_early(pending)
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.terminate()

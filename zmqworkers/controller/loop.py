@@ -29,6 +29,7 @@ import zmq
 
 from zmqworkers import remote as remote_logs
 from zmqworkers._version import __version__
+from zmqworkers.controller import forkserver
 from zmqworkers.controller.batching import Batcher, Spec
 from zmqworkers.controller.control import TaskControl
 from zmqworkers.controller.dispatch import Dispatcher
@@ -102,6 +103,10 @@ class EngineLoop:
         self.options = options
         self.handler = handler
         self.id = f"ctl-{uuid.uuid4().hex[:8]}"
+        self._sockets = ControllerSockets(options, self.id)
+        self._local = LocalWorkers.for_engine(options)
+        if options.start_method == "forkserver" and options.n_workers > 0:
+            _ask_for_local_workers(options, self._sockets, self._local)
         self.host = pysocket.gethostname()
         self.address = ""
         self.sched = Scheduler(max_attempts=options.max_attempts)
@@ -116,9 +121,7 @@ class EngineLoop:
         self._wake_r, self._wake_w = wake
         self._batcher = Batcher(options)
         self._guard = ReplayGuard()
-        self._sockets = ControllerSockets(options, self.id)
         self._sessions: SessionTable | None = None  # once the sockets are bound
-        self._local = LocalWorkers.for_engine(options)
         self._dispatcher = Dispatcher(
             self.sched,
             self._batcher,
@@ -161,10 +164,17 @@ class EngineLoop:
     def sockets(self) -> ControllerSockets:
         return self._sockets
 
+    def discard(self) -> None:
+        """For an engine never run: what its making started ends (local workers asked
+        for early, the ipc folder)."""
+        self._local.end_all()
+        self._sockets.close()
+
     def run(self) -> None:
         try:
             self._bind()
         except BaseException as exc:
+            self._local.end_all()
             self._sockets.close()
             self.start_error = exc
             self.ready.set()
@@ -227,9 +237,9 @@ class EngineLoop:
             if backlog or self._wake_r in events:
                 backlog = not self._drain_commands()
             if socks.router in events:
-                self._recv_all(socks.router, self._on_task_channel)
+                _recv_all(socks.router, self._on_task_channel, self.dropped)
             if socks.pull in events:
-                self._recv_all(socks.pull, self._on_result_channel)
+                _recv_all(socks.pull, self._on_result_channel, self.dropped)
             if socks.monitor in events and socks.read_monitor():
                 self._watch.on_disconnect()
             self._dispatcher.run()
@@ -247,23 +257,6 @@ class EngineLoop:
                     stop_deadline = now + self._stop_grace
                 if not len(self._local) or now > stop_deadline:
                     return
-
-    def _recv_all(self, sock: zmq.Socket[Any], handle: Callable[[list[Any]], None]) -> None:
-        # Bounded, so one flooding peer cannot starve the other sockets.
-        for _ in range(1000):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            try:
-                handle(frames)
-            except DecodeError as exc:
-                count_drop(self.dropped, exc)
-            except Exception as exc:
-                # A signed message this code cannot handle (a bug, or a peer
-                # of another release): dropped like any other, never fatal.
-                log.debug("message handler raised", exc_info=True)
-                count_drop(self.dropped, DecodeError("invalid", repr(exc)))
 
     def _decode(self, frames: list[Any], key: Any) -> Any:
         msg = decode(frames, key, max_size=self.options.max_message_size)
@@ -511,7 +504,7 @@ class EngineLoop:
             self.stats["hellos_expired"] += expired
 
     def _take_results(self) -> None:
-        self._recv_all(self._sockets.pull, self._on_result_channel)
+        _recv_all(self._sockets.pull, self._on_result_channel, self.dropped)
 
     def _lose(self, wid: str, how: str, running: int | None = None) -> None:
         if wid not in self.sched.workers:
@@ -533,7 +526,7 @@ class EngineLoop:
         self._local.end_all()
         # Results sent just before the workers left still count.
         try:
-            self._recv_all(self._sockets.pull, self._on_result_channel)
+            _recv_all(self._sockets.pull, self._on_result_channel, self.dropped)
         except zmq.ZMQError:
             pass  # the engine failed with its sockets: nothing to read
         abandoned = list(self.sched.tasks)
@@ -565,3 +558,39 @@ def count_drop(dropped: Counter[str], exc: DecodeError) -> None:
     n = dropped[exc.reason]
     if n & (n - 1) == 0:
         log.warning("dropped message (%s); %d dropped for this reason", exc, n)
+
+
+def _ask_for_local_workers(
+    options: EngineOptions, sockets: ControllerSockets, local: LocalWorkers
+) -> None:
+    """First, while this process may still be a single thread: the fork server
+    is forked from it, with the local workers' request waiting for it.
+
+    They fork and start while the rest of the engine is made and its sockets
+    are bound (they dial until then).
+    """
+    planned = sockets.plan_local_ipc()
+    if planned is not None:
+        local.start_early(planned, local.target)
+    else:
+        forkserver.start_server_early(options.worker_env)
+
+
+def _recv_all(
+    sock: zmq.Socket[Any], handle: Callable[[list[Any]], None], dropped: Counter[str]
+) -> None:
+    # Bounded, so one flooding peer cannot starve the other sockets.
+    for _ in range(1000):
+        try:
+            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        try:
+            handle(frames)
+        except DecodeError as exc:
+            count_drop(dropped, exc)
+        except Exception as exc:
+            # A signed message this code cannot handle (a bug, or a peer
+            # of another release): dropped like any other, never fatal.
+            log.debug("message handler raised", exc_info=True)
+            count_drop(dropped, DecodeError("invalid", repr(exc)))

@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 # Messages queued per connection on the controller's receiving sockets: with
 # max_message_size, bounds the memory one connection can make it hold.
 RECEIVE_HWM = 1000
+# The longest path of a Unix socket (Linux's sun_path, less its final NUL).
+IPC_PATH_MAX = 107
 
 
 class ControllerSockets:
@@ -76,6 +78,8 @@ class ControllerSockets:
         self.leftovers = Leftovers()
         # Shared-memory segments for local workers on ipc, if any.
         self.segments: SegmentSpace | None = None
+        # The ipc folder made before binding (plan_local_ipc), if any.
+        self._ipc_folder: str | None = None
 
     def bind(self) -> None:
         # Large frames arrive into malloc'd blocks: keep their pages (heap.py).
@@ -143,6 +147,31 @@ class ControllerSockets:
             "control": self.pub.getsockopt_string(zmq.LAST_ENDPOINT),
         }
 
+    def plan_local_ipc(self) -> str | None:
+        """The address local workers will dial, known before :meth:`bind`, or None.
+
+        Its folder is made now, so that local workers can be started while
+        the sockets are being bound. Should the bind not use it after all,
+        :attr:`local_address` says where they must dial instead.
+        """
+        if not self._uses_local_ipc() or urlsplit(self.options.bind).scheme != "tcp":
+            return None
+        try:
+            folder = tempfile.mkdtemp(prefix="zmqworkers-")
+        except OSError:
+            return None
+        if len(os.fsencode(f"{folder}/control")) > IPC_PATH_MAX:
+            # The bind would refuse it and fall back to TCP: no plan.
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        self.leftovers.add(folder)
+        self._ipc_folder = folder
+        return f"ipc://{folder}/tasks"
+
+    def _uses_local_ipc(self) -> bool:
+        opts = self.options
+        return opts.local_ipc and opts.n_workers > 0 and os.name == "posix" and zmq.has("ipc")
+
     def bind_local_ipc(self) -> None:
         """Also listen on ipc, in a private folder, for this host's own workers.
 
@@ -153,15 +182,17 @@ class ControllerSockets:
         """
         self.local_address = self.address
         opts = self.options
-        if not (opts.local_ipc and opts.n_workers > 0 and self.address.startswith("tcp://")):
-            return
-        if os.name != "posix" or not zmq.has("ipc"):
+        folder, self._ipc_folder = self._ipc_folder, None
+        planned = folder is not None  # in the leftovers already
+        if not (self._uses_local_ipc() and self.address.startswith("tcp://")):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
             return
         socks = {"tasks": self.router, "results": self.pull, "control": self.pub}
         bound: list[tuple[zmq.Socket[Any], str]] = []
-        folder = None
         try:
-            folder = tempfile.mkdtemp(prefix="zmqworkers-")
+            if folder is None:
+                folder = tempfile.mkdtemp(prefix="zmqworkers-")
             for name, sock in socks.items():
                 sock.bind(f"ipc://{folder}/{name}")
                 bound.append((sock, f"ipc://{folder}/{name}"))
@@ -175,7 +206,8 @@ class ControllerSockets:
                 shutil.rmtree(folder, ignore_errors=True)
             return
         # Gone with the sockets, or at exit or SIGTERM if they never closed.
-        self.leftovers.add(folder)
+        if not planned:
+            self.leftovers.add(folder)
         if opts.shared_memory:
             self.segments = SegmentSpace.open()
         self.local_address = f"ipc://{folder}/tasks"

@@ -4,11 +4,15 @@
 their parser with :func:`add_worker_arguments` and call :func:`run`, so
 they take the same options and do the same. Nothing here imports the rest
 of the command line, so a worker starts without parsing it.
+
+A local worker forked by the fork server does not parse at all: its
+arguments come as values (:func:`local_worker_args`), and argparse, which
+takes longer to import than the rest of the worker program's start, is
+never loaded on the way to its first result.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 import math
@@ -16,8 +20,23 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse
+
+    # Parsed from a command line, or given as values (local_worker_args).
+    WorkerArgs = argparse.Namespace | SimpleNamespace
 
 log = logging.getLogger(__name__)
+
+
+def _type_error(message: str) -> Exception:
+    """argparse's error for a bad value (argparse has been loaded: it is parsing)."""
+    import argparse
+
+    return argparse.ArgumentTypeError(message)
 
 
 def configure_logging(level: str) -> None:
@@ -33,11 +52,11 @@ def seconds(text: str, *, allow_zero: bool = True) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        raise _type_error(f"{text!r} is not a number of seconds") from None
     # NaN and infinity would pass every comparison a deadline makes, or none.
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds {bound}")
+        raise _type_error(f"{text!r} is not a finite number of seconds {bound}")
     return value
 
 
@@ -55,8 +74,8 @@ def message_size(text: str) -> int:
         return check_limit(int(text), "--max-message-size")
     except ValueError as exc:
         if isinstance(exc, ConfigurationError):
-            raise argparse.ArgumentTypeError(str(exc)) from None
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bytes") from None
+            raise _type_error(str(exc)) from None
+        raise _type_error(f"{text!r} is not a whole number of bytes") from None
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
@@ -173,7 +192,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def log_level(args: argparse.Namespace) -> str:
+def log_level(args: WorkerArgs) -> str:
     """The worker's --log-level, else the command line's, else $ZMQWORKERS_LOG_LEVEL."""
     level = args.worker_log_level or getattr(args, "log_level", None)
     # From the environment too: local workers inherit their controller's.
@@ -187,6 +206,8 @@ def worker_parser() -> argparse.ArgumentParser:
     A fork server builds it before it forks: building it is most of what a
     forked worker spends on its arguments (about 1 ms), parsing is not.
     """
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="python -m zmqworkers.worker",
         description="Run a worker that serves the controller at ADDRESS.",
@@ -202,7 +223,69 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(args)
 
 
-def address_and_key(args: argparse.Namespace) -> tuple[str, bytes]:
+def local_worker_argv(
+    address: str,
+    parent_pid: int,
+    prefetch: int,
+    max_tasks: int | None = None,
+    max_memory: int | None = None,
+) -> list[str]:
+    """The command line of a worker its controller starts on this host."""
+    return [
+        address,
+        *("--parent-pid", str(parent_pid), "--prefetch", str(prefetch)),
+        *(["--max-tasks", str(max_tasks)] if max_tasks else ()),
+        *(["--max-memory", str(max_memory)] if max_memory else ()),
+    ]
+
+
+def local_worker_args(
+    address: str,
+    parent_pid: int,
+    prefetch: int,
+    max_tasks: int | None = None,
+    max_memory: int | None = None,
+) -> SimpleNamespace:
+    """What the worker's parser makes of :func:`local_worker_argv`, without argparse.
+
+    Every option the parser has, at its default but the ones given (a test
+    holds the two equal).
+    """
+    return SimpleNamespace(
+        address=address,
+        key_file=None,
+        curve=os.environ.get("ZMQWORKERS_CURVE"),
+        curve_name="worker",
+        insecure=False,
+        connection_file=None,
+        connection_wait=300.0,
+        processes=1,
+        lifetime=None,
+        drain_timeout=None,
+        max_restarts=None,
+        supervise=False,
+        status_file=None,
+        worker_log_level=None,
+        prefetch=prefetch,
+        name=None,
+        parent_pid=parent_pid,
+        heartbeat_interval=None,
+        heartbeat_misses=None,
+        max_message_size=None,
+        max_tasks=max_tasks or None,
+        max_memory=max_memory or None,
+        death_timeout=None,
+    )
+
+
+def run_local(worker: dict[str, Any]) -> int:
+    """A local worker from :func:`local_worker_args`'s values (a fork server's child)."""
+    args = local_worker_args(**worker)
+    configure_logging(log_level(args))
+    return run(args)
+
+
+def address_and_key(args: WorkerArgs) -> tuple[str, bytes]:
     """From ADDRESS and --key-file/$ZMQWORKERS_KEY, or from --connection-file."""
     from zmqworkers.errors import ConfigurationError
     from zmqworkers.security.connection import (
@@ -243,7 +326,7 @@ def address_and_key(args: argparse.Namespace) -> tuple[str, bytes]:
     return address, key
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: WorkerArgs) -> int:
     """Run a worker (or a supervisor of some) from parsed worker arguments."""
     from zmqworkers.errors import ConfigurationError
     from zmqworkers.heap import keep_large_buffers
@@ -370,7 +453,7 @@ def _max_tasks(text: str) -> int:
     except ValueError:
         n = 0
     if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number, 1 or more, not {text!r}")
+        raise _type_error(f"must be a whole number, 1 or more, not {text!r}")
     return n
 
 
@@ -380,7 +463,7 @@ def _max_memory(text: str) -> int:
     try:
         size = parse_size(text, "--max-memory")
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise _type_error(str(exc)) from None
     assert size is not None
     return size
 
@@ -409,7 +492,7 @@ def _drain_timeout(given: float | None) -> float:
         return WorkerOptions.drain_timeout
 
 
-def _bad_worker_numbers(args: argparse.Namespace) -> str | None:
+def _bad_worker_numbers(args: WorkerArgs) -> str | None:
     if args.processes < 1:
         return f"--processes must be 1 or more, not {args.processes}"
     if args.prefetch < 0:

@@ -29,6 +29,11 @@ CONNECT_TIMEOUT_MS = 1000
 # between two runs of a GUI waits on average half of it before it joins the
 # next one: at 1 s, the join was most of a short pydidas run on daemons.
 RECONNECT_IVL_MAX_MS = 250
+# The task channel's first retry: a local worker may dial before its
+# controller has bound (the controller asks for it first, see
+# LocalWorkers.start_early), and ZeroMQ's 100 ms would then be most of
+# its wait for the first result. Doubled at each retry, up to the maximum.
+TASKS_RECONNECT_IVL_MS = 2
 
 
 def redial_quickly(sock: zmq.Socket[Any]) -> None:
@@ -52,9 +57,19 @@ def dial_tasks(
     sock.setsockopt(zmq.ROUTING_ID, f"{worker_id}/{secrets.token_hex(8)}".encode())
     sock.setsockopt(zmq.MAXMSGSIZE, opts.max_message_size)
     redial_quickly(sock)
+    sock.setsockopt(zmq.RECONNECT_IVL, TASKS_RECONNECT_IVL_MS)
     answer_pings(sock, opts.heartbeat_interval, opts.heartbeat_misses)
     sock.connect(address)
     return sock
+
+
+def local_side_endpoint(address: str, name: str) -> str | None:
+    """The ``results`` or ``control`` endpoint beside a controller's ipc folder for
+    local workers (``ipc://FOLDER/tasks``), before its welcome names it; else None."""
+    head, sep, tail = address.rpartition("/")
+    if address.startswith("ipc://") and sep and tail == "tasks":
+        return f"{head}/{name}"
+    return None
 
 
 def dial_results(sock: zmq.Socket[Any], endpoint: str) -> zmq.Socket[Any]:
@@ -110,7 +125,11 @@ def beat(
     redial_quickly(sock)
     sock.connect(endpoint)
     usage = Usage()
-    while not stop.is_set():
+    # The session's first status went out with its first message on the
+    # results channel: the next is due an interval later. (Sent at once, it
+    # took the interpreter from the thread that is about to run the
+    # session's first task.)
+    while not stop.wait(interval):
         seq, header = status()
         header = {**header, **usage.sample()}
         frames = encode(Kind.HEARTBEAT, sender, seq, key, header)
@@ -118,7 +137,6 @@ def beat(
             sock.send_multipart(frames, flags=zmq.NOBLOCK)
         except zmq.Again:
             release(frames)  # not sent: the names it said freed go in a later one
-        stop.wait(interval)
 
 
 def from_another_controller(header: Any, ours: str | None) -> bool:

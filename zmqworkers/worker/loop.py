@@ -260,6 +260,12 @@ class Worker:
         """Serve one controller. Returns "exit", "served" or "lost"."""
         opts = self.options
         tasks = links.dial_tasks(self._socket(zmq.DEALER), self.address, self.id, opts)
+        # A local worker's result channel is most likely beside the task one:
+        # dialled now, its connection is made while the hello goes out and
+        # the welcome comes back, not after (the controller sends the first
+        # task once a message arrives on it).
+        guessed = links.local_side_endpoint(self.address, "results")
+        early = links.dial_results(self._socket(zmq.PUSH), guessed) if guessed else None
         results: zmq.Socket[Any] | None = None
         control: zmq.Socket[Any] | None = None
         hb_thread: threading.Thread | None = None
@@ -281,7 +287,10 @@ class Worker:
                 return "lost" if self.options.daemon else "exit"
             welcome = answer.welcome
             results_ep = side_endpoint(self.address, welcome, "results")
-            results = links.dial_results(self._socket(zmq.PUSH), results_ep)
+            if early is not None and results_ep == guessed:
+                results, early = early, None
+            else:
+                results = links.dial_results(self._socket(zmq.PUSH), results_ep)
             # The controller takes the session as joined at its first message on
             # this channel: one now, not the heartbeat thread's once it runs.
             results.send_multipart(encode(Kind.HEARTBEAT, *self._signing(), self._id_and_counts()))
@@ -316,6 +325,8 @@ class Worker:
             for s in (tasks, results, control):
                 if s is not None:
                     s.close()
+            if early is not None:
+                early.close(linger=0)  # never used: nothing to deliver
 
     def _should_exit(self) -> bool:
         return self._terminate or links.parent_gone(self.options.parent_pid)

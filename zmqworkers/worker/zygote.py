@@ -12,7 +12,7 @@ thread running makes the server refuse to fork (the controller then spawns).
 
 Lines of JSON on the socket ``FD``, one object each:
 
-  controller -> server   {"op": "fork", "id", "argv", "env", "cwd", "preload"}
+  controller -> server   {"op": "fork", "id", "worker", "env", "cwd", "preload"}
                          {"op": "preload", "modules"}
                          {"op": "signal", "pid", "signo"}
   server -> controller   {"op": "forked", "id", "pid"} or {"op": "failed", "id", "error"}
@@ -44,17 +44,27 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# What a local worker imports before its first result (the function spec
-# is unpickled with cloudpickle, shared memory needs _posixshmem).
+# What a local worker imports on its way to its first result, loaded before
+# the server's first fork (taking the controller's authkey loads
+# multiprocessing's resource tracker).
 WORKER_MODULES = (
     "zmqworkers.worker.args",
     "zmqworkers.worker.loop",
     "zmqworkers.worker.mp_authkey",
+    "zmqworkers.worker.group",
     "zmqworkers.logs",
-    "cloudpickle",
-    "multiprocessing.shared_memory",
-    "multiprocessing.spawn",
+    "zmqworkers.heap",
+    "zmqworkers.security.connection",
+    "zmqworkers.security.keys",
+    "multiprocessing.resource_tracker",
 )
+# The function specs are unpickled with it: loaded by the server too (a
+# server forked from its controller has it already, see start_server_early).
+SERVER_MODULES = ("cloudpickle",)
+# What only some tasks need (shared memory an app makes): loaded once the
+# server has nothing to do, so that no first fork waits for it. A worker
+# forked before then imports it if it needs it.
+LATER_MODULES = ("multiprocessing.shared_memory",)
 # How often the server looks at its parent when nothing else wakes it.
 PARENT_CHECK = 0.25
 
@@ -69,6 +79,7 @@ class ForkServer:
         self.preloaded: set[str] = set()
         self.unsafe: str | None = None
         self.controller_gone = False
+        self.idle_loaded = False  # LATER_MODULES
         self._buf = b""
         # SIGCHLD wakes select() through this pipe, so exits are told at once.
         self._wake_r, self._wake_w = os.pipe()
@@ -84,6 +95,9 @@ class ForkServer:
                 ready, _, _ = select.select(
                     [self.sock.fileno(), self._wake_r], [], [], PARENT_CHECK
                 )
+                if not ready and not self.idle_loaded:
+                    self.idle_loaded = True
+                    _import_all(LATER_MODULES)
                 if self._wake_r in ready:
                     _drain(self._wake_r)
                 if self.sock.fileno() in ready and not self._read():
@@ -219,7 +233,8 @@ class ForkServer:
             self.sock.close()
             os.chdir(request["cwd"])
             replace_environ(request["env"])
-            code = run_worker(list(request["argv"]))
+            # Its parent, which it watches, is this server.
+            code = run_worker({**request["worker"], "parent_pid": os.getppid()})
         except SystemExit as exc:
             code = exc.code
         except BaseException:
@@ -243,17 +258,19 @@ def replace_environ(env: dict[str, str]) -> None:
             os.environ[name] = value
 
 
-def run_worker(argv: list[str]) -> int:
-    """In a fresh child: what ``python -m zmqworkers.worker ARGV`` does."""
+def run_worker(worker: dict[str, Any]) -> int:
+    """In a fresh child: what ``python -m zmqworkers.worker`` does with the
+    command line :func:`~zmqworkers.worker.args.local_worker_argv` makes of
+    ``worker``, without parsing it."""
     from zmqworkers.worker import args
     from zmqworkers.worker.mp_authkey import adopt_controller_authkey
 
-    sys.argv = [args.__file__, *argv]
+    sys.argv = [args.__file__, *args.local_worker_argv(**worker)]
     _reseed()
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     adopt_controller_authkey()
     try:
-        return args.main(argv)
+        return args.run_local(worker)
     finally:
         _at_exit()
 
@@ -262,9 +279,12 @@ def _reseed() -> None:
     # Every child starts from the server's memory. Python's random module
     # reseeds itself after a fork; numpy's global generator does so only in
     # recent releases, and would otherwise give each worker the same numbers.
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        numpy.random.seed()
+    # Only where the server has numpy.random loaded: elsewhere its first
+    # import in the child seeds it afresh, and importing it here would put
+    # milliseconds on the way to every forked worker's first result.
+    random = sys.modules.get("numpy.random")
+    if random is not None:
+        random.seed()
 
 
 def _at_exit() -> None:
@@ -298,17 +318,14 @@ def _drain(fd: int) -> None:
 
 
 def load_worker_program() -> None:
-    """Import the worker program, with what a worker does once on its way to its first task.
+    """Import what a worker needs on its way to its first task, once here,
+    so that no child does it again."""
+    _import_all(WORKER_MODULES)
 
-    Done once here, so that no child does it again: the imports, the
-    argument parser, and a first parse (which compiles the regular
-    expressions argparse matches arguments with, cached per process).
-    """
-    for name in WORKER_MODULES:
+
+def _import_all(names: tuple[str, ...]) -> None:
+    for name in names:
         importlib.import_module(name)
-    from zmqworkers.worker.args import worker_parser
-
-    worker_parser().parse_args(["ipc:///fork-server", "--parent-pid", "1", "--prefetch", "1"])
 
 
 def main(argv: list[str]) -> int:
@@ -319,6 +336,7 @@ def main(argv: list[str]) -> int:
     sock = socket.socket(fileno=fd)
     sock.setblocking(True)
     load_worker_program()
+    _import_all(SERVER_MODULES)
     ForkServer(sock, controller_pid).serve()
     return 0
 

@@ -321,62 +321,57 @@ class ForkOrder(NamedTuple):
     n: int
 
 
+class WorkerRequest(NamedTuple):
+    """Local workers as a launcher asks for them: the same for each."""
+
+    address: str
+    prefetch: int
+    env: Mapping[str, str]  # the child's whole environment, key and authkey too
+    preload: Sequence[str]
+    extra_env: Mapping[str, str]  # the run's worker_env (it picks the server)
+    limits: Mapping[str, int | None]  # max_tasks and max_memory, None when not set
+
+
 class PendingForks(NamedTuple):
     """Workers asked of a fork server (:func:`request_workers`), not yet taken."""
 
-    address: str
+    request: WorkerRequest
     server: ForkServer
     ids: list[int]
 
 
-def request_workers(
-    address: str,
-    prefetch: int,
-    env: Mapping[str, str],
-    preload: Sequence[str],
-    extra_env: Mapping[str, str] | None = None,
-    limits: Mapping[str, int | None] | None = None,
-    count: int = 1,
-    *,
-    early: bool = False,
-) -> PendingForks:
-    """Ask this process's fork server for ``count`` local workers for ``env``, now.
+def request_workers(request: WorkerRequest, count: int, *, early: bool = False) -> PendingForks:
+    """Ask this process's fork server for ``count`` workers, now.
 
-    Their processes come with ``fork_workers(..., pending=...)``. ``limits``:
-    their ``max_tasks`` and ``max_memory``, when set. The server's own
-    environment lacks the key and the authkey: only the request carries
-    them, to the child alone. ``early``: called while the controller may
-    still be a single thread (see :func:`start_server_early`); a server
-    started now gets the request before it runs. Raises ``OSError`` when no
-    server can start, :class:`ForkServerUnavailable` when it cannot be asked.
+    Their processes come with ``fork_workers(..., pending=...)``. The
+    server's own environment lacks the key and the authkey: only the
+    request carries them, to the child alone. ``early``: called while the
+    controller may still be a single thread (see :func:`start_server_early`);
+    a server started now gets the request before it runs. Raises
+    ``OSError`` when no server can start, :class:`ForkServerUnavailable`
+    when it cannot be asked.
     """
-    base = {k: v for k, v in env.items() if k not in (KEY_ENV, MP_AUTHKEY_ENV)}
+    r = request
+    base = {k: v for k, v in r.env.items() if k not in (KEY_ENV, MP_AUTHKEY_ENV)}
     # A controller that uses numpy hands its workers arrays: import it once.
-    wanted = [*preload, *(["numpy"] if "numpy" in sys.modules else [])]
+    wanted = [*r.preload, *(["numpy"] if "numpy" in sys.modules else [])]
     wanted = [m for m in wanted if m not in _unsafe_preloads]
-    worker = {"address": address, "prefetch": prefetch}
-    worker.update({k: v for k, v in (limits or {}).items() if v})
-    order = ForkOrder(worker, env, wanted, count)
-    cwd, extra = os.getcwd(), extra_env or {}
-    forkable = early and _forkable_now(base, cwd, extra)
-    server = server_for(base, cwd, extra, forkable or None, first=order)
+    worker = {"address": r.address, "prefetch": r.prefetch}
+    worker.update({k: v for k, v in r.limits.items() if v})
+    order = ForkOrder(worker, r.env, wanted, count)
+    cwd = os.getcwd()
+    forkable = _forkable_now(base, cwd, r.extra_env) if early else None
+    server = server_for(base, cwd, r.extra_env, forkable, first=order)
     ids = server.claim_first() or server.request_forks(order)
-    return PendingForks(address, server, ids)
+    return PendingForks(request, server, ids)
 
 
 def fork_workers(
-    address: str,
-    prefetch: int,
-    env: Mapping[str, str],
-    preload: Sequence[str],
-    extra_env: Mapping[str, str] | None = None,
-    limits: Mapping[str, int | None] | None = None,
-    count: int = 1,
-    pending: PendingForks | None = None,
+    request: WorkerRequest, count: int, pending: PendingForks | None = None
 ) -> tuple[list[ForkedProcess], ForkServerUnavailable | None]:
-    """``count`` local workers forked from this process's fork server for ``env``.
+    """``count`` workers forked from this process's fork server.
 
-    Those of ``pending`` (asked for with the same arguments) first. Returns
+    Those of ``pending`` (asked for with the same request) first. Returns
     the ones forked, and why the others were not (None when all were): the
     launcher spawns those.
     """
@@ -385,9 +380,7 @@ def fork_workers(
         server: ForkServer | None = None
         try:
             if pending is None:
-                pending = request_workers(
-                    address, prefetch, env, preload, extra_env, limits, count - len(forked)
-                )
+                pending = request_workers(request, count - len(forked))
             server = pending.server
             procs, error = server.take_forks(pending.ids)
         except OSError as exc:

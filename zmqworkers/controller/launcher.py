@@ -172,33 +172,20 @@ class LocalWorkers:
         """
         if self._start_method != "forkserver" or n <= 0:
             return
-        env = local_worker_env(self._key, self._env)
         try:
-            self._early = forkserver.request_workers(
-                address, self._prefetch, env, self._preload, self._env, self._limits, n, early=True
-            )
+            self._early = forkserver.request_workers(self._request(address), n, early=True)
         except (forkserver.ForkServerUnavailable, OSError) as exc:
             log.debug("no early local workers (%s): they start after the bind", exc)
 
     def start(self, address: str, n: int) -> None:
         pending = self._take_early()
-        if pending is not None and (pending.address != address or len(pending.ids) > n):
+        if pending is not None and (pending.request.address != address or len(pending.ids) > n):
             # Bound elsewhere after all (no ipc): those dial nothing. Or fewer
             # are wanted now: asked for again, in the number wanted.
             self._end_early(pending)
             pending = None
         if self._start_method == "forkserver" and n > 0:
-            env = local_worker_env(self._key, self._env)
-            forked, error = forkserver.fork_workers(
-                address,
-                self._prefetch,
-                env,
-                self._preload,
-                self._env,
-                self._limits,
-                n,
-                pending,
-            )
+            forked, error = forkserver.fork_workers(self._request(address), n, pending)
             for proc in forked:
                 self.procs[proc.pid] = proc
             n -= len(forked)
@@ -214,6 +201,12 @@ class LocalWorkers:
                 limits=self._limits,
             )
             self.procs[spawned.pid] = spawned
+
+    def _request(self, address: str) -> forkserver.WorkerRequest:
+        env = local_worker_env(self._key, self._env)
+        return forkserver.WorkerRequest(
+            address, self._prefetch, env, self._preload, self._env, self._limits
+        )
 
     def _take_early(self) -> forkserver.PendingForks | None:
         pending, self._early = self._early, None

@@ -21,7 +21,7 @@ import pytest
 import zmq
 
 import zmqworkers
-from tests.conftest import wait_for, worker_processes
+from tests.conftest import wait_for
 from tests.deploy.helpers import subprocess_env
 from tests.integration.test_faults import CountingCluster, nap, poison
 from zmqworkers import Cluster
@@ -344,17 +344,31 @@ def test_bad_start_options_are_named(options: dict[str, Any], error: str) -> Non
         Cluster(1, **options)
 
 
+def _forked_workers() -> set[int]:
+    """The running children of this process's fork servers."""
+    children = {pid for server in forkserver.server_pids() for pid in _children_of(server)}
+    return {pid for pid in children if _running(pid)}
+
+
 def test_workers_asked_for_before_a_bind_that_fails_do_not_outlive_it() -> None:
     # Local workers are asked of the fork server before the controller's
     # sockets are bound, so that they start meanwhile: when the bind fails,
     # they end with it rather than dial an address nobody will bind.
+    # Forked workers have the server's command line (here pytest's): they
+    # are found as the servers' children, not by name.
+    before = _forked_workers()
     ctx: zmq.Context[Any] = zmq.Context()
     taken = ctx.socket(zmq.ROUTER)
     try:
         port = taken.bind_to_random_port("tcp://127.0.0.1")
         with pytest.raises(zmq.ZMQError, match="in use"):
             Cluster(2, bind=f"tcp://127.0.0.1:{port}", start_method="forkserver")
-        wait_for(lambda: not worker_processes(), 15)
+        # The server forks in the order asked: once this worker has come,
+        # the two asked for before it were forked too.
+        with Cluster(1, start_method="forkserver") as c:
+            c.wait_for_workers(1, timeout=30)
+            (pid,) = {w["pid"] for w in c.workers()}
+            wait_for(lambda: _forked_workers() - before == {pid}, 15)
     finally:
         taken.close(linger=0)
         ctx.term()

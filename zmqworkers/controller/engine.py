@@ -73,7 +73,12 @@ class Engine:
         self._thread = threading.Thread(
             target=self._loop.run, name="zmqworkers-engine", daemon=True
         )
-        self._thread.start()
+        try:
+            self._thread.start()
+        except BaseException:
+            self._thread = None
+            self._loop.discard()  # the local workers it asked for go too
+            raise
         if not self._loop.ready.wait(timeout):
             raise TimeoutError("the controller engine did not start")
         if self._loop.start_error is not None:

@@ -18,9 +18,9 @@ I/O threads a fork would copy half-way), the server is forked from it: it
 then has zmqworkers, numpy and the caller's modules imported already, and
 the first worker forks in milliseconds. Otherwise the server is a fresh
 interpreter (exec), which holds only what it imported itself. An engine
-asks for its first local workers as it starts the server: the request is
-in the server's socket before the server runs, so it forks them at once,
-while the engine binds the address they dial. A forked
+asks for its first local workers as soon as it has started the server: the
+request waits in the server's socket before the server is ready to read
+it, so it forks them at once, while the engine binds the address they dial. A forked
 server drops its parent's exit handlers and signal handlers, and never
 touches what it inherited beyond that; like a worker forked by
 ``multiprocessing``, it holds copies of the controller's open files.
@@ -86,19 +86,9 @@ class ForkServerUnavailable(Exception):
 class ForkServer:
     """The controller's end of one fork server."""
 
-    def __init__(
-        self,
-        env: Mapping[str, str],
-        cwd: str,
-        forkable: bool | None = None,
-        first: ForkOrder | None = None,
-    ) -> None:
+    def __init__(self, env: Mapping[str, str], cwd: str, forkable: bool | None = None) -> None:
         ours, theirs = socket.socketpair()
         self._next_id = 0
-        # ``first``: workers asked for before the server starts; the server
-        # finds the request waiting and forks them before anything else.
-        # Their ids are taken with claim_first().
-        self._first = self._write_forks(ours, first) if first is not None else []
         self.proc: subprocess.Popen[bytes] | ForkedServerProcess
         # ``forkable``: whether may_fork_here() said yes just now (its scan
         # of the objects can take milliseconds); None to ask it here.
@@ -152,31 +142,17 @@ class ForkServer:
         server forks them back to back rather than one per round trip.
         """
         with self._lock:
-            if self.broken is not None:
-                raise ForkServerUnavailable(f"the fork server is gone ({self.broken})")
-            try:
-                return self._write_forks(self._sock, order)
-            except OSError as exc:
-                self._break(f"cannot write to it: {exc}")
-
-    def claim_first(self) -> list[int]:
-        """The ids of the workers asked for at the server's start, once (else none)."""
-        with self._lock:
-            ids, self._first = self._first, []
-        return ids
-
-    def _write_forks(self, sock: socket.socket, order: ForkOrder) -> list[int]:
-        ids = list(range(self._next_id + 1, self._next_id + 1 + order.n))
-        self._next_id += order.n
-        request = {
-            "op": "fork",
-            "worker": dict(order.worker),
-            "env": dict(order.env),
-            "cwd": os.getcwd(),
-            "preload": [m for m in order.preload if m not in NOT_PRELOADED],
-        }
-        sock.sendall(b"".join(json.dumps({**request, "id": rid}).encode() + b"\n" for rid in ids))
-        return ids
+            ids = list(range(self._next_id + 1, self._next_id + 1 + order.n))
+            self._next_id += order.n
+            request = {
+                "op": "fork",
+                "worker": dict(order.worker),
+                "env": dict(order.env),
+                "cwd": os.getcwd(),
+                "preload": [m for m in order.preload if m not in NOT_PRELOADED],
+            }
+            self._write(*({**request, "id": rid} for rid in ids))
+            return ids
 
     def take_forks(
         self, ids: Sequence[int]
@@ -346,8 +322,8 @@ def request_workers(request: WorkerRequest, count: int, *, early: bool = False) 
     Their processes come with ``fork_workers(..., pending=...)``. The
     server's own environment lacks the key and the authkey: only the
     request carries them, to the child alone. ``early``: called while the
-    controller may still be a single thread (see :func:`start_server_early`);
-    a server started now gets the request before it runs. Raises
+    controller may still be a single thread (see :func:`start_server_early`).
+    Raises
     ``OSError`` when no server can start, :class:`ForkServerUnavailable`
     when it cannot be asked.
     """
@@ -361,9 +337,10 @@ def request_workers(request: WorkerRequest, count: int, *, early: bool = False) 
     order = ForkOrder(worker, r.env, wanted, count)
     cwd = os.getcwd()
     forkable = _forkable_now(base, cwd, r.extra_env) if early else None
-    server = server_for(base, cwd, r.extra_env, forkable, first=order)
-    ids = server.claim_first() or server.request_forks(order)
-    return PendingForks(request, server, ids)
+    # A server started now has the request a moment after its fork, before
+    # it is ready to read it.
+    server = server_for(base, cwd, r.extra_env, forkable)
+    return PendingForks(request, server, server.request_forks(order))
 
 
 def fork_workers(
@@ -495,12 +472,10 @@ def server_for(
     cwd: str,
     extra_env: Mapping[str, str],
     forkable: bool | None = None,
-    first: ForkOrder | None = None,
 ) -> ForkServer:
     """This process's fork server for ``env`` and ``cwd``, started on first use.
 
-    One per :func:`_server_key`. ``forkable`` and ``first`` (used only if
-    the server starts now): see :class:`ForkServer`.
+    One per :func:`_server_key`. ``forkable``: see :class:`ForkServer`.
     """
     key = _server_key(env, cwd, extra_env)
     with _servers_lock:
@@ -509,7 +484,7 @@ def server_for(
             server.close()  # reaped; its workers leave as orphans
             server = None
         if server is None or server.owner != os.getpid():
-            server = ForkServer(env, cwd, forkable, first)
+            server = ForkServer(env, cwd, forkable)
             _servers[key] = server
             _close_idle_servers(keep=server)
         return server

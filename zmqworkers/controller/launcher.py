@@ -179,9 +179,9 @@ class LocalWorkers:
 
     def start(self, address: str, n: int) -> None:
         pending = self._take_early()
-        if pending is not None and (pending.request.address != address or len(pending.ids) > n):
-            # Bound elsewhere after all (no ipc): those dial nothing. Or fewer
-            # are wanted now: asked for again, in the number wanted.
+        if pending is not None and (pending.request.address != address or len(pending.ids) != n):
+            # Bound elsewhere after all (no ipc): those dial nothing. Or
+            # another number is wanted now: asked for again, in that number.
             self._end_early(pending)
             pending = None
         if self._start_method == "forkserver" and n > 0:

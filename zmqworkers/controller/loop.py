@@ -103,62 +103,66 @@ class EngineLoop:
         self.options = options
         self.handler = handler
         self.id = f"ctl-{uuid.uuid4().hex[:8]}"
+        # The wake pipe: closed here, as the loop is the last to use it.
+        self._wake_r, self._wake_w = wake
         self._sockets = ControllerSockets(options, self.id)
         self._local = LocalWorkers.for_engine(options)
         if options.start_method == "forkserver" and options.n_workers > 0:
             _ask_for_local_workers(options, self._sockets, self._local)
-        self.host = pysocket.gethostname()
-        self.address = ""
-        self.sched = Scheduler(max_attempts=options.max_attempts)
-        self.dropped: Counter[str] = Counter()
-        self.stats: Counter[str] = Counter()
-        self.telemetry = Telemetry()
-        self.ready = threading.Event()
-        self.closed = threading.Event()
-        self.start_error: BaseException | None = None
-        self._commands = commands
-        # The wake pipe: closed here, as the loop is the last to use it.
-        self._wake_r, self._wake_w = wake
-        self._batcher = Batcher(options)
-        self._guard = ReplayGuard()
-        self._sessions: SessionTable | None = None  # once the sockets are bound
-        self._dispatcher = Dispatcher(
-            self.sched,
-            self._batcher,
-            self._send,
-            self._deliver,
-            self.host,
-            self.stats,
-            lambda: self._sockets.seq,
-        )
-        self._closing = False
-        self._stop_grace = options.stop_timeout
-        self._watch = LivenessWatch(
-            options, self.id, self.sched, self._sockets, self._local, self._send, self._lose
-        )
-        self.control = TaskControl(
-            options.task_timeout, self.sched, self._local, self._send, self._sockets.publish
-        )
-        self.control.wire(
-            self._retire, self._deliver, self.stats, handler.on_event, self._take_results
-        )
-        self._dispatcher.timed = lambda: self.control.timed
-        self._on_command: dict[str, Callable[[Any], None]] = {
-            "submit": self._cmd_submit,
-            "cancel_many": self._cmd_cancel_many,
-            "pause": self._cmd_pause,
-            "call": self._cmd_call,
-            "stop_workers": self._cmd_stop_workers,
-            "start_workers": self._cmd_start_workers,
-            "shutdown": self._cmd_shutdown,
-        }
-        # Per message kind on the result channel, from a live session.
-        self._on_result_kind: dict[Kind, Callable[[Session, Message], None]] = {
-            Kind.RESULTS: self._on_results_msg,
-            Kind.HEARTBEAT: self._on_heartbeat,
-            Kind.BYE: self._on_bye,
-            Kind.MESSAGE: self._on_message,
-        }
+        try:
+            self.host = pysocket.gethostname()
+            self.address = ""
+            self.sched = Scheduler(max_attempts=options.max_attempts)
+            self.dropped: Counter[str] = Counter()
+            self.stats: Counter[str] = Counter()
+            self.telemetry = Telemetry()
+            self.ready = threading.Event()
+            self.closed = threading.Event()
+            self.start_error: BaseException | None = None
+            self._commands = commands
+            self._batcher = Batcher(options)
+            self._guard = ReplayGuard()
+            self._sessions: SessionTable | None = None  # once the sockets are bound
+            self._dispatcher = Dispatcher(
+                self.sched,
+                self._batcher,
+                self._send,
+                self._deliver,
+                self.host,
+                self.stats,
+                lambda: self._sockets.seq,
+            )
+            self._closing = False
+            self._stop_grace = options.stop_timeout
+            self._watch = LivenessWatch(
+                options, self.id, self.sched, self._sockets, self._local, self._send, self._lose
+            )
+            self.control = TaskControl(
+                options.task_timeout, self.sched, self._local, self._send, self._sockets.publish
+            )
+            self.control.wire(
+                self._retire, self._deliver, self.stats, handler.on_event, self._take_results
+            )
+            self._dispatcher.timed = lambda: self.control.timed
+            self._on_command: dict[str, Callable[[Any], None]] = {
+                "submit": self._cmd_submit,
+                "cancel_many": self._cmd_cancel_many,
+                "pause": self._cmd_pause,
+                "call": self._cmd_call,
+                "stop_workers": self._cmd_stop_workers,
+                "start_workers": self._cmd_start_workers,
+                "shutdown": self._cmd_shutdown,
+            }
+            # Per message kind on the result channel, from a live session.
+            self._on_result_kind: dict[Kind, Callable[[Session, Message], None]] = {
+                Kind.RESULTS: self._on_results_msg,
+                Kind.HEARTBEAT: self._on_heartbeat,
+                Kind.BYE: self._on_bye,
+                Kind.MESSAGE: self._on_message,
+            }
+        except BaseException:
+            self.discard()  # the workers just asked for, with the rest
+            raise
 
     @property
     def sockets(self) -> ControllerSockets:
@@ -166,9 +170,12 @@ class EngineLoop:
 
     def discard(self) -> None:
         """For an engine never run: what its making started ends (local workers asked
-        for early, the ipc folder)."""
+        for early, the ipc folder, the wake pipe)."""
         self._local.end_all()
         self._sockets.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def run(self) -> None:
         try:
@@ -563,12 +570,9 @@ def count_drop(dropped: Counter[str], exc: DecodeError) -> None:
 def _ask_for_local_workers(
     options: EngineOptions, sockets: ControllerSockets, local: LocalWorkers
 ) -> None:
-    """First, while this process may still be a single thread: the fork server
-    is forked from it, with the local workers' request waiting for it.
-
-    They fork and start while the rest of the engine is made and its sockets
-    are bound (they dial until then).
-    """
+    """While this process may still be a single thread, the fork server is forked
+    from it and asked for the local workers at once: they start while the rest
+    of the engine is made and its sockets are bound (they dial until then)."""
     planned = sockets.plan_local_ipc()
     if planned is not None:
         local.start_early(planned, local.target)

@@ -7,7 +7,9 @@
     PUB     control  HEARTBEAT and STOP to all
     PAIR    monitor  the ROUTER's disconnections
 
-Only the engine thread touches them. Local workers may dial the same three
+Only the engine thread touches them (the ipc folder of local workers is
+made before, by the thread that makes the engine, with no socket yet:
+:meth:`ControllerSockets.plan_local_ipc`). Local workers may dial the same three
 sockets over ipc in a private folder (see :meth:`ControllerSockets.bind_local_ipc`).
 Every message the controller sends leaves through :meth:`ControllerSockets.send`,
 :meth:`~ControllerSockets.send_unsolicited` or :meth:`~ControllerSockets.publish`,

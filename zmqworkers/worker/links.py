@@ -29,11 +29,13 @@ CONNECT_TIMEOUT_MS = 1000
 # between two runs of a GUI waits on average half of it before it joins the
 # next one: at 1 s, the join was most of a short pydidas run on daemons.
 RECONNECT_IVL_MAX_MS = 250
-# The task channel's first retry: a local worker may dial before its
-# controller has bound (the controller asks for it first, see
-# LocalWorkers.start_early), and ZeroMQ's 100 ms would then be most of
-# its wait for the first result. Doubled at each retry, up to the maximum.
-TASKS_RECONNECT_IVL_MS = 2
+# The task channel's first retry on an ipc address: a local worker may dial
+# before its controller has bound (the controller asks for it first, see
+# LocalWorkers.start_early), and ZeroMQ's 100 ms would then be most of its
+# wait for the first result. Doubled at each retry, up to the maximum.
+# Daemons keep ZeroMQ's: a TCP connection refused after its handshake
+# (a CURVE key the controller does not know) is retried from the start.
+IPC_TASKS_RECONNECT_IVL_MS = 2
 
 
 def redial_quickly(sock: zmq.Socket[Any]) -> None:
@@ -57,7 +59,8 @@ def dial_tasks(
     sock.setsockopt(zmq.ROUTING_ID, f"{worker_id}/{secrets.token_hex(8)}".encode())
     sock.setsockopt(zmq.MAXMSGSIZE, opts.max_message_size)
     redial_quickly(sock)
-    sock.setsockopt(zmq.RECONNECT_IVL, TASKS_RECONNECT_IVL_MS)
+    if address.startswith("ipc://"):
+        sock.setsockopt(zmq.RECONNECT_IVL, IPC_TASKS_RECONNECT_IVL_MS)
     answer_pings(sock, opts.heartbeat_interval, opts.heartbeat_misses)
     sock.connect(address)
     return sock

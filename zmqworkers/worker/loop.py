@@ -290,6 +290,9 @@ class Worker:
             if early is not None and results_ep == guessed:
                 results, early = early, None
             else:
+                if early is not None:
+                    early.close(linger=0)  # a wrong guess: nothing was sent on it
+                    early = None
                 results = links.dial_results(self._socket(zmq.PUSH), results_ep)
             # The controller takes the session as joined at its first message on
             # this channel: one now, not the heartbeat thread's once it runs.

@@ -201,13 +201,14 @@ class ForkServer:
         # Buffered output would otherwise be written twice, once by the child.
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
+        server = os.getpid()  # the child's parent, which it watches
         try:
             pid = os.fork()
         except OSError as exc:
             self._send({"op": "failed", "id": request["id"], "error": f"fork failed: {exc}"})
             return
         if pid == 0:
-            self._child(request)  # never returns
+            self._child(request, server)  # never returns
         # The child makes its own session (a process group the parent must
         # not make first: a group leader cannot start a session). A signal
         # sent before then reaches the worker alone (see _signal), which
@@ -215,7 +216,7 @@ class ForkServer:
         self.children.add(pid)
         self._send({"op": "forked", "id": request["id"], "pid": pid})
 
-    def _child(self, request: dict[str, Any]) -> None:
+    def _child(self, request: dict[str, Any], server: int) -> None:
         code: Any = 1
         try:
             # Leads a session, and so a process group, of its own, as a
@@ -233,8 +234,7 @@ class ForkServer:
             self.sock.close()
             os.chdir(request["cwd"])
             replace_environ(request["env"])
-            # Its parent, which it watches, is this server.
-            code = run_worker({**request["worker"], "parent_pid": os.getppid()})
+            code = run_worker({**request["worker"], "parent_pid": server})
         except SystemExit as exc:
             code = exc.code
         except BaseException:

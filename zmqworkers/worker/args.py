@@ -203,8 +203,8 @@ def log_level(args: WorkerArgs) -> str:
 def worker_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m zmqworkers.worker``, built once per process.
 
-    A fork server builds it before it forks: building it is most of what a
-    forked worker spends on its arguments (about 1 ms), parsing is not.
+    For daemons and spawned workers: a forked local worker takes its
+    arguments as values (:func:`local_worker_args`).
     """
     import argparse
 

@@ -52,6 +52,13 @@ def pair(prefix: str) -> tuple[SessionKey, SessionKey]:
     )
 
 
+def close(*keys: SessionKey) -> None:
+    """End each key's segments (the prefix fixture then finds none left)."""
+    for key in keys:
+        assert key.segments is not None
+        key.segments.close()
+
+
 def names(prefix: str) -> list[str]:
     return sorted(n for n in os.listdir("/dev/shm") if n.startswith(prefix))
 
@@ -76,7 +83,7 @@ def test_a_large_buffer_travels_as_a_segment_and_is_reused_once_freed(prefix: st
     decode(back, sender)
     encode(Kind.TASKS, "ctl", 3, sender, {"spec": "s"}, [BIG + 2], has_payload=True)
     assert len(names(prefix)) == 2, "a freed segment is written again, not a new one"
-    sender.segments.close()  # type: ignore[union-attr]
+    close(sender)
 
 
 def test_a_session_without_segments_refuses_a_message_that_names_one(prefix: str) -> None:
@@ -86,7 +93,7 @@ def test_a_session_without_segments_refuses_a_message_that_names_one(prefix: str
         with pytest.raises(DecodeError) as err:
             decode(frames, key)
         assert err.value.reason in ("unexpected", "signature")
-    sender.segments.close()  # type: ignore[union-attr]
+    close(sender)
 
 
 def test_a_name_outside_the_session_is_refused(prefix: str) -> None:
@@ -99,7 +106,7 @@ def test_a_name_outside_the_session_is_refused(prefix: str) -> None:
     frames = encode(Kind.TASKS, "ctl", 1, sender, {"spec": "s"}, [BIG], has_payload=True)
     with pytest.raises(DecodeError, match="outside the session"):
         decode(frames, other)
-    sender.segments.close()  # type: ignore[union-attr]
+    close(sender)
 
 
 def test_a_segment_others_could_write_is_refused(prefix: str) -> None:
@@ -109,7 +116,7 @@ def test_a_segment_others_could_write_is_refused(prefix: str) -> None:
     os.chmod(f"/dev/shm/{name}", 0o644)
     with pytest.raises(DecodeError, match="private"):
         decode(frames, receiver)
-    sender.segments.close()  # type: ignore[union-attr]
+    close(sender)
 
 
 def test_a_session_that_signs_buffers_never_uses_segments(prefix: str) -> None:
@@ -180,8 +187,7 @@ def test_a_result_that_is_its_input_goes_back_by_reference(prefix: str) -> None:
     freed = decode(encode(Kind.HEARTBEAT, "w", 4, worker, {"id": "w"}), ctl)
     encode(Kind.TASKS, "ctl", 3, ctl, {}, [BIG + 2], has_payload=True)
     assert len(names(prefix)) == 2, "a segment free on both sides is written again"
-    ctl.segments.close()  # type: ignore[union-attr]
-    worker.segments.close()  # type: ignore[union-attr]
+    close(ctl, worker)
 
 
 def test_a_new_result_goes_into_a_segment_of_the_worker(prefix: str) -> None:
@@ -192,8 +198,7 @@ def test_a_new_result_goes_into_a_segment_of_the_worker(prefix: str) -> None:
     assert len(names(prefix)) == 2
     (back,) = decode(frames, ctl).payload
     assert np.array_equal(back, BIG + 1)
-    ctl.segments.close()  # type: ignore[union-attr]
-    worker.segments.close()  # type: ignore[union-attr]
+    close(ctl, worker)
 
 
 def test_a_reference_to_a_segment_not_lent_is_refused(prefix: str) -> None:
@@ -204,8 +209,7 @@ def test_a_reference_to_a_segment_not_lent_is_refused(prefix: str) -> None:
     ctl.segments.give_back(names(prefix))  # as if the worker had let go before
     with pytest.raises(DecodeError, match="not a segment lent"):
         decode(frames, ctl)
-    ctl.segments.close()
-    worker.segments.close()  # type: ignore[union-attr]
+    close(ctl, worker)
 
 
 def test_mid_size_arrays_are_packed_into_one_frame_and_arrive_as_in_band_ones(
@@ -234,8 +238,7 @@ def test_mid_size_arrays_are_packed_into_one_frame_and_arrive_as_in_band_ones(
     assert np.array_equal(got[41][1], np.arange(10.0))
     assert np.array_equal(got[42][1], BIG) and not got[42][1].flags.writeable
     assert got[43][1] == "text"
-    ctl.segments.close()  # type: ignore[union-attr]
-    worker.segments.close()  # type: ignore[union-attr]
+    close(ctl, worker)
 
 
 def test_a_packed_payload_is_refused_where_the_session_does_not_pack(prefix: str) -> None:
@@ -250,7 +253,7 @@ def test_a_packed_payload_is_refused_where_the_session_does_not_pack(prefix: str
     frames = encode(Kind.TASKS, "ctl", 2, plain, {"spec": "s"}, payload, has_payload=True)
     assert len(frames) == 3
     assert all(a.flags.writeable for a in decode(frames, plain).payload)
-    ctl.segments.close()  # type: ignore[union-attr]
+    close(ctl)
 
 
 def test_a_layout_that_does_not_fit_its_packed_frame_is_refused() -> None:
@@ -306,8 +309,7 @@ def test_names_said_freed_stay_within_a_budget_and_the_rest_follow(
     for i in range(6):
         encode(Kind.TASKS, "ctl", 10 + i, ctl, {}, [BIG], has_payload=True)
     assert len(names(prefix)) == 6
-    ctl.segments.close()  # type: ignore[union-attr]
-    worker.segments.close()  # type: ignore[union-attr]
+    close(ctl, worker)
 
 
 def test_the_budgets_of_a_header_leave_room_within_the_envelope() -> None:
@@ -331,8 +333,7 @@ def test_many_large_buffers_beyond_the_entries_budget_go_through_the_socket(
     got = decode(frames, worker).payload
     assert len(got) == 8 and all(np.array_equal(a, b) for a, b in zip(got, arrays))
     del got
-    ctl.segments.close()  # type: ignore[union-attr]
-    worker.segments.close()  # type: ignore[union-attr]
+    close(ctl, worker)
 
 
 def test_a_header_over_the_envelope_is_refused_and_what_it_carried_kept(prefix: str) -> None:
@@ -349,8 +350,7 @@ def test_a_header_over_the_envelope_is_refused_and_what_it_carried_kept(prefix: 
     frames = encode(Kind.RESULTS, "w", 3, worker, {}, [BIG], has_payload=True)
     assert len(names(prefix)) == 2
     del frames
-    ctl.segments.close()  # type: ignore[union-attr]
-    worker.segments.close()  # type: ignore[union-attr]
+    close(ctl, worker)
 
 
 def test_a_message_not_sent_puts_back_the_names_it_said_freed(prefix: str) -> None:
@@ -367,8 +367,7 @@ def test_a_message_not_sent_puts_back_the_names_it_said_freed(prefix: str) -> No
     before = names(prefix)
     encode(Kind.TASKS, "ctl", 5, ctl, {}, [BIG], has_payload=True)
     assert names(prefix) == before, "the segment said freed is written again"
-    ctl.segments.close()  # type: ignore[union-attr]
-    worker.segments.close()  # type: ignore[union-attr]
+    close(ctl, worker)
 
 
 def test_a_name_sent_back_by_reference_and_not_sent_is_said_later(prefix: str) -> None:
@@ -383,8 +382,7 @@ def test_a_name_sent_back_by_reference_and_not_sent_is_said_later(prefix: str) -
     assert header[FREED_KEY] == names(prefix)
     encode(Kind.TASKS, "ctl", 2, ctl, {}, [BIG], has_payload=True)
     assert len(names(prefix)) == 1, "the segment said freed is written again"
-    ctl.segments.close()  # type: ignore[union-attr]
-    worker.segments.close()  # type: ignore[union-attr]
+    close(ctl, worker)
 
 
 def test_a_refused_lent_entry_does_not_discard_the_names_said_freed(prefix: str) -> None:
@@ -399,8 +397,7 @@ def test_a_refused_lent_entry_does_not_discard_the_names_said_freed(prefix: str)
         decode(encode_frames(Kind.HEARTBEAT, "w", 2, plain, bad, []), ctl)
     encode(Kind.TASKS, "ctl", 3, ctl, {}, [BIG], has_payload=True)
     assert len(names(prefix)) == 1, "the segment said freed is written again"
-    ctl.segments.close()  # type: ignore[union-attr]
-    worker.segments.close()  # type: ignore[union-attr]
+    close(ctl, worker)
 
 
 def test_a_message_that_cannot_be_built_puts_back_the_names_it_said_freed(prefix: str) -> None:
@@ -412,5 +409,4 @@ def test_a_message_that_cannot_be_built_puts_back_the_names_it_said_freed(prefix
         encode_frames(Kind.RESULTS, "w", 1, worker, {}, [b"", 42])
     said = decode(encode(Kind.HEARTBEAT, "w", 2, worker, {"id": "w"}), ctl).header
     assert said.get(FREED_KEY) == ctl_names, "the name went with the message that failed"
-    ctl.segments.close()  # type: ignore[union-attr]
-    worker.segments.close()  # type: ignore[union-attr]
+    close(ctl, worker)

@@ -426,14 +426,7 @@ def _forkable_now(env: Mapping[str, str], cwd: str, extra_env: Mapping[str, str]
     """Whether a server for ``env`` must start and can be forked from here now."""
     # A running server needs nothing: not even the scan for threads and
     # contexts, which takes milliseconds once another OS thread runs.
-    if _running_server(_server_key(env, cwd, extra_env)) is not None or not may_fork_here():
-        return False
-    # This process pickles its first function with cloudpickle (by value)
-    # in a moment anyway; loaded before the fork, not after it, the server
-    # has it too and need not import it again.
-    import cloudpickle  # noqa: F401
-
-    return True
+    return _running_server(_server_key(env, cwd, extra_env)) is None and may_fork_here()
 
 
 def _server_env(extra_env: Mapping[str, str]) -> dict[str, str]:

@@ -59,7 +59,7 @@ WORKER_MODULES = (
     "multiprocessing.resource_tracker",
 )
 # The function specs are unpickled with it: loaded by the server too (a
-# server forked from its controller has it already, see start_server_early).
+# server forked from its controller has it already, see forkstart.py).
 SERVER_MODULES = ("cloudpickle",)
 # What only some tasks need (shared memory an app makes): loaded once the
 # server has nothing to do, so that no first fork waits for it. A worker

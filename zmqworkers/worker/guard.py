@@ -59,11 +59,13 @@ from zmqworkers.worker.options import (
     WorkerOptions,
     format_size,
 )
+from zmqworkers.worker.standby import StandbyThread, standby
 from zmqworkers.worker.usage import rss_bytes
 
 log = logging.getLogger(__name__)
 
 GUARD_SECONDS = 0.05
+GUARD_THREAD = "zmqworkers-guard"
 
 # Fault injection for tests: how many INTERRUPT orders for this worker its
 # guard takes for missed (a broadcast reaches no subscriber not yet
@@ -219,18 +221,17 @@ def _end(worker: Guarded, code: int, why: str, failed: bool = False, goodbye: bo
     os._exit(code)
 
 
-class GuardThread(threading.Thread):
-    """The guard of one session.
+class Guard:
+    """The guard of one session: its loop, run on a thread of its own.
 
-    Its loop may sleep on its socket without a timeout, so :meth:`join`
-    (once the session's ``stop`` event is set) first wakes it: it closes the
-    write end of a pipe whose read end the loop polls.
+    The loop may sleep on its socket without a timeout, so :meth:`wake`
+    (called once the session's ``stop`` event is set) closes the write end
+    of a pipe whose read end the loop polls.
     """
 
     def __init__(
         self, worker: Guarded, sock: zmq.Socket[Any], welcome: Welcome, stop: threading.Event
     ) -> None:
-        super().__init__(name="zmqworkers-guard", daemon=True)
         self._worker, self._sock, self._stop_event = worker, sock, stop
         self._guard = ReplayGuard()
         # Broadcasts published before the welcome are not for this session.
@@ -238,7 +239,7 @@ class GuardThread(threading.Thread):
         self._endpoint = side_endpoint(worker.address, welcome, "control")
         self._wake_r, self._wake_w = os.pipe()
 
-    def run(self) -> None:
+    def __call__(self) -> None:
         w = self._worker
         try:
             guard_loop(
@@ -254,19 +255,24 @@ class GuardThread(threading.Thread):
             self._sock.close()
             os.close(self._wake_r)
 
-    def join(self, timeout: float | None = None) -> None:
+    def wake(self) -> None:
         if self._wake_w >= 0:
             os.close(self._wake_w)  # its read end turns readable: end of file
             self._wake_w = -1
-        super().join(timeout)
 
 
 def start_guard(
-    worker: Guarded, sock: zmq.Socket[Any], welcome: Welcome, stop: threading.Event
-) -> GuardThread:
-    """Start the guard thread of a session; it closes ``sock`` when ``stop`` is set."""
-    thread = GuardThread(worker, sock, welcome, stop)
-    thread.start()
+    worker: Guarded,
+    sock: zmq.Socket[Any],
+    welcome: Welcome,
+    stop: threading.Event,
+    thread: StandbyThread | None = None,
+) -> StandbyThread:
+    """Run the guard of a session on ``thread`` (a new one if None); it closes
+    ``sock`` when ``stop`` is set. The thread's ``join`` wakes it first."""
+    thread = standby(GUARD_THREAD) if thread is None else thread
+    guard = Guard(worker, sock, welcome, stop)
+    thread.begin(guard, guard.wake)
     return thread
 
 

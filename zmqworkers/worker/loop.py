@@ -18,6 +18,7 @@ keeps its worker looking alive without ever sharing a socket across threads.
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import logging
 import os
@@ -58,7 +59,13 @@ from zmqworkers.worker.calls import (
 from zmqworkers.worker.calls import make_call as make_call
 from zmqworkers.worker.current import send_message as send_message
 from zmqworkers.worker.drain import Drain
-from zmqworkers.worker.guard import TaskMarks, drop_cancelled, recycle_reason, start_guard
+from zmqworkers.worker.guard import (
+    GUARD_THREAD,
+    TaskMarks,
+    drop_cancelled,
+    recycle_reason,
+    start_guard,
+)
 from zmqworkers.worker.handshake import (
     Joined,
     end_segments,
@@ -70,8 +77,11 @@ from zmqworkers.worker.options import EXIT_RECYCLED
 from zmqworkers.worker.options import EXIT_REFUSED as EXIT_REFUSED
 from zmqworkers.worker.options import WorkerOptions as WorkerOptions
 from zmqworkers.worker.silence import EXIT_NO_CONTROLLER
+from zmqworkers.worker.standby import standby
 
 log = logging.getLogger(__name__)
+
+HEARTBEAT_THREAD = "zmqworkers-heartbeat"
 
 # A result batch is sent once it holds this many results (the controller's
 # largest TASKS batch), once its calls have run this long, or when the worker
@@ -268,8 +278,8 @@ class Worker:
         early = links.dial_results(self._socket(zmq.PUSH), guessed) if guessed else None
         results: zmq.Socket[Any] | None = None
         control: zmq.Socket[Any] | None = None
-        hb_thread: threading.Thread | None = None
-        guard_thread: threading.Thread | None = None
+        # Started now, to wait while the hello waits: see standby.py.
+        hb_thread, guard_thread = standby(HEARTBEAT_THREAD), standby(GUARD_THREAD)
         guard = ReplayGuard()
         try:
             answer = self._handshake(tasks, guard)
@@ -310,20 +320,18 @@ class Worker:
             misses = welcome.heartbeat_misses or opts.heartbeat_misses
             self._hb_stop.clear()
             self.marks.doomed.clear()  # task ids are the controller's: a new one reuses them
-            hb_thread = threading.Thread(
-                target=self._heartbeat_loop,
-                args=(results_ep, interval, self._skey, self._hb_sender),
-                name="zmqworkers-heartbeat",
-                daemon=True,
+            hb_thread.begin(
+                functools.partial(
+                    self._heartbeat_loop, results_ep, interval, self._skey, self._hb_sender
+                )
             )
-            hb_thread.start()
-            guard_thread = start_guard(self, self._socket(zmq.SUB), welcome, self._hb_stop)
+            start_guard(self, self._socket(zmq.SUB), welcome, self._hb_stop, guard_thread)
             log.info("worker %s: joined controller %s", self.id, welcome.controller)
             return self._serve(tasks, results, control, guard, interval * misses)
         finally:
             self._hb_stop.set()
             self._results_ep = None
-            for thread in filter(None, (hb_thread, guard_thread)):
+            for thread in (hb_thread, guard_thread):
                 thread.join(timeout=5)
             for s in (tasks, results, control):
                 if s is not None:

@@ -37,7 +37,7 @@ from zmqworkers.controller.launcher import LocalWorkers
 from zmqworkers.controller.liveness_watch import LivenessWatch
 from zmqworkers.controller.options import EngineOptions
 from zmqworkers.controller.scheduler import Scheduler, TaskOptions
-from zmqworkers.controller.sessions import Link, Session, SessionTable
+from zmqworkers.controller.sessions import Session, SessionTable
 from zmqworkers.controller.sockets import ControllerSockets
 from zmqworkers.controller.telemetry import Telemetry
 from zmqworkers.errors import DecodeError, EngineClosed, ProtocolVersionError
@@ -49,7 +49,6 @@ from zmqworkers.protocol.records import (
     Refused,
     Status,
 )
-from zmqworkers.security.connection import is_local_link
 
 log = logging.getLogger(__name__)
 
@@ -201,22 +200,7 @@ class EngineLoop:
         socks, opts = self._sockets, self.options
         socks.bind()
         self.address = socks.address
-        self._sessions = SessionTable(
-            Link(
-                key=opts.key,
-                host=self.host,
-                # Whether every link to this controller is one nothing can
-                # change in transit: all its sockets on loopback or ipc, or
-                # all under CURVE.
-                protected=not opts.sign_buffers
-                and bool(opts.curve_dir or is_local_link(opts.bind)),
-                sign_buffers=opts.sign_buffers,
-                local_address=socks.local_address,
-                hello_ttl=opts.heartbeat_interval * opts.heartbeat_misses + 2,
-                max_message_size=opts.max_message_size,
-                segments=socks.segments.prefix if socks.segments is not None else "",
-            )
-        )
+        self._sessions = SessionTable(socks.session_link(self.host))
         self._dispatcher.packs = self._sessions.packs
         if opts.connection_file:
             from zmqworkers.security.connection import write_connection_file

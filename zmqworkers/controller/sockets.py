@@ -31,7 +31,7 @@ import zmq
 
 from zmqworkers.controller.options import EngineOptions
 from zmqworkers.controller.segments import SegmentSpace
-from zmqworkers.controller.sessions import Session
+from zmqworkers.controller.sessions import Link, Session
 from zmqworkers.errors import MessageTooLarge
 from zmqworkers.heap import keep_large_buffers
 from zmqworkers.protocol import Kind, encode_frames
@@ -42,6 +42,7 @@ from zmqworkers.protocol.segments import release
 from zmqworkers.protocol.session import broadcast_key
 from zmqworkers.security import curve
 from zmqworkers.security.cleanup import Leftovers
+from zmqworkers.security.connection import is_local_link
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +249,23 @@ class ControllerSockets:
             release(frames)  # not sent: its segments have no reader
             raise
         return size
+
+    def session_link(self, host: str) -> Link:
+        """What the session table needs to know of these sockets, once bound."""
+        opts = self.options
+        return Link(
+            key=opts.key,
+            host=host,
+            # Whether every link to this controller is one nothing can
+            # change in transit: all its sockets on loopback or ipc, or
+            # all under CURVE.
+            protected=not opts.sign_buffers and bool(opts.curve_dir or is_local_link(opts.bind)),
+            sign_buffers=opts.sign_buffers,
+            local_address=self.local_address,
+            hello_ttl=opts.heartbeat_interval * opts.heartbeat_misses + 2,
+            max_message_size=opts.max_message_size,
+            segments=self.segments.prefix if self.segments is not None else "",
+        )
 
     def welcome(self, nonce: bytes, session: Session) -> Welcome:
         """The answer to a hello (its ``nonce``) that opened ``session``."""

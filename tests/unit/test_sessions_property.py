@@ -136,3 +136,29 @@ def test_a_session_sends_nothing_over_either_sides_limit(ours: int, theirs: obje
         assert s.limit == min(ours, theirs)
     else:
         assert s.limit == ours  # a peer that said nothing usable leaves ours
+
+
+def test_own_local_workers_on_the_ipc_folder_join_at_their_welcome() -> None:
+    table = SessionTable(LINK)
+
+    def hello(wid: str, pid: int, dialled: str) -> Session:
+        h = Hello(
+            id=wid, nonce=_nonce(1), host="here", pid=pid, version=__version__, dialled=dialled
+        )
+        s = table.hello(b"r", h, 0.0, _nonce(len(table.by_tag) + 2), local_pids={7})
+        assert isinstance(s, Session)
+        return s
+
+    ours = hello("w", 7, LINK.local_address)
+    assert ours.joins_at_welcome
+    # Elsewhere, or not one of the controller's processes: the first signed
+    # message decides, as for any worker.
+    assert not hello("x", 8, LINK.local_address).joins_at_welcome
+    assert not hello("y", 7, "tcp://127.0.0.1:5555").joins_at_welcome
+    # Joined at its welcome, the same hello said again gets the same session;
+    # a new hello (another nonce) gets a new one.
+    table.leave_pending(ours)
+    table.go_live(ours, 0.0)
+    assert hello("w", 7, LINK.local_address) is ours
+    h = Hello(id="w", nonce=_nonce(9), host="here", pid=7, version=__version__)
+    assert table.hello(b"r", h, 0.0, _nonce(10), local_pids={7}) is not ours

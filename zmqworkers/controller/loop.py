@@ -373,6 +373,8 @@ class EngineLoop:
             return
         welcome = self._sockets.welcome(hello.nonce, answer)
         self._sockets.send_unsolicited(answer.route, Kind.WELCOME, welcome.header())
+        if answer.joins_at_welcome and not answer.joined:
+            self._join(answer)  # its first tasks follow the welcome
 
     def _on_info(self, routing_id: bytes, sender: str) -> None:
         # Answered to whoever holds the key: `zmqworkers info ADDRESS`.

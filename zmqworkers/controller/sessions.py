@@ -54,6 +54,19 @@ class Session:
     joined: bool = False
     retired: bool = False
 
+    @property
+    def joins_at_welcome(self) -> bool:
+        """Whether the worker joins at its welcome, not at its first signed message.
+
+        So it does when it is one of this controller's own local workers and
+        dialled their private ipc folder. Only a process of the controller's
+        user can reach that folder, and such a process can read the key
+        anyway; a hello replayed to this controller is refused for its
+        sequence number. Its first tasks then follow the welcome at once,
+        not a round trip on the result channel later.
+        """
+        return self.via_ipc and self.state.local
+
 
 @dataclass(frozen=True)
 class Link:
@@ -121,6 +134,14 @@ class SessionTable:
             # The same hello again (the worker re-sends it when the answer is
             # slow): answer with the same session, or the two would cross.
             return pending
+        live = self.live.get(hello.id)
+        if (
+            live is not None
+            and live.joins_at_welcome
+            and live.worker_nonce == hello.nonce
+            and live.route == route
+        ):
+            return live  # joined at its welcome, and saying the same hello again
         link = self.link
         w = WorkerState(
             id=hello.id,
@@ -159,8 +180,9 @@ class SessionTable:
             via_ipc=via_ipc,
             limit=session_limit(link.max_message_size, hello.max_message_size),
         )
-        # The worker joins on its first message signed with the session key:
-        # a replayed hello cannot produce one, so it never gets a task.
+        # The worker joins on its first message signed with the session key
+        # (a replayed hello cannot produce one, so it never gets a task), or
+        # at its welcome if the session joins_at_welcome.
         old = self.pending.pop(hello.id, None)
         if old is not None:
             self.by_tag.pop(old.tag, None)

@@ -26,17 +26,19 @@ LINK = Link(
     sign_buffers=False,
     local_address="ipc:///tmp/x/tasks",
     hello_ttl=5.0,
+    private_ipc=True,
 )
 
 ops = st.lists(
     st.tuples(
         st.sampled_from(["hello", "hello", "join", "end", "expire", "tick"]),
-        st.integers(0, 5),  # worker
+        st.integers(0, 5),  # worker (0 to 2: the controller's own, on its ipc folder)
         st.integers(0, 2),  # nonce
         st.integers(0, 1),  # route
     ),
     max_size=120,
 )
+LOCAL_PIDS = {0, 1, 2}
 
 
 def _nonce(i: int) -> bytes:
@@ -56,6 +58,13 @@ def _check(table: SessionTable) -> None:
         assert table.live.get(wid) is not s and not s.joined
 
 
+def _join(table: SessionTable, s: Session, now: float) -> None:
+    table.leave_pending(s)
+    if s.state.id in table.live:
+        table.end(s.state.id)  # said hello again: the old session is over
+    table.go_live(s, now)
+
+
 @settings(max_examples=200, deadline=None)
 @given(ops)
 def test_table_stays_consistent(steps: list[tuple[str, int, int, int]]) -> None:
@@ -67,9 +76,20 @@ def test_table_stays_consistent(steps: list[tuple[str, int, int, int]]) -> None:
         if op == "hello":
             counter += 1
             ours = counter.to_bytes(16, "big")
-            hello = Hello(id=wid, nonce=_nonce(n), version=__version__, pid=w)
+            hello = Hello(
+                id=wid,
+                nonce=_nonce(n),
+                version=__version__,
+                pid=w,
+                host="here",
+                dialled=LINK.local_address if w in LOCAL_PIDS else "",
+            )
             before = table.pending.get(wid)
-            answer = table.hello(bytes([r]), hello, now, ours)
+            live = table.live.get(wid)
+            if before is None and live is not None and live.joins_at_welcome:
+                before = live
+            ended = any(r.worker_nonce == hello.nonce for r in table.retired.values())
+            answer = table.hello(bytes([r]), hello, now, ours, local_pids=LOCAL_PIDS)
             assert isinstance(answer, Session)
             if (
                 before is not None
@@ -82,13 +102,14 @@ def test_table_stays_consistent(steps: list[tuple[str, int, int, int]]) -> None:
                 # What the worker derives from the welcome signs the same.
                 mine = session_key(KEY, hello.nonce, ours, sign_buffers=True)
                 assert mine.secret == answer.key.secret
+                # Only the controller's own workers join at their welcome,
+                # and never with the nonce of a session already over.
+                assert answer.joins_at_welcome == (w in LOCAL_PIDS and not ended)
             assert session_tag(sender_name(wid, answer.tag, "r")) == answer.tag
+            if answer.joins_at_welcome and not answer.joined:
+                _join(table, answer, now)  # as the engine does
         elif op == "join" and wid in table.pending:
-            s = table.pending[wid]
-            table.leave_pending(s)
-            if wid in table.live:
-                table.end(wid)
-            table.go_live(s, now)
+            _join(table, table.pending[wid], now)
         elif op == "end":
             forgotten = table.end(wid)
             assert all(session_tag(name) not in table.by_tag for name in forgotten)
@@ -141,11 +162,11 @@ def test_a_session_sends_nothing_over_either_sides_limit(ours: int, theirs: obje
 def test_own_local_workers_on_the_ipc_folder_join_at_their_welcome() -> None:
     table = SessionTable(LINK)
 
-    def hello(wid: str, pid: int, dialled: str) -> Session:
+    def hello(wid: str, pid: int, dialled: str, route: bytes = b"r", nonce: int = 1) -> Session:
         h = Hello(
-            id=wid, nonce=_nonce(1), host="here", pid=pid, version=__version__, dialled=dialled
+            id=wid, nonce=_nonce(nonce), host="here", pid=pid, version=__version__, dialled=dialled
         )
-        s = table.hello(b"r", h, 0.0, _nonce(len(table.by_tag) + 2), local_pids={7})
+        s = table.hello(route, h, 0.0, _nonce(len(table.by_tag) + 2), local_pids={7})
         assert isinstance(s, Session)
         return s
 
@@ -156,9 +177,16 @@ def test_own_local_workers_on_the_ipc_folder_join_at_their_welcome() -> None:
     assert not hello("x", 8, LINK.local_address).joins_at_welcome
     assert not hello("y", 7, "tcp://127.0.0.1:5555").joins_at_welcome
     # Joined at its welcome, the same hello said again gets the same session;
-    # a new hello (another nonce) gets a new one.
+    # on another connection, or with another nonce, it is a new one.
     table.leave_pending(ours)
     table.go_live(ours, 0.0)
     assert hello("w", 7, LINK.local_address) is ours
-    h = Hello(id="w", nonce=_nonce(9), host="here", pid=7, version=__version__)
-    assert table.hello(b"r", h, 0.0, _nonce(10), local_pids={7}) is not ours
+    assert hello("w", 7, LINK.local_address, route=b"q") is not ours
+    assert hello("w", 7, LINK.local_address, nonce=9) is not ours
+    # Once that session is over, a hello with its nonce waits for a signature.
+    table.end("w")
+    again = hello("w", 7, LINK.local_address)
+    assert again is not ours and not again.joins_at_welcome
+    # An ipc address given as bind is no private folder of the controller's.
+    table = SessionTable(dataclasses.replace(LINK, private_ipc=False))
+    assert not hello("z", 7, LINK.local_address).joins_at_welcome

@@ -401,8 +401,10 @@ class EngineLoop:
                 assert self._sessions is not None
                 self._watch.ask_to_rejoin(s, wid in self._sessions.live)
             return
-        if not s.joined:
-            self._join(s)
+        if not s.heard:
+            s.heard = True  # it has its welcome (see _lose)
+            if not s.joined:
+                self._join(s)
         w = s.state
         w.last_seen = time.monotonic()
         self._watch.heartbeat.seen(wid, w.last_seen)
@@ -509,6 +511,11 @@ class EngineLoop:
             return  # it said goodbye after all
         log.warning("worker %s lost: %s", wid, how)
         self._watch.lost(wid)
+        s = self._sessions.live.get(wid) if self._sessions is not None else None
+        if s is not None and not s.heard:
+            # Joined at its welcome and gone before its first word (sent
+            # before it runs anything): what it was sent goes back unblamed.
+            self.sched.hand_back(wid, list(self.sched.workers[wid].in_flight), count=False)
         failed = self.sched.lose(wid, how, running)
         self._end_session(wid)
         self.stats["workers_lost"] += 1

@@ -3,8 +3,9 @@
 No sockets, threads or clocks: the engine passes the time it read, and the
 nonce it drew, so tests (tests/unit/test_sessions_property.py) drive the
 table with any numbers. A session lives pending (hello answered), then
-live (its first signed message arrived), then retired (left or lost, kept
-a while so late results still have a key).
+live (its first signed message arrived, or at once for one that
+``joins_at_welcome``), then retired (left or lost, kept a while so late
+results still have a key).
 """
 
 from __future__ import annotations
@@ -53,19 +54,10 @@ class Session:
     limit: int = DEFAULT_MAX_MESSAGE_SIZE
     joined: bool = False
     retired: bool = False
-
-    @property
-    def joins_at_welcome(self) -> bool:
-        """Whether the worker joins at its welcome, not at its first signed message.
-
-        So it does when it is one of this controller's own local workers and
-        dialled their private ipc folder. Only a process of the controller's
-        user can reach that folder, and such a process can read the key
-        anyway; a hello replayed to this controller is refused for its
-        sequence number. Its first tasks then follow the welcome at once,
-        not a round trip on the result channel later.
-        """
-        return self.via_ipc and self.state.local
+    # Joins at its welcome, not at its first signed message: see hello().
+    joins_at_welcome: bool = False
+    # Its first message on the result channel came: it has its welcome.
+    heard: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,6 +78,9 @@ class Link:
     # The controller's shared-memory segment prefix ("": none), for local
     # workers on the ipc folder (controller/segments.py).
     segments: str = ""
+    # local_address is the private folder (mode 0700) this controller made,
+    # not an ipc address given as ``bind``.
+    private_ipc: bool = False
 
 
 class SessionTable:
@@ -180,9 +175,22 @@ class SessionTable:
             via_ipc=via_ipc,
             limit=session_limit(link.max_message_size, hello.max_message_size),
         )
-        # The worker joins on its first message signed with the session key
-        # (a replayed hello cannot produce one, so it never gets a task), or
-        # at its welcome if the session joins_at_welcome.
+        # The worker joins on its first message signed with the session key:
+        # a replayed hello cannot produce one, so it never gets a task. Except
+        # one of this controller's own local workers on its private ipc folder,
+        # which joins at its welcome, so that its first tasks follow the
+        # welcome at once rather than a round trip on the result channel later.
+        # Only a process of this user can reach that folder (and such a
+        # process can read the key anyway); a hello replayed to this
+        # controller is refused for its sequence number before it gets here,
+        # and one said again after its session ended (the same nonce) waits
+        # for a signed message like any other.
+        session.joins_at_welcome = (
+            via_ipc
+            and w.local
+            and link.private_ipc
+            and not any(r.worker_nonce == hello.nonce for r in self.retired.values())
+        )
         old = self.pending.pop(hello.id, None)
         if old is not None:
             self.by_tag.pop(old.tag, None)

@@ -265,6 +265,7 @@ class ControllerSockets:
             hello_ttl=opts.heartbeat_interval * opts.heartbeat_misses + 2,
             max_message_size=opts.max_message_size,
             segments=self.segments.prefix if self.segments is not None else "",
+            private_ipc=self.local_address != self.address,
         )
 
     def welcome(self, nonce: bytes, session: Session) -> Welcome:

@@ -77,7 +77,7 @@ from zmqworkers.worker.options import EXIT_RECYCLED
 from zmqworkers.worker.options import EXIT_REFUSED as EXIT_REFUSED
 from zmqworkers.worker.options import WorkerOptions as WorkerOptions
 from zmqworkers.worker.silence import EXIT_NO_CONTROLLER
-from zmqworkers.worker.standby import standby
+from zmqworkers.worker.standby import StandbyThread, standby
 
 log = logging.getLogger(__name__)
 
@@ -272,16 +272,19 @@ class Worker:
         tasks = links.dial_tasks(self._socket(zmq.DEALER), self.address, self.id, opts)
         # A local worker's result channel is most likely beside the task one:
         # dialled now, its connection is made while the hello goes out and
-        # the welcome comes back, not after (the controller sends the first
-        # task once a message arrives on it).
+        # the welcome comes back, not after (its first message there says
+        # the worker has its welcome; a remote worker gets no task before).
         guessed = links.local_side_endpoint(self.address, "results")
         early = links.dial_results(self._socket(zmq.PUSH), guessed) if guessed else None
         results: zmq.Socket[Any] | None = None
         control: zmq.Socket[Any] | None = None
-        # Started now, to wait while the hello waits: see standby.py.
-        hb_thread, guard_thread = standby(HEARTBEAT_THREAD), standby(GUARD_THREAD)
+        hb_thread: StandbyThread | None = None
+        guard_thread: StandbyThread | None = None
         guard = ReplayGuard()
         try:
+            # Started now, to wait while the hello waits: see standby.py.
+            hb_thread = standby(HEARTBEAT_THREAD)
+            guard_thread = standby(GUARD_THREAD)
             answer = self._handshake(tasks, guard)
             if answer is None:
                 return "exit" if self._should_exit() else "lost"
@@ -304,8 +307,9 @@ class Worker:
                     early.close(linger=0)  # a wrong guess: nothing was sent on it
                     early = None
                 results = links.dial_results(self._socket(zmq.PUSH), results_ep)
-            # The controller takes the session as joined at its first message on
-            # this channel: one now, not the heartbeat thread's once it runs.
+            # The controller takes the session as joined (or, for a local
+            # worker joined at its welcome, as having it) at its first message
+            # on this channel: one now, not the heartbeat thread's once it runs.
             results.send_multipart(encode(Kind.HEARTBEAT, *self._signing(), self._id_and_counts()))
             control_ep = side_endpoint(self.address, welcome, "control")
             control = links.dial_control(self._socket(zmq.SUB), control_ep)
@@ -331,7 +335,7 @@ class Worker:
         finally:
             self._hb_stop.set()
             self._results_ep = None
-            for thread in (hb_thread, guard_thread):
+            for thread in filter(None, (hb_thread, guard_thread)):
                 thread.join(timeout=5)
             for s in (tasks, results, control):
                 if s is not None:

@@ -26,6 +26,7 @@ class StandbyThread(threading.Thread):
         super().__init__(name=name, daemon=True)
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._wake: Callable[[], None] | None = None
+        self._handed = False
 
     def run(self) -> None:
         job = self._jobs.get()
@@ -33,6 +34,10 @@ class StandbyThread(threading.Thread):
             job()
 
     def begin(self, job: Callable[[], None], wake: Callable[[], None] | None = None) -> None:
+        """Hand the thread its job; once only, and before :meth:`join`."""
+        if self._handed:
+            raise RuntimeError(f"{self.name}: a job was handed already, or it was told to go")
+        self._handed = True
         self._wake = wake
         self._jobs.put(job)
 
@@ -40,6 +45,7 @@ class StandbyThread(threading.Thread):
         """Wake the job (or end a thread that never got one), then wait for it."""
         if self._wake is not None:
             self._wake()
+        self._handed = True
         self._jobs.put(None)  # read only by a thread still waiting for a job
         super().join(timeout)
 

@@ -59,13 +59,12 @@ from zmqworkers.worker.options import (
     WorkerOptions,
     format_size,
 )
-from zmqworkers.worker.standby import StandbyThread, standby
+from zmqworkers.worker.standby import GUARD_THREAD, StandbyThread, standby
 from zmqworkers.worker.usage import rss_bytes
 
 log = logging.getLogger(__name__)
 
 GUARD_SECONDS = 0.05
-GUARD_THREAD = "zmqworkers-guard"
 
 # Fault injection for tests: how many INTERRUPT orders for this worker its
 # guard takes for missed (a broadcast reaches no subscriber not yet

@@ -59,13 +59,7 @@ from zmqworkers.worker.calls import (
 from zmqworkers.worker.calls import make_call as make_call
 from zmqworkers.worker.current import send_message as send_message
 from zmqworkers.worker.drain import Drain
-from zmqworkers.worker.guard import (
-    GUARD_THREAD,
-    TaskMarks,
-    drop_cancelled,
-    recycle_reason,
-    start_guard,
-)
+from zmqworkers.worker.guard import TaskMarks, drop_cancelled, recycle_reason, start_guard
 from zmqworkers.worker.handshake import (
     Joined,
     end_segments,
@@ -77,11 +71,9 @@ from zmqworkers.worker.options import EXIT_RECYCLED
 from zmqworkers.worker.options import EXIT_REFUSED as EXIT_REFUSED
 from zmqworkers.worker.options import WorkerOptions as WorkerOptions
 from zmqworkers.worker.silence import EXIT_NO_CONTROLLER
-from zmqworkers.worker.standby import StandbyThread, standby
+from zmqworkers.worker.standby import GUARD_THREAD, HEARTBEAT_THREAD, StandbyThread, standby
 
 log = logging.getLogger(__name__)
-
-HEARTBEAT_THREAD = "zmqworkers-heartbeat"
 
 # A result batch is sent once it holds this many results (the controller's
 # largest TASKS batch), once its calls have run this long, or when the worker

@@ -14,6 +14,9 @@ import queue
 import threading
 from collections.abc import Callable
 
+HEARTBEAT_THREAD = "zmqworkers-heartbeat"
+GUARD_THREAD = "zmqworkers-guard"
+
 
 class StandbyThread(threading.Thread):
     """A daemon thread that runs the one job :meth:`begin` hands it, then ends.

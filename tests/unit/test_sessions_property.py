@@ -84,19 +84,19 @@ def test_table_stays_consistent(steps: list[tuple[str, int, int, int]]) -> None:
                 host="here",
                 dialled=LINK.local_address if w in LOCAL_PIDS else "",
             )
-            before = table.pending.get(wid)
+            # The session this same hello already has, if any: pending, or
+            # live having joined at its welcome.
             live = table.live.get(wid)
-            if before is None and live is not None and live.joins_at_welcome:
-                before = live
+            same = [
+                s
+                for s in (table.pending.get(wid), live if live and live.joins_at_welcome else None)
+                if s is not None and s.worker_nonce == hello.nonce and s.route == bytes([r])
+            ]
             ended = any(r.worker_nonce == hello.nonce for r in table.retired.values())
             answer = table.hello(bytes([r]), hello, now, ours, local_pids=LOCAL_PIDS)
             assert isinstance(answer, Session)
-            if (
-                before is not None
-                and before.worker_nonce == hello.nonce
-                and before.route == bytes([r])
-            ):
-                assert answer is before  # the same hello, the same session
+            if same:
+                assert answer is same[0]  # the same hello, the same session
             else:
                 assert answer.tag == ours.hex()
                 # What the worker derives from the welcome signs the same.

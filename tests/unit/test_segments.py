@@ -19,6 +19,7 @@ from zmqworkers.protocol import Kind, SessionKey, decode, encode
 from zmqworkers.protocol.messages import encode_frames, frames_size
 from zmqworkers.protocol.segments import (
     FREED_KEY,
+    HEADER_KEY,
     LENT_KEY,
     SEGMENT_THRESHOLD,
     SegmentLink,
@@ -209,6 +210,35 @@ def test_a_reference_to_a_segment_not_lent_is_refused(prefix: str) -> None:
     ctl.segments.give_back(names(prefix))  # as if the worker had let go before
     with pytest.raises(DecodeError, match="not a segment lent"):
         decode(frames, ctl)
+    close(ctl, worker)
+
+
+@pytest.mark.parametrize("field", [0, 2, 3])
+def test_a_lent_entry_with_true_for_a_number_is_refused(prefix: str, field: int) -> None:
+    # msgpack keeps booleans apart from integers; Python's isinstance does not.
+    ctl, worker = pair(prefix)
+    encode(Kind.TASKS, "ctl", 1, ctl, {}, [BIG], has_payload=True)  # lent to the worker
+    (name,) = names(prefix)
+    assert ctl.segments is not None
+    entry: list[Any] = [1, name, 0, 1]
+    assert ctl.segments.receive({LENT_KEY: [entry]}, [b"p", b""])[1].nbytes == 1
+    entry[field] = True
+    with pytest.raises(DecodeError, match="lent entry"):
+        ctl.segments.receive({LENT_KEY: [entry]}, [b"p", b""])
+    close(ctl, worker)
+
+
+@pytest.mark.parametrize("field", [0, 2])
+def test_a_segment_entry_with_true_for_a_number_is_refused(prefix: str, field: int) -> None:
+    ctl, worker = pair(prefix)
+    encode(Kind.TASKS, "ctl", 1, ctl, {}, [BIG], has_payload=True)
+    (name,) = names(prefix)
+    assert worker.segments is not None
+    entry: list[Any] = [1, name, 1]
+    assert memoryview(worker.segments.receive({HEADER_KEY: [entry]}, [b"p", b""])[1]).nbytes == 1
+    entry[field] = True
+    with pytest.raises(DecodeError, match="segment entry"):
+        worker.segments.receive({HEADER_KEY: [entry]}, [b"p", b""])
     close(ctl, worker)
 
 

@@ -511,14 +511,19 @@ def _name_ok(name: Any) -> bool:
     return isinstance(name, str) and len(name) < _MAX_NAME and bool(_NAME.match(name))
 
 
+def _whole(value: Any) -> bool:
+    # An integer, not a bool: msgpack keeps the two apart, isinstance does not.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _entry_ok(entry: Any, n_views: int) -> bool:
     return (
         isinstance(entry, list)
         and len(entry) == 3
-        and isinstance(entry[0], int)
+        and _whole(entry[0])
         and 1 <= entry[0] < n_views
         and _name_ok(entry[1])
-        and isinstance(entry[2], int)
+        and _whole(entry[2])
         and entry[2] > 0
     )
 
@@ -527,11 +532,11 @@ def _lent_ok(entry: Any, n_views: int) -> bool:
     return (
         isinstance(entry, list)
         and len(entry) == 4
-        and isinstance(entry[0], int)
+        and _whole(entry[0])
         and 1 <= entry[0] < n_views
         and _name_ok(entry[1])
-        and isinstance(entry[2], int)
-        and isinstance(entry[3], int)
+        and _whole(entry[2])
+        and _whole(entry[3])
         and entry[2] >= 0
         and entry[3] > 0
     )
